@@ -1,0 +1,31 @@
+# Two commands a newcomer needs: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test test-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The whole pipeline on the bundled digits data; extra overrides: make run ARGS="train.epochs=3"
+run: $(STAMP)
+	$(BIN)/python -m pipeline.run $(ARGS)
+
+# Everything, slow integration tests included (this is what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra $(ARGS)
+
+# The fast subset for the edit-test loop.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -ra -m 'not slow' $(ARGS)
+
+clean:
+	rm -rf runs model_repository

@@ -1,0 +1,13 @@
+"""A multi-layer perceptron for tabular features."""
+import tf_keras as keras
+
+from models.common import DataSpec, ModelConfig, normalized_input, output_head
+
+
+def build(cfg: ModelConfig, spec: DataSpec) -> keras.Model:
+    inputs, x = normalized_input(spec)
+    x = keras.layers.Flatten()(x)
+    for _ in range(cfg.depth):
+        x = keras.layers.Dense(cfg.width, activation="relu")(x)
+        x = keras.layers.Dropout(cfg.dropout)(x)
+    return keras.Model(inputs, output_head(spec, x), name="mlp")

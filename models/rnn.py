@@ -1,0 +1,20 @@
+"""A recurrent network (LSTM or GRU) for sequences of feature vectors."""
+import tf_keras as keras
+
+from models.common import DataSpec, ModelConfig, normalized_input, output_head
+
+CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
+
+
+def build(cfg: ModelConfig, spec: DataSpec) -> keras.Model:
+    if len(spec.input_shape) != 2:
+        raise ValueError(
+            f"model 'rnn' needs sequences: data.input_shape [steps, features], "
+            f"received {list(spec.input_shape)}."
+        )
+    inputs, x = normalized_input(spec)
+    cell = CELLS[cfg.cell]
+    for layer in range(cfg.depth):
+        x = cell(cfg.width, return_sequences=layer < cfg.depth - 1)(x)
+    x = keras.layers.Dropout(cfg.dropout)(x)
+    return keras.Model(inputs, output_head(spec, x), name=f"rnn_{cfg.cell}")

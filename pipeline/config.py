@@ -1,0 +1,201 @@
+"""Load a pipeline config: a YAML file plus `a.b=value` overrides, into frozen dataclasses.
+
+Every problem (unknown key, wrong type, value out of range) is collected before failing, so
+one run shows them all, each with the key, what was received and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from models import ModelConfig
+from pipeline.stages import evaluate, export, ingest, push, train, validate
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "digits.yaml"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    output_dir: str = "runs"  # where runs (and the stage cache, in .cache/) go
+    seed: int = 42
+    data: ingest.Config = field(default_factory=ingest.Config)
+    validate: validate.Config = field(default_factory=validate.Config)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: train.Config = field(default_factory=train.Config)
+    evaluate: evaluate.Config = field(default_factory=evaluate.Config)
+    export: export.Config = field(default_factory=export.Config)
+    push: push.Config = field(default_factory=push.Config)
+
+
+class ConfigError(Exception):
+    """All problems found in one config, formatted one per line."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = [f"Config error in {source} ({len(problems)} {noun}):"]
+        lines += [f"  {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def resolve_config_path(name_or_path: str | None) -> Path:
+    """`digits` names pipeline/configs/digits.yaml; anything else is a path."""
+    if name_or_path is None:
+        return DEFAULT_CONFIG
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        return CONFIG_DIR / f"{name_or_path}.yaml"
+    return path
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Read YAML at `path` (default digits.yaml), apply `key.sub=value` overrides, type-check."""
+    path = resolve_config_path(None if path is None else str(path))
+    problems: list[str] = []
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read the config file: {e.strerror}."]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [f"expected a mapping of keys at the top, received {type(raw).__name__}."])
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    cfg = from_dict(PipelineConfig, raw, problems)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return cfg
+
+
+def config_from_dict(raw: dict, source: str) -> PipelineConfig:
+    """Rebuild a config saved with `to_dict` (used by --resume)."""
+    problems: list[str] = []
+    cfg = from_dict(PipelineConfig, raw, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def all_keys(cls: type = PipelineConfig, prefix: str = "") -> list[str]:
+    """Every valid dotted key, for suggestions and documentation."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        hint = typing.get_type_hints(cls)[f.name]
+        keys += all_keys(hint, key + ".") if dataclasses.is_dataclass(hint) else [key]
+    return keys
+
+
+def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        problems.append(f"{item!r}: an override must look like key.sub=value, e.g. train.epochs=5.")
+        return
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            problems.append(f"{key}: '{part}' is a value, not a section, so it has no key '{leaf}'.")
+            return
+        node = child
+    node[leaf] = value
+
+
+def from_dict(cls: type, raw: Any, problems: list[str], prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, appending every problem to `problems`."""
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.')}: expected a section (mapping), received {raw!r}.")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            problems.append(_unknown_key(prefix + str(key)))
+    values = {}
+    for name in names & raw.keys():
+        key = prefix + name
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = from_dict(hints[name], raw[name], problems, key + ".")
+            continue
+        value, error = _convert(raw[name], hints[name])
+        if error:
+            problems.append(f"{key}: expected {error}, received {raw[name]!r}.")
+        else:
+            values[name] = value
+    obj = cls(**values)
+    check = getattr(obj, "problems", None)
+    if check:
+        problems += [f"{prefix}{p}" for p in check()]
+    return obj
+
+
+def _unknown_key(key: str) -> str:
+    sections = [name for name, hint in typing.get_type_hints(PipelineConfig).items() if dataclasses.is_dataclass(hint)]
+    close = difflib.get_close_matches(key, all_keys() + sections, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    section = key.rpartition(".")[0]
+    if not close and section:
+        valid = [k.rpartition(".")[2] for k in all_keys() if k.rpartition(".")[0] == section]
+        hint = f" Valid keys in '{section}': {', '.join(valid)}." if valid else ""
+    return f"{key}: unknown key.{hint}"
+
+
+def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
+    """Return (converted value, None) or (None, description of the expected type)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value in args:
+            return value, None
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        maybe = f" (did you mean {close[0]!r}?)" if close else ""
+        return None, "one of " + ", ".join(repr(a) for a in args) + maybe
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None, None
+        (inner,) = [a for a in args if a is not type(None)]
+        converted, error = _convert(value, inner)
+        return converted, (error and f"{error} or null")
+    if origin is tuple:
+        items = value if isinstance(value, list | tuple) else None
+        if items is None:
+            return None, f"a list of {args[0].__name__}"
+        converted = [_convert(v, args[0]) for v in items]
+        if any(error for _, error in converted):
+            return None, f"a list of {args[0].__name__}"
+        return tuple(v for v, _ in converted), None
+    if hint is bool:
+        return (value, None) if isinstance(value, bool) else (None, "true or false")
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (value, None) if ok else (None, "an integer")
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                return float(value), None
+            except ValueError:
+                return None, "a number"
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return (float(value), None) if ok else (None, "a number")
+    if hint is str:
+        return (value, None) if isinstance(value, str) else (None, "a string")
+    raise TypeError(f"config type {hint!r} is not supported by pipeline.config")

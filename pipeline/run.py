@@ -1,0 +1,88 @@
+"""`python -m pipeline.run [--config digits] [key.sub=value ...]`: run the pipeline.
+
+Exit codes: 0 success, 1 a stage failed (which, why, where its partial logs are), 2 bad config
+or command line (every problem listed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, config_from_dict, load_config
+from pipeline.report import write_report
+from pipeline.runner import MANIFEST, Runner, StageFailed, StageRecord, format_metrics
+from pipeline.stages import STAGES
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=5")
+    parser.add_argument("--config", help="a config name in pipeline/configs (default: digits) or a YAML path")
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue that run after its last completed stage")
+    parser.add_argument("--force", metavar="STAGE", action="append", default=[], help="re-run STAGE even if cached")
+    parser.add_argument("--until", metavar="STAGE", help="stop after STAGE")
+    parser.add_argument("--list", action="store_true", help="list the stages and whether each is cached, then exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.resume:
+            if args.overrides or args.config:
+                raise ConfigError("the command line", ["--resume reuses the run's saved config; drop the overrides."])
+            cfg = _resumed_config(args.resume)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        runner = Runner(cfg, run_id=args.resume, force=tuple(args.force))
+        if args.list:
+            for name, state in runner.plan(args.until):
+                print(f"{name:<10} {state}")
+            return 0
+        records = runner.run(args.until)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except ValueError as e:  # a bad --force/--until stage name
+        print(f"Command line error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"\n{e}", file=sys.stderr)
+        if not e.expected:
+            print("The traceback is at the end of log.txt there.", file=sys.stderr)
+        return 1
+    print_summary(records)
+    report = write_report(runner.run_dir, records)
+    print(f"\nRun {runner.run_id}: report {report.resolve()}")
+    if "push" in runner.records:
+        print_how_to_query(runner.records["push"], runner.records["export"])
+    return 0
+
+
+def _resumed_config(run_id: str):
+    for base in (Path("runs"), Path(load_config().output_dir)):
+        saved = base / run_id / "config.json"
+        if (base / run_id / MANIFEST).is_file() and saved.is_file():
+            return config_from_dict(json.loads(saved.read_text()), str(saved))
+    raise ConfigError("--resume", [f"no run {run_id!r} with a manifest under runs/ ; see the run ids printed by earlier runs."])
+
+
+def print_summary(records: list[StageRecord]) -> None:
+    print(f"\n{'stage':<10} {'status':<8} {'time':>8}  metrics")
+    for r in records:
+        print(f"{r.name:<10} {r.status:<8} {r.wall_s:>7.1f}s  {format_metrics(r.metrics)}")
+
+
+def print_how_to_query(push: StageRecord, export: StageRecord) -> None:
+    path = Path(push.metrics["path"])
+    n_features = export.metrics["signatures"]["serving_default"]["inputs"]["x"]["shape"][1]
+    print(f"Model: {path} (version {push.metrics['version']}, TF Serving layout)")
+    print("Query it in-process:")
+    print(f"  .venv/bin/python -c \"import tensorflow as tf; m = tf.saved_model.load('{path}'); "
+          f"print(m.signatures['serving_default'](x=tf.zeros([1, {n_features}])))\"")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

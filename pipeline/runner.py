@@ -1,0 +1,338 @@
+"""Run the stages in order with content-hash caching, atomic outputs and manifests.
+
+Layout under `output_dir`:
+  .cache/<stage>/<key>/   a finished stage: its output dirs, log.txt, manifest.json (written last)
+  <run_id>/config.json    the resolved config of the run
+  <run_id>/<stage>        a link to the cache entry the run used
+  <run_id>/<stage>.failed the partial output and log of a stage that failed
+  <run_id>/manifest.json  the run: each stage's status, key, metrics and time
+  latest                  a link to the newest run
+
+A stage's key is SHA-256 of its code (its module and the project modules it imports), its
+config sections, the seed, the fingerprints of its input artefacts and of the external files it
+reads. An input's fingerprint hashes the files themselves, so a re-trained model that differs
+re-runs what follows, and one that is bit-identical does not.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import secrets
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+from pipeline.config import PipelineConfig, to_dict
+from pipeline.errors import StageError
+from pipeline.stages import STAGES
+
+PROJECT_PACKAGES = ("pipeline", "models", "serving")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageRecord:
+    """One stage of one run, as written to the run manifest and printed in the summary."""
+
+    name: str
+    status: str  # ran | cached | resumed | failed
+    key: str = ""
+    wall_s: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    produced_by: str = ""  # the run that actually executed the stage
+    outputs: dict = field(default_factory=dict)  # artefact name -> content fingerprint
+
+
+class StageFailed(Exception):
+    """A stage raised; carries where its partial output and log were kept."""
+
+    def __init__(self, stage: str, reason: str, kept: Path, expected: bool):
+        self.stage, self.reason, self.kept, self.expected = stage, reason, kept, expected
+        super().__init__(f"Stage '{stage}' failed: {reason}\nPartial output and log: {kept}")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def stages_until(until: str | None) -> list[str]:
+    names = list(STAGES)
+    if until is None:
+        return names
+    if until not in STAGES:
+        raise ValueError(f"--until {until!r}: unknown stage; stages are {', '.join(names)}")
+    return names[: names.index(until) + 1]
+
+
+class Runner:
+    def __init__(self, cfg: PipelineConfig, run_id: str | None = None, force: tuple[str, ...] = ()):
+        unknown = [s for s in force if s not in STAGES]
+        if unknown:
+            raise ValueError(f"--force {unknown[0]!r}: unknown stage; stages are {', '.join(STAGES)}")
+        self.cfg = cfg
+        self.force = set(force)
+        self.root = Path(cfg.output_dir)
+        self.resuming = run_id is not None
+        self.run_id = run_id or new_run_id()
+        self.run_dir = self.root / self.run_id
+        self.records: dict[str, StageRecord] = {}
+        if self.resuming:
+            previous = json.loads((self.run_dir / MANIFEST).read_text())
+            self.previous = {r["name"]: StageRecord(**r) for r in previous["stages"]}
+        else:
+            self.previous = {}
+
+    # -- planning -------------------------------------------------------------------------
+
+    def stage_key(self, name: str) -> str | None:
+        """The cache key, or None while an input has not been produced yet."""
+        stage = STAGES[name]
+        inputs = {}
+        for artefact in stage.INPUTS:
+            producer = producer_of(artefact)
+            record = self.records.get(producer)
+            if record is None or artefact not in record.outputs:
+                return None
+            inputs[artefact] = record.outputs[artefact]
+        external = {str(p): file_digest(p) for p in getattr(stage, "external_inputs", lambda c: [])(self.cfg)}
+        return digest_json({
+            "stage": name,
+            "code": code_fingerprint(stage),
+            "config": {section: asdict(getattr(self.cfg, section)) for section in stage.CONFIG},
+            "seed": self.cfg.seed,
+            "inputs": inputs,
+            "external": external,
+        })
+
+    def cache_entry(self, name: str, key: str) -> Path:
+        return self.root / ".cache" / name / key
+
+    def plan(self, until: str | None = None) -> list[tuple[str, str]]:
+        """(stage, state) for --list: what a run would reuse and what it would execute."""
+        states = []
+        for name in stages_until(until):
+            key = self.stage_key(name)
+            entry = key and self.cache_entry(name, key)
+            if key is None:
+                states.append((name, "will run (after its inputs are rebuilt)"))
+            elif name in self.force or not (entry / MANIFEST).is_file():
+                states.append((name, f"will run (key {key[:12]})"))
+            else:
+                record = StageRecord(**json.loads((entry / MANIFEST).read_text())["record"])
+                self.records[name] = record
+                states.append((name, f"cached (key {key[:12]}, from run {record.produced_by})"))
+        return states
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, until: str | None = None, log=print) -> list[StageRecord]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+        link(self.root / "latest", Path(self.run_id))
+        names = stages_until(until)
+        for i, name in enumerate(names, 1):
+            prefix = f"[{i}/{len(names)}] {name}"
+            record = self._resumed(name) or self._cached(name)
+            if record is None:
+                log(f"{prefix}: running")
+                record = self._execute(name)
+                log(f"{prefix}: done in {record.wall_s:.1f}s {format_metrics(record.metrics)}")
+            else:
+                log(f"{prefix}: {record.status} (key {record.key[:12]}, from run {record.produced_by})")
+            self.records[name] = record
+            self._write_manifest("running")
+        self._write_manifest("succeeded")
+        return list(self.records.values())
+
+    def _resumed(self, name: str) -> StageRecord | None:
+        previous = self.previous.get(name)
+        if previous is None or previous.status == "failed" or name in self.force:
+            return None
+        if not (self.run_dir / name / MANIFEST).is_file():
+            return None
+        return StageRecord(**{**asdict(previous), "status": "resumed"})
+
+    def _cached(self, name: str) -> StageRecord | None:
+        key = self.stage_key(name)
+        entry = self.cache_entry(name, key)
+        if name in self.force or not (entry / MANIFEST).is_file():
+            return None
+        record = StageRecord(**json.loads((entry / MANIFEST).read_text())["record"])
+        link(self.run_dir / name, Path("..") / ".cache" / name / key)
+        return StageRecord(**{**asdict(record), "status": "cached", "wall_s": 0.0})
+
+    def _execute(self, name: str) -> StageRecord:
+        stage = STAGES[name]
+        key = self.stage_key(name)
+        entry = self.cache_entry(name, key)
+        staging = entry.parent / f".tmp-{key[:12]}-{os.getpid()}-{secrets.token_hex(2)}"
+        staging.mkdir(parents=True)
+        inputs = {a: self.run_dir / producer_of(a) / a for a in stage.INPUTS}
+        view = SimpleNamespace(seed=self.cfg.seed, **{s: getattr(self.cfg, s) for s in stage.CONFIG})
+        started = time.perf_counter()
+        with (staging / "log.txt").open("w") as log_file:
+            try:
+                with contextlib.redirect_stdout(Tee(sys.stdout, log_file)):
+                    metrics = stage.run(view, inputs, staging) or {}
+                missing = [o for o in stage.OUTPUTS if not (staging / o).is_dir()]
+                if missing:
+                    raise RuntimeError(f"stage did not write its declared outputs {missing}")
+            except Exception as e:  # any failure: keep what it wrote, say where
+                log_file.write(traceback.format_exc())
+                self._fail(name, key, staging, e)
+        record = StageRecord(
+            name=name,
+            status="ran",
+            key=key,
+            wall_s=round(time.perf_counter() - started, 3),
+            metrics=json.loads(json.dumps(metrics, default=str)),
+            produced_by=self.run_id,
+            outputs={o: dir_fingerprint(staging / o) for o in stage.OUTPUTS},
+        )
+        manifest = {"record": asdict(record), "config": {s: asdict(getattr(self.cfg, s)) for s in stage.CONFIG},
+                    "seed": self.cfg.seed, "versions": package_versions()}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if entry.exists():  # a concurrent run finished the same work first; keep theirs
+            shutil.rmtree(staging)
+        else:
+            staging.rename(entry)
+        link(self.run_dir / name, Path("..") / ".cache" / name / key)
+        return record
+
+    def _fail(self, name: str, key: str, staging: Path, error: Exception):
+        kept = self.run_dir / f"{name}.failed"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.move(str(staging), kept)
+        self.records[name] = StageRecord(name=name, status="failed", key=key, produced_by=self.run_id)
+        self._write_manifest("failed")
+        expected = isinstance(error, StageError)
+        reason = str(error) if expected else f"{type(error).__name__}: {error}"
+        raise StageFailed(name, reason, kept, expected) from error
+
+    def _write_manifest(self, status: str) -> None:
+        manifest = {
+            "run_id": self.run_id,
+            "status": status,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stages": [asdict(r) for r in self.records.values()],
+            "versions": package_versions(),
+        }
+        write_atomic(self.run_dir / MANIFEST, json.dumps(manifest, indent=2))
+
+
+def producer_of(artefact: str) -> str:
+    for name, stage in STAGES.items():
+        if artefact in stage.OUTPUTS:
+            return name
+    raise KeyError(f"no stage produces the artefact {artefact!r}")
+
+
+class Tee:
+    """Write to the terminal and to the stage's log file at once."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def link(path: Path, target: Path) -> None:
+    """Point the symlink `path` at `target`, replacing any older link atomically."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    temp.symlink_to(target)
+    temp.replace(path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    temp.replace(path)
+
+
+def digest_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_digest(f).encode())
+    return h.hexdigest()
+
+
+def code_fingerprint(module: ModuleType) -> str:
+    return digest_json(project_sources(module))
+
+
+def project_sources(module: ModuleType) -> dict[str, str]:
+    """SHA-256 of the module's source and of every project module it imports, transitively."""
+    seen: dict[str, str] = {}
+    pending = [module.__name__]
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # `from module import function`: not a module
+            continue
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        source = Path(spec.origin).read_text()
+        seen[name] = hashlib.sha256(source.encode()).hexdigest()
+        pending += [m for m in imported_modules(source) if m.split(".")[0] in PROJECT_PACKAGES]
+    return seen
+
+
+def imported_modules(source: str) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "tf-keras", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def format_metrics(metrics: dict) -> str:
+    shown = [f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return " ".join(shown)

@@ -1,0 +1,71 @@
+"""Measure the trained model on the held-out test split, and gate the run on it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+
+from pipeline.errors import StageError
+
+
+@dataclass(frozen=True)
+class Config:
+    min_accuracy: float = 0.9  # classification gate: the run fails before export below this
+    max_mae: float | None = None  # regression gate; null = no gate
+
+    def problems(self) -> list[str]:
+        if not 0 <= self.min_accuracy <= 1:
+            return [f"min_accuracy: expected a number in [0, 1], received {self.min_accuracy}."]
+        return []
+
+
+CONFIG = ("evaluate",)
+INPUTS = ("model", "dataset", "schema")
+OUTPUTS = ("evaluation",)
+
+
+def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    schema = json.loads((inputs["schema"] / "schema.json").read_text())
+    test = np.load(inputs["dataset"] / "test.npz")
+    model = keras.models.load_model(inputs["model"] / "model.keras")
+    predictions = model.predict(test["x"], batch_size=256, verbose=0)
+    (out / "evaluation").mkdir()
+    if schema["task"] == "classification":
+        metrics = _classification(predictions, test["y"], schema["classes"], out / "evaluation")
+        if metrics["accuracy"] < cfg.evaluate.min_accuracy:
+            raise StageError(
+                f"test accuracy {metrics['accuracy']:.4f} on {len(test['y'])} rows is below the gate "
+                f"evaluate.min_accuracy={cfg.evaluate.min_accuracy}. Train longer (train.epochs), "
+                f"change the model, or lower the gate."
+            )
+    else:
+        metrics = _regression(predictions[:, 0], test["y"])
+        if cfg.evaluate.max_mae is not None and metrics["mae"] > cfg.evaluate.max_mae:
+            raise StageError(
+                f"test MAE {metrics['mae']:.4f} on {len(test['y'])} rows is above the gate "
+                f"evaluate.max_mae={cfg.evaluate.max_mae}."
+            )
+    (out / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _classification(probabilities: np.ndarray, y: np.ndarray, classes: list[str], out: Path) -> dict:
+    predicted = probabilities.argmax(axis=1)
+    n = len(classes)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    (out / "confusion_matrix.json").write_text(json.dumps({"classes": classes, "matrix": confusion.tolist()}))
+    print("evaluate: confusion matrix (rows = true class, columns = predicted)")
+    print("      " + " ".join(f"{c:>4}" for c in classes))
+    for name, row in zip(classes, confusion):
+        print(f"{name:>5} " + " ".join(f"{v:>4}" for v in row))
+    return {"accuracy": float((predicted == y).mean()), "loss": float(-np.log(picked).mean()), "test_rows": len(y)}
+
+
+def _regression(predicted: np.ndarray, y: np.ndarray) -> dict:
+    error = predicted - y
+    return {"mae": float(np.abs(error).mean()), "mse": float((error**2).mean()), "test_rows": len(y)}

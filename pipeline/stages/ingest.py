@@ -1,0 +1,190 @@
+"""Read the raw data (bundled digits, a CSV file or an .npz file) and split it by seed.
+
+Cells that cannot be read are kept (as NaN, with the reason) for validate to set aside:
+ingest never drops a row. A column that is mostly not numbers is a wrong file, and fails here.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pipeline.errors import StageError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "digits"  # "digits" (bundled with scikit-learn), or a path to a .csv / .npz file
+    task: Literal["classification", "regression"] = "classification"
+    label: str = "label"  # the CSV label column
+    features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
+    input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.source != "digits":
+            path = Path(self.source)
+            if path.suffix not in (".csv", ".npz"):
+                found.append(f"source: expected 'digits' or a .csv or .npz file, received {self.source!r}.")
+            elif not path.is_file():
+                found.append(f"source: no such file {str(path.resolve())!r}.")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                found.append(f"{name}: expected a number in (0, 0.5), received {getattr(self, name)}.")
+        if any(d < 1 for d in self.input_shape):
+            found.append(f"input_shape: expected positive sizes, received {list(self.input_shape)}.")
+        return found
+
+
+CONFIG = ("data",)
+INPUTS = ()
+OUTPUTS = ("examples",)
+
+
+def external_inputs(cfg) -> list[Path]:
+    """Files whose content is part of this stage's cache key."""
+    return [] if cfg.data.source == "digits" else [Path(cfg.data.source)]
+
+
+def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    data: Config = cfg.data
+    if data.source == "digits":
+        table = _read_digits()
+    elif data.source.endswith(".npz"):
+        table = _read_npz(Path(data.source))
+    else:
+        table = _read_csv(Path(data.source), data)
+    x, labels, rows, problems, feature_names, stored_shape = table
+    input_shape = tuple(data.input_shape) or stored_shape
+    if math.prod(input_shape) != x.shape[1]:
+        raise StageError(
+            f"data.input_shape {list(input_shape)} holds {math.prod(input_shape)} values, but "
+            f"{data.source} has {x.shape[1]} features per row. Set data.input_shape to a shape "
+            f"whose sizes multiply to {x.shape[1]}, or [] to keep the stored shape."
+        )
+    split = _split(len(x), data.val_fraction, data.test_fraction, cfg.seed)
+    out_dir = out / "examples"
+    out_dir.mkdir(parents=True)
+    np.savez(out_dir / "examples.npz", x=x, label=labels, row=rows, problem=problems, split=split)
+    counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
+    meta = {
+        "source": data.source,
+        "task": data.task,
+        "feature_names": feature_names,
+        "input_shape": list(input_shape),
+        "rows": counts,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    print(f"ingest: {len(x)} rows x {x.shape[1]} features from {data.source} -> {counts}")
+    return {"rows": len(x), "features": x.shape[1], "unreadable_rows": int((problems != "").sum())}
+
+
+def _read_digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    n = len(digits.target)
+    names = [f"pixel_{i}" for i in range(digits.data.shape[1])]
+    labels = digits.target.astype(str)
+    return digits.data.astype(np.float32), labels, np.arange(n), np.full(n, ""), names, (8, 8, 1)
+
+
+def _read_npz(path: Path):
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise StageError(f"data.source {str(path)!r} is not a readable .npz file: {e}") from None
+    missing = [k for k in ("x", "y") if k not in arrays.files]
+    if missing:
+        raise StageError(
+            f"data.source {str(path)!r} must hold arrays 'x' (features, [rows, ...]) and 'y' "
+            f"(labels, [rows]); missing {missing}, found {arrays.files}."
+        )
+    x, y = arrays["x"], arrays["y"]
+    if not np.issubdtype(x.dtype, np.number) or len(x) != len(y) or y.ndim != 1:
+        raise StageError(
+            f"data.source {str(path)!r}: expected numeric 'x' [rows, ...] and 'y' [rows] with the "
+            f"same number of rows, received x {x.dtype} {list(x.shape)}, y {y.dtype} {list(y.shape)}."
+        )
+    n = len(x)
+    flat = x.reshape(n, -1).astype(np.float32)
+    names = [f"x_{i}" for i in range(flat.shape[1])]
+    return flat, y.astype(str), np.arange(n), np.full(n, ""), names, tuple(x.shape[1:])
+
+
+def _read_csv(path: Path, data: Config):
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            records = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise StageError(f"data.source {str(path)!r} is not a readable UTF-8 CSV file: {e}") from None
+    if not records:
+        raise StageError(f"data.source {str(path)!r} is empty; expected a header row and data rows.")
+    header = [h.strip() for h in records[0]]
+    if data.label not in header:
+        raise StageError(
+            f"data.source {str(path)!r}: label column {data.label!r} (data.label) not found. "
+            f"Columns in the file: {header}."
+        )
+    features = list(data.features) or [h for h in header if h != data.label]
+    absent = [c for c in features if c not in header]
+    if absent:
+        raise StageError(
+            f"data.source {str(path)!r}: feature columns {absent} (data.features) not found. "
+            f"Columns in the file: {header}."
+        )
+    columns = [header.index(c) for c in features]
+    label_column = header.index(data.label)
+    body = records[1:]
+    x = np.full((len(body), len(features)), np.nan, dtype=np.float32)
+    labels = np.full(len(body), "", dtype=object)
+    problems = np.full(len(body), "", dtype=object)
+    bad_cells = {c: [] for c in features}
+    for i, record in enumerate(body):
+        if len(record) != len(header):
+            problems[i] = f"expected {len(header)} fields, found {len(record)}"
+            continue
+        labels[i] = record[label_column].strip()
+        reasons = []
+        for j, (name, column) in enumerate(zip(features, columns)):
+            cell = record[column].strip()
+            try:
+                x[i, j] = float(cell)
+            except ValueError:
+                reasons.append(f"missing '{name}'" if not cell else f"'{name}' is {cell!r}, not a number")
+                if cell:
+                    bad_cells[name].append(cell)
+        problems[i] = "; ".join(reasons)
+    _check_numeric_columns(path, bad_cells, len(body))
+    rows = np.arange(2, len(body) + 2)  # line numbers in the file, header is line 1
+    return x, labels.astype(str), rows, problems.astype(str), features, (len(features),)
+
+
+def _check_numeric_columns(path: Path, bad_cells: dict[str, list[str]], n_rows: int) -> None:
+    """A column that is mostly text is the wrong column (or the wrong file), not bad rows."""
+    for name, cells in bad_cells.items():
+        if n_rows and len(cells) > n_rows / 2:
+            raise StageError(
+                f"data.source {str(path)!r}: column {name!r} should hold numbers (float32), but "
+                f"{len(cells)} of {n_rows} rows hold text, e.g. {cells[:3]}. Remove it from "
+                f"data.features, or make it the label with data.label={name}."
+            )
+
+
+def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """0 = train, 1 = val, 2 = test; the same seed always gives the same split."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    split = np.zeros(n, dtype=np.int8)
+    split[order[:n_test]] = 2
+    split[order[n_test : n_test + n_val]] = 1
+    return split

@@ -1,0 +1,133 @@
+"""Check every row against the schema, set bad rows aside with the reason, compute statistics.
+
+Rejected rows go to rejects.csv (file row, split, reason), never silently dropped; too many of
+them fail the stage, since then the data (or its declared schema) is wrong, not a few rows.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import StageError
+from pipeline.stages.ingest import SPLITS
+
+
+@dataclass(frozen=True)
+class Config:
+    max_reject_fraction: float = 0.05  # fail when more rows than this are rejected
+
+    def problems(self) -> list[str]:
+        if not 0 <= self.max_reject_fraction <= 1:
+            return [f"max_reject_fraction: expected a number in [0, 1], received {self.max_reject_fraction}."]
+        return []
+
+
+CONFIG = ("validate",)
+INPUTS = ("examples",)
+OUTPUTS = ("dataset", "schema")
+
+
+def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    meta = json.loads((inputs["examples"] / "meta.json").read_text())
+    raw = np.load(inputs["examples"] / "examples.npz")
+    x, labels, split = raw["x"], raw["label"], raw["split"]
+    reasons = _reject_reasons(x, labels, raw["problem"], meta)
+    rejected = reasons != ""
+    _write_rejects(out / "rejects.csv", raw["row"], split, reasons)
+    fraction = float(rejected.mean()) if len(x) else 1.0
+    if fraction > cfg.validate.max_reject_fraction:
+        examples = "; ".join(f"row {r}: {why}" for r, why in zip(raw["row"][rejected][:3], reasons[rejected][:3]))
+        raise StageError(
+            f"{rejected.sum()} of {len(x)} rows ({fraction:.1%}) break the schema, more than "
+            f"validate.max_reject_fraction={cfg.validate.max_reject_fraction}. First: {examples}. "
+            f"All reasons are in rejects.csv."
+        )
+    keep = ~rejected
+    classes, y = _targets(labels[keep], meta["task"])
+    x, split = x[keep], split[keep]
+    dataset = out / "dataset"
+    dataset.mkdir(parents=True)
+    for i, name in enumerate(SPLITS):
+        np.savez(dataset / f"{name}.npz", x=x[split == i], y=y[split == i])
+    schema = _schema(meta, x[split == 0], raw["x"], classes, y, split, int(rejected.sum()))
+    (out / "schema").mkdir()
+    (out / "schema" / "schema.json").write_text(json.dumps(schema, indent=2))
+    print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
+    return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
+
+
+def _reject_reasons(x: np.ndarray, labels: np.ndarray, problems: np.ndarray, meta: dict) -> np.ndarray:
+    reasons = problems.astype(object)
+    names = meta["feature_names"]
+    for i in np.flatnonzero((reasons == "") & ~np.isfinite(x).all(axis=1)):
+        column = int(np.flatnonzero(~np.isfinite(x[i]))[0])
+        reasons[i] = f"'{names[column]}' is {x[i, column]} (missing or not finite)"
+    for i in np.flatnonzero(reasons == ""):
+        if not labels[i]:
+            reasons[i] = "missing label"
+        elif meta["task"] == "regression" and not _is_number(labels[i]):
+            reasons[i] = f"label {str(labels[i])!r} is not a number (data.task is regression)"
+    return reasons.astype(str)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _targets(labels: np.ndarray, task: str) -> tuple[list[str], np.ndarray]:
+    """Class names and class indices (classification), or float values (regression)."""
+    if task == "regression":
+        return [], labels.astype(np.float32)
+    names = sorted(set(labels.tolist()))
+    if all(n.lstrip("-").isdigit() for n in names):
+        names.sort(key=int)
+    index = {name: i for i, name in enumerate(names)}
+    return names, np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def _write_rejects(path: Path, rows: np.ndarray, split: np.ndarray, reasons: np.ndarray) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "split", "reason"])
+        for i in np.flatnonzero(reasons != ""):
+            writer.writerow([int(rows[i]), SPLITS[split[i]], reasons[i]])
+
+
+def _schema(meta, x_train, x_all, classes, y, split, rejected) -> dict:
+    missing = (~np.isfinite(x_all)).sum(axis=0)
+    features = [
+        {
+            "name": name,
+            "dtype": "float32",
+            "min": float(x_train[:, j].min()),
+            "max": float(x_train[:, j].max()),
+            "mean": float(x_train[:, j].mean()),
+            "std": float(x_train[:, j].std()),
+            "missing": int(missing[j]),
+        }
+        for j, name in enumerate(meta["feature_names"])
+    ]
+    schema = {
+        "source": meta["source"],
+        "task": meta["task"],
+        "input_shape": meta["input_shape"],
+        "features": features,
+        "rows": {name: int((split == i).sum()) for i, name in enumerate(SPLITS)},
+        "rejected": rejected,
+    }
+    if meta["task"] == "classification":
+        schema["classes"] = classes
+        schema["label_distribution"] = {
+            name: {c: int(((split == i) & (y == k)).sum()) for k, c in enumerate(classes)}
+            for i, name in enumerate(SPLITS)
+        }
+    else:
+        schema["label_stats"] = {"min": float(y.min()), "max": float(y.max()), "mean": float(y.mean())}
+    return schema

@@ -1,0 +1,143 @@
+"""The real CLI (`python -m pipeline.run` in a subprocess) on digits with few epochs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def cli(workdir: Path, *args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    """Run the pipeline CLI in `workdir` (runs/ and model_repository/ land there)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_USE_LEGACY_KERAS": "1"}
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "pipeline.run", *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+
+def manifest(workdir: Path, run: str = "latest") -> dict:
+    return json.loads((workdir / "runs" / run / "manifest.json").read_text())
+
+
+def statuses(workdir: Path) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in manifest(workdir)["stages"]}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline")
+    result = cli(path, "train.epochs=6")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return path
+
+
+def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
+    version_dir = workdir / "model_repository" / "digits" / "1"
+    model = tf.saved_model.load(str(version_dir))
+    test = np.load(workdir / "runs" / "latest" / "validate" / "dataset" / "test.npz")
+    out = model.signatures["serving_default"](x=tf.constant(test["x"]))
+    assert out["probabilities"].shape == (len(test["y"]), 10)
+    assert out["class_id"].shape == (len(test["y"]),)
+    accuracy = float((out["class_id"].numpy() == test["y"]).mean())
+    assert accuracy >= 0.9
+
+    examples = [
+        tf.train.Example(features=tf.train.Features(feature={
+            "x": tf.train.Feature(float_list=tf.train.FloatList(value=row))})).SerializeToString()
+        for row in test["x"][:5]
+    ]
+    classified = model.signatures["classify"](inputs=tf.constant(examples))
+    assert classified["classes"].shape == (5, 10) and classified["scores"].shape == (5, 10)
+    assert classified["classes"].numpy()[0].tolist() == [str(i).encode() for i in range(10)]
+    np.testing.assert_allclose(classified["scores"].numpy(), out["probabilities"].numpy()[:5], rtol=1e-5)
+
+    saved = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    methods = {k: v.method_name for k, v in saved.meta_graphs[0].signature_def.items() if not k.startswith("__")}
+    assert methods == {"serving_default": "tensorflow/serving/predict", "classify": "tensorflow/serving/classify"}
+    assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+
+
+def test_manifest_documents_stages_signatures_and_versions(workdir):
+    run = manifest(workdir)
+    assert run["status"] == "succeeded"
+    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "train", "evaluate", "export", "push"]
+    export = next(s for s in run["stages"] if s["name"] == "export")
+    assert export["metrics"]["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 64]}}
+    assert run["versions"]["tensorflow"].startswith("2.21")
+    assert (workdir / "runs" / "latest" / "report.html").read_text().count("<img") == 1
+
+
+def test_same_run_twice_is_fully_cached(workdir):
+    result = cli(workdir, "train.epochs=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(statuses(workdir).values()) == {"cached"}
+    assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == ["1"]
+
+
+def test_changing_epochs_reruns_train_and_what_follows(workdir):
+    result = cli(workdir, "train.epochs=5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert statuses(workdir) == {"ingest": "cached", "validate": "cached", "train": "ran",
+                                 "evaluate": "ran", "export": "ran", "push": "ran"}
+    assert (workdir / "model_repository" / "digits" / "2" / "saved_model.pb").is_file()
+
+
+def test_bad_config_exits_2_with_every_problem(tmp_path):
+    result = cli(tmp_path, "train.epoch=3", "model.name=resnet")
+    assert result.returncode == 2
+    assert "(2 problems)" in result.stderr
+    assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in result.stderr
+    assert "model.name: expected one of 'cnn', 'mlp', 'rnn'" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_file_exits_2(tmp_path):
+    result = cli(tmp_path, "data.source=nope.csv")
+    assert result.returncode == 2
+    assert "data.source: no such file" in result.stderr
+
+
+def test_a_failed_gate_exits_1_and_publishes_nothing(tmp_path):
+    result = cli(tmp_path, "train.epochs=1", "model.width=4", "evaluate.min_accuracy=0.99")
+    assert result.returncode == 1
+    assert "Stage 'evaluate' failed: test accuracy" in result.stderr
+    assert "below the gate evaluate.min_accuracy=0.99" in result.stderr
+    run = manifest(tmp_path)
+    assert run["status"] == "failed"
+    assert (tmp_path / "runs" / run["run_id"] / "evaluate.failed" / "log.txt").is_file()
+    assert not (tmp_path / "model_repository").exists()
+
+
+def test_until_then_resume_continues_the_same_run(tmp_path):
+    first = cli(tmp_path, "train.epochs=2", "--until", "validate")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_id = manifest(tmp_path)["run_id"]
+    listed = cli(tmp_path, "train.epochs=2", "--list")
+    assert "validate   cached" in listed.stdout and "train      will run" in listed.stdout
+    resumed = cli(tmp_path, "--resume", run_id, "--until", "train")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert statuses(tmp_path) == {"ingest": "resumed", "validate": "resumed", "train": "ran"}
+    assert manifest(tmp_path)["run_id"] == run_id
+
+
+MIRRORED = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pipeline.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
+    result = cli(tmp_path, "train.strategy=mirrored", "train.epochs=5", "--until", "evaluate", code=MIRRORED)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "strategy mirrored with 2 replica(s)" in result.stdout
+    evaluate = next(s for s in manifest(tmp_path)["stages"] if s["name"] == "evaluate")
+    assert evaluate["metrics"]["accuracy"] >= 0.9

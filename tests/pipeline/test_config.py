@@ -1,0 +1,83 @@
+"""Config loading: overrides with type conversion, and every problem reported at once."""
+import pytest
+
+from pipeline.config import ConfigError, all_keys, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_loads_with_the_keys_scripts_rely_on():
+    cfg = load_config()
+    assert cfg.data.source == "digits"
+    for key in ("output_dir", "data.source", "model.name", "train.epochs", "train.batch_size",
+                "train.strategy", "push.repository", "push.model_name"):
+        assert key in all_keys()
+
+
+def test_overrides_are_converted_to_the_field_types():
+    cfg = load_config(None, ["train.epochs=3", "train.learning_rate=1e-2", "model.name=mlp",
+                             "data.input_shape=[64]", "evaluate.max_mae=null", "export.warmup=false"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.learning_rate == 0.01
+    assert cfg.model.name == "mlp"
+    assert cfg.data.input_shape == (64,)
+    assert cfg.evaluate.max_mae is None
+    assert cfg.export.warmup is False
+
+
+def test_an_int_is_accepted_where_a_float_is_expected():
+    assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+def test_all_problems_are_reported_together_with_suggestions(tmp_path):
+    path = write(tmp_path, "train:\n  epoch: 3\n  batch_size: 64k\nmodel:\n  name: cnnn\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.strategy=mirorred", "trian.epochs=2"])
+    message = str(info.value)
+    assert f"Config error in {path} (5 problems):" in message
+    assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in message
+    assert "train.batch_size: expected an integer, received '64k'." in message
+    assert "model.name: expected one of 'cnn', 'mlp', 'rnn' (did you mean 'cnn'?), received 'cnnn'." in message
+    assert "train.strategy: expected one of 'default', 'mirrored' (did you mean 'mirrored'?)" in message
+    assert "trian: unknown key. Did you mean 'train'?" in message
+
+
+def test_range_problems_name_the_key_and_the_value():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=0", "model.dropout=1.5", "data.val_fraction=0.9",
+                           "push.model_name=../evil", "data.source=missing.csv"])
+    message = str(info.value)
+    assert "train.epochs: expected a positive integer, received 0." in message
+    assert "model.dropout: expected a number in [0, 1), received 1.5." in message
+    assert "data.val_fraction: expected a number in (0, 0.5), received 0.9." in message
+    assert "push.model_name: expected letters, digits" in message
+    assert "data.source: no such file" in message and "missing.csv" in message
+
+
+def test_booleans_are_not_integers():
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, received True"):
+        load_config(None, ["train.epochs=true"])
+
+
+def test_an_override_without_equals_or_into_a_value_is_explained():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs", "seed.x=1"])
+    assert "'train.epochs': an override must look like key.sub=value" in str(info.value)
+    assert "seed.x: 'seed' is a value, not a section" in str(info.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [unclosed"))
+    with pytest.raises(ConfigError, match="expected a section"):
+        load_config(write(tmp_path, "train: 5\n"))
+
+
+def test_config_names_resolve_to_bundled_files():
+    assert load_config("digits").model.name == "cnn"
