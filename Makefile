@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test test-quick clean
+.PHONY: run serve test test-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 # The whole pipeline on the bundled digits data; extra overrides: make run ARGS="train.epochs=3"
 run: $(STAMP)
 	$(BIN)/python -m pipeline.run $(ARGS)
+
+# The embedded TF Serving-compatible server on what `make run` pushed (REST :8501, gRPC :8500).
+serve: $(STAMP)
+	$(BIN)/python -m serving --rest_api_port=8501 --port=8500 --model_name=digits --model_base_path=$(CURDIR)/model_repository/digits
 
 # Everything, slow integration tests included (this is what CI runs).
 test: $(STAMP)

@@ -17,6 +17,7 @@ import yaml
 
 from models import ModelConfig
 from pipeline.stages import evaluate, export, ingest, push, train, validate
+from pipeline.stages.push import ServeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "digits.yaml"
@@ -33,6 +34,7 @@ class PipelineConfig:
     evaluate: evaluate.Config = field(default_factory=evaluate.Config)
     export: export.Config = field(default_factory=export.Config)
     push: push.Config = field(default_factory=push.Config)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 class ConfigError(Exception):

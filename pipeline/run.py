@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(runner.run_dir, records)
     print(f"\nRun {runner.run_id}: report {report.resolve()}")
     if "push" in runner.records:
-        print_how_to_query(runner.records["push"], runner.records["export"])
+        print_how_to_query(runner.records["push"], runner.run_dir)
     return 0
 
 
@@ -75,13 +75,14 @@ def print_summary(records: list[StageRecord]) -> None:
         print(f"{r.name:<10} {r.status:<8} {r.wall_s:>7.1f}s  {format_metrics(r.metrics)}")
 
 
-def print_how_to_query(push: StageRecord, export: StageRecord) -> None:
+def print_how_to_query(push: StageRecord, run_dir: Path) -> None:
     path = Path(push.metrics["path"])
-    n_features = export.metrics["signatures"]["serving_default"]["inputs"]["x"]["shape"][1]
+    name = path.parent.name
     print(f"Model: {path} (version {push.metrics['version']}, TF Serving layout)")
-    print("Query it in-process:")
-    print(f"  .venv/bin/python -c \"import tensorflow as tf; m = tf.saved_model.load('{path}'); "
-          f"print(m.signatures['serving_default'](x=tf.zeros([1, {n_features}])))\"")
+    print(f"Serve it:  make serve   (python -m serving --rest_api_port=8501 --model_name={name} "
+          f"--model_base_path={path.parent})")
+    print(f"Query it:  curl -d @{run_dir / 'export' / 'sample_request.json'} "
+          f"http://localhost:8501/v1/models/{name}:predict")
 
 
 if __name__ == "__main__":

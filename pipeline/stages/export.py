@@ -46,6 +46,8 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         _write_warmup(path, np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32))
     described = describe_signatures(path)
     (out / "signatures.json").write_text(json.dumps(described, indent=2))
+    means = [round(f["mean"], 3) for f in schema["features"]]
+    (out / "sample_request.json").write_text(json.dumps({"instances": [means]}))  # for curl -d @...
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"saved_model_bytes": size, "signatures": described}
 

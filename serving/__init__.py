@@ -1,0 +1,1 @@
+"""Embedded model server compatible with TensorFlow Serving."""

@@ -1,0 +1,207 @@
+"""`python -m serving`: a drop-in for tensorflow_model_server, with its flag names and meanings.
+
+    python -m serving --rest_api_port=8501 --model_name=digits --model_base_path=$PWD/model_repository/digits
+
+Flags and config files are checked before anything starts: an unknown flag, a TF Serving flag
+this server does not implement, or a bad config file exits 2 with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+log = logging.getLogger("serving")
+
+VERSION = "maas-serving 0.1.0 (TensorFlow Serving 2.21 API)"
+UNSUPPORTED = (  # tensorflow_model_server flags this server rejects rather than silently ignores
+    "grpc_socket_path", "enable_per_model_batching_parameters", "num_load_threads", "num_unload_threads",
+    "max_num_load_retries", "load_retry_interval_micros", "flush_filesystem_caches", "tensorflow_session_parallelism",
+    "tensorflow_session_config_file", "use_alts_credentials", "ssl_config_file", "platform_config_file",
+    "per_process_gpu_memory_fraction", "saved_model_tags", "num_request_iterations_for_warmup",
+    "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
+    "num_tflite_interpreters_per_pool", "xla_cpu_compilation_enabled", "xla_gpu_compilation_enabled",
+    "enable_profiler", "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
+    "enable_grpc_healthcheck_service",
+)
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, received {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cpus = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="python -m serving", allow_abbrev=False,
+                                description="TensorFlow Serving-compatible model server (REST and gRPC).")
+    flag = p.add_argument
+    flag("--port", type=int, default=8500, help="gRPC port (0: no gRPC server)")
+    flag("--rest_api_port", type=int, default=0, help="REST port (0: no REST server)")
+    flag("--rest_api_num_threads", type=int, default=4 * cpus, help="threads that run model calls without batching")
+    flag("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request deadline (0: none)")
+    flag("--rest_api_enable_cors_support", type=parse_bool, nargs="?", const=True, default=False)
+    flag("--model_name", default="default", help="the model's name, with --model_base_path")
+    flag("--model_base_path", default="", help="directory of integer-named version directories")
+    flag("--model_config_file", default="", help="text-format ModelServerConfig (instead of --model_name/base_path)")
+    flag("--model_config_file_poll_wait_seconds", type=int, default=0, help="re-read --model_config_file this often")
+    flag("--file_system_poll_wait_seconds", type=int, default=1, help="poll base paths for new versions (0: once)")
+    flag("--enable_batching", type=parse_bool, nargs="?", const=True, default=False)
+    flag("--batching_parameters_file", default="", help="text-format BatchingParameters")
+    flag("--monitoring_config_file", default="", help="text-format MonitoringConfig (prometheus_config)")
+    flag("--enable_model_warmup", type=parse_bool, nargs="?", const=True, default=True)
+    flag("--enable_signature_method_name_check", type=parse_bool, nargs="?", const=True, default=False)
+    flag("--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False)
+    flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: TF decides)")
+    flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: TF decides)")
+    flag("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
+    flag("--enable_serialization_as_tensor_content", type=parse_bool, nargs="?", const=True, default=False)
+    flag("--grpc_max_threads", type=int, default=4 * cpus, help="accepted for compatibility; grpc.aio needs no pool")
+    flag("--version", action="store_true", help="print the version and exit")
+    # Ours, not tensorflow_model_server's:
+    flag("--host", default="0.0.0.0", help="address both servers bind (TF Serving binds all interfaces)")
+    flag("--rest_api_max_body_bytes", type=int, default=256 * 2**20, help="larger REST bodies get 429")
+    for name in UNSUPPORTED:
+        flag(f"--{name}", dest=f"unsupported_{name}", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+@dataclass
+class Settings:
+    """Everything the flags decide, checked and loaded (config files parsed)."""
+
+    args: argparse.Namespace
+    model_config: object
+    batching: object | None
+    metrics_path: str | None
+    grpc_options: list
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """Parse flags and the files they name; raise SystemExit(2) with every reason."""
+    from serving import protos, repository
+    from serving.batching import BatchingParameters
+    from serving.grpc_service import server_options
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(VERSION)
+        raise SystemExit(0)
+    used = [name for name in UNSUPPORTED if getattr(args, f"unsupported_{name}") is not None]
+    problems = [f"--{name} is a tensorflow_model_server flag this server does not support." for name in used]
+    if not args.port and not args.rest_api_port:
+        problems.append("neither --port nor --rest_api_port is set: nothing would serve.")
+    model_config = batching = metrics_path = grpc_options = None
+    try:
+        grpc_options = server_options(args.grpc_channel_arguments)
+        if args.model_config_file and args.model_base_path:
+            raise ValueError("use either --model_config_file or --model_name/--model_base_path, not both.")
+        if args.model_config_file:
+            model_config = repository.load_model_server_config(args.model_config_file)
+        elif args.model_base_path:
+            model_config = repository.single_model_config(args.model_name, args.model_base_path)
+        else:
+            raise ValueError("--model_base_path or --model_config_file is required.")
+        if args.batching_parameters_file and not args.enable_batching:
+            raise ValueError("--batching_parameters_file needs --enable_batching.")
+        if args.enable_batching:
+            text = Path(args.batching_parameters_file).read_text() if args.batching_parameters_file else ""
+            batching = BatchingParameters.from_text(text, f"--batching_parameters_file {args.batching_parameters_file!r}")
+        if args.monitoring_config_file:
+            source = f"--monitoring_config_file {args.monitoring_config_file!r}"
+            monitoring = protos.parse_text(Path(args.monitoring_config_file).read_text(), protos.MonitoringConfig, source)
+            if monitoring.prometheus_config.enable:
+                metrics_path = monitoring.prometheus_config.path or "/monitoring/prometheus/metrics"
+    except (ValueError, OSError) as e:
+        problems.append(str(e))
+    if problems:
+        parser.print_usage(sys.stderr)
+        print("python -m serving: error:\n  " + "\n  ".join(problems), file=sys.stderr)
+        raise SystemExit(2)
+    return Settings(args, model_config, batching, metrics_path, grpc_options)
+
+
+async def serve(settings: Settings) -> None:
+    import grpc
+
+    from serving.core import ServingCore
+    from serving.grpc_service import add_services
+    from serving.manager import ModelManager
+    from serving.metrics import Metrics
+    from serving.rest import RestApi
+    from serving.servable import session_config
+
+    args = settings.args
+    metrics = Metrics()
+    manager = ModelManager(settings.model_config, metrics, enable_warmup=args.enable_model_warmup,
+                           session_config=session_config(args.tensorflow_intra_op_parallelism,
+                                                         args.tensorflow_inter_op_parallelism))
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
+    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+        asyncio.create_task(watch_config_file(manager, args.model_config_file, args.model_config_file_poll_wait_seconds))
+    core = ServingCore(manager, metrics, settings.batching, args.rest_api_num_threads,
+                       check_method_names=args.enable_signature_method_name_check)
+    servers = []
+    if args.rest_api_port:
+        rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
+                       max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
+                       enable_cors=args.rest_api_enable_cors_support)
+        servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port))
+        log.info("Exporting HTTP/REST API at:%s:%d ...", args.host, args.rest_api_port)
+    if args.port:
+        grpc_server = grpc.aio.server(options=settings.grpc_options)
+        add_services(grpc_server, core, args.enable_serialization_as_tensor_content)
+        grpc_server.add_insecure_port(f"{args.host}:{args.port}")
+        await grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("Shutting down")
+    if args.port:
+        await grpc_server.stop(grace=5)
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+    manager.stop()
+    core.close()
+
+
+async def watch_config_file(manager, path: str, every_s: int) -> None:
+    """Re-read --model_config_file; apply it when it changed and is valid (else keep the old one)."""
+    from serving.repository import load_model_server_config
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            config = load_model_server_config(path)
+        except ValueError as e:
+            log.error("Ignoring the changed model config: %s", e)
+            continue
+        if config != manager.config:
+            log.info("Model config %s changed; applying it", path)
+            await loop.run_in_executor(None, manager.reload_config, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""Dynamic request batching with TensorFlow Serving's semantics.
+
+Concurrent requests that call the same `run` function with inputs of the same names, dtypes
+and non-batch shapes are concatenated along dimension 0, run once, and the outputs are split
+back by row range. The scheduling follows TF Serving's SharedBatchScheduler (one thread pool
+shared by all queues; per queue a deque of batches whose last one is open, closed when the
+next task does not fit, run when full or `batch_timeout_micros` after its first task) and the
+merging follows BatchingSession (padding up to `allowed_batch_sizes` with copies of a real
+row, outputs must keep the batch dimension). Unlike TF Serving, tasks whose shapes differ
+beyond dimension 0 go to separate queues instead of failing the batch they were mixed into.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving import errors, protos
+
+log = logging.getLogger(__name__)
+
+Tensors = Mapping[str, np.ndarray]
+RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+OnBatch = Callable[[RunFn, int, int], None]
+
+
+class InvalidRequestError(errors.InvalidArgument):
+    """A request the batcher cannot take (no inputs, unequal batch sizes, too many rows)."""
+
+
+class QueueFullError(errors.Unavailable):
+    """TF Serving answers UNAVAILABLE when the batch queue is full."""
+
+
+class BatcherClosedError(errors.Unavailable):
+    pass
+
+
+class BatchOutputError(errors.FailedPrecondition):
+    """`run` returned an output that cannot be split back into per-request rows."""
+
+
+@dataclass(frozen=True)
+class BatchingParameters:
+    """TF Serving's BatchingParameters (session_bundle_config.proto), with its defaults.
+
+    The defaults are SharedBatchScheduler's (tensorflow/core/kernels/batching_util/
+    shared_batch_scheduler.h): num_batch_threads is port::MaxParallelism(), i.e. the CPU count.
+    `pad_variable_length_inputs` is accepted but not applied: inputs whose shapes differ beyond
+    dimension 0 are batched in separate queues instead of being padded to a common shape.
+    """
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    thread_pool_name: str = "batch_threads"
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_batch_sizes", tuple(self.allowed_batch_sizes))
+        for name, minimum in [("max_batch_size", 1), ("batch_timeout_micros", 0),
+                              ("max_enqueued_batches", 1), ("num_batch_threads", 1)]:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"BatchingParameters.{name} must be an integer >= {minimum}; "
+                                 f"received {value!r}")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+                raise ValueError("BatchingParameters.allowed_batch_sizes entries must be positive "
+                                 f"and monotonically increasing; received {list(sizes)}")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError("Last entry in allowed_batch_sizes must match max_batch_size; "
+                                 f"last entry was {sizes[-1]}; expected {self.max_batch_size}")
+
+    @classmethod
+    def from_proto(cls, message: Any) -> BatchingParameters:
+        """From a tensorflow.serving.BatchingParameters message; unset wrapper fields keep
+        the defaults, as in TF Serving's bundle_factory_util.h."""
+        if message.HasField("enable_large_batch_splitting") and \
+                message.enable_large_batch_splitting.value:
+            raise ValueError("enable_large_batch_splitting is not supported: received true, "
+                             "expected false or unset (requests larger than max_batch_size are "
+                             "rejected; split them on the client)")
+        defaults = cls()
+        wrapped = {name: getattr(message, name).value if message.HasField(name)
+                   else getattr(defaults, name)
+                   for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
+                                "num_batch_threads", "thread_pool_name")}
+        return cls(**wrapped, allowed_batch_sizes=tuple(message.allowed_batch_sizes),
+                   pad_variable_length_inputs=message.pad_variable_length_inputs)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "batching parameters") -> BatchingParameters:
+        """From the text format of TF Serving's --batching_parameters_file."""
+        return cls.from_proto(protos.parse_text(text, protos.BatchingParameters, source))
+
+
+@dataclass
+class _Task:
+    inputs: Tensors
+    rows: int
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Batch:
+    deadline: float  # time.monotonic() after which the batch runs even if not full
+    tasks: list[_Task] = field(default_factory=list)
+    rows: int = 0
+
+
+@dataclass
+class _Queue:
+    run: RunFn
+    batches: deque[_Batch] = field(default_factory=deque)  # only the last one is open
+
+
+class Batcher:
+    """Coalesces concurrent requests into batched calls of `run` on a pool of threads.
+
+    Requests are batched together iff they pass the same `run` object (one per model version
+    and signature) and inputs with the same names, dtypes and shapes beyond dimension 0; the
+    threads are shared by all of them, as TF Serving shares one pool across models. A batch of
+    one unpadded request passes the caller's arrays to `run` uncopied, so `run` must not
+    modify its inputs. `on_batch(run, size, padded_size)` is called before each batch runs, e.g.
+    for a batch-size histogram.
+    """
+
+    def __init__(self, params: BatchingParameters, on_batch: OnBatch | None = None) -> None:
+        if params.pad_variable_length_inputs:
+            log.warning("pad_variable_length_inputs is not applied: inputs of different shapes "
+                        "are batched separately")
+        self.params = params
+        self._on_batch = on_batch
+        self._timeout_s = params.batch_timeout_micros / 1e6
+        self._cond = threading.Condition()
+        self._queues: dict[tuple[RunFn, Hashable], _Queue] = {}  # round-robin order
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, daemon=True,
+                                          name=f"{params.thread_pool_name}_{i}")
+                         for i in range(params.num_batch_threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, run: RunFn, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Runs `inputs` as part of a batch and returns this request's rows of the outputs.
+
+        Blocks the calling thread; raises InvalidRequestError, QueueFullError or
+        BatcherClosedError, or whatever `run` raised for the batch.
+        """
+        return self._enqueue(run, inputs).result()
+
+    async def submit_async(self, run: RunFn, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Same as submit() without blocking the event loop; cancelling the caller drops
+        the request if its batch has not started yet."""
+        return await asyncio.wrap_future(self._enqueue(run, inputs))
+
+    def close(self) -> None:
+        """Fails every request not yet running with BatcherClosedError, waits for the running
+        batches and joins the threads. Idempotent."""
+        with self._cond:
+            self._closed = True
+            pending = [task for queue in self._queues.values() for batch in queue.batches
+                       for task in batch.tasks]
+            self._queues.clear()
+            self._cond.notify_all()
+        for task in pending:
+            if task.future.set_running_or_notify_cancel():
+                task.future.set_exception(BatcherClosedError(
+                    "the batcher was closed before this request ran"))
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _enqueue(self, run: RunFn, inputs: Tensors) -> Future:
+        max_batch_size = self.params.max_batch_size
+        rows, shapes = _describe(inputs, max_batch_size)
+        task = _Task(inputs, rows)
+        with self._cond:
+            if self._closed:
+                raise BatcherClosedError("the batcher is closed; received a request after "
+                                         "close()")
+            queue = self._queues.get((run, shapes))
+            if queue is None:
+                queue = self._queues[(run, shapes)] = _Queue(run)
+            batches = queue.batches
+            new_batch = not batches or batches[-1].rows + rows > max_batch_size
+            if new_batch:
+                if len(batches) >= self.params.max_enqueued_batches:
+                    raise QueueFullError(
+                        "The batch scheduling queue to which this task was submitted is full: "
+                        f"it holds {len(batches)} batches (max_enqueued_batches="
+                        f"{self.params.max_enqueued_batches})")
+                batches.append(_Batch(deadline=time.monotonic() + self._timeout_s))
+            batch = batches[-1]
+            batch.tasks.append(task)
+            batch.rows += rows
+            if new_batch or batch.rows >= max_batch_size:
+                self._cond.notify()
+        return task.future
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    taken = self._take_batch(now)
+                    if taken is not None:
+                        break
+                    deadlines = [q.batches[0].deadline for q in self._queues.values()]
+                    self._cond.wait(min(deadlines) - now if deadlines else None)
+                if self._queues:  # this thread may have been the one watching the next
+                    self._cond.notify()  # deadline: hand that watch to an idle thread
+            self._execute(*taken)
+
+    def _take_batch(self, now: float) -> tuple[RunFn, _Batch] | None:
+        """Pops the first schedulable batch in round-robin order, as SharedBatchScheduler:
+        closed (another batch follows it), full, or past its timeout."""
+        max_batch_size = self.params.max_batch_size
+        for key, queue in self._queues.items():
+            front = queue.batches[0]
+            if len(queue.batches) > 1 or front.rows >= max_batch_size or now >= front.deadline:
+                break
+        else:
+            return None
+        queue.batches.popleft()
+        del self._queues[key]
+        if queue.batches:  # to the back of the round-robin order
+            self._queues[key] = queue
+        return queue.run, front
+
+    def _execute(self, run: RunFn, batch: _Batch) -> None:
+        tasks = [task for task in batch.tasks if task.future.set_running_or_notify_cancel()]
+        if not tasks:
+            return
+        rows = sum(task.rows for task in tasks)
+        padded = _round_up(rows, self.params.allowed_batch_sizes)
+        try:
+            if self._on_batch is not None:
+                self._on_batch(run, rows, padded)
+            outputs = run(_merge(tasks, padded - rows))
+            results = _split(outputs, [task.rows for task in tasks], padded)
+        except BaseException as error:  # every waiting request must get an answer
+            for task in tasks:
+                task.future.set_exception(error)
+            return
+        for task, result in zip(tasks, results):
+            task.future.set_result(result)
+
+
+def _describe(inputs: Tensors, max_batch_size: int) -> tuple[int, Hashable]:
+    """Returns the request's row count and the key of the queue it may share batches in;
+    rejects what TF Serving's ComputeTensorBatchSize and Queue::Schedule reject."""
+    if not inputs:
+        raise InvalidRequestError("Batching Run() must have at least one input tensor; "
+                                  "received none")
+    sizes = {}
+    for name, value in inputs.items():
+        if not isinstance(value, np.ndarray) or value.ndim == 0:
+            raise InvalidRequestError(
+                f"input {name!r} must be a numpy array with a leading batch dimension; "
+                f"received {type(value).__name__} of shape {np.shape(value)}")
+        sizes[name] = value.shape[0]
+    rows = next(iter(sizes.values()))
+    if any(size != rows for size in sizes.values()):
+        raise InvalidRequestError("Batching Run() input tensors must have equal 0th-dimension "
+                                  f"size; received {sizes}")
+    if rows == 0:
+        raise InvalidRequestError("Batching Run() input tensors must have at least one row; "
+                                  "received 0")
+    if rows > max_batch_size:
+        raise InvalidRequestError(f"Task size {rows} is larger than maximum input batch size "
+                                  f"{max_batch_size} (max_batch_size)")
+    shapes = tuple(sorted((name, value.dtype, value.shape[1:])
+                          for name, value in inputs.items()))
+    return rows, shapes
+
+
+def _round_up(rows: int, allowed_batch_sizes: tuple[int, ...]) -> int:
+    """RoundToLowestAllowedBatchSize (tensorflow_serving/batching/batching_util.cc)."""
+    return next((size for size in allowed_batch_sizes if size >= rows), rows)
+
+
+def _merge(tasks: list[_Task], padding: int) -> dict[str, np.ndarray]:
+    """Concatenates the tasks' inputs and appends `padding` copies of the last task's first
+    row, a valid input, as BatchingSession::MergeInputTensors."""
+    merged = {}
+    for name in tasks[0].inputs:
+        parts = [task.inputs[name] for task in tasks]
+        if padding:
+            parts.append(np.repeat(parts[-1][:1], padding, axis=0))
+        merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return merged
+
+
+def _split(outputs: Tensors, sizes: list[int], padded: int) -> list[dict[str, np.ndarray]]:
+    """Slices every output into the tasks' row ranges (padding rows dropped); outputs must be
+    batched, as BatchingSession::SplitOutputTensors requires."""
+    for name, value in outputs.items():
+        if np.ndim(value) == 0:
+            raise BatchOutputError(f"Batched output tensor {name!r} has 0 dimensions; expected "
+                                   f"a leading batch dimension of size {padded}")
+        if value.shape[0] != padded:
+            raise BatchOutputError(
+                f"Batched output tensor {name!r}'s 0th dimension is {value.shape[0]}; expected "
+                f"{padded}, the sum of the 0th dimension sizes of the input tensors"
+                f"{' plus padding' if padded != sum(sizes) else ''}")
+    results, start = [], 0
+    for size in sizes:
+        results.append({name: value[start:start + size] for name, value in outputs.items()})
+        start += size
+    return results

@@ -1,0 +1,62 @@
+"""The request path both front ends (REST, gRPC) share: check the request against the signature,
+run it (through the dynamic batcher, or on the thread pool), shape the result.
+
+Model calls never run on the event loop: TF releases the GIL while a graph runs, so the loop keeps
+parsing and answering other requests meanwhile.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from serving import inference
+from serving.batching import Batcher, BatchingParameters
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.servable import Servable, SignatureRunner, Tensors
+
+
+class ServingCore:
+    def __init__(self, manager: ModelManager, metrics: Metrics, batching: BatchingParameters | None,
+                 num_threads: int, check_method_names: bool = False):
+        self.manager = manager
+        self.metrics = metrics
+        self.check_method_names = check_method_names
+        self._batcher = Batcher(batching, on_batch=self._record_batch) if batching else None
+        self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
+
+    def _record_batch(self, run: SignatureRunner, size: int, padded: int) -> None:
+        self.metrics.batch(run.servable.name, run.servable.version, size, padded)
+
+    async def run(self, servable: Servable, signature: str, inputs: Tensors) -> Tensors:
+        if self._batcher is not None:
+            return await self._batcher.submit_async(servable.runner(signature), inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, servable.run, signature, inputs)
+
+    async def predict(self, servable: Servable, signature: str, inputs: Tensors,
+                      output_filter: list[str] = ()) -> tuple[str, Tensors]:
+        """(the signature used, its outputs), as TF Serving's Predict."""
+        signature = inference.predict_signature(servable, signature, self.check_method_names)
+        inference.check_predict_request(servable, signature, inputs, list(output_filter))
+        outputs = await self.run(servable, signature, inputs)
+        return signature, inference.filter_outputs(outputs, list(output_filter))
+
+    async def classify(self, servable: Servable, signature: str,
+                       examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(classes, scores) for serialized tf.Examples, as TF Serving's Classify."""
+        signature = inference.classify_signature(servable, signature, self.check_method_names)
+        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)})
+        return inference.classification_result(outputs, len(examples))
+
+    async def regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
+        """One value per serialized tf.Example, as TF Serving's Regress."""
+        signature = inference.regress_signature(servable, signature, self.check_method_names)
+        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)})
+        return inference.regression_result(outputs, len(examples))
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+        self._pool.shutdown(wait=True)

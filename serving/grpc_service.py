@@ -1,0 +1,263 @@
+"""TF Serving's gRPC API: tensorflow.serving.PredictionService and ModelService, on grpc.aio.
+
+The same ServingCore as the REST API answers: one request path, two front ends. Errors abort
+the call with the ServingError's gRPC code and message, as TF Serving's ToGRPCStatus does.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from serving import inference
+from serving.core import ServingCore
+from serving.errors import InvalidArgument, ServingError
+from serving.repository import check_server_config
+from serving.servable import Servable
+
+INT_MAX = 2**31 - 1  # TF Serving raises gRPC's message size limits to this
+
+
+def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
+    """TF Serving's defaults plus --grpc_channel_arguments ("key=value,key=value")."""
+    options: dict[str, int | str] = {"grpc.max_send_message_length": INT_MAX,
+                                     "grpc.max_receive_message_length": INT_MAX}
+    for item in filter(None, (part.strip() for part in channel_arguments.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: expected key=value, received {item!r}")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    return list(options.items())
+
+
+def _answer(api: str):
+    """Run an RPC method: time it, count it, turn a ServingError into the call's status."""
+
+    def decorate(method):
+        @functools.wraps(method)
+        async def wrapper(self, request, context):
+            started = time.perf_counter()
+            call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": ""}
+
+            def record(status: str) -> None:
+                self.core.metrics.request(call["model"], call["version"], api, "GRPC", status,
+                                          time.perf_counter() - started)
+
+            try:
+                response = await method(self, request, call)
+            except ServingError as e:
+                record(e.code.name)
+                await context.abort(e.code, e.message)
+            record("OK")
+            return response
+
+        return wrapper
+
+    return decorate
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core: ServingCore, tensor_content: bool = False):
+        self.core = core
+        # TF Serving answers in typed fields (float_val, ...) unless
+        # --enable_serialization_as_tensor_content; clients such as mnist_client.py read float_val.
+        self.to_proto = tf.make_tensor_proto if tensor_content else typed_tensor_proto
+
+    def _servable(self, spec: model_pb2.ModelSpec, call: dict) -> Servable:
+        choice = spec.WhichOneof("version_choice")
+        servable = self.core.manager.servable(
+            spec.name,
+            version=spec.version.value if choice == "version" else None,
+            label=spec.version_label if choice == "version_label" else None,
+        )
+        call["version"] = str(servable.version)
+        return servable
+
+    @staticmethod
+    def _spec(response_spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
+        response_spec.name = servable.name
+        response_spec.version.value = servable.version
+        response_spec.signature_name = signature
+
+    @_answer("predict")
+    async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
+        servable = self._servable(request.model_spec, call)
+        inputs = {name: _to_numpy(name, proto) for name, proto in request.inputs.items()}
+        signature, outputs = await self.core.predict(servable, request.model_spec.signature_name, inputs,
+                                                     list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        self._spec(response.model_spec, servable, signature)
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(self.to_proto(value))
+        return response
+
+    @_answer("classify")
+    async def Classify(self, request: classification_pb2.ClassificationRequest,
+                       call: dict) -> classification_pb2.ClassificationResponse:
+        servable = self._servable(request.model_spec, call)
+        examples = inference.serialized_examples(request.input)
+        classes, scores = await self.core.classify(servable, request.model_spec.signature_name, examples)
+        response = classification_pb2.ClassificationResponse()
+        self._spec(response.model_spec, servable, request.model_spec.signature_name)
+        _fill_classifications(response.result, classes, scores, len(examples))
+        return response
+
+    @_answer("regress")
+    async def Regress(self, request: regression_pb2.RegressionRequest,
+                      call: dict) -> regression_pb2.RegressionResponse:
+        servable = self._servable(request.model_spec, call)
+        examples = inference.serialized_examples(request.input)
+        values = await self.core.regress(servable, request.model_spec.signature_name, examples)
+        response = regression_pb2.RegressionResponse()
+        self._spec(response.model_spec, servable, request.model_spec.signature_name)
+        response.result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
+        return response
+
+    @_answer("multi_inference")
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
+                             call: dict) -> inference_pb2.MultiInferenceResponse:
+        if not request.tasks:
+            raise InvalidArgument("MultiInferenceRequest must contain at least one task.")
+        names = {task.model_spec.name for task in request.tasks}
+        if "" in names:
+            raise InvalidArgument("Found ModelSpec with an empty model name.")
+        if len(names) > 1:
+            raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        call["model"] = names.pop()
+        servable = self._servable(request.tasks[0].model_spec, call)
+        signatures = [task.model_spec.signature_name or inference.DEFAULT_SIGNATURE for task in request.tasks]
+        for i, signature in enumerate(signatures):
+            if signature in signatures[:i]:
+                raise InvalidArgument(f"Duplicate evaluation of signature: {signature}")
+            if signature not in servable.signature_defs:
+                raise InvalidArgument(f"Requested signature not found in model graph: {signature}")
+        examples = inference.serialized_examples(request.input)
+        response = inference_pb2.MultiInferenceResponse()
+        for task, signature in zip(request.tasks, signatures):
+            result = response.results.add()
+            self._spec(result.model_spec, servable, task.model_spec.signature_name)
+            if task.method_name == inference.CLASSIFY:
+                classes, scores = await self.core.classify(servable, signature, examples)
+                _fill_classifications(result.classification_result, classes, scores, len(examples))
+            elif task.method_name == inference.REGRESS:
+                values = await self.core.regress(servable, signature, examples)
+                result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
+            else:
+                raise InvalidArgument(f"Unrecognized signature method_name: {task.method_name}")
+        return response
+
+    @_answer("metadata")
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                               call: dict) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.metadata_field:
+            raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise InvalidArgument(f"Metadata field {field} is not supported")
+        servable = self._servable(request.model_spec, call)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signature_defs.items():
+            signatures.signature_def[key].CopyFrom(signature)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: ServingCore):
+        self.core = core
+
+    @_answer("status")
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                             call: dict) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        if not spec.name:
+            raise InvalidArgument("Missing ModelSpec")
+        version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, status in self.core.manager.status(spec.name, version):
+            entry = response.model_version_status.add(version=number, state=status.state)
+            entry.status.error_code = status.error_code
+            entry.status.error_message = status.error_message
+        return response
+
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
+                                        context) -> model_management_pb2.ReloadConfigResponse:
+        """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                                      "Only ModelConfigList is currently supported")
+            try:
+                check_server_config(request.config, "ReloadConfigRequest")
+            except ValueError as e:
+                raise InvalidArgument(str(e)) from None
+            await asyncio.get_running_loop().run_in_executor(None, self.core.manager.reload_config, request.config)
+        except ServingError as e:
+            response.status.error_code = e.code.value[0]
+            response.status.error_message = e.message
+            await context.abort(e.code, e.message)
+        return response
+
+
+TYPED_FIELDS = {  # numpy dtype -> the TensorProto repeated field TF's AsProtoField fills
+    np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val", np.dtype(np.int64): "int64_val",
+    np.dtype(np.int32): "int_val", np.dtype(np.int16): "int_val", np.dtype(np.int8): "int_val",
+    np.dtype(np.uint8): "int_val", np.dtype(np.uint16): "int_val", np.dtype(np.bool_): "bool_val",
+    np.dtype(np.uint32): "uint32_val", np.dtype(np.uint64): "uint64_val", np.dtype(object): "string_val",
+}
+
+
+def typed_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
+    """A TensorProto with values in the typed repeated field, as TF Serving writes outputs."""
+    field = TYPED_FIELDS.get(value.dtype)
+    if field is None:
+        return tf.make_tensor_proto(value)
+    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(value.dtype).as_datatype_enum,
+                                   tensor_shape=tf.TensorShape(value.shape).as_proto())
+    getattr(proto, field).extend(value.ravel().tolist())
+    return proto
+
+
+def _to_numpy(name: str, proto) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"input '{name}' is not a valid TensorProto: {e}") from None
+
+
+def _fill_classifications(result: classification_pb2.ClassificationResult, classes, scores, n: int) -> None:
+    n_classes = (classes if classes is not None else scores).shape[1]
+    for i in range(n):
+        entry = result.classifications.add()
+        for c in range(n_classes):
+            item = entry.classes.add()
+            if classes is not None:
+                item.label = classes[i, c].decode() if isinstance(classes[i, c], bytes) else str(classes[i, c])
+            if scores is not None:
+                item.score = float(scores[i, c])
+
+
+def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, tensor_content), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

@@ -1,0 +1,148 @@
+"""What Predict, Classify and Regress mean for a signature, with TF Serving's checks and messages.
+
+Ported in substance from TF Serving's predict_util.cc, classifier.cc and regressor.cc: which
+signature is used, which inputs and outputs it must have, and how outputs become results. The
+running itself is the caller's (batched or not); these functions only decide and shape.
+Method names are checked only with --enable_signature_method_name_check, TF Serving's default.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.example import example_pb2
+from tensorflow_serving.apis import input_pb2
+
+from serving.errors import FailedPrecondition, Internal, InvalidArgument
+from serving.servable import Servable, Tensors
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT = "tensorflow/serving/predict"
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+
+def predict_signature(servable: Servable, name: str, check_method: bool) -> str:
+    name = name or DEFAULT_SIGNATURE
+    signature = servable.signature_defs.get(name)
+    if signature is None:
+        raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+    if check_method and signature.method_name not in (PREDICT, CLASSIFY, REGRESS):
+        raise Internal(
+            f"Expected prediction signature method_name to be one of {{{PREDICT}, {CLASSIFY}, {REGRESS}}}. "
+            f"Was: {signature.method_name}"
+        )
+    return name
+
+
+def check_predict_request(servable: Servable, signature: str, inputs: Tensors, output_filter: list[str]) -> None:
+    """The request's inputs must be exactly the signature's; the filter must name its outputs."""
+    sig = servable.signature_defs[signature]
+    expected, sent = set(sig.inputs), set(inputs)
+    if expected != sent and not (sent < expected and sig.defaults):
+        raise InvalidArgument(
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
+        )
+    seen = set()
+    for alias in output_filter:
+        if alias not in sig.outputs:
+            raise InvalidArgument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(sig.outputs))}}}."
+            )
+        if alias in seen:
+            raise InvalidArgument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+
+
+def filter_outputs(outputs: Tensors, output_filter: list[str]) -> Tensors:
+    return {k: outputs[k] for k in output_filter} if output_filter else outputs
+
+
+def _example_signature(servable: Servable, name: str, method: str, kind: str, check_method: bool) -> str:
+    name = name or DEFAULT_SIGNATURE
+    signature = servable.signature_defs.get(name)
+    if signature is None:
+        raise InvalidArgument(f"No signature was found with the name: {name}")
+    if check_method and signature.method_name != method:
+        raise InvalidArgument(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise InvalidArgument("Expected one input Tensor.")
+    if "inputs" not in signature.inputs:
+        raise InvalidArgument(f"No {kind} inputs found in SignatureDef: {signature}")
+    return name
+
+
+def classify_signature(servable: Servable, name: str, check_method: bool) -> str:
+    name = _example_signature(servable, name, CLASSIFY, "classification", check_method)
+    outputs = servable.signature_defs[name].outputs
+    if len(outputs) not in (1, 2):
+        raise InvalidArgument(f"Expected one or two output Tensors, found {len(outputs)}")
+    if "classes" not in outputs and "scores" not in outputs:
+        raise InvalidArgument(
+            'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+            f"Signature was: {servable.signature_defs[name]}"
+        )
+    return name
+
+
+def regress_signature(servable: Servable, name: str, check_method: bool) -> str:
+    name = _example_signature(servable, name, REGRESS, "regression", check_method)
+    outputs = servable.signature_defs[name].outputs
+    if len(outputs) != 1 or "outputs" not in outputs:
+        raise InvalidArgument(f"Expected one output Tensor named 'outputs', found {sorted(outputs)}.")
+    return name
+
+
+def classification_result(outputs: Tensors, n_examples: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(classes [n, k] bytes or None, scores [n, k] float32 or None), validated as TF Serving does."""
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    for name, value, dtype in (("classes", classes, "DT_STRING"), ("scores", scores, "DT_FLOAT")):
+        if value is None:
+            continue
+        if value.ndim != 2:
+            raise InvalidArgument(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
+        ok = value.dtype == object if dtype == "DT_STRING" else value.dtype == np.float32
+        if not ok:
+            raise InvalidArgument(f"Expected {name} Tensor of {dtype}. Got: {value.dtype}")
+        if value.shape[0] != n_examples:
+            raise InvalidArgument(f"Expected {name} output batch size of {n_examples}. Got: {value.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise InvalidArgument(
+            f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
+        )
+    return classes, scores
+
+
+def regression_result(outputs: Tensors, n_examples: int) -> np.ndarray:
+    values = outputs["outputs"]
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+        raise InvalidArgument(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
+        )
+    if values.dtype != np.float32:
+        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype}")
+    if values.shape[0] != n_examples:
+        raise InvalidArgument(f"Input batch size did not match output batch size: {n_examples} vs. {values.shape[0]}")
+    return values.reshape(-1)
+
+
+def serialized_examples(request_input: input_pb2.Input) -> list[bytes]:
+    """tf.Example bytes from an Input proto; context features are merged into every example."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        context = request_input.example_list_with_context.context
+        examples = []
+        for example in request_input.example_list_with_context.examples:
+            merged = example_pb2.Example()
+            merged.CopyFrom(context)
+            merged.MergeFrom(example)
+            examples.append(merged.SerializeToString())
+    else:
+        examples = []
+    if not examples:
+        raise InvalidArgument("Input is empty.")
+    return examples

@@ -1,0 +1,181 @@
+"""Which model versions are loaded: poll the base paths, load new versions, then unload old ones.
+
+A new version is loaded and warmed up before it takes traffic, and an old one is unloaded only
+after that, so "latest" never points at nothing. Requests hold a reference to the Servable they
+resolved, so a version unloaded mid-request finishes that request. A version that fails to load
+is reported in its status (state END with the error) and does not affect the others (the version
+it was meant to replace keeps serving); it is tried again only when its directory changes. Versions stay in the status after unloading, as END.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorflow.core.protobuf.config_pb2 import ConfigProto
+
+from serving import warmup
+from serving.errors import InvalidArgument, NotFound, ServingError
+from serving.metrics import Metrics
+from serving.repository import ModelServerConfig, aspired_versions, list_versions
+from serving.servable import Servable
+
+log = logging.getLogger("serving")
+
+
+@dataclass
+class VersionStatus:
+    state: str = "START"  # START | LOADING | AVAILABLE | UNLOADING | END (TF Serving's ManagerState)
+    error_code: str = "OK"  # a gRPC status code name
+    error_message: str = ""
+
+
+class ModelManager:
+    def __init__(self, config: ModelServerConfig, metrics: Metrics, enable_warmup: bool = True,
+                 session_config: ConfigProto | None = None):
+        self._config = config
+        self._session_config = session_config
+        self._metrics = metrics
+        self._warmup = enable_warmup
+        self._lock = threading.Lock()  # guards the dicts below; loading happens outside it
+        self._poll_lock = threading.Lock()  # one poll at a time
+        self._available: dict[str, dict[int, Servable]] = {}  # replaced, never mutated: lock-free reads
+        self._status: dict[str, dict[int, VersionStatus]] = {}
+        self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> directory mtime at failure
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lookups (request path) -------------------------------------------------------------
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a request names, with TF Serving's errors."""
+        if label is not None:
+            version = self._label_version(name, label)
+        versions = self._available.get(name, {})
+        if version is None:
+            if not versions:
+                raise NotFound(f"Servable not found for request: Latest({name})")
+            return versions[max(versions)]
+        servable = versions.get(version)
+        if servable is None:
+            raise NotFound(f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    def _label_version(self, name: str, label: str) -> int:
+        for model in self._config.model_config_list.config:
+            if model.name == name and label in model.version_labels:
+                return model.version_labels[label]
+        raise InvalidArgument(f"Unrecognized servable version label: {label}")
+
+    def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
+        """(version, status) newest first, as TF Serving's GetModelStatus lists them."""
+        with self._lock:
+            versions = dict(self._status.get(name, {}))
+        if version is not None:
+            if version not in versions:
+                raise NotFound(f"Could not find version {version} of model {name}")
+            return [(version, versions[version])]
+        if not versions:
+            raise NotFound(f"Could not find any versions of model {name}")
+        return sorted(versions.items(), reverse=True)
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self._config.model_config_list.config]
+
+    @property
+    def config(self) -> ModelServerConfig:
+        return self._config
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def reload_config(self, config: ModelServerConfig) -> None:
+        """Apply a new ModelServerConfig now: new models load, removed ones unload."""
+        self._config = config
+        self.poll()
+
+    def poll(self) -> None:
+        """One pass over the config: load what the policies want and is not loaded, then unload."""
+        with self._poll_lock:
+            configured = {m.name: m for m in self._config.model_config_list.config}
+            for name in list(self._available):
+                if name not in configured:
+                    for version in list(self._available[name]):
+                        self._unload(name, version)
+            for name, model in configured.items():
+                on_disk = list_versions(model.base_path)
+                wanted = aspired_versions(list(on_disk), model)
+                for version in sorted(wanted - set(self._available.get(name, {}))):
+                    if self._should_try(name, version, on_disk[version]):
+                        self._load(name, version, on_disk[version])
+                for version in self._unwanted(set(self._available.get(name, {})), wanted):
+                    self._unload(name, version)
+
+    @staticmethod
+    def _unwanted(available: set[int], wanted: set[int]) -> list[int]:
+        """Versions to unload, keeping the newest one while no wanted version is available
+        (TF Serving's AvailabilityPreservingPolicy): a failed new version leaves the old serving."""
+        unwanted = available - wanted
+        if unwanted and not available & wanted:
+            unwanted.discard(max(unwanted))
+        return sorted(unwanted)
+
+    def _should_try(self, name: str, version: int, path: Path) -> bool:
+        failed_at = self._failed.get((name, version))
+        return failed_at is None or path.stat().st_mtime != failed_at
+
+    def _set_status(self, name: str, version: int, status: VersionStatus) -> None:
+        with self._lock:
+            self._status.setdefault(name, {})[version] = status
+        self._metrics.version_state(name, version, status.state)
+
+    def _load(self, name: str, version: int, path: Path) -> None:
+        self._set_status(name, version, VersionStatus("LOADING"))
+        started = time.perf_counter()
+        try:
+            servable = Servable(name, version, path, self._session_config)
+            replayed = warmup.replay(servable) if self._warmup else 0
+        except Exception as e:  # any load failure is this version's, not the server's
+            code = e.code.name if isinstance(e, ServingError) else "UNKNOWN"
+            self._failed[(name, version)] = path.stat().st_mtime
+            self._set_status(name, version, VersionStatus("END", code, f"{type(e).__name__}: {e}"))
+            log.error("Failed to load %s version %d from %s: %s", name, version, path, e)
+            return
+        seconds = time.perf_counter() - started
+        self._failed.pop((name, version), None)
+        with self._lock:
+            self._available = {**self._available, name: {**self._available.get(name, {}), version: servable}}
+        self._set_status(name, version, VersionStatus("AVAILABLE"))
+        self._metrics.model_loaded(name, seconds)
+        log.info("Loaded %s version %d in %.2fs (%d warmup requests)", name, version, seconds, replayed)
+
+    def _unload(self, name: str, version: int) -> None:
+        self._set_status(name, version, VersionStatus("UNLOADING"))
+        with self._lock:
+            remaining = {v: s for v, s in self._available.get(name, {}).items() if v != version}
+            self._available = {**self._available, name: remaining}
+        self._set_status(name, version, VersionStatus("END"))
+        log.info("Unloaded %s version %d", name, version)
+
+    # -- polling thread -------------------------------------------------------------------------
+
+    def start(self, poll_wait_seconds: float) -> None:
+        """Poll once now; then every `poll_wait_seconds` (0: never again), like TF Serving."""
+        self.poll()
+        if poll_wait_seconds > 0:
+            self._thread = threading.Thread(target=self._poll_forever, args=(poll_wait_seconds,), daemon=True,
+                                            name="model-poller")
+            self._thread.start()
+
+    def _poll_forever(self, wait: float) -> None:
+        while not self._stop.wait(wait):
+            try:
+                self.poll()
+            except Exception:  # a broken poll must not stop future polls
+                log.exception("Polling the model repository failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

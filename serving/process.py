@@ -1,0 +1,64 @@
+"""Run `python -m serving` as a child process and wait until a model version is AVAILABLE.
+
+Used by the pipeline's smoke test after push, by notebooks and by the tests: always the real
+server, on 127.0.0.1 and a free port.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m serving <flags>` on 127.0.0.1 with a free REST port; `url` is its REST base URL.
+    Its output goes to `log` (in `log_dir`)."""
+
+    def __init__(self, *flags: str, log_dir: Path):
+        self.rest_port = free_port()
+        self.url = f"http://127.0.0.1:{self.rest_port}"
+        self.log = Path(log_dir) / f"server-{self.rest_port}.log"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        command = [sys.executable, "-m", "serving", f"--rest_api_port={self.rest_port}", "--host=127.0.0.1", *flags]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, cwd=log_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_available(self, model: str, version: int | None = None, timeout_s: float = 60) -> None:
+        """Block until `model` (at `version`, if given) is AVAILABLE; raise with the log if not."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                states = requests.get(f"{self.url}/v1/models/{model}", timeout=2).json()["model_version_status"]
+                if any(s["state"] == "AVAILABLE" and version in (None, int(s["version"])) for s in states):
+                    return
+            except (requests.ConnectionError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{model} was not AVAILABLE after {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text()[-chars:]
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for a clean exit; returns the exit code."""
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise

@@ -1,0 +1,96 @@
+"""What the model repository on disk offers, and which versions a model's policy wants.
+
+A model's base path holds one directory per version, named by an integer, each with a
+saved_model.pb (TF Serving's layout); anything else there is ignored, like TF Serving does.
+Also builds the ModelServerConfig from the command line or a --model_config_file.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import protos
+
+ModelConfig = model_server_config_pb2.ModelConfig
+ModelServerConfig = model_server_config_pb2.ModelServerConfig
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Model names become directory names and URL parts: no path traversal, nothing exotic."""
+    if MODEL_NAME.match(name) and ".." not in name:
+        return None
+    return f"expected letters, digits, '_', '.', '-' (up to 128, no '..'), received {name!r}."
+
+
+def list_versions(base_path: str | Path) -> dict[int, Path]:
+    """Version number -> directory, for every integer-named child holding a SavedModel."""
+    base = Path(base_path)
+    if not base.is_dir():
+        return {}
+    found = {}
+    for child in base.iterdir():
+        if child.name.isdigit() and ((child / "saved_model.pb").is_file() or (child / "saved_model.pbtxt").is_file()):
+            found[int(child.name)] = child
+    return found
+
+
+def aspired_versions(available: list[int], config: ModelConfig) -> set[int]:
+    """The versions the model's version policy wants loaded (TF Serving's default: latest 1)."""
+    policy = config.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return set(available)
+    if choice == "specific":
+        return set(policy.specific.versions) & set(available)
+    count = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
+    return set(sorted(available)[-count:])
+
+
+def single_model_config(name: str, base_path: str) -> ModelServerConfig:
+    """The config `--model_name` / `--model_base_path` stand for."""
+    config = ModelServerConfig()
+    model = config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
+    check_model_config(model, "--model_name/--model_base_path")
+    return config
+
+
+def load_model_server_config(path: str) -> ModelServerConfig:
+    """Parse a --model_config_file (text-format ModelServerConfig) and check it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"--model_config_file {path!r}: cannot read it ({e.strerror}).") from None
+    config = protos.parse_text(text, ModelServerConfig, f"--model_config_file {path!r}")
+    check_server_config(config, f"--model_config_file {path!r}")
+    return config
+
+
+def check_server_config(config: ModelServerConfig, source: str) -> None:
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"{source}: expected a model_config_list (custom_model_config is not supported).")
+    names = [m.name for m in config.model_config_list.config]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{source}: model names must be unique; {duplicates} appear more than once.")
+    for model in config.model_config_list.config:
+        check_model_config(model, source)
+
+
+def check_model_config(model: ModelConfig, source: str) -> None:
+    problem = model_name_problem(model.name)
+    if problem:
+        raise ValueError(f"{source}: model name: {problem}")
+    if not model.base_path:
+        raise ValueError(f"{source}: model {model.name!r} has no base_path.")
+    if model.model_platform not in ("", "tensorflow"):
+        raise ValueError(f"{source}: model {model.name!r} has model_platform {model.model_platform!r}; "
+                         f"only 'tensorflow' is served.")
+    policy = model.model_version_policy
+    if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
+        raise ValueError(f"{source}: model {model.name!r}: latest.num_versions must be positive.")
+    for label, version in model.version_labels.items():
+        if version < 0:
+            raise ValueError(f"{source}: model {model.name!r}: label {label!r} points at version {version}.")

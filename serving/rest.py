@@ -1,0 +1,204 @@
+"""TF Serving's REST API (/v1/models/...) on aiohttp's low-level server.
+
+Routing follows TF Serving's http_rest_api_util.cc: paths are matched case-insensitively, the
+method suffix is then compared exactly (`:PREDICT` is a malformed request, 400), anything
+outside /v1/ is libevent's 404 page. The body is parsed before the model is looked up, so a
+malformed body is a 400 even for an unknown model. Errors are {"error": message} with the
+status TF Serving maps the error's code to.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
+from serving import codec, inference
+from serving.core import ServingCore
+from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError
+from serving.servable import Servable
+
+log = logging.getLogger("serving")
+
+API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
+PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE)
+STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+NOT_FOUND_PAGE = (  # what TF Serving's libevent answers outside /v1/
+    "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+)
+JSON = "application/json"
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
+                "Access-Control-Allow-Headers": "Content-Type"}
+INT64_MAX = 2**63 - 1
+
+
+class RestApi:
+    def __init__(self, core: ServingCore, *, timeout_s: float | None, max_body_bytes: int,
+                 metrics_path: str | None, enable_cors: bool):
+        self.core = core
+        self.timeout_s = timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.metrics_path = metrics_path
+        self.enable_cors = enable_cors
+
+    def make_server(self) -> web.Server:
+        def request_factory(message, payload, protocol, writer, task):
+            return BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=self.max_body_bytes)
+
+        return web.Server(self.handle, request_factory=request_factory, access_log=None)
+
+    async def handle(self, request: BaseRequest) -> web.Response:
+        path = request.rel_url.raw_path
+        if self.metrics_path is not None and path == self.metrics_path:
+            return web.Response(body=self.core.metrics.render(), content_type="text/plain")
+        if not API_PATH.fullmatch(path):
+            return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
+        started = time.perf_counter()
+        call = Call(request.method, path)
+        try:
+            body = await self._read_body(request)
+            if request.method == "OPTIONS":
+                answer = self._preflight(request)
+            else:
+                answer = await asyncio.wait_for(self._dispatch(call, body), self.timeout_s)
+            status = 200
+        except ServingError as e:
+            answer, status, call.status = codec.format_error_response(e.message), e.http_status, e.code.name
+        except asyncio.TimeoutError:
+            e = DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
+                                 f"(--rest_api_timeout_in_ms)")
+            answer, status, call.status = codec.format_error_response(e.message), e.http_status, e.code.name
+        except Exception as e:  # a bug: answer 500 and keep serving
+            log.exception("REST request %s %s failed", request.method, path)
+            answer, status, call.status = codec.format_error_response(f"Internal error: {type(e).__name__}: {e}"), 500, "INTERNAL"
+        self.core.metrics.request(call.model, call.version, call.api, "REST", call.status,
+                                  time.perf_counter() - started)
+        headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
+        return web.Response(body=answer, status=status, headers=headers)
+
+    async def _read_body(self, request: BaseRequest) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ResourceExhausted(
+                f"Request body is larger than the limit of {self.max_body_bytes} bytes (--rest_api_max_body_bytes)"
+            ) from None
+
+    def _preflight(self, request: BaseRequest) -> bytes:
+        if re.search(r"https?://", request.headers.get("Origin", "")):
+            return b""
+        raise FailedPrecondition("Origin header is missing in CORS preflight")
+
+    async def _dispatch(self, call: Call, body: bytes) -> bytes:
+        malformed = InvalidArgument(f"Malformed request: {call.method} {call.path}")
+        if call.method == "POST":
+            match = PREDICTION_PATH.fullmatch(call.path)
+            if match is None:
+                raise malformed
+            name, version, label, call.api = _model_spec(*match.groups())
+            if call.api == "predict":
+                return await self._predict(call, name, version, label, body)
+            if call.api in ("classify", "regress"):
+                return await self._classify_or_regress(call, name, version, label, body)
+            raise malformed
+        if call.method == "GET":
+            match = STATUS_PATH.fullmatch(call.path)
+            if match is None:
+                raise malformed
+            name, version, label, subresource = _model_spec(*match.groups())
+            if not name:
+                raise InvalidArgument("Missing model name in request.")
+            call.model = name
+            if subresource == "metadata":
+                call.api = "metadata"
+                return self._metadata(self.core.manager.servable(name, version, label))
+            call.api = "status"
+            return self._status(name, version)
+        raise malformed
+
+    async def _predict(self, call: Call, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        document = codec.decode_json(body)
+        signature_name = codec.signature_name(document) or inference.DEFAULT_SIGNATURE
+        servable = self._servable(call, name, version, label)
+        if signature_name not in servable.signature_defs:
+            raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
+        inputs, row_format = codec.parse_predict_request(document, servable.inputs[signature_name])
+        _, outputs = await self.core.predict(servable, signature_name, inputs)
+        return codec.format_predict_response(outputs, row_format)
+
+    async def _classify_or_regress(self, call: Call, name: str, version: int | None, label: str | None,
+                                   body: bytes) -> bytes:
+        examples, signature_name = codec.parse_examples_request(codec.decode_json(body))
+        servable = self._servable(call, name, version, label)
+        if call.api == "classify":
+            classes, scores = await self.core.classify(servable, signature_name, examples)
+            return codec.format_classify_response(classes, scores)
+        return codec.format_regress_response(await self.core.regress(servable, signature_name, examples))
+
+    def _servable(self, call: Call, name: str, version: int | None, label: str | None) -> Servable:
+        call.model = name
+        servable = self.core.manager.servable(name, version, label)
+        call.version = str(servable.version)
+        return servable
+
+    def _status(self, name: str, version: int | None) -> bytes:
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, status in self.core.manager.status(name, version):
+            entry = response.model_version_status.add(version=number, state=status.state)
+            entry.status.error_code = status.error_code
+            entry.status.error_message = status.error_message
+        return json_format.MessageToJson(response, indent=1, always_print_fields_with_no_presence=True).encode()
+
+    def _metadata(self, servable: Servable) -> bytes:
+        """TF Serving's hand-assembled metadata JSON: model_spec, then metadata.signature_def."""
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signature_defs.items():
+            signatures.signature_def[key].CopyFrom(signature)
+        options = dict(indent=1, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
+        spec = json_format.MessageToJson(response.model_spec, **options)
+        signature_json = json_format.MessageToJson(signatures, **options)
+        return ('{\n"model_spec":' + spec + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
+
+
+class Call:
+    """What a request was, for its log line and metrics, filled in as routing learns it."""
+
+    def __init__(self, method: str, path: str):
+        self.method, self.path = method, path
+        self.model, self.version, self.api, self.status = "", "", "", "OK"
+
+
+def _model_spec(name: str | None, version: str | None, label: str | None, last: str | None):
+    """Decode the URL parts the regex captured, with TF Serving's errors for bad ones."""
+    if version is not None:
+        number = int(version)
+        if number > INT64_MAX:
+            raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
+        version = number
+    if name is not None:
+        name = _decode(name, "model name")
+    if label is not None:
+        label = _decode(label, "model version label")
+    if version is not None and label is not None:
+        raise InvalidArgument(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+    return name, version, label, last
+
+
+def _decode(text: str, what: str) -> str:
+    try:
+        return unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"Failed to decode {what}:{text}") from None
+

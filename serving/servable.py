@@ -1,0 +1,128 @@
+"""One loaded SavedModel version: its SignatureDefs, and running a signature on numpy inputs.
+
+Loaded the way TF Serving loads it: the MetaGraphDef tagged `serve` into a TF session, run by
+feeding and fetching the tensor names the SignatureDef lists. So any SavedModel TF Serving
+serves (TF1 graphs, TF2 functions, Keras) runs here with the same semantics, and one session
+per version takes TF Serving's intra/inter-op thread settings. A prepared callable per
+signature keeps Python's per-call work small; TF releases the GIL while it runs.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+
+from serving import errors
+
+SignatureDef = meta_graph_pb2.SignatureDef
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """dtype and shape of one signature input or output; -1 marks an unknown dimension."""
+
+    dtype: tf.dtypes.DType
+    shape: tuple[int, ...] | None  # None: unknown rank
+
+    @classmethod
+    def from_info(cls, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+        dims = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
+        return cls(tf.dtypes.as_dtype(info.dtype), dims)
+
+    def describe(self) -> str:
+        return f"{self.dtype.name} {'unknown shape' if self.shape is None else list(self.shape)}"
+
+    def dtype_problem(self, value: np.ndarray) -> str | None:
+        if self.dtype == tf.string:
+            ok = value.dtype == object or value.dtype.kind in "SU"
+        else:
+            ok = value.dtype == self.dtype.as_numpy_dtype
+        return None if ok else f"has dtype {value.dtype}, expected {self.dtype.name}"
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        if self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(d in (-1, s) for d, s in zip(self.shape, shape))
+
+
+def session_config(intra_op_threads: int, inter_op_threads: int) -> config_pb2.ConfigProto:
+    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (0: TF decides)."""
+    return config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                  inter_op_parallelism_threads=inter_op_threads)
+
+
+class Servable:
+    """A SavedModel version loaded for serving; safe to run from many threads at once."""
+
+    def __init__(self, name: str, version: int, path: Path, config: config_pb2.ConfigProto | None = None):
+        self.name = name
+        self.version = version
+        self.path = Path(path)
+        self._session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
+        meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(self.path))
+        self.signature_defs: dict[str, SignatureDef] = dict(meta_graph.signature_def)
+        self.inputs = {k: {n: TensorSpec.from_info(i) for n, i in s.inputs.items()} for k, s in self.signature_defs.items()}
+        self._runners = {k: SignatureRunner(self, k) for k in self.signature_defs}
+        self._callables: dict[tuple[str, tuple[str, ...]], tuple[object, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Servable({self.name!r}, version={self.version})"
+
+    def runner(self, signature: str) -> SignatureRunner:
+        """A stable callable per signature: the batcher only merges requests for the same one."""
+        return self._runners[signature]
+
+    def run(self, signature: str, inputs: Tensors) -> Tensors:
+        """Run `signature` (its every output) on inputs keyed by the signature's input names."""
+        specs = self.inputs[signature]
+        for name, value in inputs.items():
+            problem = specs[name].dtype_problem(value)
+            if problem:
+                raise errors.InvalidArgument(f"input '{name}' {problem}")
+        names = tuple(sorted(inputs))
+        run, outputs = self._callable(signature, names)
+        try:
+            values = run(*(inputs[n] for n in names))
+        except tf.errors.OpError as e:
+            raise self._explain(e, signature, inputs) from None
+        return dict(zip(outputs, values))
+
+    def _callable(self, signature: str, names: tuple[str, ...]):
+        key = (signature, names)
+        found = self._callables.get(key)
+        if found is None:
+            sig = self.signature_defs[signature]
+            outputs = sorted(sig.outputs)
+            options = config_pb2.CallableOptions(feed=[sig.inputs[n].name for n in names],
+                                                 fetch=[sig.outputs[o].name for o in outputs])
+            with self._lock:
+                found = self._callables.setdefault(key, (self._session._make_callable_from_options(options), outputs))
+        return found
+
+    def _explain(self, error: tf.errors.OpError, signature: str, inputs: Tensors) -> errors.ServingError:
+        """TF's error, with its status code, plus which input did not fit the signature."""
+        message = error.message.split("\n\t [[")[0]
+        misfits = [
+            f"input '{n}' received {v.dtype} {list(v.shape)}, the signature expects {self.inputs[signature][n].describe()}"
+            for n, v in inputs.items() if not self.inputs[signature][n].fits(v.shape)
+        ]
+        if misfits:
+            message += " (" + "; ".join(misfits) + ")"
+        return errors.from_code(error.error_code, message)
+
+
+@dataclass(frozen=True, eq=False)
+class SignatureRunner:
+    """`servable.run(signature, inputs)` as one object: what the batcher groups requests by."""
+
+    servable: Servable
+    signature: str
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        return self.servable.run(self.signature, inputs)

@@ -1,0 +1,333 @@
+"""The batcher with real threads and a numpy fake model that records the batches it ran.
+
+Batches are made deterministic without sleeps: a long batch_timeout_micros means a batch runs
+only when it is full or closed by the next request, async requests are enqueued in creation
+order, and a gate (an Event) holds a running batch while others queue up behind it.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from serving import protos
+from serving.batching import (
+    BatcherClosedError,
+    Batcher,
+    BatchingParameters,
+    BatchOutputError,
+    InvalidRequestError,
+    QueueFullError,
+)
+
+LONG = 60_000_000  # batch_timeout_micros that no test waits for
+WAIT_S = 10  # upper bound on any wait, so a bug fails the test instead of hanging it
+
+
+class FakeModel:
+    """y = 2x and a per-row sum; records each batch, optionally holds it until `gate` is set."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.gate = gate
+        self.started = threading.Event()
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch["x"]) for batch in self.batches]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches.append(inputs)
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(WAIT_S), "the test never released the gate"
+        x = inputs["x"]
+        return {"double": x * 2, "total": x.reshape(len(x), -1).sum(axis=1)}
+
+
+def rows(start: int, n: int, width: int = 3, dtype=np.float32) -> dict[str, np.ndarray]:
+    return {"x": np.arange(start * width, (start + n) * width, dtype=dtype).reshape(n, width)}
+
+
+def assert_answers(request: dict[str, np.ndarray], result: dict[str, np.ndarray]) -> None:
+    x = request["x"]
+    np.testing.assert_array_equal(result["double"], x * 2)
+    np.testing.assert_array_equal(result["total"], x.reshape(len(x), -1).sum(axis=1))
+
+
+def params(**overrides) -> BatchingParameters:
+    return BatchingParameters(**{"num_batch_threads": 2, **overrides})
+
+
+def submit_from_threads(batcher: Batcher, model, requests: list) -> list:
+    with ThreadPoolExecutor(len(requests)) as pool:
+        futures = [pool.submit(batcher.submit, model, request) for request in requests]
+        return [future.result(timeout=WAIT_S) for future in futures]
+
+
+def submit_in_order(batcher: Batcher, model, requests: list) -> list:
+    """Enqueues the requests in list order (each coroutine enqueues before its first await)."""
+    async def main():
+        calls = [batcher.submit_async(model, request) for request in requests]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), WAIT_S)
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_are_coalesced_into_full_batches():
+    model = FakeModel()
+    requests = [rows(i, 1) for i in range(16)]
+    with Batcher(params(max_batch_size=8, batch_timeout_micros=LONG)) as batcher:
+        results = submit_from_threads(batcher, model, requests)
+    assert model.sizes == [8, 8]
+    for request, result in zip(requests, results):
+        assert_answers(request, result)
+
+
+def test_batches_never_exceed_max_batch_size():
+    model = FakeModel()
+    requests = [rows(i * 3, 1 + i % 3) for i in range(24)]
+    with Batcher(params(max_batch_size=5, batch_timeout_micros=2_000)) as batcher:
+        results = submit_from_threads(batcher, model, requests)
+    assert max(model.sizes) <= 5
+    assert sum(model.sizes) == sum(len(r["x"]) for r in requests)
+    for request, result in zip(requests, results):
+        assert_answers(request, result)
+
+
+def test_lone_request_runs_once_the_timeout_has_passed():
+    model = FakeModel()
+    with Batcher(params(max_batch_size=100, batch_timeout_micros=50_000)) as batcher:
+        start = time.monotonic()
+        result = batcher.submit(model, rows(0, 2))
+        elapsed = time.monotonic() - start
+    assert_answers(rows(0, 2), result)
+    assert model.sizes == [2]
+    assert 0.045 <= elapsed < 2.0, f"a 50 ms timeout took {elapsed:.3f} s"
+
+
+def test_batch_is_padded_to_an_allowed_size_and_split_back_exactly():
+    model = FakeModel()
+    seen = []
+    requests = [rows(0, 1), rows(10, 2), rows(20, 6), rows(30, 2)]
+    config = params(max_batch_size=8, allowed_batch_sizes=[2, 4, 8], batch_timeout_micros=LONG,
+                    num_batch_threads=1)
+    with Batcher(config, on_batch=lambda run, size, padded: seen.append((size, padded))) as batcher:
+        # 1 + 2 rows form a batch that the 6-row request closes; 6 + 2 rows fill the next one.
+        results = submit_in_order(batcher, model, requests)
+    assert seen == [(3, 4), (8, 8)]
+    assert model.sizes == [4, 8]
+    # TF Serving pads with the first row of the batch's last request.
+    padded = np.concatenate([requests[0]["x"], requests[1]["x"], requests[1]["x"][:1]])
+    np.testing.assert_array_equal(model.batches[0]["x"], padded)
+    for request, result in zip(requests, results):
+        assert len(result["double"]) == len(request["x"])
+        assert_answers(request, result)
+
+
+def test_incompatible_requests_are_never_mixed():
+    model, other_model = FakeModel(), FakeModel()
+    groups = {
+        "narrow": lambda i: rows(i, 1, width=3),
+        "wide": lambda i: rows(i, 1, width=4),
+        "float64": lambda i: rows(i, 1, dtype=np.float64),
+        "extra_input": lambda i: {**rows(i, 1), "y": np.array([i])},
+    }
+    requests = [(name, model, make(i)) for i in range(2) for name, make in groups.items()]
+    requests += [("other_model", other_model, rows(i, 1)) for i in range(2)]
+    with Batcher(params(max_batch_size=2, batch_timeout_micros=LONG)) as batcher:
+        async def main():
+            calls = [batcher.submit_async(m, request) for _, m, request in requests]
+            return await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
+        results = asyncio.run(main())
+    # Every batch is full (2 requests), so each group filled exactly one batch on its own.
+    assert model.sizes == [2, 2, 2, 2] and other_model.sizes == [2]
+    layouts = {tuple(sorted((k, v.dtype.str, v.shape) for k, v in b.items()))
+               for b in model.batches}
+    assert len(layouts) == 4
+    for (_, _, request), result in zip(requests, results):
+        assert_answers(request, result)
+
+
+def test_an_error_in_run_reaches_every_request_of_the_batch():
+    def broken(inputs):
+        raise RuntimeError(f"model failed on {len(inputs['x'])} rows")
+
+    with Batcher(params(max_batch_size=3, batch_timeout_micros=LONG)) as batcher:
+        errors = submit_in_order(batcher, broken, [rows(i, 1) for i in range(3)])
+        assert [str(e) for e in errors] == ["model failed on 3 rows"] * 3
+        assert all(isinstance(e, RuntimeError) for e in errors)
+        # The worker survived: the next batch runs normally.
+        model = FakeModel()
+        results = submit_in_order(batcher, model, [rows(i, 1) for i in range(3)])
+    assert model.sizes == [3]
+    assert_answers(rows(0, 1), results[0])
+
+
+@pytest.mark.parametrize("output, message", [
+    (np.float32(1.0), "'out' has 0 dimensions"),
+    (np.zeros(5), "'out''s 0th dimension is 5; expected 2"),
+])
+def test_outputs_must_keep_the_batch_dimension(output, message):
+    with Batcher(params(max_batch_size=2, batch_timeout_micros=LONG)) as batcher:
+        errors = submit_in_order(batcher, lambda inputs: {"out": output},
+                                 [rows(0, 1), rows(1, 1)])
+    for error in errors:
+        assert isinstance(error, BatchOutputError) and error.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert message in str(error)
+
+
+@pytest.mark.parametrize("request_, message", [
+    (rows(0, 5), "Task size 5 is larger than maximum input batch size 4"),
+    ({}, "at least one input tensor"),
+    ({"x": np.zeros((2, 3)), "y": np.zeros((3,))}, "equal 0th-dimension size"),
+    ({"x": np.zeros((0, 3))}, "at least one row"),
+    ({"x": [[1.0, 2.0]]}, "must be a numpy array"),
+])
+def test_invalid_requests_are_rejected_before_queueing(request_, message):
+    model = FakeModel()
+    with Batcher(params(max_batch_size=4)) as batcher:
+        with pytest.raises(InvalidRequestError, match=message) as caught:
+            batcher.submit(model, request_)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert model.batches == []
+
+
+def test_full_queue_rejects_immediately_with_unavailable():
+    model = FakeModel(gate=threading.Event())
+    config = params(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1)
+    with Batcher(config) as batcher:
+        async def main():
+            running = asyncio.ensure_future(batcher.submit_async(model, rows(0, 1)))
+            assert await asyncio.to_thread(model.started.wait, WAIT_S)
+            queued = asyncio.ensure_future(batcher.submit_async(model, rows(1, 1)))
+            await asyncio.sleep(0)  # lets `queued` enqueue: the queue now holds 1 batch
+            with pytest.raises(QueueFullError, match="is full") as caught:
+                await batcher.submit_async(model, rows(2, 1))
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+            model.gate.set()
+            return await asyncio.wait_for(asyncio.gather(running, queued), WAIT_S)
+        results = asyncio.run(main())
+    assert model.sizes == [1, 1]
+    assert_answers(rows(1, 1), results[1])
+
+
+def test_close_fails_pending_requests_finishes_running_ones_and_joins_threads():
+    model = FakeModel(gate=threading.Event())
+    batcher = Batcher(params(num_batch_threads=1, thread_pool_name="closing_test"))
+
+    async def main():
+        running = asyncio.ensure_future(batcher.submit_async(model, rows(0, 1)))
+        assert await asyncio.to_thread(model.started.wait, WAIT_S)
+        pending = asyncio.ensure_future(batcher.submit_async(model, rows(1, 1)))
+        await asyncio.sleep(0)  # `pending` is now queued behind the running batch
+        closing = asyncio.ensure_future(asyncio.to_thread(batcher.close))
+        # close() answers the pending request before it waits for the running batch.
+        with pytest.raises(BatcherClosedError):
+            await asyncio.wait_for(pending, WAIT_S)
+        assert not closing.done()
+        model.gate.set()
+        await asyncio.wait_for(closing, WAIT_S)
+        return await running
+
+    assert_answers(rows(0, 1), asyncio.run(main()))
+    assert model.sizes == [1]
+    assert not [t for t in threading.enumerate() if t.name.startswith("closing_test")]
+    with pytest.raises(BatcherClosedError, match="after close"):
+        batcher.submit(model, rows(2, 1))
+    batcher.close()  # idempotent
+
+
+def test_submit_async_leaves_the_event_loop_free_and_honours_cancellation():
+    model = FakeModel(gate=threading.Event())
+    with Batcher(params(max_batch_size=4, num_batch_threads=1)) as batcher:
+        async def main():
+            running = asyncio.ensure_future(batcher.submit_async(model, rows(0, 1)))
+            # If submit_async blocked the loop, this line would never run and the gate
+            # would time out inside the model.
+            assert await asyncio.to_thread(model.started.wait, WAIT_S)
+            cancelled = asyncio.ensure_future(batcher.submit_async(model, rows(1, 1)))
+            await asyncio.sleep(0)
+            cancelled.cancel()
+            kept = asyncio.ensure_future(batcher.submit_async(model, rows(2, 1)))
+            await asyncio.sleep(0)
+            model.gate.set()
+            return await asyncio.wait_for(asyncio.gather(running, kept), WAIT_S)
+        first, kept = asyncio.run(main())
+    assert_answers(rows(0, 1), first)
+    assert_answers(rows(2, 1), kept)
+    # The cancelled request shared the second batch with `kept` but was dropped before it ran.
+    assert model.sizes == [1, 1]
+    np.testing.assert_array_equal(model.batches[1]["x"], rows(2, 1)["x"])
+
+
+def test_batches_a_real_tensorflow_function():
+    tf = pytest.importorskip("tensorflow")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def model(x):
+        return {"double": x * 2.0, "total": tf.reduce_sum(x, axis=1)}
+
+    concrete = model.get_concrete_function()
+    sizes = []
+
+    def run(inputs):
+        sizes.append(len(inputs["x"]))
+        return {name: t.numpy() for name, t in concrete(x=tf.constant(inputs["x"])).items()}
+
+    requests = [rows(i, 1) for i in range(8)]
+    with Batcher(params(max_batch_size=8, batch_timeout_micros=LONG)) as batcher:
+        results = submit_from_threads(batcher, run, requests)
+    assert sizes == [8]
+    for request, result in zip(requests, results):
+        assert_answers(request, result)
+
+
+def test_parameters_default_to_tf_serving_values():
+    defaults = BatchingParameters()
+    assert (defaults.max_batch_size, defaults.batch_timeout_micros,
+            defaults.max_enqueued_batches) == (1000, 0, 10)
+    assert defaults.num_batch_threads >= 1
+    assert defaults.allowed_batch_sizes == () and defaults.pad_variable_length_inputs is False
+
+
+def test_parameters_from_a_tf_serving_batching_parameters_file():
+    parsed = BatchingParameters.from_text("""
+        max_batch_size { value: 32 }
+        batch_timeout_micros { value: 5000 }
+        num_batch_threads { value: 4 }
+        thread_pool_name { value: "model_threads" }
+        allowed_batch_sizes: 8
+        allowed_batch_sizes: 16
+        allowed_batch_sizes: 32
+        pad_variable_length_inputs: true
+    """)
+    assert parsed == BatchingParameters(
+        max_batch_size=32, batch_timeout_micros=5000, max_enqueued_batches=10,
+        num_batch_threads=4, thread_pool_name="model_threads", allowed_batch_sizes=(8, 16, 32),
+        pad_variable_length_inputs=True)
+    message = protos.BatchingParameters()
+    message.max_enqueued_batches.value = 0  # set to zero is not unset: TF Serving uses it
+    with pytest.raises(ValueError, match="max_enqueued_batches must be an integer >= 1; "
+                                         "received 0"):
+        BatchingParameters.from_proto(message)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_batch_size { value: 0 }", "max_batch_size must be an integer >= 1; received 0"),
+    ("batch_timeout_micros { value: -1 }", "batch_timeout_micros must be an integer >= 0"),
+    ("num_batch_threads { value: 0 }", "num_batch_threads must be an integer >= 1"),
+    ("max_batch_size { value: 8 } allowed_batch_sizes: [4, 2, 8]",
+     r"monotonically increasing; received \[4, 2, 8\]"),
+    ("max_batch_size { value: 8 } allowed_batch_sizes: [2, 4]",
+     "last entry was 4; expected 8"),
+    ("enable_large_batch_splitting { value: true }", "not supported: received true"),
+    ("max_batch_sise { value: 8 }", "not a valid tensorflow.serving.BatchingParameters text proto"),
+])
+def test_invalid_parameters_are_rejected_with_what_was_received(text, message):
+    with pytest.raises(ValueError, match=message):
+        BatchingParameters.from_text(text)

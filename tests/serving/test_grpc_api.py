@@ -1,0 +1,199 @@
+"""The gRPC API against a real server on 127.0.0.1: every RPC, every error class, TF Serving's
+example-client call styles, and REST/gRPC agreement on the same inputs."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+from repo_files import copy_version, write_config
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    inference_pb2,
+    input_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.client import GrpcClient, RestClient, ServingClientError
+from serving.inference import serialized_examples
+from serving.process import ServerProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, half_plus_two_base, digits):
+    work = tmp_path_factory.mktemp("grpc")
+    copy_version(half_plus_two_base, 123, work / "hpt" / "123")
+    labels = 'version_labels { key: "stable" value: 123 }'
+    config = write_config(work / "models.config", [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
+    grpc_port = free_port()
+    process = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}", log_dir=work)
+    process.target = f"127.0.0.1:{grpc_port}"
+    process.work = work
+    process.wait_available("half_plus_two")
+    process.wait_available("digits")
+    yield process
+    assert process.stop() == 0, process.log_tail()
+
+
+@pytest.fixture
+def client(server):
+    with GrpcClient(server.target) as c:
+        yield c
+
+
+def test_predict_with_version_label_and_output_filter(client):
+    x = np.array([[1.0], [2.0]], np.float32)
+    assert client.predict("half_plus_two", {"x": x})["y"].tolist() == [[2.5], [3.0]]
+    assert client.predict("half_plus_two", {"x": x}, version=123)["y"].tolist() == [[2.5], [3.0]]
+    assert client.predict("half_plus_two", {"x": x}, label="stable", output_filter=["y"])["y"].shape == (2, 1)
+
+
+def test_classify_regress_and_multi_inference(server, client):
+    assert client.classify("half_plus_two", [{"x": 20.0}], signature_name="classify_x_to_y") == [[["", 12.0]]]
+    assert client.regress("half_plus_two", [{"x": 80.0}], signature_name="regress_x_to_y") == [42.0]
+    assert client.regress("half_plus_two", [{}, {"x": 2.0}], context={"x": 4.0},
+                          signature_name="regress_x_to_y2") == [5.0, 4.0]
+    request = inference_pb2.MultiInferenceRequest()
+    for signature in ("regress_x_to_y", "regress_x_to_y2"):
+        task = request.tasks.add(method_name="tensorflow/serving/regress")
+        task.model_spec.name = "half_plus_two"
+        task.model_spec.signature_name = signature
+    example = request.input.example_list.examples.add()
+    example.features.feature["x"].float_list.value.append(10.0)
+    with grpc.insecure_channel(server.target) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(request, timeout=10)
+    assert [r.regression_result.regressions[0].value for r in response.results] == [7.0, 8.0]
+    assert [r.model_spec.version.value for r in response.results] == [123, 123]
+
+
+def test_metadata_and_status(client):
+    metadata = client.metadata("half_plus_two")
+    assert metadata["model_spec"].version.value == 123
+    assert metadata["signature_def"]["serving_default"].inputs["x"].name == "x:0"
+    assert client.status("half_plus_two") == [
+        {"version": "123", "state": "AVAILABLE", "status": {"error_code": 0, "error_message": ""}}]
+
+
+def test_digits_rest_and_grpc_return_identical_numbers(server, client, digits):
+    rows = digits.x_test[:5]
+    by_grpc = client.predict("digits", {"x": rows})
+    with RestClient(server.url) as rest:
+        by_rest = rest.predict("digits", inputs={"x": rows.tolist()})
+    np.testing.assert_array_equal(np.array(by_rest["probabilities"], np.float32), by_grpc["probabilities"])
+    assert by_rest["class_id"] == by_grpc["class_id"].tolist()
+    assert (by_grpc["class_id"] == digits.y_test[:5]).mean() >= 0.6
+
+
+def test_mnist_client_style_future_call_reading_float_val(server, digits):
+    """tensorflow_serving/example/mnist_client.py: Predict.future, then outputs[...].float_val."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "digits"
+        request.model_spec.signature_name = "serving_default"
+        image = digits.x_test[0]
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(image, shape=[1, image.size]))
+        result_future = stub.Predict.future(request, 5.0)
+        response = np.array(result_future.result().outputs["probabilities"].float_val)
+    assert response.shape == (10,)
+    assert abs(response.sum() - 1.0) < 1e-4
+
+
+def test_resnet_client_style_sync_call_with_make_ndarray(server):
+    """tensorflow_serving/example/resnet_client_grpc.py: blocking Predict, tf.make_ndarray on outputs."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([[4.0]], dtype=tf.float32))
+        result = stub.Predict(request, 10.0)
+    assert tf.make_ndarray(result.outputs["y"]).tolist() == [[4.0]]
+    assert result.model_spec.name == "half_plus_two" and result.model_spec.version.value == 123
+
+
+def test_messages_larger_than_grpcs_default_4mib_are_accepted(client):
+    x = np.ones((1_500_000, 1), np.float32)  # 6 MB in, 6 MB out
+    assert client.predict("half_plus_two", {"x": x})["y"].shape == (1_500_000, 1)
+
+
+ERRORS = [  # (call, expected gRPC code, substring of the message)
+    (lambda c: c.predict("nope", {"x": np.ones((1, 1), np.float32)}), "NOT_FOUND",
+     "Servable not found for request: Latest(nope)"),
+    (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, version=9), "NOT_FOUND",
+     "Specific(half_plus_two, 9)"),
+    (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, label="nope"), "INVALID_ARGUMENT",
+     "Unrecognized servable version label: nope"),
+    (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, signature_name="nope"),
+     "FAILED_PRECONDITION", 'Serving signature key "nope" not found.'),
+    (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.int32)}), "INVALID_ARGUMENT",
+     "input 'x' has dtype int32, expected float32"),
+    (lambda c: c.predict("half_plus_two", {"z": np.ones((1, 1), np.float32)}), "INVALID_ARGUMENT",
+     "input size does not match signature: 1!=1 len({z}) != len({x}). Sent extra: {z}. Missing but required: {x}."),
+    (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, output_filter=["w"]),
+     "INVALID_ARGUMENT", "output tensor alias not found in signature: w Outputs expected to be in the set {y}."),
+    (lambda c: c.predict("digits", {"x": np.ones((2, 3), np.float32)}), "INVALID_ARGUMENT",
+     "input 'x' received float32 [2, 3], the signature expects float32 [-1, 64]"),
+    (lambda c: c.classify("half_plus_two", [], signature_name="classify_x_to_y"), "INVALID_ARGUMENT", "Input is empty."),
+    (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="nope"), "INVALID_ARGUMENT",
+     "No signature was found with the name: nope"),
+    (lambda c: c.status("nope"), "NOT_FOUND", "Could not find any versions of model nope"),
+]
+
+
+@pytest.mark.parametrize("request_call, code, message", ERRORS)
+def test_errors_use_tf_servings_status_codes(client, request_call, code, message):
+    with pytest.raises(ServingClientError) as info:
+        request_call(client)
+    assert info.value.status == code
+    assert message in info.value.message
+
+
+def test_metadata_needs_the_signature_def_field(server):
+    with grpc.insecure_channel(server.target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = "half_plus_two"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModelMetadata(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request.metadata_field.append("other")
+        with pytest.raises(grpc.RpcError, match="Metadata field other is not supported"):
+            stub.GetModelMetadata(request, timeout=10)
+
+
+def test_reload_config_adds_and_removes_models_while_serving(server, client, half_plus_two_base):
+    copy_version(half_plus_two_base, 123, server.work / "second" / "7")
+    config = model_server_config_pb2.ModelServerConfig()  # digits is left out: it must unload
+    for name, base in (("second", server.work / "second"), ("half_plus_two", server.work / "hpt")):
+        config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
+    with grpc.insecure_channel(server.target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        response = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
+        assert response.status.error_code == 0
+        assert client.predict("second", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+        assert client.status("digits")[0]["state"] == "END"
+        with pytest.raises(ServingClientError, match="Latest\\(digits\\)"):
+            client.predict("digits", {"x": np.zeros((1, 64), np.float32)})
+        bad = model_server_config_pb2.ModelServerConfig()
+        bad.model_config_list.config.add(name="x")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "has no base_path" in info.value.details()
+    assert client.predict("half_plus_two", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+    assert requests.get(f"{server.url}/v1/models/second", timeout=10).json()["model_version_status"][0]["version"] == "7"
+
+
+def test_context_features_are_merged_into_every_example():
+    raw = input_pb2.Input()
+    context = raw.example_list_with_context.context
+    context.features.feature["x"].float_list.value.append(4.0)
+    raw.example_list_with_context.examples.add()
+    merged = tf.train.Example.FromString(serialized_examples(raw)[0])
+    assert merged.features.feature["x"].float_list.value == [4.0]

@@ -1,0 +1,156 @@
+"""Versions come and go under load: the real server, a repository it polls, and a client that
+never stops sending. No request may fail while versions are published, swapped and broken."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+from repo_files import write_config
+
+from pipeline.stages.push import publish
+from serving.process import ServerProcess
+from serving.repository import ModelConfig, aspired_versions, load_model_server_config
+
+
+def test_version_policies_choose_like_tf_serving():
+    latest = ModelConfig()
+    assert aspired_versions([1, 5, 3], latest) == {5}
+    latest.model_version_policy.latest.num_versions = 2
+    assert aspired_versions([1, 5, 3], latest) == {3, 5}
+    every = ModelConfig()
+    every.model_version_policy.all.SetInParent()
+    assert aspired_versions([1, 5, 3], every) == {1, 3, 5}
+    specific = ModelConfig()
+    specific.model_version_policy.specific.versions.extend([3, 9])
+    assert aspired_versions([1, 5, 3], specific) == {3}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }",
+     "model names must be unique; ['a'] appear more than once"),
+    ("model_config_list { config { name: '../etc' base_path: '/x' } }", "model name: expected letters"),
+    ("model_config_list { config { name: 'a' } }", "model 'a' has no base_path"),
+    ("model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }",
+     "model_platform 'pytorch'"),
+    ("model_config_list { config { nme: 'a' } }", "not a valid tensorflow.serving.ModelServerConfig text proto"),
+])
+def test_bad_model_config_files_are_explained(tmp_path, text, message):
+    path = tmp_path / "models.config"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
+        load_model_server_config(str(path))
+
+
+class Load:
+    """A client thread that keeps predicting until stopped, recording every answer's version."""
+
+    def __init__(self, url: str):
+        self.url, self.failures, self.seen, self.count = url, [], set(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self):
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                response = session.post(f"{self.url}/v1/models/hpt:predict", data='{"instances": [1.0]}', timeout=30)
+                self.count += 1
+                if response.status_code != 200 or response.json() != {"predictions": [2.5]}:
+                    self.failures.append(response.text)
+                status = session.get(f"{self.url}/v1/models/hpt", timeout=30).json()["model_version_status"]
+                self.seen.update(s["version"] for s in status if s["state"] == "AVAILABLE")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_for(condition, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not met")
+
+
+def states(server) -> dict[str, str]:
+    status = requests.get(f"{server.url}/v1/models/hpt", timeout=10).json()["model_version_status"]
+    return {s["version"]: s["state"] for s in status}
+
+
+@pytest.mark.slow
+def test_hot_swaps_under_load_drop_no_request_and_a_broken_version_hurts_nobody(tmp_path, half_plus_two_base):
+    base = tmp_path / "hpt"
+    publish(half_plus_two_base / "123", base)  # version 1
+    server = ServerProcess(f"--model_name=hpt", f"--model_base_path={base}", "--port=0",
+                           "--file_system_poll_wait_seconds=1", log_dir=tmp_path)
+    try:
+        server.wait_available("hpt", 1)
+        load = Load(server.url)
+        for version in (2, 3, 4):
+            assert publish(half_plus_two_base / "123", base)[0] == version
+            wait_for(lambda: states(server).get(str(version)) == "AVAILABLE" and
+                     states(server).get(str(version - 1)) == "END")
+        broken = base / ".tmp-broken"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        broken.rename(base / "5")
+        wait_for(lambda: states(server).get("5") == "END")
+        time.sleep(1.5)  # a few more requests after the failed load
+        load.stop()
+        assert load.failures == [], load.failures[:3]
+        assert load.count > 20
+        status = requests.get(f"{server.url}/v1/models/hpt", timeout=10).json()["model_version_status"]
+        assert [s["version"] for s in status] == ["5", "4", "3", "2", "1"]
+        assert status[0]["state"] == "END" and status[0]["status"]["error_code"] != "OK"
+        assert "Failed to load" in status[0]["status"]["error_message"] or "saved_model" in status[0]["status"]["error_message"]
+        assert status[1]["state"] == "AVAILABLE"
+        assert {"1", "2", "3", "4"} <= load.seen
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two_base):
+    base = tmp_path / "hpt"
+    for _ in range(3):
+        publish(half_plus_two_base / "123", base)
+    policy = ('model_version_policy { specific { versions: 1 versions: 3 } } '
+              'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 3 }')
+    config = write_config(tmp_path / "models.config", [("hpt", base, policy)])
+    server = ServerProcess(f"--model_config_file={config}", "--port=0", log_dir=tmp_path)
+    try:
+        server.wait_available("hpt", 3)
+        server.wait_available("hpt", 1)
+        assert states(server) == {"3": "AVAILABLE", "1": "AVAILABLE"}
+        for label in ("stable", "canary"):
+            response = requests.post(f"{server.url}/v1/models/hpt/labels/{label}:predict",
+                                     data='{"instances": [2.0]}', timeout=10)
+            assert response.json() == {"predictions": [3.0]}
+        missing = requests.post(f"{server.url}/v1/models/hpt/versions/2:predict", data='{"instances": [2.0]}')
+        assert missing.status_code == 404
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rest_api_port=1", "--model_base_path=/x", "--bogus_flag=1"], "unrecognized arguments: --bogus_flag=1"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--use_alts_credentials=true"],
+     "--use_alts_credentials is a tensorflow_model_server flag this server does not support"),
+    (["--rest_api_port=1"], "--model_base_path or --model_config_file is required"),
+    (["--rest_api_port=1", "--model_config_file=/no/such/file"], "cannot read it"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--enable_batching", "--batching_parameters_file=/no/file"],
+     "No such file"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--enable_batching=maybe"], "expected true or false"),
+    (["--port=0", "--rest_api_port=0", "--model_base_path=/x"], "nothing would serve"),
+])
+def test_bad_flags_and_files_fail_at_start_with_exit_2(flags, message, capsys):
+    from serving.__main__ import parse_settings
+
+    with pytest.raises(SystemExit) as info:
+        parse_settings(flags)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err

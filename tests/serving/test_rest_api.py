@@ -1,0 +1,256 @@
+"""The REST API against a real server on 127.0.0.1, with TF Serving's own cases as data.
+
+Cases come from TF Serving's http_rest_api_handler_test.cc (half_plus_two, versions 123/124,
+label "stable" -> 123) plus the bad inputs every client eventually sends. Adding a case is
+adding a row.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from repo_files import copy_version, write_config
+
+from serving.client import RestClient, ServingClientError
+from serving.process import ServerProcess
+
+HPT = "/v1/models/half_plus_two"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, half_plus_two_base, digits):
+    work = tmp_path_factory.mktemp("rest")
+    copy_version(half_plus_two_base, 123, work / "hpt" / "123")
+    copy_version(half_plus_two_base, 123, work / "hpt" / "124")
+    labels = 'model_version_policy { all {} } version_labels { key: "stable" value: 123 }'
+    config = write_config(work / "models.config", [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
+    (work / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    (work / "batching.config").write_text(
+        "max_batch_size { value: 32 } batch_timeout_micros { value: 5000 } num_batch_threads { value: 2 }")
+    process = ServerProcess(
+        f"--model_config_file={config}", "--port=0", "--enable_batching",
+        f"--batching_parameters_file={work / 'batching.config'}",
+        f"--monitoring_config_file={work / 'monitoring.config'}", "--rest_api_max_body_bytes=1000000", log_dir=work)
+    process.wait_available("half_plus_two", 124)
+    process.wait_available("digits")
+    yield process
+    assert process.stop() == 0, process.log.read_text()[-2000:]
+
+
+def call(server, method: str, path: str, body: str | bytes | None = None) -> requests.Response:
+    return requests.request(method, server.url + path, data=body, timeout=30)
+
+
+# (method, path, body, HTTP status, expected JSON body) -- http_rest_api_handler_test.cc, Predict/Regress/Classify
+GOLDEN = [
+    ("POST", f"{HPT}:predict", '{"instances": [[1.0, 2.0], [3.0, 4.0]]}', 200, {"predictions": [[2.5, 3.0], [3.5, 4.0]]}),
+    ("POST", f"{HPT}/versions/123:predict", '{"instances": [1.0, 2.0]}', 200, {"predictions": [2.5, 3.0]}),
+    ("POST", f"{HPT}/labels/stable:predict", '{"instances": [1.0, 2.0]}', 200, {"predictions": [2.5, 3.0]}),
+    ("POST", f"{HPT}/versions/123:predict", '{"signature_name": "serving_default", "instances": [3.0, 4.0]}', 200,
+     {"predictions": [3.5, 4.0]}),
+    ("POST", f"{HPT}/versions/123:predict", '{"signature_name": "serving_default", "inputs": [3.0, 4.0]}', 200,
+     {"outputs": [3.5, 4.0]}),
+    ("POST", f"{HPT}:regress", '{"signature_name": "regress_x_to_y", "examples": [ { "x": 80.0 } ] }', 200,
+     {"results": [42]}),
+    ("POST", f"{HPT}/labels/stable:regress", '{"signature_name": "regress_x_to_y", "examples": [ { "x": 80.0 } ] }',
+     200, {"results": [42]}),
+    ("POST", f"{HPT}:classify", '{"signature_name": "classify_x_to_y", "examples": [ { "x": 20.0 } ] }', 200,
+     {"results": [[["", 12]]]}),
+    ("POST", f"{HPT}/labels/stable:classify", '{"signature_name": "classify_x_to_y", "examples": [ { "x": 10.0 } ] }',
+     200, {"results": [[["", 7]]]}),
+    ("POST", f"{HPT}:regress",
+     '{"signature_name": "regress_x_to_y2", "context": {"x": 4.0}, "examples": [{}, {"x": 2.0}]}', 200,
+     {"results": [5.0, 4.0]}),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, expected", GOLDEN)
+def test_tf_serving_golden_cases(server, method, path, body, status, expected):
+    response = call(server, method, path, body)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == expected
+
+
+# (method, path, body, HTTP status, a substring of the error) -- UnsupportedApiCalls, *Errors, and bad input
+ERRORS = [
+    ("GET", "/v1/foo", None, 400, "Malformed request: GET /v1/foo"),
+    ("POST", "/v1/foo", None, 400, "Malformed request: POST /v1/foo"),
+    ("GET", "/v1/models", None, 400, "Missing model name in request."),
+    ("GET", "/v1/models/debug/model_name", None, 400, "Malformed request"),
+    ("POST", "/v1/models", None, 400, "Malformed request"),
+    ("GET", "/v1/models/foo:predict", None, 400, "Malformed request"),
+    ("GET", "/v1/models/foo/version/50:predict", None, 400, "Malformed request"),
+    ("POST", "/v1/models/foo/version/50:regress", None, 400, "Malformed request"),
+    ("POST", "/v1/models/foo/versions/HELLO:regress", None, 400, "Malformed request"),
+    ("POST", "/v1/models/foo/versions/18446744073709551615:regress", None, 400, "Failed to convert version"),
+    ("POST", "/v1/models/foo/metadata", None, 400, "Malformed request"),
+    ("POST", "/v1/models/foo/label/some_label:regress", None, 400, "Malformed request"),
+    ("POST", "/v1/models/foo/versions/50/labels/some_label:regress", None, 400, "Malformed request"),
+    ("POST", "/v1/models/foo/versions/some_label:regress", None, 400, "Malformed request"),
+    ("PUT", f"{HPT}:predict", "{}", 400, "Malformed request: PUT"),
+    ("POST", f"{HPT}:PREDICT", '{"instances": [1.0]}', 400, "Malformed request: POST /v1/models/half_plus_two:PREDICT"),
+    ("POST", "/v1/models/foo:predict", '{ "instances": [1] }', 404, "Servable not found for request: Latest(foo)"),
+    ("POST", "/v1/models/foo/versions/50:predict", '{ "instances": [1] }', 404, "Specific(foo, 50)"),
+    ("POST", f"{HPT}99:predict", '{ "instances": [1] }', 404, "Latest(half_plus_two99)"),
+    ("POST", f"{HPT}/versions/50:predict", '{"instances": [1.0]}', 404, "Specific(half_plus_two, 50)"),
+    ("POST", f"{HPT}:predict", "", 400, "JSON Parse error: The document is empty"),
+    ("POST", f"{HPT}:predict", "instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
+    ("POST", "/v1/models/foo:predict", "instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
+    ("POST", f"{HPT}:predict", '{ "instances": ["x", "y"] }', 400, "not of expected type: float"),
+    ("POST", f"{HPT}/labels/nonexistent:predict", '{ "instances": [1.0] }', 400,
+     "Unrecognized servable version label: nonexistent"),
+    ("POST", f"{HPT}:predict", '{ "signature_name": 100 }', 400, "'signature_name' key must be a string value."),
+    ("POST", f"{HPT}:predict", '{"signature_name": "nope", "instances": [1.0]}', 400,
+     'Serving signature name: "nope" not found in signature def'),
+    ("POST", f"{HPT}:predict", '{"instances": [[1.0, 2.0], [3.0]]}', 400, ""),
+    ("POST", f"{HPT}:predict", '{"instances": [[[1.0]], 2.0]}', 400, ""),
+    ("POST", f"{HPT}:predict", '{"instances": []}', 400, ""),
+    ("POST", f"{HPT}:predict", '{"instances": [{"x": [1.0]}, {"y": [2.0]}]}', 400, ""),
+    ("POST", f"{HPT}:predict", '{"instances": [1.0], "inputs": [1.0]}', 400, ""),
+    ("POST", f"{HPT}:predict", '{"foo": [1.0]}', 400, ""),
+    ("POST", f"{HPT}:predict", '[1.0, 2.0]', 400, ""),
+    ("POST", f"{HPT}:predict", b'{"instances": ["\xff\xfe"]}', 400, ""),
+    ("POST", f"{HPT}:regress", '{"signature_name": "regress_x_to_y", "examples": []}', 400, ""),
+    ("POST", f"{HPT}:regress", '{"signature_name": "regress_x_to_y", "examples": [{"x": "a"}]}', 400, ""),
+    ("POST", f"{HPT}:regress", '{"signature_name": "nope", "examples": [{"x": 1.0}]}', 400,
+     "No signature was found with the name: nope"),
+    ("POST", f"{HPT}:classify", '{"examples": [{"x": 1.0}]}', 400, "No classification inputs found in SignatureDef"),
+    ("POST", "/v1/models/digits:predict", '{"instances": [[1.0, 2.0]]}', 400,
+     "input 'x' received float32 [1, 2], the signature expects float32 [-1, 64]"),
+    ("GET", "/v1/models/foo", None, 404, "Could not find any versions of model foo"),
+    ("GET", f"{HPT}/versions/7", None, 404, "Could not find version 7 of model half_plus_two"),
+    ("GET", f"{HPT}/versions/7/metadata", None, 404, "Specific(half_plus_two, 7)"),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status, message", ERRORS)
+def test_errors_have_tf_servings_status_and_an_error_body(server, method, path, body, status, message):
+    response = call(server, method, path, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error
+    assert error, "the error must say what went wrong"
+
+
+def test_outside_v1_is_libevents_404_page(server):
+    for path in ("/index", "/statuspage", "/v2/models/x"):
+        response = call(server, "GET", path)
+        assert response.status_code == 404
+        assert "<TITLE>404 Not Found</TITLE>" in response.text
+
+
+def test_oversize_body_is_refused_and_the_server_keeps_serving(server):
+    body = '{"instances": [' + ", ".join(["1.0"] * 300_000) + "]}"
+    response = call(server, "POST", f"{HPT}:predict", body)
+    assert response.status_code == 429
+    assert "larger than the limit of 1000000 bytes" in response.json()["error"]
+    assert call(server, "POST", f"{HPT}:predict", '{"instances": [1.0]}').json() == {"predictions": [2.5]}
+
+
+def test_error_body_is_formatted_like_rapidjson_pretty_writer(server):
+    response = call(server, "GET", "/v1/models")
+    assert response.text == '{\n    "error": "Missing model name in request."\n}'
+
+
+def test_status_lists_versions_newest_first(server):
+    states = call(server, "GET", HPT).json()["model_version_status"]
+    assert [s["version"] for s in states] == ["124", "123"]
+    assert states[0] == {"version": "124", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+
+
+def test_metadata_has_tf_servings_shape(server):
+    metadata = call(server, "GET", f"{HPT}/versions/123/metadata").json()
+    assert metadata["model_spec"] == {"name": "half_plus_two", "signature_name": "", "version": "123"}
+    signatures = metadata["metadata"]["signature_def"]["signature_def"]
+    assert set(signatures) == {"regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3", "classify_x_to_y",
+                               "serving_default"}
+    x = signatures["serving_default"]["inputs"]["x"]
+    assert x["dtype"] == "DT_FLOAT" and x["name"] == "x:0"
+    assert x["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}, {"size": "1", "name": ""}]
+    assert signatures["classify_x_to_y"]["method_name"] == "tensorflow/serving/classify"
+
+
+def test_concurrent_digits_requests_are_batched_and_exact(server, digits):
+    model = tf.saved_model.load(str(digits.base / "1"))
+    expected = model.signatures["serving_default"](x=tf.constant(digits.x_test[:64]))["probabilities"].numpy()
+    results = [None] * 64
+
+    def predict(i):
+        body = json.dumps({"instances": digits.x_test[i : i + 1].tolist()})
+        results[i] = requests.post(f"{server.url}/v1/models/digits:predict", data=body, timeout=30)
+
+    threads = [threading.Thread(target=predict, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200][:2]
+    probabilities = np.array([r.json()["predictions"][0]["probabilities"] for r in results])
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+    metrics = call(server, "GET", "/monitoring/prometheus/metrics").text
+    batches = _metric(metrics, 'serving_batch_size_count{model="digits",version="1"}')
+    rows = _metric(metrics, 'serving_batch_size_sum{model="digits",version="1"}')
+    assert rows >= 64 and batches < rows, "concurrent requests must be coalesced into fewer model calls"
+
+
+def test_metrics_count_requests_by_model_version_api_and_status(server):
+    call(server, "POST", f"{HPT}/versions/123:predict", '{"instances": [1.0]}')
+    call(server, "POST", "/v1/models/nope:predict", '{"instances": [1.0]}')
+    metrics = call(server, "GET", "/monitoring/prometheus/metrics").text
+    ok = 'serving_requests_total{api="predict",entrypoint="REST",model="half_plus_two",status="OK",version="123"}'
+    assert _metric(metrics, ok) >= 1
+    assert _metric(metrics, 'serving_requests_total{api="predict",entrypoint="REST",model="nope",status="NOT_FOUND",version=""}') >= 1
+    assert 'serving_model_version_state{model="half_plus_two",state="AVAILABLE",version="124"} 1.0' in metrics
+    assert "serving_model_load_seconds_count" in metrics
+
+
+def _metric(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in metrics")
+
+
+def test_fuzzed_bodies_get_4xx_never_5xx(server):
+    rng = random.Random(7)
+    seeds = [case[2].encode() if isinstance(case[2], str) else case[2] for case in GOLDEN + ERRORS if case[2]]
+    for _ in range(300):
+        body = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            action = rng.random()
+            position = rng.randrange(len(body) + 1)
+            if action < 0.4 and body:
+                body[min(position, len(body) - 1)] = rng.randrange(256)
+            elif action < 0.7:
+                body[position:position] = bytes(rng.choice([b"[", b"]", b"{", b'"', b",", b"1e999", b"\x00", b"-"]))
+            else:
+                del body[position:position + rng.randint(1, 5)]
+        path = rng.choice([f"{HPT}:predict", f"{HPT}:regress", f"{HPT}:classify", "/v1/models/digits:predict"])
+        response = call(server, "POST", path, bytes(body))
+        assert response.status_code < 500, (bytes(body), response.text)
+        if response.status_code != 200:
+            assert "error" in response.json()
+    assert call(server, "GET", HPT).status_code == 200
+
+
+def test_rest_client_round_trips_and_raises_typed_errors(server, digits):
+    with RestClient(server.url) as client:
+        assert client.predict("half_plus_two", instances=[1.0, 2.0]) == [2.5, 3.0]
+        assert client.predict("half_plus_two", inputs=[3.0], version=123) == [3.5]
+        assert client.regress("half_plus_two", [{"x": 80.0}], signature_name="regress_x_to_y", label="stable") == [42]
+        assert client.classify("half_plus_two", [{"x": 20.0}], signature_name="classify_x_to_y") == [[["", 12]]]
+        assert client.status("half_plus_two", version=123)[0]["state"] == "AVAILABLE"
+        assert "serving_default" in client.metadata("digits")["metadata"]["signature_def"]["signature_def"]
+        row = digits.x_test[0].tolist()
+        classified = client.classify("digits", [{"x": row}], signature_name="classify")
+        assert [label for label, _ in classified[0]] == [str(i) for i in range(10)]
+        with pytest.raises(ServingClientError) as info:
+            client.predict("nope", instances=[1.0])
+        assert info.value.status == 404 and "Servable not found" in info.value.message
