@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run serve test test-quick clean
+.PHONY: run serve bench test test-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ run: $(STAMP)
 # The embedded TF Serving-compatible server on what `make run` pushed (REST :8501, gRPC :8500).
 serve: $(STAMP)
 	$(BIN)/python -m serving --rest_api_port=8501 --port=8500 --model_name=digits --model_base_path=$(CURDIR)/model_repository/digits
+
+# Serving throughput and latency against the in-process limit and a Flask peer (needs wrk, h2load).
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/serving_bench.py $(ARGS)
 
 # Everything, slow integration tests included (this is what CI runs).
 test: $(STAMP)

@@ -33,7 +33,7 @@ def mid_cnn() -> keras.Model:
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Dense(256, activation="relu")(keras.layers.Flatten()(x))
+    x = keras.layers.Dense(1024, activation="relu")(keras.layers.Flatten()(x))
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
 
 

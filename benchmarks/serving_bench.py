@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = models.build(args.model, repo)
     x1 = models.sample(args.model, 1)
     body = workdir / "body.json"
-    body.write_text(json.dumps({"instances": np.round(x1, 3).tolist()}))
+    body.write_text(json.dumps({"instances": np.round(x1.astype(np.float64), 3).tolist()}))
     url = f"/v1/models/{args.model}:predict"
     results = {"machine": machine(), "model": args.model, "seconds": seconds, "request_bytes": body.stat().st_size,
                "connections": CONNECTIONS}
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[3/6] ours, gRPC, batching", flush=True)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = args.model
-        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.round(x1, 3)))
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(x1))
         results["grpc_batching"] = h2load_grpc(f"127.0.0.1:{grpc_port}", request, CONNECTIONS, seconds, workdir)
     finally:
         server.stop()
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     server = start_ours(repo, args.model, workdir, batching=False)
     try:
         results["rest_no_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
+        results["rest_low_load_no_batching"] = wrk(server.url + url, body, 1, seconds, workdir)
     finally:
         server.stop()
 
@@ -287,7 +288,8 @@ def ratios(r: dict) -> dict:
         "grpc_vs_limit": r["grpc_batching"]["per_s"] / limit,
         "rest_vs_flask": r["rest_batching"]["per_s"] / r["flask_once"]["per_s"],
         "batching_on_vs_off": r["rest_batching"]["per_s"] / r["rest_no_batching"]["per_s"],
-        "p99_overhead_low_load_ms": r["rest_low_load"]["p99_ms"] - r["limit"]["batch1_p99_ms"],
+        "p99_overhead_low_load_ms": r["rest_low_load_no_batching"]["p99_ms"] - r["limit"]["batch1_p99_ms"],
+        "p99_overhead_low_load_batching_ms": r["rest_low_load"]["p99_ms"] - r["limit"]["batch1_p99_ms"],
     }
     if "flask_naive" in r:
         out["rest_vs_naive"] = r["rest_batching"]["per_s"] / max(r["flask_naive"]["per_s"], 1e-9)
@@ -307,8 +309,11 @@ def write(results: dict, stem: Path) -> None:
          q["rest_batching"]["client_cpu_share"]),
         ("ours REST, no batching", q["rest_no_batching"]["per_s"], q["rest_no_batching"]["p50_ms"],
          q["rest_no_batching"]["p99_ms"], q["rest_no_batching"]["client_cpu_share"]),
-        ("ours REST, 1 connection", q["rest_low_load"]["per_s"], q["rest_low_load"]["p50_ms"],
+        ("ours REST, batching, 1 connection", q["rest_low_load"]["per_s"], q["rest_low_load"]["p50_ms"],
          q["rest_low_load"]["p99_ms"], q["rest_low_load"]["client_cpu_share"]),
+        ("ours REST, no batching, 1 connection", q["rest_low_load_no_batching"]["per_s"],
+         q["rest_low_load_no_batching"]["p50_ms"], q["rest_low_load_no_batching"]["p99_ms"],
+         q["rest_low_load_no_batching"]["client_cpu_share"]),
         ("ours gRPC, batching", q["grpc_batching"]["per_s"], q["grpc_batching"]["mean_ms"], "",
          q["grpc_batching"]["client_cpu_share"]),
         ("Flask + gunicorn, model once", q["flask_once"]["per_s"], q["flask_once"]["p50_ms"], q["flask_once"]["p99_ms"],

@@ -98,7 +98,14 @@ _PARSE_ERRORS = (
 )
 
 
-def decode_json(body: bytes) -> dict:
+class Document(dict):
+    """A decoded request body; remembers whether the body has a JSON true/false anywhere, so the
+    fast numeric path can skip looking for booleans (the only non-number numpy would accept)."""
+
+    may_hold_booleans = True
+
+
+def decode_json(body: bytes) -> Document:
     """The request document, parsed with TF Serving's rapidjson settings (util/json_tensor.cc ParseJson).
 
     orjson handles the usual strict, UTF-8, single-document body; anything it refuses is parsed
@@ -115,6 +122,8 @@ def decode_json(body: bytes) -> dict:
         document = _decode_leniently(body)
     if not isinstance(document, dict):
         raise CodecError(f"JSON Value: {_debug_string(document)} Is not object")
+    document = Document(document)
+    document.may_hold_booleans = b"true" in body or b"false" in body
     return document
 
 
@@ -368,10 +377,14 @@ def parse_predict_request(
             raise CodecError(f"JSON Value: {_debug_string(document)} Expecting 'instances' to be an list/array")
         if not instances:
             raise CodecError(f"JSON Value: {_debug_string(document)} No values in 'instances' array")
-        return _tensors_from_instances(instances, dtypes), ROW_FORMAT
+        return _tensors_from_instances(instances, dtypes, _booleans(document)), ROW_FORMAT
     if has_inputs:
-        return _tensors_from_inputs(document["inputs"], dtypes), COLUMNAR_FORMAT
+        return _tensors_from_inputs(document["inputs"], dtypes, _booleans(document)), COLUMNAR_FORMAT
     raise CodecError("Missing 'inputs' or 'instances' key")
+
+
+def _booleans(document: dict) -> bool:
+    return getattr(document, "may_hold_booleans", True)
 
 
 def _is_b64(value: Any) -> bool:
@@ -383,7 +396,7 @@ def _is_named(value: Any) -> bool:
     return isinstance(value, dict) and not _is_b64(value)
 
 
-def _tensors_from_instances(instances: list, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+def _tensors_from_instances(instances: list, dtypes: dict[str, np.dtype], booleans: bool) -> dict[str, np.ndarray]:
     """Row format (FillTensorMapFromInstancesList): every instance adds one row to each input."""
     if not isinstance(instances[0], dict) and len(dtypes) > 1:
         raise CodecError(
@@ -392,12 +405,12 @@ def _tensors_from_instances(instances: list, dtypes: dict[str, np.dtype]) -> dic
         )
     if _is_named(instances[0]):
         if all(_is_named(i) and i.keys() == dtypes.keys() for i in instances):
-            fast = {name: _fast_tensor([i[name] for i in instances], dtype) for name, dtype in dtypes.items()}
+            fast = {name: _fast_tensor([i[name] for i in instances], dtype, booleans) for name, dtype in dtypes.items()}
             if all(t is not None for t in fast.values()):
                 return fast
         return _named_instances_exactly(instances, dtypes)
     name, dtype = next(iter(dtypes.items()))
-    fast = _fast_tensor(instances, dtype)
+    fast = _fast_tensor(instances, dtype, booleans)
     if fast is not None:
         return {name: fast}
     return _plain_instances_exactly(instances, name, dtype)
@@ -466,7 +479,7 @@ def _named_instances_exactly(instances: list, dtypes: dict[str, np.dtype]) -> di
     return {name: r.tensor(len(instances)) for name, r in rows.items()}
 
 
-def _tensors_from_inputs(value: Any, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+def _tensors_from_inputs(value: Any, dtypes: dict[str, np.dtype], booleans: bool) -> dict[str, np.ndarray]:
     """Columnar format (FillTensorMapFromInputsMap): each input is given whole."""
     if not _is_named(value):
         if len(dtypes) > 1:
@@ -475,47 +488,51 @@ def _tensors_from_inputs(value: Any, dtypes: dict[str, np.dtype]) -> dict[str, n
                 "required as per tensorinfo_map"
             )
         name, dtype = next(iter(dtypes.items()))
-        return {name: _tensor(value, dtype)}
+        return {name: _tensor(value, dtype, booleans)}
     tensors = {}
     for name, dtype in dtypes.items():
         if name not in value:
             raise CodecError(f"Missing named input: {name} in 'inputs' object.")
-        tensors[name] = _tensor(value[name], dtype)
+        tensors[name] = _tensor(value[name], dtype, booleans)
     return tensors
 
 
-def _tensor(value: Any, dtype: np.dtype) -> np.ndarray:
-    fast = _fast_tensor(value, dtype)
+def _tensor(value: Any, dtype: np.dtype, booleans: bool) -> np.ndarray:
+    fast = _fast_tensor(value, dtype, booleans)
     if fast is not None:
         return fast
     shape = _dense_shape(value)
     return _to_array(_leaf_values(value, shape, dtype), shape, dtype)
 
 
-def _fast_tensor(value: Any, dtype: np.dtype) -> np.ndarray | None:
+def _fast_tensor(value: Any, dtype: np.dtype, booleans: bool) -> np.ndarray | None:
     """`value` as an array in one numpy call when it is a rectangular nest of plain JSON numbers.
 
     Returns None whenever the exact walk (_leaf_values) could disagree or fail, so that one
-    produces every error message. orjson re-serializes the value to spot non-numbers cheaply.
+    produces every error message. numpy gives a numeric dtype only for numbers and booleans
+    (strings, null and objects do not), so booleans are the one thing to rule out: by the body
+    having none (`booleans` False), else by re-serializing the value with orjson and looking.
     """
     if dtype not in _FLOAT_DTYPES and dtype not in _INT_INPUT_RANGES:
         return None
+    if booleans:
+        try:
+            if b"true" in orjson.dumps(value) or b"false" in orjson.dumps(value):
+                return None
+        except orjson.JSONEncodeError:
+            return None
     try:
-        text = orjson.dumps(value)
-    except orjson.JSONEncodeError:
-        return None
-    if any(token in text for token in (b'"', b"{", b"null", b"true", b"false")):
-        return None  # strings, objects, NaN/Infinity (dumped as null), booleans
-    try:
-        if dtype in _FLOAT_DTYPES:
-            with np.errstate(over="ignore"):  # like a C cast: too large becomes +-inf
-                return np.array(value, dtype=np.float64).astype(dtype)
-        if b"." in text or b"e" in text:
-            return None  # a JSON double is never an integer for rapidjson
-        low, high = _INT_INPUT_RANGES[dtype]
-        array = np.array(value, dtype=np.uint64 if low == 0 else np.int64)
+        array = np.array(value)
     except (ValueError, OverflowError):
-        return None  # ragged, or an integer outside 64 bits
+        return None  # ragged
+    if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        return None  # strings, null, objects, integers beyond 64 bits
+    if dtype in _FLOAT_DTYPES:
+        with np.errstate(over="ignore"):  # like a C cast: too large becomes +-inf
+            return array.astype(dtype)
+    if array.dtype.kind == "f" and array.size:
+        return None  # a JSON double is never an integer for rapidjson (empty lists are float64)
+    low, high = _INT_INPUT_RANGES[dtype]
     if array.size and (array.min() < low or array.max() > high):
         return None
     return array.astype(dtype)

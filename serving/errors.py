@@ -67,7 +67,9 @@ class Unknown(ServingError):
     code = grpc.StatusCode.UNKNOWN
 
 
-_BY_CODE = {cls.code.value[0]: cls for cls in ServingError.__subclasses__()}
+_BY_CODE = {cls.code.value[0]: cls for cls in (
+    InvalidArgument, FailedPrecondition, NotFound, Unauthenticated, ResourceExhausted, DeadlineExceeded,
+    Unavailable, Unimplemented, Internal, Unknown)}
 
 
 def from_code(code: int, message: str) -> ServingError:

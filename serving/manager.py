@@ -8,6 +8,7 @@ it was meant to replace keeps serving); it is tried again only when its director
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -143,6 +144,7 @@ class ModelManager:
             log.error("Failed to load %s version %d from %s: %s", name, version, path, e)
             return
         seconds = time.perf_counter() - started
+        gc.freeze()  # the graph's many Python objects live as long as the version: keep the collector off them
         self._failed.pop((name, version), None)
         with self._lock:
             self._available = {**self._available, name: {**self._available.get(name, {}), version: servable}}

@@ -9,6 +9,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from serving import codec
@@ -281,10 +282,27 @@ FAST_PATH_VALUES = [
 @pytest.mark.parametrize("dtype, value", FAST_PATH_VALUES)
 def test_fast_path_matches_exact_walk(dtype, value):
     dtype = np.dtype(dtype)
-    fast = codec._fast_tensor(value, dtype)
     shape = codec._dense_shape(value)
-    assert fast is not None
-    assert_same_tensor(fast, codec._to_array(codec._leaf_values(value, shape, dtype), shape, dtype))
+    for booleans in (True, False):
+        fast = codec._fast_tensor(value, dtype, booleans)
+        assert fast is not None
+        assert_same_tensor(fast, codec._to_array(codec._leaf_values(value, shape, dtype), shape, dtype))
+
+
+@pytest.mark.parametrize("body", [b'{"instances": [[1.5, true]]}', b'{"inputs": [false, 2.0]}',
+                                  b'{"instances": [{"x": [true]}]}'])
+def test_booleans_never_pass_for_numbers_on_the_fast_path(body):
+    document = codec.decode_json(body)
+    assert document.may_hold_booleans
+    with pytest.raises(CodecError, match="is not of expected type: float"):
+        codec.parse_predict_request(document, {"x": tf.TensorSpec([None], tf.float32)})
+
+
+def test_a_body_without_booleans_takes_the_fast_path():
+    document = codec.decode_json(b'{"instances": [[1, 2.5], [3, 4]]}')
+    assert not document.may_hold_booleans
+    inputs, _ = codec.parse_predict_request(document, {"x": tf.TensorSpec([None, 2], tf.float32)})
+    assert inputs["x"].dtype == np.float32 and inputs["x"].tolist() == [[1.0, 2.5], [3.0, 4.0]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.client import GrpcClient, RestClient, ServingClientError
+from serving.grpc_service import server_options
 from serving.inference import serialized_examples
 from serving.process import ServerProcess, free_port
 
@@ -197,3 +198,31 @@ def test_context_features_are_merged_into_every_example():
     raw.example_list_with_context.examples.add()
     merged = tf.train.Example.FromString(serialized_examples(raw)[0])
     assert merged.features.feature["x"].float_list.value == [4.0]
+
+
+def test_channel_arguments_set_the_message_limit_and_oversize_is_resource_exhausted(tmp_path, half_plus_two_base):
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_name=hpt", f"--model_base_path={half_plus_two_base}", f"--port={grpc_port}",
+                           "--grpc_channel_arguments=grpc.max_receive_message_length=4096", log_dir=tmp_path)
+    try:
+        server.wait_available("hpt")
+        with GrpcClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.predict("hpt", {"x": np.ones((10, 1), np.float32)})["y"].shape == (10, 1)
+            with pytest.raises(ServingClientError) as info:
+                client.predict("hpt", {"x": np.ones((5000, 1), np.float32)})
+            assert info.value.status == "RESOURCE_EXHAUSTED"
+            assert client.predict("hpt", {"x": np.ones((1, 1), np.float32)})["y"].tolist() == [[2.5]]
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", {"grpc.max_send_message_length": 2**31 - 1, "grpc.max_receive_message_length": 2**31 - 1}),
+    ("grpc.max_receive_message_length=10, grpc.primary_user_agent=x",
+     {"grpc.max_send_message_length": 2**31 - 1, "grpc.max_receive_message_length": 10,
+      "grpc.primary_user_agent": "x"}),
+])
+def test_channel_arguments_parse_like_tf_serving(text, expected):
+    assert dict(server_options(text)) == expected
+    with pytest.raises(ValueError, match="expected key=value, received 'oops'"):
+        server_options("oops")
