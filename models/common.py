@@ -48,9 +48,17 @@ class DataSpec:
 
 
 def normalized_input(spec: DataSpec) -> tuple[keras.Input, keras.layers.Layer]:
-    """Flat features in, standardised and reshaped to `spec.input_shape`: serving sends raw rows."""
+    """Flat features in, standardised and reshaped to `spec.input_shape`: serving sends raw rows.
+
+    A feature that (nearly) never varies in the train split would get a huge multiplier 1/std:
+    unseen values blow up, and int8 quantization of the normalization constants (one scale for
+    all features) loses every other feature. So std is floored at a quarter of the median std.
+    """
+    std = np.sqrt(spec.variance)
+    varying = std[std > 0]
+    floor = 0.25 * float(np.median(varying)) if varying.size else 1.0
     inputs = keras.Input(shape=(spec.n_features,), name="x")
-    norm = keras.layers.Normalization(axis=-1, mean=spec.mean, variance=spec.variance)(inputs)
+    norm = keras.layers.Normalization(axis=-1, mean=spec.mean, variance=np.maximum(std, floor) ** 2)(inputs)
     return inputs, keras.layers.Reshape(spec.input_shape)(norm)
 
 

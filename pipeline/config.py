@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from models import ModelConfig
-from pipeline.stages import evaluate, export, ingest, push, train, validate
+from pipeline.stages import compress, evaluate, export, ingest, push, train, validate
 from pipeline.stages.push import ServeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -32,6 +32,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: train.Config = field(default_factory=train.Config)
     evaluate: evaluate.Config = field(default_factory=evaluate.Config)
+    compress: compress.Config = field(default_factory=compress.Config)
     export: export.Config = field(default_factory=export.Config)
     push: push.Config = field(default_factory=push.Config)
     serve: ServeConfig = field(default_factory=ServeConfig)

@@ -18,6 +18,10 @@ def write_report(run_dir: Path, records: list[StageRecord]) -> Path:
     confusion = run_dir / "evaluate" / "evaluation" / "confusion_matrix.json"
     if confusion.is_file():
         parts.append("<h2>Confusion matrix (test split)</h2>" + _confusion(json.loads(confusion.read_text())))
+    compression = run_dir / "compress" / "report.json"
+    if compression.is_file():
+        parts.append("<h2>Compression (test split)</h2>" + _compression(json.loads(compression.read_text()),
+                                                                       run_dir / "compress" / "compression.png"))
     signatures = run_dir / "export" / "signatures.json"
     if signatures.is_file():
         parts.append(f"<h2>Signatures</h2><pre>{html.escape(signatures.read_text())}</pre>")
@@ -57,6 +61,28 @@ def _curves(history: dict) -> str:
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return f"<img alt='training curves' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+
+
+
+def _compression(report: dict, plot: Path) -> str:
+    keys = ("format", "accuracy", "accuracy_drop", "agreement_with_baseline", "sparsity", "params",
+            "savedmodel_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes", "latency_ms_b1", "latency_ms_b32")
+    head = "<tr><th>variant</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}{' (selected)' if name == report['selected'] else ''}</th>"
+        + "".join(f"<td>{_cell(entry.get(k, ''))}</td>" for k in keys) + "</tr>"
+        for name, entry in report["variants"].items()
+    )
+    image = f"<img alt='accuracy vs size and latency' src='data:image/png;base64,{_base64(plot)}'>" if plot.is_file() else ""
+    return f"<table>{head}{rows}</table>{image}"
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _base64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _confusion(confusion: dict) -> str:

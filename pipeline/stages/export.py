@@ -1,5 +1,6 @@
 """Export the trained model as a SavedModel with TF Serving's signatures.
 
+The model is the one the compress stage selected (the trained one when compression is off).
 `serving_default` (predict) takes flat float32 rows `x`. Classifiers also get `classify` and
 regressors `regress`, which take serialized tf.Example protos with one float feature `x` (that is
 what TF Serving's Classify and Regress APIs send), with TF Serving's method names.
@@ -7,6 +8,7 @@ what TF Serving's Classify and Regress APIs send), with TF Serving's method name
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from pipeline.compression import tfmot_scope
 
 INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
@@ -26,13 +30,14 @@ class Config:
 
 
 CONFIG = ("export",)
-INPUTS = ("model", "schema")
+INPUTS = ("compressed", "schema")
 OUTPUTS = ("saved_model",)
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     schema = json.loads((inputs["schema"] / "schema.json").read_text())
-    model = keras.models.load_model(inputs["model"] / "model.keras")
+    with tfmot_scope():  # a QAT variant keeps its quantization wrappers
+        model = keras.models.load_model(inputs["compressed"] / "model.keras")
     n = len(schema["features"])
     signatures = {"serving_default": _predict_fn(model, n, schema)}
     if schema["task"] == "classification":
@@ -44,6 +49,9 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     _set_method_names(path)
     if cfg.export.warmup:
         _write_warmup(path, np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32))
+    for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
+        (path / "assets.extra").mkdir(exist_ok=True)
+        shutil.copy(tflite, path / "assets.extra" / tflite.name)
     described = describe_signatures(path)
     (out / "signatures.json").write_text(json.dumps(described, indent=2))
     means = [round(f["mean"], 3) for f in schema["features"]]
@@ -103,7 +111,7 @@ def _write_warmup(path: Path, rows: np.ndarray) -> None:
     request.model_spec.signature_name = "serving_default"
     request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(rows))
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    (path / "assets.extra").mkdir()
+    (path / "assets.extra").mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
         writer.write(log.SerializeToString())
 

@@ -32,9 +32,14 @@ def statuses(workdir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("pipeline")
-    result = cli(path, "train.epochs=6")
+    result = cli(path, *FIXTURE_RUN)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return path
+
+
+# Compression on (fast settings); the gate is loose because fine-tuning is only two epochs.
+FIXTURE_RUN = ("train.epochs=6", "compress.fine_tune_epochs=2", "compress.tflite=[int8]",
+               "compress.max_accuracy_drop=0.05")
 
 
 def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
@@ -61,12 +66,15 @@ def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
     methods = {k: v.method_name for k, v in saved.meta_graphs[0].signature_def.items() if not k.startswith("__")}
     assert methods == {"serving_default": "tensorflow/serving/predict", "classify": "tensorflow/serving/classify"}
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    selected = json.loads(next((workdir / "runs" / "latest" / "compress").glob("report.json")).read_text())["selected"]
+    assert selected != "baseline"
+    assert (version_dir / "assets.extra" / f"{selected}+int8.tflite").stat().st_size > 0
 
 
 def test_manifest_documents_stages_signatures_and_versions(workdir):
     run = manifest(workdir)
     assert run["status"] == "succeeded"
-    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "train", "evaluate", "export", "push"]
+    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "train", "evaluate", "compress", "export", "push"]
     export = next(s for s in run["stages"] if s["name"] == "export")
     assert export["metrics"]["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 64]}}
     assert run["versions"]["tensorflow"].startswith("2.21")
@@ -74,17 +82,17 @@ def test_manifest_documents_stages_signatures_and_versions(workdir):
 
 
 def test_same_run_twice_is_fully_cached(workdir):
-    result = cli(workdir, "train.epochs=6")
+    result = cli(workdir, *FIXTURE_RUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(statuses(workdir).values()) == {"cached"}
     assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == ["1"]
 
 
 def test_changing_epochs_reruns_train_and_what_follows(workdir):
-    result = cli(workdir, "train.epochs=5")
+    result = cli(workdir, "train.epochs=5", "compress.variants=[]")
     assert result.returncode == 0, result.stderr[-2000:]
     assert statuses(workdir) == {"ingest": "cached", "validate": "cached", "train": "ran",
-                                 "evaluate": "ran", "export": "ran", "push": "ran"}
+                                 "evaluate": "ran", "compress": "ran", "export": "ran", "push": "ran"}
     assert (workdir / "model_repository" / "digits" / "2" / "saved_model.pb").is_file()
 
 

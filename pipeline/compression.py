@@ -1,0 +1,170 @@
+"""Turn a trained Keras model into compressed variants with TFMOT, and into TFLite files.
+
+Each function takes the trained model and returns a new one; fine-tuning happens inside the given
+tf.distribute strategy's scope (TFMOT wrappers must be created where the model's variables live).
+Only layers TFMOT knows (Dense, Conv2D, ...) are wrapped: the others (Normalization, LSTM, ...)
+stay float and are named in a warning, so any model from models/ can be compressed.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+    default_8bit_prune_preserve_quantize_scheme,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry,
+)
+
+COMPRESSIBLE = (keras.layers.Dense, keras.layers.Conv2D)  # what all three TFMOT techniques handle here
+
+
+class NothingToCompress(ValueError):
+    """The model has no layer the technique applies to."""
+
+
+def _wrap(model: keras.Model, wrap: Callable[[keras.layers.Layer], keras.layers.Layer],
+          applies: Callable[[keras.layers.Layer], bool], technique: str) -> keras.Model:
+    """A copy of `model` with the layers `applies` accepts wrapped; warns naming the others.
+
+    TFMOT's pattern (clone_model with a clone_function) reuses the layer objects, so it runs on
+    an independent copy: fine-tuning the variant must not change the model it came from.
+    """
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    wrapped, skipped = [], []
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if applies(layer):
+            wrapped.append(layer.name)
+            return wrap(layer)
+        if layer.trainable_weights:
+            skipped.append(f"{layer.name} ({type(layer).__name__})")
+        return layer
+
+    result = keras.models.clone_model(copy, clone_function=clone)
+    if not wrapped:
+        raise NothingToCompress(f"{technique}: model '{model.name}' has no layer it can handle; "
+                                f"it handles {', '.join(c.__name__ for c in COMPRESSIBLE)}.")
+    if skipped:
+        warnings.warn(f"{technique}: left as they are (not supported): {', '.join(skipped)}", stacklevel=3)
+    return result
+
+
+def prune(model: keras.Model, target_sparsity: float, steps: int) -> keras.Model:
+    """Magnitude pruning: sparsity rises from 0 to `target_sparsity` over the first two thirds of
+    `steps` training steps; the last third recovers accuracy at the final sparsity.
+
+    The schedule prunes every `frequency` steps and only up to `end_step`; both are chosen so the
+    last pruning step falls inside the fine-tuning, or the target is never reached (the default
+    frequency of 100 steps is longer than a whole fine-tuning of a small dataset).
+    """
+    ramp = max(1, steps * 2 // 3)
+    frequency = max(1, min(100, ramp // 10))
+    end_step = max(frequency, ramp // frequency * frequency)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, target_sparsity, begin_step=0, end_step=end_step,
+                                                    frequency=frequency)
+    return _wrap(model, lambda layer: tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule),
+                 lambda layer: isinstance(layer, COMPRESSIBLE), "pruning")
+
+
+def cluster(model: keras.Model, clusters: int) -> keras.Model:
+    """Weight clustering: each layer's weights share `clusters` values (k-means++ initialised)."""
+    init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+    return _wrap(model, lambda layer: tfmot.clustering.keras.cluster_weights(
+        layer, number_of_clusters=clusters, cluster_centroids_init=init),
+        lambda layer: isinstance(layer, COMPRESSIBLE), "clustering")
+
+
+def quantize_aware(model: keras.Model, preserve_sparsity: bool = False) -> keras.Model:
+    """Quantization-aware training wrappers (8-bit); with `preserve_sparsity`, pruned zeros stay
+    zero (pruning-preserving QAT)."""
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    annotated = _wrap(model, tfmot.quantization.keras.quantize_annotate_layer,
+                      lambda layer: isinstance(layer, COMPRESSIBLE) and registry.supports(layer),
+                      "quantization-aware training")
+    scheme = (default_8bit_prune_preserve_quantize_scheme.Default8BitPrunePreserveQuantizeScheme()
+              if preserve_sparsity else None)
+    with tfmot.quantization.keras.quantize_scope():
+        return tfmot.quantization.keras.quantize_apply(annotated, scheme) if scheme else \
+            tfmot.quantization.keras.quantize_apply(annotated)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """Remove pruning and clustering wrappers: a plain Keras model with the compressed weights."""
+    return tfmot.clustering.keras.strip_clustering(tfmot.sparsity.keras.strip_pruning(model))
+
+
+def tfmot_scope() -> contextlib.AbstractContextManager:
+    """Custom objects needed to load a model saved with TFMOT wrappers (QAT keeps them)."""
+    return tfmot.quantization.keras.quantize_scope()
+
+
+class Distiller(keras.Model):
+    """Train `student` on hard labels and on the `teacher`'s soft labels at `temperature`.
+
+    Both models end in softmax; log-probabilities divided by the temperature are softened logits.
+    """
+
+    def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float, alpha: float):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.temperature, self.alpha = temperature, alpha
+        self.hard_loss = keras.losses.SparseCategoricalCrossentropy()
+        self.soft_loss = keras.losses.KLDivergence()
+
+    def train_step(self, data):
+        x, y = data
+        soft_targets = self._soften(self.teacher(x, training=False))
+        with tf.GradientTape() as tape:
+            predicted = self.student(x, training=True)
+            loss = self.alpha * self.hard_loss(y, predicted) + (1 - self.alpha) * self.temperature ** 2 * \
+                self.soft_loss(soft_targets, self._soften(predicted))
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, self.student.trainable_variables),
+                                           self.student.trainable_variables))
+        return {"loss": loss}
+
+    def _soften(self, probabilities):
+        return tf.nn.softmax(tf.math.log(probabilities + 1e-8) / self.temperature)
+
+    def call(self, x, training=False):
+        return self.student(x, training=training)
+
+
+# -- post-training quantization to TFLite --------------------------------------------------------
+
+PTQ = ("float", "dynamic", "float16", "int8")
+
+
+def to_tflite(model: keras.Model, kind: str, representative: np.ndarray | None = None) -> bytes:
+    """`float` (no quantization), `dynamic` (int8 weights), `float16` (fp16 weights) or `int8`
+    (weights and activations, calibrated on `representative` rows; float input and output)."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if kind != "float":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif kind == "int8":
+        expected = tuple(model.input_shape[1:])
+        if representative is None or tuple(representative.shape[1:]) != expected:
+            received = None if representative is None else list(representative.shape)
+            raise ValueError(f"int8 quantization needs representative rows shaped [n, {', '.join(map(str, expected))}] "
+                             f"like the model's input; received {received}.")
+        converter.representative_dataset = lambda: _representative(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif kind not in ("float", "dynamic"):
+        raise ValueError(f"unknown post-training quantization {kind!r}; expected one of {PTQ}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return converter.convert()
+
+
+def _representative(rows: np.ndarray) -> Iterator[list[np.ndarray]]:
+    for row in rows:
+        yield [row[None, :].astype(np.float32)]

@@ -1,0 +1,120 @@
+"""Measure a model variant the same way whatever it is: accuracy, sparsity, sizes, CPU latency.
+
+Keras variants are measured as the SavedModel that would be served (its serving function called
+directly); TFLite variants through ai-edge-litert's interpreter. Sparsity is counted from the
+weights (zeros in kernels), never taken from a pruning schedule.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from ai_edge_litert.interpreter import Interpreter
+
+LATENCY_RUNS = 30
+
+
+def gzip_size(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9))
+
+
+def directory_gzip_size(path: Path) -> int:
+    """Size of the directory as a .tar.gz: what shipping the SavedModel costs."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
+        tar.add(path, arcname=".")
+    return len(buffer.getvalue())
+
+
+def sparsity(model: keras.Model) -> dict[str, float]:
+    """Fraction of exact zeros in each layer's kernel (weights with 2 or more dimensions)."""
+    found = {}
+    for layer in model.layers:
+        kernels = [w for w in layer.get_weights() if w.ndim >= 2]
+        if kernels:
+            found[layer.name] = float(np.mean([np.mean(k == 0) for k in kernels]))
+    return found
+
+
+def _latency_ms(run, batch: np.ndarray) -> float:
+    run(batch)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        started = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
+
+
+def measure_keras(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy on (x, y), parameters, sparsity, SavedModel gzip size, latency at batch 1 and 32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "saved_model"
+        tf.saved_model.save(model, str(path))
+        serve = tf.saved_model.load(str(path))
+        function = serve.signatures["serving_default"]
+        input_name = next(iter(function.structured_input_signature[1]))
+
+        def run(batch):
+            return next(iter(function(**{input_name: tf.constant(batch)}).values())).numpy()
+
+        predictions = run(x)
+        per_layer = sparsity(model)
+        return {
+            "format": "keras",
+            "accuracy": float((predictions.argmax(axis=1) == y).mean()),
+            "params": int(model.count_params()),
+            "sparsity": float(np.mean(list(per_layer.values()))) if per_layer else 0.0,
+            "sparsity_by_layer": per_layer,
+            "savedmodel_gzip_bytes": directory_gzip_size(path),
+            "latency_ms_b1": _latency_ms(run, x[:1]),
+            "latency_ms_b32": _latency_ms(run, x[:32]),
+            "predictions": predictions.argmax(axis=1),
+        }
+
+
+def tflite_predictions(model: bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    interpreter = _interpreter(model, batch)
+    outputs = [_invoke(interpreter, x[i : i + batch], batch) for i in range(0, len(x), batch)]
+    return np.concatenate(outputs)
+
+
+def _interpreter(model: bytes, batch: int) -> Interpreter:
+    interpreter = Interpreter(model_content=model, num_threads=1)
+    shape = interpreter.get_input_details()[0]["shape"]
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [batch, *shape[1:]])
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _invoke(interpreter: Interpreter, rows: np.ndarray, batch: int) -> np.ndarray:
+    padded = np.zeros((batch, *rows.shape[1:]), np.float32)
+    padded[: len(rows)] = rows
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], padded)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[: len(rows)]
+
+
+def measure_tflite(model: bytes, x: np.ndarray, y: np.ndarray, base: dict) -> dict:
+    """Accuracy, sizes and single-threaded latency of a .tflite; params and sparsity from `base`,
+    the Keras variant it was converted from."""
+    predictions = tflite_predictions(model, x)
+    one, thirty_two = _interpreter(model, 1), _interpreter(model, 32)
+    return {
+        "format": "tflite",
+        "accuracy": float((predictions.argmax(axis=1) == y).mean()),
+        "params": base["params"],
+        "sparsity": base["sparsity"],
+        "tflite_bytes": len(model),
+        "tflite_gzip_bytes": gzip_size(model),
+        "latency_ms_b1": _latency_ms(lambda b: _invoke(one, b, 1), x[:1].astype(np.float32)),
+        "latency_ms_b32": _latency_ms(lambda b: _invoke(thirty_two, b, 32), x[:32].astype(np.float32)),
+        "predictions": predictions.argmax(axis=1),
+    }
