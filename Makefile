@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run serve bench test test-quick clean
+.PHONY: run serve bench bench-quick test test-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ serve: $(STAMP)
 # Serving throughput and latency against the in-process limit and a Flask peer (needs wrk, h2load).
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python benchmarks/serving_bench.py $(ARGS)
+	$(BIN)/python benchmarks/serving_bench.py --model mid $(ARGS)
+	$(BIN)/python benchmarks/serving_bench.py --model digits $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/serving_bench.py --model mid --quick --out /tmp/bench-quick $(ARGS)
 
 # Everything, slow integration tests included (this is what CI runs).
 test: $(STAMP)

@@ -9,9 +9,11 @@ mean anything):
   ours       `python -m serving` REST with and without batching, gRPC with batching
   flask      Flask + gunicorn (2 workers) with the model loaded once per worker
   naive      Flask loading the model on every request (the tutorial pattern)
-Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections; the
-client shares the 2 cores with the server and its CPU share is reported. Only 127.0.0.1.
-Writes benchmarks/results/serving_<model>.json and .md.
+Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections, and
+loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
+the knee: the highest rate whose p99 stays under --p99-bound-ms. The client shares the 2 cores
+with the server and its CPU share is reported. Only 127.0.0.1. Writes
+benchmarks/results/serving_<model>.json, .md and a latency-vs-throughput plot (_latency.png).
 """
 from __future__ import annotations
 
@@ -169,6 +171,44 @@ def _h2load_ms(output: str, label: str) -> float:
     return float(re.sub(r"[a-z]+$", "", value)) * scale
 
 
+def open_loop(url: str, body: Path, rate: float, seconds: float) -> dict:
+    """One open-loop run of loadgen.py in its own process, so its CPU can be measured."""
+    output, cpu = run_measured([sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body", str(body),
+                                "--rate", f"{rate:.1f}", "--seconds", f"{seconds:.1f}"])
+    result = json.loads(output.strip().splitlines()[-1])
+    result["client_cpu_share"] = cpu / (seconds * os.cpu_count())
+    return result
+
+
+def sweep(url: str, body: Path, closed_loop_per_s: float, seconds: float) -> list[dict]:
+    """Open-loop runs at fractions of the closed-loop throughput, to find where latency turns up."""
+    return [open_loop(url, body, max(1.0, closed_loop_per_s * f), seconds) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.2)]
+
+
+def knee(points: list[dict], p99_bound_ms: float) -> float:
+    """The highest achieved rate whose p99 stays under the bound (0 if none does)."""
+    ok = [p["achieved_per_s"] for p in points if p["p99_ms"] <= p99_bound_ms and not p["errors"]]
+    return max(ok, default=0.0)
+
+
+def plot(points: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rates = [p["achieved_per_s"] for p in points]
+    for key in ("p50_ms", "p90_ms", "p99_ms"):
+        ax.plot(rates, [p[key] for p in points], marker="o", label=key.replace("_ms", ""))
+    ax.set(xlabel="achieved requests/s (open loop)", ylabel="latency from scheduled send, ms", yscale="log",
+           title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 # -- servers ---------------------------------------------------------------------------------------
 
 def start_ours(repo: Path, name: str, workdir: Path, batching: bool, grpc_port: int = 0) -> ServerProcess:
@@ -219,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement (1 to 60)")
     parser.add_argument("--quick", action="store_true", help="3-second measurements, no naive peer")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--p99-bound-ms", type=float, default=100.0, help="latency bound that defines the knee")
     args = parser.parse_args(argv)
     seconds = 3.0 if args.quick else args.seconds
     if not 1 <= seconds <= 60:
@@ -245,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results["rest_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
         results["rest_low_load"] = wrk(server.url + url, body, 1, seconds, workdir)
+        results["rest_open_loop"] = sweep(server.url + url, body, results["rest_batching"]["per_s"], seconds / 2)
         print("[3/6] ours, gRPC, batching", flush=True)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = args.model
@@ -276,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
             peer.stop()
 
     results["ratios"] = ratios(results)
+    results["ratios"]["knee_per_s"] = knee(results["rest_open_loop"], args.p99_bound_ms)
+    results["p99_bound_ms"] = args.p99_bound_ms
     write(results, args.out / f"serving_{args.model}")
+    plot(results["rest_open_loop"], args.out / f"serving_{args.model}_latency.png",
+         f"ours, REST with batching, {args.model}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
@@ -328,6 +374,12 @@ def write(results: dict, stem: Path) -> None:
              f"{results['seconds']:.0f} s per measurement, {results['connections']} connections (closed loop).", "",
              "| what | per s | p50 ms (gRPC: mean) | p99 ms | client CPU share |", "|---|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    lines += ["", f"Open loop, REST with batching (latency from the scheduled send time; knee = highest rate "
+              f"with p99 under {results['p99_bound_ms']:.0f} ms and no errors):", "",
+              "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | errors | client CPU share |",
+              "|---:|---:|---:|---:|---:|---|---:|"]
+    lines += [f"| {p['offered_per_s']:.0f} | {p['achieved_per_s']:.0f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | "
+              f"{p['p99_ms']:.1f} | {p['errors'] or ''} | {p['client_cpu_share']:.2f} |" for p in q["rest_open_loop"]]
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in r.items()]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
