@@ -9,6 +9,7 @@ mean anything):
   ours       `python -m serving` REST with and without batching, gRPC with batching
   flask      Flask + gunicorn (2 workers) with the model loaded once per worker
   naive      Flask loading the model on every request (the tutorial pattern)
+  tf_serving tensorflow_model_server with the same model and batching file, when it is on PATH
 Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections, and
 loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
 the knee: the highest rate whose p99 stays under --p99-bound-ms. The client shares the 2 cores
@@ -41,8 +42,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
-import models  # noqa: E402
-from serving.process import ServerProcess, free_port  # noqa: E402
+import bench_models as models  # noqa: E402
+from serving.process import ServerProcess, free_port, wait_available  # noqa: E402
 
 CONNECTIONS = 32
 WRK_REPORT = """
@@ -224,31 +225,51 @@ def start_ours(repo: Path, name: str, workdir: Path, batching: bool, grpc_port: 
     return server
 
 
-class Gunicorn:
-    def __init__(self, model_dir: Path, workdir: Path, naive: bool):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MODEL_DIR": str(model_dir), "PEER_MODE": "naive" if naive else "once",
-               "PYTHONPATH": str(HERE)}
-        self.log = (workdir / f"gunicorn-{self.port}.log").open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "2", "--timeout", "120", "-b", f"127.0.0.1:{self.port}",
-             "flask_peer:app"], env=env, cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT)
+class ExternalServer:
+    """A peer server process listening on a REST port on 127.0.0.1."""
+
+    def __init__(self, command: list[str], port: int, log: Path, env: dict | None = None, cwd: Path | None = None):
         import requests
 
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log.open("w")
+        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 requests.get(self.url, timeout=5)
                 return
-            except requests.RequestException:  # not listening yet, or workers still importing TF
+            except requests.RequestException:  # not listening yet, or still importing TF
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{command[0]} exited with {self.process.returncode}, see {log}")
                 time.sleep(0.2)
-        raise TimeoutError("gunicorn did not start")
+        raise TimeoutError(f"{command[0]} did not start, see {log}")
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
         self.log.close()
+
+
+def start_tf_serving(repo: Path, name: str, workdir: Path) -> ExternalServer:
+    """The real tensorflow_model_server on the same model and batching parameters as ours."""
+    port = free_port()
+    command = ["tensorflow_model_server", f"--port={free_port()}", f"--rest_api_port={port}", f"--model_name={name}",
+               f"--model_base_path={repo / name}", "--enable_batching",
+               f"--batching_parameters_file={workdir / 'batching.txt'}"]
+    server = ExternalServer(command, port, workdir / "tf_serving.log")
+    wait_available(server.url, name, alive=lambda: server.process.poll() is None)
+    return server
+
+
+def start_gunicorn(model_dir: Path, workdir: Path, naive: bool) -> ExternalServer:
+    """Flask peer under gunicorn, 2 workers (flask_peer.py)."""
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "PEER_MODE": "naive" if naive else "once",
+           "PYTHONPATH": str(HERE)}
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "--timeout", "120", "-b", f"127.0.0.1:{port}",
+               "flask_peer:app"]
+    return ExternalServer(command, port, workdir / f"gunicorn-{port}.log", env=env, cwd=HERE)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -304,18 +325,28 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
     print("[5/6] Flask + gunicorn, model loaded once", flush=True)
-    peer = Gunicorn(model_dir, workdir, naive=False)
+    peer = start_gunicorn(model_dir, workdir, naive=False)
     try:
         results["flask_once"] = wrk(peer.url + url, body, CONNECTIONS, seconds, workdir)
     finally:
         peer.stop()
     if not args.quick:
         print("[6/6] Flask, model loaded per request", flush=True)
-        peer = Gunicorn(model_dir, workdir, naive=True)
+        peer = start_gunicorn(model_dir, workdir, naive=True)
         try:
             results["flask_naive"] = wrk(peer.url + url, body, 2, seconds, workdir)
         finally:
             peer.stop()
+
+    if shutil.which("tensorflow_model_server"):
+        print("[+] tensorflow_model_server, REST, batching", flush=True)
+        server = start_tf_serving(repo, args.model, workdir)
+        try:
+            results["tf_serving_rest_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
+        finally:
+            server.stop()
+    else:
+        print("tensorflow_model_server is not on PATH: that peer is skipped", flush=True)
 
     results["ratios"] = ratios(results)
     results["ratios"]["knee_per_s"] = knee(results["rest_open_loop"], args.p99_bound_ms)
@@ -339,6 +370,8 @@ def ratios(r: dict) -> dict:
     }
     if "flask_naive" in r:
         out["rest_vs_naive"] = r["rest_batching"]["per_s"] / max(r["flask_naive"]["per_s"], 1e-9)
+    if "tf_serving_rest_batching" in r:
+        out["rest_vs_tf_serving"] = r["rest_batching"]["per_s"] / r["tf_serving_rest_batching"]["per_s"]
     return out
 
 

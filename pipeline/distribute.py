@@ -1,21 +1,71 @@
-"""The tf.distribute strategy a config names, and the global batch size it implies."""
+"""The tf.distribute strategy a config names, the TF_CONFIG it runs under, and its datasets."""
 from __future__ import annotations
 
+import json
+import math
 from typing import Literal, get_args
 
 import tensorflow as tf
+import tf_keras as keras
 
-Strategy = Literal["default", "mirrored"]
+Strategy = Literal["default", "mirrored", "multi_worker", "parameter_server"]
+
+TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}'
+JOBS = {"multi_worker": {"chief", "worker"}, "parameter_server": {"chief", "worker", "ps"}}
 
 
 def make_strategy(name: Strategy) -> tf.distribute.Strategy:
-    """`default`: one device. `mirrored`: every local GPU, or every logical CPU device if none."""
+    """`default`: one device. `mirrored`: every local GPU, or every logical CPU device if none.
+    `multi_worker` and `parameter_server`: the cluster in TF_CONFIG (this process is the
+    parameter_server coordinator, the chief).
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        return tf.distribute.experimental.ParameterServerStrategy(
+            tf.distribute.cluster_resolver.TFConfigClusterResolver())
     raise ValueError(f"unknown strategy {name!r}; expected one of {get_args(Strategy)}")
+
+
+def parse_tf_config(text: str, strategy: Strategy) -> dict:
+    """TF_CONFIG checked for `strategy`, so a bad cluster fails here with its reason, not in gRPC."""
+    fix = f"Set TF_CONFIG like {TF_CONFIG_EXAMPLE}, or unset it to launch local workers."
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({e.msg}); received {text!r}. {fix}") from None
+    cluster, task = (config.get("cluster"), config.get("task")) if isinstance(config, dict) else (None, None)
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f"TF_CONFIG needs a 'cluster' mapping and a 'task' mapping; received {text!r}. {fix}")
+    jobs = JOBS[strategy]
+    unknown = sorted(set(cluster) - jobs)
+    if unknown:
+        raise ValueError(f"TF_CONFIG cluster has job(s) {unknown}, which {strategy} does not use; "
+                         f"expected only {sorted(jobs)}. {fix}")
+    if not cluster.get("worker") and not cluster.get("chief"):
+        raise ValueError(f"TF_CONFIG cluster has no 'worker' or 'chief' addresses; received {text!r}. {fix}")
+    if strategy == "parameter_server":
+        missing = [job for job in ("chief", "worker", "ps") if not cluster.get(job)]
+        if missing:
+            raise ValueError(f"TF_CONFIG cluster for parameter_server has no {missing} job: it needs a 'chief' "
+                             f"(the coordinator), 'worker' and 'ps' addresses; received jobs {sorted(cluster)}.")
+    task_type, index = task.get("type"), task.get("index")
+    if task_type not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
+        raise ValueError(f"TF_CONFIG task {task_type}:{index} is not in the cluster {cluster}; expected a "
+                         f"'type' among {sorted(cluster)} and an 'index' below that job's number of addresses.")
+    return config
+
+
+def is_chief(config: dict) -> bool:
+    """The chief task, or worker 0 when the cluster has no chief (TensorFlow's convention)."""
+    task = config["task"]
+    return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0
+                                       and "chief" not in config["cluster"])
 
 
 def make_dataset(x, y, global_batch: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
@@ -26,3 +76,20 @@ def make_dataset(x, y, global_batch: int, shuffle_seed: int | None = None) -> tf
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.batch(global_batch).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def make_dataset_creator(x, y, global_batch: int, shuffle_seed: int | None = None
+                         ) -> tuple[keras.utils.experimental.DatasetCreator, int]:
+    """Per-worker, endlessly repeated input for ParameterServerStrategy, and the steps in one epoch.
+
+    Each worker builds its own pipeline (its shard of the rows) from this function.
+    """
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+        batch = context.get_per_replica_batch_size(global_batch)
+        return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    return keras.utils.experimental.DatasetCreator(dataset_fn), math.ceil(len(x) / global_batch)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -21,6 +22,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_available(url: str, model: str, version: int | None = None, timeout_s: float = 60,
+                   alive: Callable[[], bool] = lambda: True, describe: Callable[[], str] = str) -> None:
+    """Poll a TF Serving-compatible server's REST status until `model` is AVAILABLE (any server:
+    ours or tensorflow_model_server); `alive` says whether its process still runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server exited:\n{describe()}")
+        try:
+            states = requests.get(f"{url}/v1/models/{model}", timeout=2).json()["model_version_status"]
+            if any(s["state"] == "AVAILABLE" and version in (None, int(s["version"])) for s in states):
+                return
+        except (requests.ConnectionError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{model} was not AVAILABLE after {timeout_s}s:\n{describe()}")
 
 
 class ServerProcess:
@@ -38,18 +57,8 @@ class ServerProcess:
 
     def wait_available(self, model: str, version: int | None = None, timeout_s: float = 60) -> None:
         """Block until `model` (at `version`, if given) is AVAILABLE; raise with the log if not."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                states = requests.get(f"{self.url}/v1/models/{model}", timeout=2).json()["model_version_status"]
-                if any(s["state"] == "AVAILABLE" and version in (None, int(s["version"])) for s in states):
-                    return
-            except (requests.ConnectionError, KeyError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{model} was not AVAILABLE after {timeout_s}s:\n{self.log_tail()}")
+        wait_available(self.url, model, version, timeout_s, alive=lambda: self.process.poll() is None,
+                       describe=self.log_tail)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text()[-chars:]

@@ -1,13 +1,14 @@
 """The open-loop load generator: bounded, loopback only, latency from the scheduled send time."""
 import asyncio
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import loadgen  # noqa: E402
+_spec = importlib.util.spec_from_file_location("loadgen", Path(__file__).resolve().parents[2] / "benchmarks" / "loadgen.py")
+loadgen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(loadgen)
 
 
 @pytest.mark.parametrize("url, message", [

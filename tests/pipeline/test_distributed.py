@@ -1,0 +1,190 @@
+"""Distributed training: local multi_worker and parameter_server clusters, kill and resume, bad clusters.
+
+The slow tests run the real CLI (`python -m pipeline.run`) on digits with a tiny model, and
+check after each that every process the launcher started has exited.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from models import ModelConfig
+from pipeline import launcher
+from pipeline.config import ConfigError, load_config
+from pipeline.distribute import is_chief, parse_tf_config
+from pipeline.errors import StageError
+from pipeline.stages import train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.width=8", "train.learning_rate=0.01", "train.early_stopping_patience=0", "train.epochs=6",
+        "evaluate.min_accuracy=0"]
+TWO_WORKERS = ["train.strategy=multi_worker", "train.workers=2"]
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.run", *TINY, *args, "--until", "evaluate"]
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    return {**env, "PYTHONPATH": str(ROOT), "TF_USE_LEGACY_KERAS": "1"}
+
+
+def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(*args), cwd=workdir, env=environment(), capture_output=True, text=True, timeout=300)
+    assert_all_exited(launched_pids(result.stdout))
+    return result
+
+
+def launched_pids(output: str) -> dict[str, int]:
+    return {name: int(pid) for name, pid in re.findall(r"\[launcher\] started (\w+ \d+) \(pid (\d+)\)", output)}
+
+
+def assert_all_exited(pids: dict[str, int]) -> None:
+    for name, pid in pids.items():
+        stat = Path(f"/proc/{pid}/stat")
+        alive = stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+        assert not alive, f"{name} (pid {pid}) is still running"
+
+
+def evaluated_accuracy(workdir: Path) -> float:
+    run = json.loads((workdir / "runs" / "latest" / "manifest.json").read_text())
+    return next(s for s in run["stages"] if s["name"] == "evaluate")["metrics"]["accuracy"]
+
+
+def epochs_logged(train_dir: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (train_dir / "epochs.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory) -> Path:
+    """An uninterrupted 2-worker run through the CLI."""
+    workdir = tmp_path_factory.mktemp("two_workers")
+    result = cli(workdir, *TWO_WORKERS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(launched_pids(result.stdout)) == 2
+    return workdir
+
+
+# -- bad input: fast ---------------------------------------------------------------------------
+
+def test_workers_below_one_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.workers=0", "train.ps=-1"])
+    assert "train.workers: expected a positive integer, received 0." in str(info.value)
+    assert "train.ps: expected a positive integer, received -1." in str(info.value)
+    with pytest.raises(ValueError, match="workers: expected an integer >= 1, received 0"):
+        launcher.launch("os:getcwd", "", workers=0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('["worker"]', "TF_CONFIG needs a 'cluster' mapping and a 'task' mapping"),
+    ('{"cluster": {"evaluator": ["a:1"]}, "task": {"type": "evaluator", "index": 0}}',
+     "job(s) ['evaluator'], which multi_worker does not use"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     "TF_CONFIG task worker:2 is not in the cluster"),
+    ('{"cluster": {"chief": ["a:1"]}, "task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG task worker:0 is not in the cluster"),
+])
+def test_malformed_tf_config_says_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_tf_config(text, "multi_worker")
+
+
+def test_parameter_server_cluster_without_a_chief_is_rejected():
+    text = '{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}'
+    with pytest.raises(ValueError, match=re.escape("for parameter_server has no ['chief'] job")):
+        parse_tf_config(text, "parameter_server")
+
+
+def test_worker_0_is_chief_only_without_a_chief_job():
+    worker0 = {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}
+    assert is_chief(worker0)
+    assert not is_chief({**worker0, "task": {"type": "worker", "index": 1}})
+    assert not is_chief({**worker0, "cluster": {"chief": ["c:1"], **worker0["cluster"]}})
+
+
+def test_the_stage_reports_a_bad_tf_config_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
+    cfg = SimpleNamespace(seed=1, model=ModelConfig(), train=train.Config(strategy="multi_worker"))
+    with pytest.raises(StageError, match="TF_CONFIG needs a 'cluster' mapping and a 'task' mapping"):
+        train.run(cfg, {}, tmp_path / "out")
+
+
+FAILING_TASK = """
+import json, os, sys, time
+def fail_on_worker_1(arg):
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    print(f"worker {index} says {arg}", flush=True)
+    if index == 1:
+        sys.exit(3)
+    time.sleep(600)
+"""
+
+
+def test_a_failing_worker_stops_the_others_and_is_named(tmp_path, monkeypatch):
+    (tmp_path / "failing_task.py").write_text(FAILING_TASK)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{ROOT}")
+    lines = []
+    with pytest.raises(launcher.TaskFailed) as info:
+        launcher.launch("failing_task:fail_on_worker_1", "hello", workers=3, log=lines.append)
+    assert str(info.value).startswith("worker 1 exited with code 3; the other tasks were stopped.")
+    assert "worker 1 says hello" in str(info.value)
+    assert "[worker 1] worker 1 says hello" in lines
+    pids = launched_pids("\n".join(lines))
+    assert len(pids) == 3
+    assert_all_exited(pids)
+
+
+# -- real training through the CLI: slow -------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_workers_match_one_at_the_same_global_batch(two_workers, tmp_path):
+    one = cli(tmp_path, "train.strategy=default")
+    assert one.returncode == 0, one.stderr[-3000:]
+    log = (two_workers / "runs" / "latest" / "train" / "log.txt").read_text()
+    assert "[worker 0] train: cnn" in log and "[worker 1] train: cnn" in log
+    assert "strategy multi_worker with 2 replica(s), global batch 64" in log
+    assert epochs_logged(two_workers / "runs" / "latest" / "train") == [1, 2, 3, 4, 5, 6]
+    assert abs(evaluated_accuracy(two_workers) - evaluated_accuracy(tmp_path)) <= 0.01
+
+
+@pytest.mark.slow
+def test_parameter_server_trains_digits(tmp_path):
+    result = cli(tmp_path, "train.strategy=parameter_server", "train.workers=2", "train.ps=1",
+                 "train.epochs=10", "evaluate.min_accuracy=0.9")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(launched_pids(result.stdout)) == ["chief 0", "ps 0", "worker 0", "worker 1"]
+    assert evaluated_accuracy(tmp_path) >= 0.9
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(two_workers, tmp_path):
+    first = subprocess.Popen(command(*TWO_WORKERS), cwd=tmp_path, env=environment(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output = []
+    for line in first.stdout:  # "Epoch 3/6" is printed once epoch 2 is backed up and logged
+        output.append(line)
+        if line.startswith("[worker 0] Epoch 3/6"):
+            os.kill(launched_pids("".join(output))["worker 1"], signal.SIGKILL)
+    output.append(first.stdout.read())
+    stderr = first.stderr.read()
+    assert first.wait(timeout=60) == 1
+    assert "Stage 'train' failed: worker 1 was killed by SIGKILL; the other tasks were stopped." in stderr
+    assert_all_exited(launched_pids("".join(output)))
+    run_id = json.loads((tmp_path / "runs" / "latest" / "manifest.json").read_text())["run_id"]
+    before = epochs_logged(tmp_path / "runs" / run_id / "train.failed")
+
+    second = cli(tmp_path, *TWO_WORKERS)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    after = epochs_logged(tmp_path / "runs" / "latest" / "train")
+    assert before[-1] >= 2 and after[0] == before[-1] + 1
+    assert before + after == [1, 2, 3, 4, 5, 6]
+    assert abs(evaluated_accuracy(tmp_path) - evaluated_accuracy(two_workers)) <= 0.01
