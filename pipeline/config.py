@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from models import ModelConfig
-from pipeline.stages import compress, evaluate, export, ingest, push, train, validate
+from pipeline.stages import compress, evaluate, export, ingest, push, train, tune, validate
 from pipeline.stages.push import ServeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -30,6 +30,7 @@ class PipelineConfig:
     data: ingest.Config = field(default_factory=ingest.Config)
     validate: validate.Config = field(default_factory=validate.Config)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tune: tune.Config = field(default_factory=tune.Config)
     train: train.Config = field(default_factory=train.Config)
     evaluate: evaluate.Config = field(default_factory=evaluate.Config)
     compress: compress.Config = field(default_factory=compress.Config)
@@ -200,5 +201,7 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         return (float(value), None) if ok else (None, "a number")
     if hint is str:
+        if isinstance(value, int) and not isinstance(value, bool):  # e.g. train.init_from=7
+            return str(value), None
         return (value, None) if isinstance(value, str) else (None, "a string")
     raise TypeError(f"config type {hint!r} is not supported by pipeline.config")

@@ -5,11 +5,12 @@ reads: they and the seed are all it sees), `INPUTS` / `OUTPUTS` (artefact names;
 directory of that name in the stage's output dir) and `run(cfg, inputs, out) -> dict` of metrics.
 Optionally `external_inputs(cfg) -> [Path]`: files outside the pipeline it reads (for the cache key).
 """
-from pipeline.stages import compress, evaluate, export, ingest, push, train, validate
+from pipeline.stages import compress, evaluate, export, ingest, push, train, tune, validate
 
 STAGES = {
     "ingest": ingest,
     "validate": validate,
+    "tune": tune,
     "train": train,
     "evaluate": evaluate,
     "compress": compress,

@@ -45,7 +45,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     else:
         signatures["regress"] = _regress_fn(model, n)
     path = out / "saved_model"
-    tf.saved_model.save(model, str(path), signatures=signatures)
+    model.save(str(path), save_format="tf", signatures=signatures)  # with Keras metadata: warm starts load it
     _set_method_names(path)
     if cfg.export.warmup:
         _write_warmup(path, np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32))

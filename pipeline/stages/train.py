@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +28,7 @@ from pipeline import launcher
 from pipeline.distribute import (Strategy, is_chief, make_dataset, make_dataset_creator, make_strategy,
                                  parse_tf_config)
 from pipeline.errors import StageError
+from pipeline.stages.push import versions
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Config:
     workers: int = 1  # multi_worker, parameter_server: worker processes (local ones when TF_CONFIG is unset)
     ps: int = 1  # parameter_server: parameter server processes
     backup_dir: str = ""  # BackupAndRestore's dir; "" = .backup/<hash of config and inputs> beside the output
+    init_from: str = ""  # online update: "latest" or a version number in push.repository/push.model_name (or
+    # a version directory) to warm-start from, instead of training from scratch
     learning_rate: float = 0.003
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 = never stop early
     verbose: int = 2  # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch
@@ -52,8 +55,8 @@ class Config:
         return found
 
 
-CONFIG = ("model", "train")
-INPUTS = ("dataset", "schema")
+CONFIG = ("model", "train", "push")
+INPUTS = ("dataset", "schema", "hyperparameters")
 OUTPUTS = ("model",)
 
 
@@ -69,7 +72,57 @@ def data_spec(schema: dict) -> DataSpec:
     )
 
 
+def fit_settings(task: str, learning_rate: float) -> dict:
+    """Optimizer, loss and metrics for `model.compile`, by task (also used by the tune stage)."""
+    classify = task == "classification"
+    return {"optimizer": keras.optimizers.Adam(learning_rate),
+            "loss": "sparse_categorical_crossentropy" if classify else "mse",
+            "metrics": ["accuracy"] if classify else ["mae"]}
+
+
+def with_tuned(cfg, hyperparameters: Path):
+    """The config with the tune stage's best values applied (none when tuning is off)."""
+    best = json.loads((hyperparameters / "best.json").read_text())
+    model = replace(cfg.model, **{k: v for k, v in best.items() if k != "learning_rate"})
+    train = replace(cfg.train, learning_rate=best.get("learning_rate", cfg.train.learning_rate))
+    if best:
+        print(f"train: tuned hyperparameters {best}")
+    return SimpleNamespace(**{**vars(cfg), "model": model, "train": train})
+
+
+def init_source(cfg) -> Path | None:
+    """The SavedModel version `train.init_from` names, or None for training from scratch."""
+    name = cfg.train.init_from
+    if not name:
+        return None
+    model_dir = Path(cfg.push.repository) / cfg.push.model_name
+    available = versions(model_dir)
+    if name == "latest":
+        if not available:
+            raise StageError(f"train.init_from=latest: {model_dir} holds no version to start from; "
+                             f"push one first, or set train.init_from=\"\".")
+        return model_dir / str(available[-1])
+    path = model_dir / name if name.isdigit() else Path(name)
+    if not (path / "keras_metadata.pb").is_file():
+        raise StageError(f"train.init_from={name}: {path} is not a version this pipeline exported "
+                         f"(versions in {model_dir}: {available or 'none'}).")
+    return path
+
+
+def external_inputs(cfg) -> list[Path]:
+    """The warm-start version's files are part of the cache key: a new version re-trains."""
+    try:
+        source = init_source(cfg)
+    except StageError:
+        return []  # run() reports it
+    return sorted(p for p in source.rglob("*") if p.is_file()) if source else []
+
+
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    cfg = with_tuned(cfg, inputs["hyperparameters"])
+    source = init_source(cfg)
+    if source:  # resolved once: launched workers must all start from the same version
+        cfg = SimpleNamespace(**{**vars(cfg), "train": replace(cfg.train, init_from=str(source.resolve()))})
     backup = backup_dir(cfg, inputs, out)
     strategy = cfg.train.strategy
     if strategy not in ("multi_worker", "parameter_server"):
@@ -146,6 +199,16 @@ class EpochLog(keras.callbacks.Callback):
             f.write(json.dumps({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
 
 
+def _warm_start(cfg, schema: dict) -> keras.Model:
+    """The served model, weights and architecture, to continue training on new data."""
+    model = keras.models.load_model(cfg.train.init_from)
+    if model.input_shape[-1] != len(schema["features"]):
+        raise ValueError(f"train.init_from: {cfg.train.init_from} takes {model.input_shape[-1]} features, "
+                         f"the data has {len(schema['features'])}.")
+    print(f"train: warm start from {cfg.train.init_from}")
+    return model
+
+
 def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strategy, backup: Path) -> dict:
     """Build, train and save the model in `out` under `strategy`; the stage's metrics."""
     keras.utils.set_random_seed(cfg.seed)
@@ -155,14 +218,10 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
     classify = schema["task"] == "classification"
     with strategy.scope():
         try:
-            model = build_model(cfg.model, data_spec(schema))
+            model = _warm_start(cfg, schema) if cfg.train.init_from else build_model(cfg.model, data_spec(schema))
         except ValueError as e:
             raise StageError(str(e)) from None
-        model.compile(
-            optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
-            loss="sparse_categorical_crossentropy" if classify else "mse",
-            metrics=["accuracy"] if classify else ["mae"],
-        )
+        model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
     print(f"train: {model.name}, {model.count_params()} parameters, strategy "
           f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}")
     callbacks = [  # BackupAndRestore first: an epoch is in the log only once it is backed up

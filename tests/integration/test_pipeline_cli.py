@@ -1,8 +1,5 @@
 """The real CLI (`python -m pipeline.run` in a subprocess) on digits with few epochs."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +7,12 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.pipeline_cli import run_pipeline
+
 pytestmark = pytest.mark.slow
 
 
-def cli(workdir: Path, *args: str, code: str | None = None) -> subprocess.CompletedProcess:
-    """Run the pipeline CLI in `workdir` (runs/ and model_repository/ land there)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_USE_LEGACY_KERAS": "1"}
-    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "pipeline.run", *args]
-    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+cli = run_pipeline
 
 
 def manifest(workdir: Path, run: str = "latest") -> dict:
@@ -74,7 +68,7 @@ def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
 def test_manifest_documents_stages_signatures_and_versions(workdir):
     run = manifest(workdir)
     assert run["status"] == "succeeded"
-    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "train", "evaluate", "compress", "export", "push"]
+    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "tune", "train", "evaluate", "compress", "export", "push"]
     export = next(s for s in run["stages"] if s["name"] == "export")
     assert export["metrics"]["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 64]}}
     assert run["versions"]["tensorflow"].startswith("2.21")
@@ -92,7 +86,7 @@ def test_same_run_twice_is_fully_cached(workdir):
 def test_changing_epochs_reruns_train_and_what_follows(workdir):
     result = cli(workdir, "train.epochs=5", "compress.variants=[]")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert statuses(workdir) == {"ingest": "cached", "validate": "cached", "train": "ran",
+    assert statuses(workdir) == {"ingest": "cached", "validate": "cached", "tune": "ran", "train": "ran",
                                  "evaluate": "ran", "compress": "ran", "export": "ran", "push": "ran"}
     assert (workdir / "model_repository" / "digits" / "2" / "saved_model.pb").is_file()
 
@@ -131,7 +125,7 @@ def test_until_then_resume_continues_the_same_run(tmp_path):
     assert "validate   cached" in listed.stdout and "train      will run" in listed.stdout
     resumed = cli(tmp_path, "--resume", run_id, "--until", "train")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert statuses(tmp_path) == {"ingest": "resumed", "validate": "resumed", "train": "ran"}
+    assert statuses(tmp_path) == {"ingest": "resumed", "validate": "resumed", "tune": "ran", "train": "ran"}
     assert manifest(tmp_path)["run_id"] == run_id
 
 

@@ -20,6 +20,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.distribute import is_chief, parse_tf_config
 from pipeline.errors import StageError
 from pipeline.stages import train
+from tests.pipeline_cli import pipeline_command, pipeline_env, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.width=8", "train.learning_rate=0.01", "train.early_stopping_patience=0", "train.epochs=6",
@@ -27,17 +28,8 @@ TINY = ["model.width=8", "train.learning_rate=0.01", "train.early_stopping_patie
 TWO_WORKERS = ["train.strategy=multi_worker", "train.workers=2"]
 
 
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.run", *TINY, *args, "--until", "evaluate"]
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    return {**env, "PYTHONPATH": str(ROOT), "TF_USE_LEGACY_KERAS": "1"}
-
-
 def cli(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(*args), cwd=workdir, env=environment(), capture_output=True, text=True, timeout=300)
+    result = run_pipeline(workdir, *TINY, *args, "--until", "evaluate", timeout_s=300)
     assert_all_exited(launched_pids(result.stdout))
     return result
 
@@ -113,9 +105,13 @@ def test_worker_0_is_chief_only_without_a_chief_job():
 
 def test_the_stage_reports_a_bad_tf_config_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
-    cfg = SimpleNamespace(seed=1, model=ModelConfig(), train=train.Config(strategy="multi_worker"))
+    cfg = SimpleNamespace(seed=1, model=ModelConfig(), train=train.Config(strategy="multi_worker"),
+                          push=load_config().push)
+    untuned = tmp_path / "hyperparameters"
+    untuned.mkdir()
+    (untuned / "best.json").write_text("{}")
     with pytest.raises(StageError, match="TF_CONFIG needs a 'cluster' mapping and a 'task' mapping"):
-        train.run(cfg, {}, tmp_path / "out")
+        train.run(cfg, {"hyperparameters": untuned}, tmp_path / "out")
 
 
 FAILING_TASK = """
@@ -167,7 +163,8 @@ def test_parameter_server_trains_digits(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(two_workers, tmp_path):
-    first = subprocess.Popen(command(*TWO_WORKERS), cwd=tmp_path, env=environment(), text=True,
+    first = subprocess.Popen(pipeline_command(*TINY, *TWO_WORKERS, "--until", "evaluate"), cwd=tmp_path,
+                             env=pipeline_env(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     output = []
     for line in first.stdout:  # "Epoch 3/6" is printed once epoch 2 is backed up and logged

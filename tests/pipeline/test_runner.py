@@ -29,7 +29,7 @@ def test_a_second_identical_run_is_fully_cached(tmp_path):
 def test_changing_a_train_key_keeps_the_data_stages_cached(tmp_path):
     Runner(config(tmp_path)).run("validate", log=lambda _: None)
     plan = states(Runner(config(tmp_path, "train.epochs=1")), "train")
-    assert plan == {"ingest": "cached", "validate": "cached", "train": "will"}
+    assert plan == {"ingest": "cached", "validate": "cached", "tune": "will", "train": "will"}  # tune reads train.*
     plan = states(Runner(config(tmp_path, "data.val_fraction=0.2")), "validate")
     assert plan == {"ingest": "will", "validate": "will"}
     plan = states(Runner(config(tmp_path, "seed=7")), "validate")

@@ -1,0 +1,83 @@
+"""Search hyperparameters with keras-tuner; the best values flow into train through its input.
+
+The search space is declared in the config: each list is the choices for one hyperparameter; an
+empty list leaves it as configured. With `tune.algorithm: none` (the default) nothing is searched
+and train sees no overrides. Trials run inside the training strategy's scope.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from models import build_model
+from pipeline.distribute import make_dataset, make_strategy
+from pipeline.keras_tuner_compat import keras_tuner
+from pipeline.stages.train import data_spec, fit_settings
+
+ALGORITHMS = {"random": keras_tuner.RandomSearch, "hyperband": keras_tuner.Hyperband,
+              "bayesian": keras_tuner.BayesianOptimization}
+MODEL_KEYS = ("width", "depth", "dropout")
+
+
+@dataclass(frozen=True)
+class Config:
+    algorithm: Literal["none", "random", "hyperband", "bayesian"] = "none"
+    max_trials: int = 6  # random, bayesian
+    epochs: int = 5  # per trial (hyperband: the most any trial gets)
+    learning_rate: tuple[float, ...] = ()  # choices; empty = train.learning_rate
+    width: tuple[int, ...] = ()  # choices for model.width
+    depth: tuple[int, ...] = ()
+    dropout: tuple[float, ...] = ()
+
+    def problems(self) -> list[str]:
+        found = [f"{name}: expected a positive integer, received {getattr(self, name)}."
+                 for name in ("max_trials", "epochs") if getattr(self, name) < 1]
+        if self.algorithm != "none" and not any(getattr(self, k) for k in ("learning_rate", *MODEL_KEYS)):
+            found.append("algorithm: a search needs choices, e.g. tune.learning_rate=[0.001, 0.01]; "
+                         "all of learning_rate, width, depth, dropout are empty.")
+        return found
+
+
+CONFIG = ("tune", "model", "train")
+INPUTS = ("dataset", "schema")
+OUTPUTS = ("hyperparameters",)
+
+
+def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    (out / "hyperparameters").mkdir()
+    best_file = out / "hyperparameters" / "best.json"
+    if cfg.tune.algorithm == "none":
+        best_file.write_text("{}")
+        return {"trials": 0}
+    schema = json.loads((inputs["schema"] / "schema.json").read_text())
+    spec = data_spec(schema)
+    train, val = (np.load(inputs["dataset"] / f"{split}.npz") for split in ("train", "val"))
+    space = {k: list(getattr(cfg.tune, k)) for k in ("learning_rate", *MODEL_KEYS) if getattr(cfg.tune, k)}
+
+    def build(hp):
+        chosen = {k: hp.Choice(k, v) for k, v in space.items()}
+        model = build_model(replace(cfg.model, **{k: chosen[k] for k in MODEL_KEYS if k in chosen}), spec)
+        learning_rate = chosen.get("learning_rate", cfg.train.learning_rate)
+        model.compile(**fit_settings(schema["task"], learning_rate))
+        return model
+
+    objective = "val_accuracy" if schema["task"] == "classification" else "val_loss"
+    algorithm = ALGORITHMS[cfg.tune.algorithm]
+    budget = {"max_epochs": cfg.tune.epochs} if cfg.tune.algorithm == "hyperband" else {"max_trials": cfg.tune.max_trials}
+    tuner = algorithm(build, objective=objective, seed=cfg.seed, directory=str(out / "tuner"), project_name="search",
+                      distribution_strategy=make_strategy(cfg.train.strategy if cfg.train.strategy in ("default", "mirrored")
+                                                          else "default"), **budget)
+    tuner.search(make_dataset(train["x"], train["y"], cfg.train.batch_size, shuffle_seed=cfg.seed),
+                 validation_data=make_dataset(val["x"], val["y"], cfg.train.batch_size),
+                 epochs=cfg.tune.epochs, verbose=0)
+    trials = [{"hyperparameters": t.hyperparameters.values, "score": t.score}
+              for t in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials))]
+    best = trials[0]["hyperparameters"]
+    best_file.write_text(json.dumps(best, indent=2))
+    (out / "trials.json").write_text(json.dumps(trials, indent=2))
+    print(f"tune: {len(trials)} trials, best {objective} {trials[0]['score']:.4f} with {best}")
+    return {"trials": len(trials), f"best_{objective}": trials[0]["score"], "best": best}

@@ -1,0 +1,53 @@
+"""The tune stage: keras-tuner over the declared space, best values into train's input."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.runner import Runner
+from pipeline.stages import train, tune
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    cfg = load_config(None, [f"output_dir={root / 'runs'}"])
+    Runner(cfg).run("validate", log=lambda _: None)
+    run = root / "runs" / "latest"
+    return cfg, {"dataset": run / "validate" / "dataset", "schema": run / "validate" / "schema"}
+
+
+@pytest.mark.slow
+def test_random_search_picks_the_clearly_better_learning_rate(data, tmp_path):
+    cfg, inputs = data
+    view = SimpleNamespace(seed=cfg.seed, model=cfg.model, train=cfg.train,
+                           tune=tune.Config(algorithm="random", max_trials=2, epochs=2, learning_rate=(1e-6, 3e-3)))
+    metrics = tune.run(view, inputs, tmp_path)
+    best = json.loads((tmp_path / "hyperparameters" / "best.json").read_text())
+    assert best == {"learning_rate": 3e-3}
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    assert len(trials) == 2 and trials[0]["score"] > trials[1]["score"] + 0.3
+    assert metrics["trials"] == 2 and metrics["best"] == best
+
+
+def test_without_a_search_train_sees_no_overrides(data, tmp_path):
+    cfg, inputs = data
+    view = SimpleNamespace(seed=cfg.seed, model=cfg.model, train=cfg.train, tune=tune.Config())
+    assert tune.run(view, inputs, tmp_path) == {"trials": 0}
+    tuned = train.with_tuned(view, tmp_path / "hyperparameters")
+    assert tuned.model == cfg.model and tuned.train == cfg.train
+
+
+def test_tuned_values_override_the_model_and_train_config(tmp_path):
+    (tmp_path / "best.json").write_text('{"learning_rate": 0.01, "width": 8}')
+    cfg = load_config()
+    tuned = train.with_tuned(SimpleNamespace(seed=1, model=cfg.model, train=cfg.train), tmp_path)
+    assert tuned.train.learning_rate == 0.01 and tuned.model.width == 8 and tuned.model.depth == cfg.model.depth
+
+
+def test_a_search_without_choices_is_a_config_error():
+    with pytest.raises(ConfigError, match="tune.algorithm: a search needs choices"):
+        load_config(None, ["tune.algorithm=random"])
+    with pytest.raises(ConfigError, match="tune.algorithm: expected one of 'none', 'random', 'hyperband', 'bayesian'"):
+        load_config(None, ["tune.algorithm=grid"])
