@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import struct
@@ -43,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
+from machine import machine  # noqa: E402
 from serving.process import ServerProcess, free_port, wait_available  # noqa: E402
 
 CONNECTIONS = 32
@@ -58,13 +58,6 @@ done = function(summary, latency, requests)
     latency:percentile(90) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3))
 end
 """
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 # -- the in-process limit ------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from pathlib import Path
 from pipeline.config import ConfigError, config_from_dict, load_config
 from pipeline.report import write_report
 from pipeline.runner import MANIFEST, Runner, StageFailed, StageRecord, format_metrics
-from pipeline.stages import STAGES
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

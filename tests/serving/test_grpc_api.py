@@ -202,7 +202,7 @@ def test_context_features_are_merged_into_every_example():
 
 def test_channel_arguments_set_the_message_limit_and_oversize_is_resource_exhausted(tmp_path, half_plus_two_base):
     grpc_port = free_port()
-    server = ServerProcess(f"--model_name=hpt", f"--model_base_path={half_plus_two_base}", f"--port={grpc_port}",
+    server = ServerProcess("--model_name=hpt", f"--model_base_path={half_plus_two_base}", f"--port={grpc_port}",
                            "--grpc_channel_arguments=grpc.max_receive_message_length=4096", log_dir=tmp_path)
     try:
         server.wait_available("hpt")

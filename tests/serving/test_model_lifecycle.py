@@ -85,7 +85,7 @@ def states(server) -> dict[str, str]:
 def test_hot_swaps_under_load_drop_no_request_and_a_broken_version_hurts_nobody(tmp_path, half_plus_two_base):
     base = tmp_path / "hpt"
     publish(half_plus_two_base / "123", base)  # version 1
-    server = ServerProcess(f"--model_name=hpt", f"--model_base_path={base}", "--port=0",
+    server = ServerProcess("--model_name=hpt", f"--model_base_path={base}", "--port=0",
                            "--file_system_poll_wait_seconds=1", log_dir=tmp_path)
     try:
         server.wait_available("hpt", 1)
