@@ -48,6 +48,6 @@ def test_tuned_values_override_the_model_and_train_config(tmp_path):
 
 def test_a_search_without_choices_is_a_config_error():
     with pytest.raises(ConfigError, match="tune.algorithm: a search needs choices"):
-        load_config(None, ["tune.algorithm=random"])
+        load_config(None, ["tune.algorithm=random", "tune.learning_rate=[]", "tune.width=[]"])
     with pytest.raises(ConfigError, match="tune.algorithm: expected one of 'none', 'random', 'hyperband', 'bayesian'"):
         load_config(None, ["tune.algorithm=grid"])
