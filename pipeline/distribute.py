@@ -32,6 +32,15 @@ def make_strategy(name: Strategy) -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; expected one of {get_args(Strategy)}")
 
 
+def in_process_strategy(name: Strategy) -> tf.distribute.Strategy:
+    """The strategy for work done inside the stage's own process (tuning trials, compression
+    fine-tuning): the configured one when it is local, else the default one, said aloud."""
+    if name in ("default", "mirrored"):
+        return make_strategy(name)
+    print(f"this stage runs in one process; train.strategy={name} applies to training only")
+    return make_strategy("default")
+
+
 def parse_tf_config(text: str, strategy: Strategy) -> dict:
     """TF_CONFIG checked for `strategy`, so a bad cluster fails here with its reason, not in gRPC."""
     fix = f"Set TF_CONFIG like {TF_CONFIG_EXAMPLE}, or unset it to launch local workers."

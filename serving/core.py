@@ -10,6 +10,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from serving import inference
 from serving.batching import Batcher, BatchingParameters
@@ -55,6 +56,25 @@ class ServingCore:
         signature = inference.regress_signature(servable, signature, self.check_method_names)
         outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)})
         return inference.regression_result(outputs, len(examples))
+
+    def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatus, as both front ends answer it (REST prints it as JSON)."""
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, status in self.manager.status(name, version):
+            entry = response.model_version_status.add(version=number, state=status.state)
+            entry.status.error_code = status.error_code
+            entry.status.error_message = status.error_message
+        return response
+
+    @staticmethod
+    def metadata(servable: Servable) -> tuple[model_pb2.ModelSpec, get_model_metadata_pb2.SignatureDefMap]:
+        """The model spec and every SignatureDef (GetModelMetadata's one supported field)."""
+        spec = model_pb2.ModelSpec(name=servable.name)
+        spec.version.value = servable.version
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signature_defs.items():
+            signatures.signature_def[key].CopyFrom(signature)
+        return spec, signatures
 
     def close(self) -> None:
         if self._batcher is not None:

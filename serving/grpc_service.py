@@ -171,13 +171,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        servable = self._servable(request.model_spec, call)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in servable.signature_defs.items():
-            signatures.signature_def[key].CopyFrom(signature)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
+        spec, signatures = self.core.metadata(self._servable(request.model_spec, call))
+        response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec)
         response.metadata["signature_def"].Pack(signatures)
         return response
 
@@ -193,12 +188,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         if not spec.name:
             raise InvalidArgument("Missing ModelSpec")
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in self.core.manager.status(spec.name, version):
-            entry = response.model_version_status.add(version=number, state=status.state)
-            entry.status.error_code = status.error_code
-            entry.status.error_message = status.error_message
-        return response
+        return self.core.status(spec.name, version)
 
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         context) -> model_management_pb2.ReloadConfigResponse:

@@ -17,7 +17,6 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from serving import codec, inference
 from serving.core import ServingCore
@@ -151,25 +150,16 @@ class RestApi:
         return servable
 
     def _status(self, name: str, version: int | None) -> bytes:
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in self.core.manager.status(name, version):
-            entry = response.model_version_status.add(version=number, state=status.state)
-            entry.status.error_code = status.error_code
-            entry.status.error_message = status.error_message
+        response = self.core.status(name, version)
         return json_format.MessageToJson(response, indent=1, always_print_fields_with_no_presence=True).encode()
 
     def _metadata(self, servable: Servable) -> bytes:
         """TF Serving's hand-assembled metadata JSON: model_spec, then metadata.signature_def."""
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        for key, signature in servable.signature_defs.items():
-            signatures.signature_def[key].CopyFrom(signature)
+        spec, signatures = self.core.metadata(servable)
         options = dict(indent=1, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
-        spec = json_format.MessageToJson(response.model_spec, **options)
+        spec_json = json_format.MessageToJson(spec, **options)
         signature_json = json_format.MessageToJson(signatures, **options)
-        return ('{\n"model_spec":' + spec + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
+        return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
 
 
 class Call:

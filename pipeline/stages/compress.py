@@ -20,7 +20,7 @@ import tf_keras as keras
 
 from models import build_model
 from pipeline import compression, variant_metrics
-from pipeline.distribute import make_strategy
+from pipeline.distribute import in_process_strategy
 from pipeline.errors import StageError
 from pipeline.stages.train import data_spec
 
@@ -92,20 +92,13 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
             "savedmodel_gzip_bytes": report[selected]["savedmodel_gzip_bytes"]}
 
 
-def _strategy(name: str):
-    """TFMOT wrappers are created and fine-tuned in the training strategy's scope."""
-    if name in ("default", "mirrored"):
-        return make_strategy(name)
-    print(f"compress: fine-tuning runs in this process; train.strategy={name} applies to training only")
-    return make_strategy("default")
-
-
 def _train_variants(cfg, trained: keras.Model, train: dict, schema: dict) -> dict[str, keras.Model]:
     c = cfg.compress
     steps = c.fine_tune_epochs * int(np.ceil(len(train["y"]) / cfg.train.batch_size))
     fit = dict(x=train["x"], y=train["y"], batch_size=cfg.train.batch_size, epochs=c.fine_tune_epochs, verbose=0)
     variants = {}
-    with _strategy(cfg.train.strategy).scope(), warnings.catch_warnings(record=True) as caught:
+    # TFMOT wrappers are created and fine-tuned in the training strategy's scope.
+    with in_process_strategy(cfg.train.strategy).scope(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name in c.variants:
             print(f"compress: {name}", flush=True)

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from models import build_model
-from pipeline.distribute import make_dataset, make_strategy
+from pipeline.distribute import in_process_strategy, make_dataset
 from pipeline.keras_tuner_compat import keras_tuner
 from pipeline.stages.train import data_spec, fit_settings
 
@@ -69,8 +69,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     algorithm = ALGORITHMS[cfg.tune.algorithm]
     budget = {"max_epochs": cfg.tune.epochs} if cfg.tune.algorithm == "hyperband" else {"max_trials": cfg.tune.max_trials}
     tuner = algorithm(build, objective=objective, seed=cfg.seed, directory=str(out / "tuner"), project_name="search",
-                      distribution_strategy=make_strategy(cfg.train.strategy if cfg.train.strategy in ("default", "mirrored")
-                                                          else "default"), **budget)
+                      distribution_strategy=in_process_strategy(cfg.train.strategy), **budget)
     tuner.search(make_dataset(train["x"], train["y"], cfg.train.batch_size, shuffle_seed=cfg.seed),
                  validation_data=make_dataset(val["x"], val["y"], cfg.train.batch_size),
                  epochs=cfg.tune.epochs, verbose=0)
