@@ -1,7 +1,8 @@
 """A small convolutional network for small images (digits are 8x8x1)."""
 import tf_keras as keras
 
-from models.common import DataSpec, ModelConfig, normalized_input, output_head
+from models.config import DataSpec, ModelConfig
+from models.layers import normalized_input, output_head
 
 
 def build(cfg: ModelConfig, spec: DataSpec) -> keras.Model:

@@ -1,7 +1,8 @@
 """A recurrent network (LSTM or GRU) for sequences of feature vectors."""
 import tf_keras as keras
 
-from models.common import DataSpec, ModelConfig, normalized_input, output_head
+from models.config import DataSpec, ModelConfig
+from models.layers import normalized_input, output_head
 
 CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 

@@ -1,21 +1,26 @@
-"""Load a pipeline config: a YAML file plus `a.b=value` overrides, into frozen dataclasses.
+"""Load a pipeline config: a YAML file plus `a.b=value` overrides, into frozen dataclasses; and
+the typed view of it each stage is given.
 
 Every problem (unknown key, wrong type, value out of range) is collected before failing, so
 one run shows them all, each with the key, what was received and what was expected.
+Importing this module is cheap: stages import TensorFlow only when they run.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from models import ModelConfig
+from models.config import ModelConfig
+from pipeline.errors import ConfigError
 from pipeline.stages import compress, evaluate, export, ingest, push, train, tune, validate
 from pipeline.stages.push import ServeConfig
 
@@ -37,18 +42,6 @@ class PipelineConfig:
     export: export.Config = field(default_factory=export.Config)
     push: push.Config = field(default_factory=push.Config)
     serve: ServeConfig = field(default_factory=ServeConfig)
-
-
-class ConfigError(Exception):
-    """All problems found in one config, formatted one per line."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        noun = "problem" if len(problems) == 1 else "problems"
-        lines = [f"Config error in {source} ({len(problems)} {noun}):"]
-        lines += [f"  {p}" for p in problems]
-        super().__init__("\n".join(lines))
 
 
 def resolve_config_path(name_or_path: str | None) -> Path:
@@ -205,3 +198,93 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
             return str(value), None
         return (value, None) if isinstance(value, str) else (None, "a string")
     raise TypeError(f"config type {hint!r} is not supported by pipeline.config")
+
+
+# -- what a stage sees ------------------------------------------------------------------------
+#
+# A stage declares the fields it reads (`CONFIG`, e.g. ("seed", "model", "train.epochs")) and
+# those it reads without their changing its output (`RUNTIME`, e.g. ("train.verbose",)). It is
+# given a frozen view holding exactly those, typed as in the config; reading anything else is an
+# AttributeError. The cache key hashes `keyed(view)`: the declared fields minus the runtime ones.
+
+
+def stage_view(cfg: PipelineConfig, stage: types.ModuleType) -> Any:
+    """What `stage` is given: the view of its CONFIG and RUNTIME fields, passed through its `resolve`
+    (if it has one) to make a value concrete before hashing, e.g. train.init_from=latest -> a path.
+    `resolve` may raise StageError."""
+    view = make_view(cfg, stage.CONFIG, getattr(stage, "RUNTIME", ()))
+    resolve = getattr(stage, "resolve", None)
+    return resolve(view) if resolve else view
+
+
+def make_view(cfg: PipelineConfig, reads: Sequence[str], runtime: Sequence[str] = ()) -> Any:
+    """The frozen view of `cfg` holding the fields named in `reads` and `runtime` (a section name means all its fields)."""
+    return view_from_dict(view_class(reads, runtime), to_dict(cfg))
+
+
+def view_class(reads: Sequence[str], runtime: Sequence[str] = ()) -> type:
+    """The frozen dataclass of a view (rebuild one elsewhere with `view_from_dict`)."""
+    marks = {path: False for path in _expand(reads)} | {path: True for path in _expand(runtime)}
+    return _view_class(tuple(sorted(marks.items())))
+
+
+def view_from_dict(cls: type, values: dict) -> Any:
+    """Rebuild a view of class `cls` from a dict holding (at least) its fields, e.g. `to_dict(view)`."""
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        value = values[f.name]
+        fields[f.name] = view_from_dict(hints[f.name], value) if dataclasses.is_dataclass(hints[f.name]) else \
+            _as_declared(value, hints[f.name])
+    return cls(**fields)
+
+
+def keyed(view: Any) -> dict:
+    """The view's fields that decide a stage's output: what its cache key hashes."""
+    values = {}
+    for f in dataclasses.fields(view):
+        if f.metadata.get("runtime"):
+            continue
+        value = getattr(view, f.name)
+        values[f.name] = keyed(value) if dataclasses.is_dataclass(value) else value
+    return values
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+    expanded = []
+    hints = typing.get_type_hints(PipelineConfig)
+    for path in paths:
+        section, _, name = path.partition(".")
+        if section not in hints or (name and name not in typing.get_type_hints(hints[section])):
+            raise ValueError(f"a stage declares config field {path!r}, which the config does not have")
+        if not name and dataclasses.is_dataclass(hints[section]):
+            expanded += [f"{section}.{f.name}" for f in dataclasses.fields(hints[section])]
+        else:
+            expanded.append(path)
+    return expanded
+
+
+@functools.cache
+def _view_class(marks: tuple[tuple[str, bool], ...]) -> type:
+    """A frozen dataclass for these (field path, runtime) marks, with one nested class per section."""
+    hints = typing.get_type_hints(PipelineConfig)
+    sections: dict[str, list] = {}
+    top = []
+    for path, runtime in marks:
+        section, _, name = path.partition(".")
+        meta = {"runtime": runtime}
+        if name:
+            field_type = typing.get_type_hints(hints[section])[name]
+            sections.setdefault(section, []).append((name, field_type, dataclasses.field(metadata=meta)))
+        else:
+            top.append((section, hints[section], dataclasses.field(metadata=meta)))
+    for section, fields in sections.items():
+        runtime = all(f.metadata["runtime"] for _, _, f in fields)
+        cls = dataclasses.make_dataclass(f"{section.capitalize()}View", fields, frozen=True)
+        top.append((section, cls, dataclasses.field(metadata={"runtime": runtime})))
+    return dataclasses.make_dataclass("StageView", top, frozen=True)
+
+
+def _as_declared(value: Any, hint: Any) -> Any:
+    """A JSON list back to the tuple a config field holds."""
+    return tuple(value) if typing.get_origin(hint) is tuple and isinstance(value, list) else value

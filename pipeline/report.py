@@ -7,22 +7,23 @@ import io
 import json
 from pathlib import Path
 
+from pipeline.artifacts import COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, HISTORY, SIGNATURES
 from pipeline.runner import StageRecord, format_metrics
 
 
 def write_report(run_dir: Path, records: list[StageRecord]) -> Path:
     parts = [f"<h1>Run {html.escape(run_dir.name)}</h1>", _stage_table(records)]
-    history = run_dir / "train" / "history.json"
+    history = HISTORY.of_run(run_dir)
     if history.is_file():
         parts.append("<h2>Training</h2>" + _curves(json.loads(history.read_text())))
-    confusion = run_dir / "evaluate" / "evaluation" / "confusion_matrix.json"
+    confusion = CONFUSION.of_run(run_dir)
     if confusion.is_file():
         parts.append("<h2>Confusion matrix (test split)</h2>" + _confusion(json.loads(confusion.read_text())))
-    compression = run_dir / "compress" / "report.json"
+    compression = COMPRESSION_REPORT.of_run(run_dir)
     if compression.is_file():
         parts.append("<h2>Compression (test split)</h2>" + _compression(json.loads(compression.read_text()),
-                                                                       run_dir / "compress" / "compression.png"))
-    signatures = run_dir / "export" / "signatures.json"
+                                                                       COMPRESSION_PLOT.of_run(run_dir)))
+    signatures = SIGNATURES.of_run(run_dir)
     if signatures.is_file():
         parts.append(f"<h2>Signatures</h2><pre>{html.escape(signatures.read_text())}</pre>")
     config = (run_dir / "config.json").read_text()

@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, config_from_dict, load_config
+from pipeline.artifacts import SAMPLE_REQUEST
+from pipeline.config import config_from_dict, load_config
+from pipeline.errors import CommandLineError, PipelineError, StageFailed
 from pipeline.report import write_report
-from pipeline.runner import MANIFEST, Runner, StageFailed, StageRecord, format_metrics
+from pipeline.runner import MANIFEST, Runner, StageRecord, format_metrics
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume:
             if args.overrides or args.config:
-                raise ConfigError("the command line", ["--resume reuses the run's saved config; drop the overrides."])
+                raise CommandLineError("--resume reuses the run's saved config; drop the overrides.")
             cfg = _resumed_config(args.resume)
         else:
             cfg = load_config(args.config, args.overrides)
@@ -41,17 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<10} {state}")
             return 0
         records = runner.run(args.until)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    except ValueError as e:  # a bad --force/--until stage name
-        print(f"Command line error: {e}", file=sys.stderr)
-        return 2
-    except StageFailed as e:
-        print(f"\n{e}", file=sys.stderr)
-        if not e.expected:
+    except PipelineError as e:
+        print(f"\n{e}" if isinstance(e, StageFailed) else e, file=sys.stderr)
+        if isinstance(e, StageFailed) and not e.expected:
             print("The traceback is at the end of log.txt there.", file=sys.stderr)
-        return 1
+        return e.exit_code
     print_summary(records)
     report = write_report(runner.run_dir, records)
     print(f"\nRun {runner.run_id}: report {report.resolve()}")
@@ -65,7 +61,7 @@ def _resumed_config(run_id: str):
         saved = base / run_id / "config.json"
         if (base / run_id / MANIFEST).is_file() and saved.is_file():
             return config_from_dict(json.loads(saved.read_text()), str(saved))
-    raise ConfigError("--resume", [f"no run {run_id!r} with a manifest under runs/ ; see the run ids printed by earlier runs."])
+    raise CommandLineError(f"--resume {run_id!r}: no run with a manifest under runs/; see the run ids printed by earlier runs.")
 
 
 def print_summary(records: list[StageRecord]) -> None:
@@ -80,7 +76,7 @@ def print_how_to_query(push: StageRecord, run_dir: Path) -> None:
     print(f"Model: {path} (version {push.metrics['version']}, TF Serving layout)")
     print(f"Serve it:  make serve   (python -m serving --rest_api_port=8501 --model_name={name} "
           f"--model_base_path={path.parent})")
-    print(f"Query it:  curl -d @{run_dir / 'export' / 'sample_request.json'} "
+    print(f"Query it:  curl -d @{SAMPLE_REQUEST.of_run(run_dir)} "
           f"http://localhost:8501/v1/models/{name}:predict")
 
 

@@ -8,9 +8,9 @@ Layout under `output_dir`:
   <run_id>/manifest.json  the run: each stage's status, key, metrics and time
   latest                  a link to the newest run
 
-A stage's key is SHA-256 of its code (its module and the project modules it imports), its
-config sections, the seed, the fingerprints of its input artefacts and of the external files it
-reads. An input's fingerprint hashes the files themselves, so a re-trained model that differs
+A stage's key is SHA-256 of its code (its module and the project modules it imports), the config
+fields it declares (its view, minus runtime-only fields), the fingerprints of its input artefacts
+and of the external files it reads. An input's fingerprint hashes the files themselves, so a re-trained model that differs
 re-runs what follows, and one that is bit-identical does not.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import sys
@@ -30,13 +31,18 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
+from typing import Any
 
-from pipeline.config import PipelineConfig, to_dict
-from pipeline.errors import StageError
+from pipeline.config import PipelineConfig, keyed, stage_view, to_dict
+from pipeline.errors import CommandLineError, StageError, StageFailed
 from pipeline.stages import STAGES
 
-PROJECT_PACKAGES = ("pipeline", "models", "serving")
+PROJECT_PACKAGES = ("pipeline", "models", "serving", "repository")
+# Not followed when fingerprinting code: the config loader (the values a stage reads are in its key
+# already) and the list of stages, like the runner itself. Following them would make every stage
+# depend on every other stage's code.
+INFRASTRUCTURE = ("pipeline.config", "pipeline.stages")
 MANIFEST = "manifest.json"
 
 
@@ -53,14 +59,6 @@ class StageRecord:
     outputs: dict = field(default_factory=dict)  # artefact name -> content fingerprint
 
 
-class StageFailed(Exception):
-    """A stage raised; carries where its partial output and log were kept."""
-
-    def __init__(self, stage: str, reason: str, kept: Path, expected: bool):
-        self.stage, self.reason, self.kept, self.expected = stage, reason, kept, expected
-        super().__init__(f"Stage '{stage}' failed: {reason}\nPartial output and log: {kept}")
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -70,7 +68,7 @@ def stages_until(until: str | None) -> list[str]:
     if until is None:
         return names
     if until not in STAGES:
-        raise ValueError(f"--until {until!r}: unknown stage; stages are {', '.join(names)}")
+        raise CommandLineError(f"--until {until!r}: unknown stage; stages are {', '.join(names)}")
     return names[: names.index(until) + 1]
 
 
@@ -78,7 +76,7 @@ class Runner:
     def __init__(self, cfg: PipelineConfig, run_id: str | None = None, force: tuple[str, ...] = ()):
         unknown = [s for s in force if s not in STAGES]
         if unknown:
-            raise ValueError(f"--force {unknown[0]!r}: unknown stage; stages are {', '.join(STAGES)}")
+            raise CommandLineError(f"--force {unknown[0]!r}: unknown stage; stages are {', '.join(STAGES)}")
         self.cfg = cfg
         self.force = set(force)
         self.root = Path(cfg.output_dir)
@@ -94,7 +92,7 @@ class Runner:
 
     # -- planning -------------------------------------------------------------------------
 
-    def stage_key(self, name: str) -> str | None:
+    def stage_key(self, name: str, view: Any) -> str | None:
         """The cache key, or None while an input has not been produced yet."""
         stage = STAGES[name]
         inputs = {}
@@ -104,12 +102,11 @@ class Runner:
             if record is None or artefact not in record.outputs:
                 return None
             inputs[artefact] = record.outputs[artefact]
-        external = {str(p): file_digest(p) for p in getattr(stage, "external_inputs", lambda c: [])(self.cfg)}
+        external = {str(p): file_digest(p) for p in getattr(stage, "external_inputs", lambda c: [])(view)}
         return digest_json({
             "stage": name,
             "code": code_fingerprint(stage),
-            "config": {section: asdict(getattr(self.cfg, section)) for section in stage.CONFIG},
-            "seed": self.cfg.seed,
+            "config": keyed(view),
             "inputs": inputs,
             "external": external,
         })
@@ -121,7 +118,11 @@ class Runner:
         """(stage, state) for --list: what a run would reuse and what it would execute."""
         states = []
         for name in stages_until(until):
-            key = self.stage_key(name)
+            try:
+                key = self.stage_key(name, stage_view(self.cfg, STAGES[name]))
+            except StageError as e:
+                states.append((name, f"will fail: {e}"))
+                continue
             entry = key and self.cache_entry(name, key)
             if key is None:
                 states.append((name, "will run (after its inputs are rebuilt)"))
@@ -142,10 +143,13 @@ class Runner:
         names = stages_until(until)
         for i, name in enumerate(names, 1):
             prefix = f"[{i}/{len(names)}] {name}"
-            record = self._resumed(name) or self._cached(name)
+            record = self._resumed(name)
+            if record is None:
+                view, key = self._prepare(name)
+                record = self._cached(name, key)
             if record is None:
                 log(f"{prefix}: running")
-                record = self._execute(name)
+                record = self._execute(name, view, key)
                 log(f"{prefix}: done in {record.wall_s:.1f}s {format_metrics(record.metrics)}")
             else:
                 log(f"{prefix}: {record.status} (key {record.key[:12]}, from run {record.produced_by})")
@@ -162,8 +166,17 @@ class Runner:
             return None
         return StageRecord(**{**asdict(previous), "status": "resumed"})
 
-    def _cached(self, name: str) -> StageRecord | None:
-        key = self.stage_key(name)
+    def _prepare(self, name: str) -> tuple[Any, str]:
+        """The stage's config view and cache key; a failure to resolve the view fails the stage."""
+        try:
+            view = stage_view(self.cfg, STAGES[name])
+            return view, self.stage_key(name, view)
+        except StageError as e:
+            self.records[name] = StageRecord(name=name, status="failed", produced_by=self.run_id)
+            self._write_manifest("failed")
+            raise StageFailed(name, str(e), None, expected=True) from e
+
+    def _cached(self, name: str, key: str) -> StageRecord | None:
         entry = self.cache_entry(name, key)
         if name in self.force or not (entry / MANIFEST).is_file():
             return None
@@ -171,14 +184,12 @@ class Runner:
         link(self.run_dir / name, Path("..") / ".cache" / name / key)
         return StageRecord(**{**asdict(record), "status": "cached", "wall_s": 0.0})
 
-    def _execute(self, name: str) -> StageRecord:
+    def _execute(self, name: str, view: Any, key: str) -> StageRecord:
         stage = STAGES[name]
-        key = self.stage_key(name)
         entry = self.cache_entry(name, key)
         staging = entry.parent / f".tmp-{key[:12]}-{os.getpid()}-{secrets.token_hex(2)}"
         staging.mkdir(parents=True)
         inputs = {a: self.run_dir / producer_of(a) / a for a in stage.INPUTS}
-        view = SimpleNamespace(seed=self.cfg.seed, **{s: getattr(self.cfg, s) for s in stage.CONFIG})
         started = time.perf_counter()
         with (staging / "log.txt").open("w") as log_file:
             try:
@@ -199,8 +210,7 @@ class Runner:
             produced_by=self.run_id,
             outputs={o: dir_fingerprint(staging / o) for o in stage.OUTPUTS},
         )
-        manifest = {"record": asdict(record), "config": {s: asdict(getattr(self.cfg, s)) for s in stage.CONFIG},
-                    "seed": self.cfg.seed, "versions": package_versions()}
+        manifest = {"record": asdict(record), "config": to_dict(view), "versions": package_versions()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if entry.exists():  # a concurrent run finished the same work first; keep theirs
             shutil.rmtree(staging)
@@ -298,7 +308,7 @@ def project_sources(module: ModuleType) -> dict[str, str]:
     pending = [module.__name__]
     while pending:
         name = pending.pop()
-        if name in seen:
+        if name in seen or name in INFRASTRUCTURE:
             continue
         try:
             spec = importlib.util.find_spec(name)
@@ -312,7 +322,12 @@ def project_sources(module: ModuleType) -> dict[str, str]:
     return seen
 
 
+REFERENCE = re.compile(r"([A-Za-z_][\w.]*):[A-Za-z_]\w*")  # "module:function", imported when used
+
+
 def imported_modules(source: str) -> list[str]:
+    """Modules the source imports (anywhere, also inside functions) or names as "module:function"
+    (how MODELS and the launcher refer to code they import later)."""
     names = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -320,6 +335,8 @@ def imported_modules(source: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.append(node.module)
             names += [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and REFERENCE.fullmatch(node.value):
+            names.append(node.value.partition(":")[0])
     return names
 
 

@@ -90,7 +90,8 @@ class Settings:
 
 def parse_settings(argv: list[str]) -> Settings:
     """Parse flags and the files they name; raise SystemExit(2) with every reason."""
-    from serving import protos, repository
+    from serving import protos
+    from serving.model_config import load_model_server_config, single_model_config
     from serving.batching import BatchingParameters
     from serving.grpc_service import server_options
 
@@ -109,9 +110,9 @@ def parse_settings(argv: list[str]) -> Settings:
         if args.model_config_file and args.model_base_path:
             raise ValueError("use either --model_config_file or --model_name/--model_base_path, not both.")
         if args.model_config_file:
-            model_config = repository.load_model_server_config(args.model_config_file)
+            model_config = load_model_server_config(args.model_config_file)
         elif args.model_base_path:
-            model_config = repository.single_model_config(args.model_name, args.model_base_path)
+            model_config = single_model_config(args.model_name, args.model_base_path)
         else:
             raise ValueError("--model_base_path or --model_config_file is required.")
         if args.batching_parameters_file and not args.enable_batching:
@@ -183,7 +184,7 @@ async def serve(settings: Settings) -> None:
 
 async def watch_config_file(manager, path: str, every_s: int) -> None:
     """Re-read --model_config_file; apply it when it changed and is valid (else keep the old one)."""
-    from serving.repository import load_model_server_config
+    from serving.model_config import load_model_server_config
 
     loop = asyncio.get_running_loop()
     while True:

@@ -6,6 +6,7 @@ carrying the server's status (HTTP status, or gRPC code name) and its message.
 """
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +25,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+
+from serving.codec import example_from_json
+from serving.protos import MAX_MESSAGE_BYTES
 
 
 class ServingClientError(Exception):
@@ -79,9 +83,9 @@ class RestClient:
         return self._call("GET", _model_path(model, version, label) + "/metadata")
 
     def _examples(self, api, model, examples, context, signature_name, version, label) -> list:
-        body: dict[str, Any] = {"examples": examples}
+        body: dict[str, Any] = {"examples": [_as_json(e) for e in examples]}
         if context is not None:
-            body["context"] = context
+            body["context"] = _as_json(context)
         if signature_name:
             body["signature_name"] = signature_name
         return self._call("POST", _model_path(model, version, label) + f":{api}", body)["results"]
@@ -115,9 +119,8 @@ class GrpcClient:
     """TF Serving's PredictionService and ModelService, with the REST client's methods."""
 
     def __init__(self, target: str = "127.0.0.1:8500", timeout_s: float = 30.0):
-        limit = 2**31 - 1
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", limit),
-                                                               ("grpc.max_receive_message_length", limit)])
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                                               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.timeout_s = timeout_s
@@ -192,23 +195,22 @@ def _fill_spec(spec, model: str, version: int | None, label: str | None, signatu
 
 
 def _input(examples: list[dict], context: dict | None) -> input_pb2.Input:
-    converted = [_example(e) for e in examples]
+    converted = [example_from_json(_as_json(e)) for e in examples]
     if context is None:
         return input_pb2.Input(example_list=input_pb2.ExampleList(examples=converted))
     return input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
-        examples=converted, context=_example(context)))
+        examples=converted, context=example_from_json(_as_json(context))))
 
 
-def _example(features: dict) -> tf.train.Example:
-    """A tf.Example from {name: value or list}; floats, ints, str or bytes, like the REST JSON."""
-    example = tf.train.Example()
-    for name, value in features.items():
-        values = value if isinstance(value, list | tuple | np.ndarray) else [value]
-        feature = example.features.feature[name]
-        if all(isinstance(v, bytes | str) for v in values):
-            feature.bytes_list.value.extend(v.encode() if isinstance(v, str) else v for v in values)
-        elif all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
-            feature.int64_list.value.extend(int(v) for v in values)
-        else:
-            feature.float_list.value.extend(float(v) for v in values)
-    return example
+def _as_json(value: Any) -> Any:
+    """Features as the REST JSON carries them (numpy as lists, bytes as {"b64": ...}), so both clients
+    send the same tf.Example: the server's conversion (serving.codec.example_from_json) decides it."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | np.generic):
+        return _as_json(value.tolist())
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    return value

@@ -1,5 +1,6 @@
-"""The request path both front ends (REST, gRPC) share: check the request against the signature,
-run it (through the dynamic batcher, or on the thread pool), shape the result.
+"""The request path both front ends (REST, gRPC) share: find the servable, check the request against
+the signature, run it (through the dynamic batcher, or on the thread pool), shape the result, count it.
+Front ends reach models, metrics and config reloads only through this class.
 
 Model calls never run on the event loop: TF releases the GIL while a graph runs, so the loop keeps
 parsing and answering other requests meanwhile.
@@ -16,6 +17,7 @@ from serving import inference
 from serving.batching import Batcher, BatchingParameters
 from serving.manager import ModelManager
 from serving.metrics import Metrics
+from serving.model_config import ModelServerConfig
 from serving.servable import Servable, SignatureRunner, Tensors
 
 
@@ -27,6 +29,22 @@ class ServingCore:
         self.check_method_names = check_method_names
         self._batcher = Batcher(batching, on_batch=self._record_batch) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The loaded version a request names (the latest when neither version nor label is given)."""
+        return self.manager.servable(name, version, label)
+
+    def reload_config(self, config: ModelServerConfig) -> None:
+        """Apply a new ModelServerConfig now (blocking: run it off the event loop)."""
+        self.manager.reload_config(config)
+
+    def record(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        """Count one answered request (status: a gRPC code name) and its latency."""
+        self.metrics.request(model, version, api, entrypoint, status, seconds)
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return self.metrics.render()
 
     def _record_batch(self, run: SignatureRunner, size: int, padded: int) -> None:
         self.metrics.batch(run.servable.name, run.servable.version, size, padded)

@@ -1,11 +1,16 @@
 """One exception tree for the server; each class knows its HTTP status and gRPC code.
 
 The mapping is TF Serving's (model_servers/http_server.cc ToHTTPStatusCode), so front ends
-never re-decide it: REST answers `http_status` with {"error": message}, gRPC aborts with `code`.
+never re-decide it: `as_serving_error` turns whatever a request raised into one of these, then
+REST answers `http_status` with {"error": message} and gRPC aborts with `code`.
 """
 from __future__ import annotations
 
+import logging
+
 import grpc
+
+log = logging.getLogger("serving")
 
 
 class ServingError(Exception):
@@ -16,10 +21,18 @@ class ServingError(Exception):
     def message(self) -> str:
         return str(self.args[0]) if self.args else ""
 
+    def status_string(self) -> str:
+        """absl::Status::ToString(), which TF Serving embeds in messages that wrap another error."""
+        return f"{self.code.name}: {self.message}"
+
 
 class InvalidArgument(ServingError):
     http_status = 400
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class CodecError(InvalidArgument):
+    """A request TF Serving's JSON codec refuses; the message is TF Serving's own wording."""
 
 
 class FailedPrecondition(ServingError):
@@ -75,3 +88,13 @@ _BY_CODE = {cls.code.value[0]: cls for cls in (
 def from_code(code: int, message: str) -> ServingError:
     """The error for a canonical status code number (TF's error codes are the same numbers)."""
     return _BY_CODE.get(code, Internal)(message)
+
+
+def as_serving_error(error: Exception, where: str) -> ServingError:
+    """What an exception raised while answering a request means for the client: a ServingError as it
+    is; anything else is a bug here, logged with its traceback (`where` names the request) and answered
+    INTERNAL."""
+    if isinstance(error, ServingError):
+        return error
+    log.error("%s failed", where, exc_info=error)
+    return Internal(f"Internal error: {type(error).__name__}: {error}")

@@ -28,17 +28,15 @@ from tensorflow_serving.apis import (
 
 from serving import inference
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, ServingError
-from serving.repository import check_server_config
+from serving.errors import InvalidArgument, as_serving_error
+from serving.model_config import check_server_config
+from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
-
-INT_MAX = 2**31 - 1  # TF Serving raises gRPC's message size limits to this
-
 
 def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
     """TF Serving's defaults plus --grpc_channel_arguments ("key=value,key=value")."""
-    options: dict[str, int | str] = {"grpc.max_send_message_length": INT_MAX,
-                                     "grpc.max_receive_message_length": INT_MAX}
+    options: dict[str, int | str] = {"grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+                                     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES}
     for item in filter(None, (part.strip() for part in channel_arguments.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -48,24 +46,21 @@ def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
 
 
 def _answer(api: str):
-    """Run an RPC method: time it, count it, turn a ServingError into the call's status."""
+    """Run an RPC method: time it, count it, turn any exception into the call's status."""
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self, request, context):
             started = time.perf_counter()
             call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": ""}
-
-            def record(status: str) -> None:
-                self.core.metrics.request(call["model"], call["version"], api, "GRPC", status,
-                                          time.perf_counter() - started)
-
             try:
                 response = await method(self, request, call)
-            except ServingError as e:
-                record(e.code.name)
-                await context.abort(e.code, e.message)
-            record("OK")
+            except Exception as e:  # every error becomes a status; the server keeps serving
+                error = as_serving_error(e, f"gRPC {method.__name__}")
+                self.core.record(call["model"], call["version"], api, "GRPC", error.code.name,
+                                 time.perf_counter() - started)
+                await context.abort(error.code, error.message)
+            self.core.record(call["model"], call["version"], api, "GRPC", "OK", time.perf_counter() - started)
             return response
 
         return wrapper
@@ -82,7 +77,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _servable(self, spec: model_pb2.ModelSpec, call: dict) -> Servable:
         choice = spec.WhichOneof("version_choice")
-        servable = self.core.manager.servable(
+        servable = self.core.servable(
             spec.name,
             version=spec.version.value if choice == "version" else None,
             label=spec.version_label if choice == "version_label" else None,
@@ -190,24 +185,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
         return self.core.status(spec.name, version)
 
+    @_answer("reload")
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
-                                        context) -> model_management_pb2.ReloadConfigResponse:
+                                        call: dict) -> model_management_pb2.ReloadConfigResponse:
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
-        response = model_management_pb2.ReloadConfigResponse()
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                                  "Only ModelConfigList is currently supported")
         try:
-            if request.config.WhichOneof("config") != "model_config_list":
-                raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                                      "Only ModelConfigList is currently supported")
-            try:
-                check_server_config(request.config, "ReloadConfigRequest")
-            except ValueError as e:
-                raise InvalidArgument(str(e)) from None
-            await asyncio.get_running_loop().run_in_executor(None, self.core.manager.reload_config, request.config)
-        except ServingError as e:
-            response.status.error_code = e.code.value[0]
-            response.status.error_message = e.message
-            await context.abort(e.code, e.message)
-        return response
+            check_server_config(request.config, "ReloadConfigRequest")
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        await asyncio.get_running_loop().run_in_executor(None, self.core.reload_config, request.config)
+        return model_management_pb2.ReloadConfigResponse()
 
 
 TYPED_FIELDS = {  # numpy dtype -> the TensorProto repeated field TF's AsProtoField fills

@@ -20,7 +20,8 @@ from tensorflow.core.protobuf.config_pb2 import ConfigProto
 from serving import warmup
 from serving.errors import InvalidArgument, NotFound, ServingError
 from serving.metrics import Metrics
-from serving.repository import ModelServerConfig, aspired_versions, list_versions
+import repository
+from serving.model_config import ModelServerConfig, aspired_versions
 from serving.servable import Servable
 
 log = logging.getLogger("serving")
@@ -105,7 +106,7 @@ class ModelManager:
                     for version in list(self._available[name]):
                         self._unload(name, version)
             for name, model in configured.items():
-                on_disk = list_versions(model.base_path)
+                on_disk = repository.versions(model.base_path)
                 wanted = aspired_versions(list(on_disk), model)
                 for version in sorted(wanted - set(self._available.get(name, {}))):
                     if self._should_try(name, version, on_disk[version]):

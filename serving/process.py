@@ -6,22 +6,16 @@ server, on 127.0.0.1 and a free port.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import requests
+from serving.client import RestClient, ServingClientError
+from serving.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_available(url: str, model: str, version: int | None = None, timeout_s: float = 60,
@@ -29,16 +23,17 @@ def wait_available(url: str, model: str, version: int | None = None, timeout_s: 
     """Poll a TF Serving-compatible server's REST status until `model` is AVAILABLE (any server:
     ours or tensorflow_model_server); `alive` says whether its process still runs."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"the server exited:\n{describe()}")
-        try:
-            states = requests.get(f"{url}/v1/models/{model}", timeout=2).json()["model_version_status"]
-            if any(s["state"] == "AVAILABLE" and version in (None, int(s["version"])) for s in states):
-                return
-        except (requests.ConnectionError, KeyError):
-            pass
-        time.sleep(0.1)
+    with RestClient(url, timeout_s=2) as client:
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError(f"the server exited:\n{describe()}")
+            try:
+                states = client.status(model)
+                if any(s["state"] == "AVAILABLE" and version in (None, int(s["version"])) for s in states):
+                    return
+            except (ServingClientError, OSError):  # not started yet, or the model not loaded yet
+                pass
+            time.sleep(0.1)
     raise TimeoutError(f"{model} was not AVAILABLE after {timeout_s}s:\n{describe()}")
 
 

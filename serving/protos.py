@@ -1,4 +1,5 @@
-"""TF Serving config messages that the tensorflow-serving-api wheel does not ship.
+"""TF Serving's protocol pieces the tensorflow-serving-api wheel does not give: two config messages,
+and the gRPC message size limit.
 
 The wheel has apis/ and config/model_server_config, but not monitoring_config.proto nor
 servables/tensorflow/session_bundle_config.proto (BatchingParameters). They are rebuilt here with
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving raises gRPC's send/receive limits (4 MiB by default) to this
 _FIELD = descriptor_pb2.FieldDescriptorProto
 
 

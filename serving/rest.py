@@ -9,7 +9,6 @@ status TF Serving maps the error's code to.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from urllib.parse import unquote_to_bytes
@@ -20,10 +19,8 @@ from google.protobuf import json_format
 
 from serving import codec, inference
 from serving.core import ServingCore
-from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError
+from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, as_serving_error
 from serving.servable import Servable
-
-log = logging.getLogger("serving")
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
 PREDICTION_PATH = re.compile(
@@ -58,29 +55,19 @@ class RestApi:
     async def handle(self, request: BaseRequest) -> web.Response:
         path = request.rel_url.raw_path
         if self.metrics_path is not None and path == self.metrics_path:
-            return web.Response(body=self.core.metrics.render(), content_type="text/plain")
+            return web.Response(body=self.core.metrics_text(), content_type="text/plain")
         if not API_PATH.fullmatch(path):
             return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
         started = time.perf_counter()
         call = Call(request.method, path)
         try:
             body = await self._read_body(request)
-            if request.method == "OPTIONS":
-                answer = self._preflight(request)
-            else:
-                answer = await asyncio.wait_for(self._dispatch(call, body), self.timeout_s)
+            answer = self._preflight(request) if request.method == "OPTIONS" else await self._answer(call, body)
             status = 200
-        except ServingError as e:
-            answer, status, call.status = codec.format_error_response(e.message), e.http_status, e.code.name
-        except asyncio.TimeoutError:
-            e = DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
-                                 f"(--rest_api_timeout_in_ms)")
-            answer, status, call.status = codec.format_error_response(e.message), e.http_status, e.code.name
-        except Exception as e:  # a bug: answer 500 and keep serving
-            log.exception("REST request %s %s failed", request.method, path)
-            answer, status, call.status = codec.format_error_response(f"Internal error: {type(e).__name__}: {e}"), 500, "INTERNAL"
-        self.core.metrics.request(call.model, call.version, call.api, "REST", call.status,
-                                  time.perf_counter() - started)
+        except Exception as e:  # every error becomes an answer; the server keeps serving
+            error = as_serving_error(e, f"REST {request.method} {path}")
+            answer, status, call.status = codec.format_error_response(error.message), error.http_status, error.code.name
+        self.core.record(call.model, call.version, call.api, "REST", call.status, time.perf_counter() - started)
         headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
         return web.Response(body=answer, status=status, headers=headers)
 
@@ -91,6 +78,13 @@ class RestApi:
             raise ResourceExhausted(
                 f"Request body is larger than the limit of {self.max_body_bytes} bytes (--rest_api_max_body_bytes)"
             ) from None
+
+    async def _answer(self, call: Call, body: bytes) -> bytes:
+        try:
+            return await asyncio.wait_for(self._dispatch(call, body), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
+                                   f"(--rest_api_timeout_in_ms)") from None
 
     def _preflight(self, request: BaseRequest) -> bytes:
         if re.search(r"https?://", request.headers.get("Origin", "")):
@@ -119,7 +113,7 @@ class RestApi:
             call.model = name
             if subresource == "metadata":
                 call.api = "metadata"
-                return self._metadata(self.core.manager.servable(name, version, label))
+                return self._metadata(self.core.servable(name, version, label))
             call.api = "status"
             return self._status(name, version)
         raise malformed
@@ -145,7 +139,7 @@ class RestApi:
 
     def _servable(self, call: Call, name: str, version: int | None, label: str | None) -> Servable:
         call.model = name
-        servable = self.core.manager.servable(name, version, label)
+        servable = self.core.servable(name, version, label)
         call.version = str(servable.version)
         return servable
 

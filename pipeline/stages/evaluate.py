@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tf_keras as keras
 
+from pipeline.artifacts import CONFUSION, read_schema, read_split
 from pipeline.errors import StageError
 
 
@@ -28,24 +28,26 @@ OUTPUTS = ("evaluation",)
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    schema = json.loads((inputs["schema"] / "schema.json").read_text())
-    test = np.load(inputs["dataset"] / "test.npz")
+    import tf_keras as keras
+
+    schema = read_schema(inputs["schema"])
+    test = read_split(inputs["dataset"], "test")
     model = keras.models.load_model(inputs["model"] / "model.keras")
-    predictions = model.predict(test["x"], batch_size=256, verbose=0)
+    predictions = model.predict(test.x, batch_size=256, verbose=0)
     (out / "evaluation").mkdir()
     if schema["task"] == "classification":
-        metrics = _classification(predictions, test["y"], schema["classes"], out / "evaluation")
+        metrics = _classification(predictions, test.y, schema["classes"], out)
         if metrics["accuracy"] < cfg.evaluate.min_accuracy:
             raise StageError(
-                f"test accuracy {metrics['accuracy']:.4f} on {len(test['y'])} rows is below the gate "
+                f"test accuracy {metrics['accuracy']:.4f} on {len(test.y)} rows is below the gate "
                 f"evaluate.min_accuracy={cfg.evaluate.min_accuracy}. Train longer (train.epochs), "
                 f"change the model, or lower the gate."
             )
     else:
-        metrics = _regression(predictions[:, 0], test["y"])
+        metrics = _regression(predictions[:, 0], test.y)
         if cfg.evaluate.max_mae is not None and metrics["mae"] > cfg.evaluate.max_mae:
             raise StageError(
-                f"test MAE {metrics['mae']:.4f} on {len(test['y'])} rows is above the gate "
+                f"test MAE {metrics['mae']:.4f} on {len(test.y)} rows is above the gate "
                 f"evaluate.max_mae={cfg.evaluate.max_mae}."
             )
     (out / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -58,7 +60,7 @@ def _classification(probabilities: np.ndarray, y: np.ndarray, classes: list[str]
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
-    (out / "confusion_matrix.json").write_text(json.dumps({"classes": classes, "matrix": confusion.tolist()}))
+    CONFUSION.in_output(out).write_text(json.dumps({"classes": classes, "matrix": confusion.tolist()}))
     print("evaluate: confusion matrix (rows = true class, columns = predicted)")
     print("      " + " ".join(f"{c:>4}" for c in classes))
     for name, row in zip(classes, confusion):

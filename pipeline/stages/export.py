@@ -1,9 +1,8 @@
-"""Export the trained model as a SavedModel with TF Serving's signatures.
+"""Export the selected model as a SavedModel with TF Serving's signatures (pipeline.saved_model).
 
-The model is the one the compress stage selected (the trained one when compression is off).
-`serving_default` (predict) takes flat float32 rows `x`. Classifiers also get `classify` and
-regressors `regress`, which take serialized tf.Example protos with one float feature `x` (that is
-what TF Serving's Classify and Regress APIs send), with TF Serving's method names.
+The model is the one the compress stage selected (the trained one when compression is off). Its
+.tflite files go beside it in assets.extra/ for edge use; `sample_request.json` is a predict
+body for `curl -d @...`.
 """
 from __future__ import annotations
 
@@ -12,16 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-import tf_keras as keras
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-from pipeline.compression import tfmot_scope
-
-INPUT = "x"  # the feature name in predict requests and in tf.Example features
-METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+import repository
+from pipeline.artifacts import SAMPLE_REQUEST, SIGNATURES, read_schema
 
 
 @dataclass(frozen=True)
@@ -35,99 +26,22 @@ OUTPUTS = ("saved_model",)
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    schema = json.loads((inputs["schema"] / "schema.json").read_text())
+    import tf_keras as keras
+
+    from pipeline import saved_model
+    from pipeline.compression.variants import tfmot_scope
+
+    schema = read_schema(inputs["schema"])
     with tfmot_scope():  # a QAT variant keeps its quantization wrappers
         model = keras.models.load_model(inputs["compressed"] / "model.keras")
-    n = len(schema["features"])
-    signatures = {"serving_default": _predict_fn(model, n, schema)}
-    if schema["task"] == "classification":
-        signatures["classify"] = _classify_fn(model, n, schema["classes"])
-    else:
-        signatures["regress"] = _regress_fn(model, n)
     path = out / "saved_model"
-    model.save(str(path), save_format="tf", signatures=signatures)  # with Keras metadata: warm starts load it
-    _set_method_names(path)
-    if cfg.export.warmup:
-        _write_warmup(path, np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32))
+    saved_model.save(model, schema, path, cfg.export.warmup)
     for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
         (path / "assets.extra").mkdir(exist_ok=True)
         shutil.copy(tflite, path / "assets.extra" / tflite.name)
-    described = describe_signatures(path)
-    (out / "signatures.json").write_text(json.dumps(described, indent=2))
+    described = repository.signatures(path)
+    SIGNATURES.in_output(out).write_text(json.dumps(described, indent=2))
     means = [round(f["mean"], 3) for f in schema["features"]]
-    (out / "sample_request.json").write_text(json.dumps({"instances": [means]}))  # for curl -d @...
+    SAMPLE_REQUEST.in_output(out).write_text(json.dumps({"instances": [means]}))  # for curl -d @...
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"saved_model_bytes": size, "signatures": described}
-
-
-def _predict_fn(model, n_features: int, schema: dict):
-    @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=INPUT)])
-    def predict(x):
-        y = model(x, training=False)
-        if schema["task"] == "classification":
-            return {"probabilities": y, "class_id": tf.argmax(y, axis=-1)}
-        return {"value": tf.squeeze(y, axis=-1)}
-
-    return predict
-
-
-def _parse(serialized, n_features: int):
-    spec = {INPUT: tf.io.FixedLenFeature([n_features], tf.float32)}
-    return tf.io.parse_example(serialized, spec)[INPUT]
-
-
-def _classify_fn(model, n_features: int, classes: list[str]):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def classify(inputs):
-        scores = model(_parse(inputs, n_features), training=False)
-        names = tf.broadcast_to(tf.constant(classes), tf.shape(scores))
-        return {"classes": names, "scores": scores}
-
-    return classify
-
-
-def _regress_fn(model, n_features: int):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def regress(inputs):
-        return {"outputs": tf.squeeze(model(_parse(inputs, n_features), training=False), axis=-1)}
-
-    return regress
-
-
-def _set_method_names(path: Path) -> None:
-    """TF2's saver marks every signature as predict; TF Serving's Classify/Regress check this."""
-    pb = path / "saved_model.pb"
-    saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
-    for meta_graph in saved.meta_graphs:
-        for key, method in METHOD_NAMES.items():
-            if key in meta_graph.signature_def:
-                meta_graph.signature_def[key].method_name = method
-    pb.write_bytes(saved.SerializeToString())
-
-
-def _write_warmup(path: Path, rows: np.ndarray) -> None:
-    """One predict request in TF Serving's warmup format, so the first real request is not slow."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.signature_name = "serving_default"
-    request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(rows))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    (path / "assets.extra").mkdir(exist_ok=True)
-    with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
-        writer.write(log.SerializeToString())
-
-
-def describe_signatures(path: Path) -> dict:
-    """Inputs and outputs (dtype, shape) of every signature, as written to the manifest."""
-    saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-    return {
-        key: {"method": sig.method_name, "inputs": _tensors(sig.inputs), "outputs": _tensors(sig.outputs)}
-        for key, sig in saved.meta_graphs[0].signature_def.items()
-        if not key.startswith("__")
-    }
-
-
-def _tensors(infos) -> dict:
-    return {
-        name: {"dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": [d.size for d in info.tensor_shape.dim]}
-        for name, info in infos.items()
-    }

@@ -14,9 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline.artifacts import SPLITS
 from pipeline.errors import StageError
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Config:
         return found
 
 
-CONFIG = ("data",)
+CONFIG = ("seed", "data")
 INPUTS = ()
 OUTPUTS = ("examples",)
 

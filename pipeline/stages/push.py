@@ -8,19 +8,14 @@ answer one predict request before the stage succeeds.
 """
 from __future__ import annotations
 
-import errno
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import repository
+from pipeline.artifacts import PUSHED
 from pipeline.errors import StageError
-from serving.client import RestClient, ServingClientError
-from serving.process import ServerProcess
-from serving.repository import model_name_problem
 
 
 @dataclass(frozen=True)
@@ -29,7 +24,7 @@ class Config:
     model_name: str = "digits"
 
     def problems(self) -> list[str]:
-        problem = model_name_problem(self.model_name)
+        problem = repository.name_problem(self.model_name)
         return [f"model_name: {problem}"] if problem else []
 
 
@@ -42,24 +37,28 @@ class ServeConfig:
         return [] if self.timeout_s > 0 else [f"timeout_s: expected a positive number, received {self.timeout_s}."]
 
 
-CONFIG = ("push", "serve")
+CONFIG = ("push", "serve.smoke")
+RUNTIME = ("serve.timeout_s",)
 INPUTS = ("saved_model",)
 OUTPUTS = ()
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     model_dir = Path(cfg.push.repository) / cfg.push.model_name
-    version, path = publish(inputs["saved_model"], model_dir)
+    version, path = repository.publish(inputs["saved_model"], model_dir)
     print(f"push: published {path}")
     result = {"version": version, "path": str(path.resolve())}
     if cfg.serve.smoke:
         result["smoke_latency_ms"] = smoke_test(cfg.push.model_name, model_dir, version, cfg.serve.timeout_s, out)
-    (out / "pushed.json").write_text(json.dumps(result))
+    PUSHED.in_output(out).write_text(json.dumps(result))
     return result
 
 
 def smoke_test(model_name: str, model_dir: Path, version: int, timeout_s: float, out: Path) -> float:
     """Serve `version` with the embedded server and predict on one all-zeros row; returns the ms."""
+    from serving.client import RestClient, ServingClientError
+    from serving.process import ServerProcess
+
     server = ServerProcess(f"--model_name={model_name}", f"--model_base_path={model_dir.resolve()}", "--port=0",
                            "--file_system_poll_wait_seconds=0", log_dir=out)
     try:
@@ -78,29 +77,3 @@ def smoke_test(model_name: str, model_dir: Path, version: int, timeout_s: float,
         raise StageError(f"serve.smoke: expected 1 prediction for 1 row, received {len(predictions)}.")
     print(f"push: smoke test passed, version {version} answered in {latency_ms:.1f} ms")
     return round(latency_ms, 2)
-
-
-def versions(model_dir: Path) -> list[int]:
-    """Integer-named children, as TF Serving reads them (anything else is ignored)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-
-
-def publish(saved_model: Path, model_dir: Path) -> tuple[int, Path]:
-    """Copy `saved_model` in as the next version; safe against concurrent publishers."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / f".tmp-{uuid.uuid4().hex}"
-    try:
-        shutil.copytree(saved_model, staging)
-        while True:
-            version = max(versions(model_dir), default=0) + 1
-            target = model_dir / str(version)
-            try:
-                os.rename(staging, target)
-                return version, target
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -11,15 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
+from pipeline.artifacts import data_spec, read_schema, read_split
 
-from models import build_model
-from pipeline.distribute import in_process_strategy, make_dataset
-from pipeline.keras_tuner_compat import keras_tuner
-from pipeline.stages.train import data_spec, fit_settings
-
-ALGORITHMS = {"random": keras_tuner.RandomSearch, "hyperband": keras_tuner.Hyperband,
-              "bayesian": keras_tuner.BayesianOptimization}
 MODEL_KEYS = ("width", "depth", "dropout")
 
 
@@ -42,7 +35,7 @@ class Config:
         return found
 
 
-CONFIG = ("tune", "model", "train")
+CONFIG = ("seed", "tune", "model", "train.learning_rate", "train.batch_size", "train.strategy")
 INPUTS = ("dataset", "schema")
 OUTPUTS = ("hyperparameters",)
 
@@ -53,9 +46,14 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     if cfg.tune.algorithm == "none":
         best_file.write_text("{}")
         return {"trials": 0}
-    schema = json.loads((inputs["schema"] / "schema.json").read_text())
+    from models import build_model
+    from models.fit import fit_settings
+    from pipeline.training.distribute import in_process_strategy, make_dataset
+    from pipeline.training.keras_tuner_compat import keras_tuner
+
+    schema = read_schema(inputs["schema"])
     spec = data_spec(schema)
-    train, val = (np.load(inputs["dataset"] / f"{split}.npz") for split in ("train", "val"))
+    train, val = (read_split(inputs["dataset"], split) for split in ("train", "val"))
     space = {k: list(getattr(cfg.tune, k)) for k in ("learning_rate", *MODEL_KEYS) if getattr(cfg.tune, k)}
 
     def build(hp):
@@ -66,12 +64,14 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         return model
 
     objective = "val_accuracy" if schema["task"] == "classification" else "val_loss"
-    algorithm = ALGORITHMS[cfg.tune.algorithm]
+    algorithms = {"random": keras_tuner.RandomSearch, "hyperband": keras_tuner.Hyperband,
+                  "bayesian": keras_tuner.BayesianOptimization}
     budget = {"max_epochs": cfg.tune.epochs} if cfg.tune.algorithm == "hyperband" else {"max_trials": cfg.tune.max_trials}
-    tuner = algorithm(build, objective=objective, seed=cfg.seed, directory=str(out / "tuner"), project_name="search",
-                      distribution_strategy=in_process_strategy(cfg.train.strategy), **budget)
-    tuner.search(make_dataset(train["x"], train["y"], cfg.train.batch_size, shuffle_seed=cfg.seed),
-                 validation_data=make_dataset(val["x"], val["y"], cfg.train.batch_size),
+    tuner = algorithms[cfg.tune.algorithm](build, objective=objective, seed=cfg.seed, directory=str(out / "tuner"),
+                                           project_name="search",
+                                           distribution_strategy=in_process_strategy(cfg.train.strategy), **budget)
+    tuner.search(make_dataset(train.x, train.y, cfg.train.batch_size, shuffle_seed=cfg.seed),
+                 validation_data=make_dataset(val.x, val.y, cfg.train.batch_size),
                  epochs=cfg.tune.epochs, verbose=0)
     trials = [{"hyperparameters": t.hyperparameters.values, "score": t.score}
               for t in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials))]

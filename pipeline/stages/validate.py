@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts import SPLITS, write_schema, write_split
 from pipeline.errors import StageError
-from pipeline.stages.ingest import SPLITS
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,8 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     dataset = out / "dataset"
     dataset.mkdir(parents=True)
     for i, name in enumerate(SPLITS):
-        np.savez(dataset / f"{name}.npz", x=x[split == i], y=y[split == i])
-    schema = _schema(meta, x[split == 0], raw["x"], classes, y, split, int(rejected.sum()))
-    (out / "schema").mkdir()
-    (out / "schema" / "schema.json").write_text(json.dumps(schema, indent=2))
+        write_split(dataset, name, x[split == i], y[split == i])
+    write_schema(out / "schema", _schema(meta, x[split == 0], raw["x"], classes, y, split, int(rejected.sum())))
     print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
     return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
 

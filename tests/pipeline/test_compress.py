@@ -1,15 +1,16 @@
 """The compress stage on digits with tiny fine-tuning: every variant, measured honestly, a gate."""
 import json
 import warnings
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tf_keras as keras
 
 from models import DataSpec, ModelConfig, build_model
-from pipeline import compression, variant_metrics
-from pipeline.config import ConfigError, load_config
+from pipeline.compression import VARIANTS, tflite
+from pipeline.compression import variants as tfmot_variants
+from pipeline.config import ConfigError, load_config, stage_view
 from pipeline.errors import StageError
 from pipeline.runner import Runner
 from pipeline.stages import compress
@@ -30,10 +31,9 @@ def trained(tmp_path_factory):
 
 def run_compress(trained, tmp_path, **overrides):
     cfg, inputs = trained
-    settings = dict(variants=compress.VARIANTS, tflite=("float", "int8"), fine_tune_epochs=3, student_width=8,
-                    max_accuracy_drop=0.1)  # three fine-tuning epochs: the gate's logic, not the accuracy, is tested
-    view = SimpleNamespace(seed=cfg.seed, model=cfg.model, train=cfg.train,
-                           compress=compress.Config(**{**settings, **overrides}))
+    settings = dict(variants=VARIANTS, tflite=("float", "int8"), fine_tune_epochs=3, student_width=8,
+                    distill_epochs=8, max_accuracy_drop=0.1)  # few epochs: the gate's logic, not the accuracy, is tested
+    view = stage_view(replace(cfg, compress=compress.Config(**{**settings, **overrides})), compress)
     out = tmp_path / "out"
     out.mkdir()
     metrics = compress.run(view, inputs, out)
@@ -44,7 +44,7 @@ def test_every_variant_is_produced_measured_and_the_smallest_within_the_gate_sel
     metrics, report, out = run_compress(trained, tmp_path)
     variants = report["variants"]
     assert report["baseline"] == "baseline"
-    for name in ("baseline", *compress.VARIANTS):
+    for name in ("baseline", *VARIANTS):
         assert variants[name]["format"] == "keras" and variants[name]["savedmodel_gzip_bytes"] > 0
     for name in ("baseline+float", "baseline+int8", "pruned+int8", "qat+int8", "pqat+int8", "cluster+int8",
                  "distilled+int8"):
@@ -76,8 +76,8 @@ def test_int8_tflite_runs_in_litert_and_agrees_with_the_float_model(trained):
     model = keras.models.load_model(inputs["model"] / "model.keras")
     train = np.load(inputs["dataset"] / "train.npz")
     test = np.load(inputs["dataset"] / "test.npz")
-    int8 = compression.to_tflite(model, "int8", train["x"][:100])
-    agree = (variant_metrics.tflite_predictions(int8, test["x"]).argmax(1) ==
+    int8 = tflite.to_tflite(model, "int8", train["x"][:100])
+    agree = (tflite.tflite_predictions(int8, test["x"]).argmax(1) ==
              model.predict(test["x"], verbose=0).argmax(1)).mean()
     assert agree >= 0.95
 
@@ -92,19 +92,19 @@ def test_unsupported_layers_are_named_and_a_model_with_none_supported_is_refused
     rnn = build_model(ModelConfig(name="rnn", width=4, depth=1), spec)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compression.quantize_aware(rnn)
+        tfmot_variants.quantize_aware(rnn)
     assert any("lstm" in str(w.message) and "(LSTM)" in str(w.message) for w in caught)
     inputs = keras.Input((4,))
     only_normalization = keras.Model(inputs, keras.layers.Normalization(mean=0.0, variance=1.0)(inputs))
-    with pytest.raises(compression.NothingToCompress, match="has no layer it can handle; it handles Dense, Conv2D"):
-        compression.prune(only_normalization, 0.5, steps=10)
+    with pytest.raises(tfmot_variants.NothingToCompress, match="has no layer it can handle; it handles Dense, Conv2D"):
+        tfmot_variants.prune(only_normalization, 0.5, steps=10)
 
 
 def test_representative_rows_of_the_wrong_shape_are_explained():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
     with pytest.raises(ValueError, match=r"representative rows shaped \[n, 4\].*received \[10, 3\]"):
-        compression.to_tflite(model, "int8", np.zeros((10, 3), np.float32))
+        tflite.to_tflite(model, "int8", np.zeros((10, 3), np.float32))
 
 
 def test_bad_compress_config_names_the_key():

@@ -81,3 +81,13 @@ def test_unreadable_and_malformed_files(tmp_path):
 
 def test_config_names_resolve_to_bundled_files():
     assert load_config("digits").model.name == "cnn"
+
+
+def test_checking_a_config_imports_no_tensorflow():
+    """`--help`, `--list` and config errors answer in well under a second: TensorFlow loads when a stage runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.run, pipeline.config; print(sorted({'tensorflow', 'tf_keras'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

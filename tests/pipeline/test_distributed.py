@@ -9,16 +9,14 @@ import re
 import signal
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from models import ModelConfig
-from pipeline import launcher
-from pipeline.config import ConfigError, load_config
-from pipeline.distribute import is_chief, parse_tf_config
+from pipeline.config import ConfigError, load_config, stage_view
 from pipeline.errors import StageError
 from pipeline.stages import train
+from pipeline.training import launcher
+from pipeline.training.distribute import is_chief, parse_tf_config
 from tests.pipeline_cli import pipeline_command, pipeline_env, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +102,7 @@ def test_worker_0_is_chief_only_without_a_chief_job():
 
 def test_the_stage_reports_a_bad_tf_config_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
-    cfg = SimpleNamespace(seed=1, model=ModelConfig(), train=train.Config(strategy="multi_worker"),
-                          push=load_config().push)
+    cfg = stage_view(load_config(None, ["train.strategy=multi_worker"]), train)
     untuned = tmp_path / "hyperparameters"
     untuned.mkdir()
     (untuned / "best.json").write_text("{}")

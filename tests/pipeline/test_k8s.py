@@ -55,7 +55,7 @@ def test_tfjob_parameter_server_runs_the_pipeline_on_the_chief_only(capsys):
     assert {kind: r["replicas"] for kind, r in replicas.items()} == {"Chief": 1, "Worker": 2, "PS": 2}
     commands = {kind: r["template"]["spec"]["containers"][0]["command"] for kind, r in replicas.items()}
     assert commands["Chief"][:3] == ["python", "-m", "pipeline.run"]
-    assert commands["Worker"] == commands["PS"] == ["python", "-m", "pipeline.launcher", "server"]
+    assert commands["Worker"] == commands["PS"] == ["python", "-m", "pipeline.training.launcher", "server"]
 
 
 def test_bad_requests_exit_2_naming_the_problem(capsys):

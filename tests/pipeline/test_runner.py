@@ -1,12 +1,21 @@
 """The runner: cache keys, cache hits, atomic failure, --resume and --force (on the fast stages)."""
 import csv
+import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.runner import Runner, StageFailed, project_sources
-from pipeline.stages import train, validate
+from pipeline.config import keyed, load_config, stage_view
+from pipeline.errors import CommandLineError, StageError, StageFailed
+from pipeline.runner import Runner, project_sources
+from pipeline.stages import STAGES, train, validate
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(tmp_path, *overrides):
@@ -29,7 +38,10 @@ def test_a_second_identical_run_is_fully_cached(tmp_path):
 def test_changing_a_train_key_keeps_the_data_stages_cached(tmp_path):
     Runner(config(tmp_path)).run("validate", log=lambda _: None)
     plan = states(Runner(config(tmp_path, "train.epochs=1")), "train")
-    assert plan == {"ingest": "cached", "validate": "cached", "tune": "will", "train": "will"}  # tune reads train.*
+    assert plan == {"ingest": "cached", "validate": "cached", "tune": "will", "train": "will"}  # tune never ran
+    Runner(config(tmp_path)).run("tune", log=lambda _: None)
+    plan = states(Runner(config(tmp_path, "train.epochs=1")), "train")
+    assert plan == {"ingest": "cached", "validate": "cached", "tune": "cached", "train": "will"}  # tune reads no epochs
     plan = states(Runner(config(tmp_path, "data.val_fraction=0.2")), "validate")
     assert plan == {"ingest": "will", "validate": "will"}
     plan = states(Runner(config(tmp_path, "seed=7")), "validate")
@@ -37,9 +49,68 @@ def test_changing_a_train_key_keeps_the_data_stages_cached(tmp_path):
 
 
 def test_code_fingerprint_follows_project_imports():
-    assert {"pipeline.stages.train", "models.cnn", "models.common", "pipeline.distribute"} <= set(project_sources(train))
+    assert {"pipeline.stages.train", "pipeline.training.fit", "models.cnn", "models.layers",
+            "pipeline.training.distribute"} <= set(project_sources(train))
     assert "models.cnn" not in project_sources(validate)
-    assert "pipeline.stages.ingest" in project_sources(validate)
+    assert "pipeline.artifacts" in project_sources(validate)
+
+
+def test_no_stage_imports_another_stage():
+    for name, stage in STAGES.items():
+        others = {f"pipeline.stages.{other}" for other in STAGES if other != name}
+        assert not others & set(project_sources(stage)), name
+
+
+FINGERPRINT = "from pipeline.runner import code_fingerprint; from pipeline.stages import train; print(code_fingerprint(train))"
+
+
+def test_editing_serving_code_keeps_train_cached_and_editing_a_model_does_not(tmp_path):
+    for package in ("pipeline", "models", "serving", "repository"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def fingerprint() -> str:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+        return subprocess.run([sys.executable, "-c", FINGERPRINT], env=env, cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    before = fingerprint()
+    for module in ("serving/client.py", "serving/rest.py", "serving/process.py", "serving/codec/response.py",
+                   "pipeline/stages/push.py", "pipeline/report.py"):
+        with (tmp_path / module).open("a") as f:
+            f.write("\n# edited\n")
+    assert fingerprint() == before
+    with (tmp_path / "models" / "cnn.py").open("a") as f:
+        f.write("\n# edited\n")
+    assert fingerprint() != before
+
+
+def test_push_settings_and_display_settings_do_not_retrain(tmp_path):
+    Runner(config(tmp_path, "train.epochs=1")).run("train", log=lambda _: None)
+    for change in ("push.model_name=other", "push.repository=elsewhere", "train.verbose=0", "serve.timeout_s=5"):
+        assert states(Runner(config(tmp_path, "train.epochs=1", change)), "train")["train"] == "cached", change
+    assert states(Runner(config(tmp_path, "train.epochs=2")), "train")["train"] == "will"
+
+
+def test_init_from_keys_train_on_the_version_it_resolves_to(tmp_path):
+    base = tmp_path / "repo" / "digits" / "1"
+    base.mkdir(parents=True)
+    (base / "saved_model.pb").write_bytes(b"one")
+    (base / "keras_metadata.pb").write_bytes(b"one")
+    cfg = config(tmp_path, f"push.repository={tmp_path / 'repo'}", "train.init_from=latest")
+    view = stage_view(cfg, train)
+    assert view.train.init_from == str(base.resolve())
+    assert "push" not in keyed(view)
+    with pytest.raises(StageError, match="train.init_from=latest: .* holds no version"):
+        stage_view(config(tmp_path, f"push.repository={tmp_path / 'empty'}", "train.init_from=latest"), train)
+
+
+def test_a_stage_sees_only_the_fields_it_declares():
+    view = stage_view(load_config(), validate)
+    assert view.validate.max_reject_fraction == 0.05
+    with pytest.raises(AttributeError):
+        view.train  # noqa: B018
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.validate.max_reject_fraction = 1
 
 
 def test_force_reruns_and_identical_output_keeps_downstream_cached(tmp_path):
@@ -76,5 +147,5 @@ def test_resume_continues_after_the_last_completed_stage(tmp_path):
 
 
 def test_unknown_stage_names_are_rejected():
-    with pytest.raises(ValueError, match="--force 'trian': unknown stage"):
+    with pytest.raises(CommandLineError, match="--force 'trian': unknown stage"):
         Runner(load_config(), force=("trian",))

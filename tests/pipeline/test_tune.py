@@ -1,10 +1,10 @@
 """The tune stage: keras-tuner over the declared space, best values into train's input."""
 import json
-from types import SimpleNamespace
+from dataclasses import replace
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, stage_view
 from pipeline.runner import Runner
 from pipeline.stages import train, tune
 
@@ -21,8 +21,8 @@ def data(tmp_path_factory):
 @pytest.mark.slow
 def test_random_search_picks_the_clearly_better_learning_rate(data, tmp_path):
     cfg, inputs = data
-    view = SimpleNamespace(seed=cfg.seed, model=cfg.model, train=cfg.train,
-                           tune=tune.Config(algorithm="random", max_trials=2, epochs=2, learning_rate=(1e-6, 3e-3)))
+    view = stage_view(replace(cfg, tune=tune.Config(algorithm="random", max_trials=2, epochs=2,
+                                                    learning_rate=(1e-6, 3e-3))), tune)
     metrics = tune.run(view, inputs, tmp_path)
     best = json.loads((tmp_path / "hyperparameters" / "best.json").read_text())
     assert best == {"learning_rate": 3e-3}
@@ -33,16 +33,15 @@ def test_random_search_picks_the_clearly_better_learning_rate(data, tmp_path):
 
 def test_without_a_search_train_sees_no_overrides(data, tmp_path):
     cfg, inputs = data
-    view = SimpleNamespace(seed=cfg.seed, model=cfg.model, train=cfg.train, tune=tune.Config())
-    assert tune.run(view, inputs, tmp_path) == {"trials": 0}
-    tuned = train.with_tuned(view, tmp_path / "hyperparameters")
-    assert tuned.model == cfg.model and tuned.train == cfg.train
+    assert tune.run(stage_view(replace(cfg, tune=tune.Config()), tune), inputs, tmp_path) == {"trials": 0}
+    view = stage_view(cfg, train)
+    assert train.with_tuned(view, tmp_path / "hyperparameters") == view
 
 
 def test_tuned_values_override_the_model_and_train_config(tmp_path):
     (tmp_path / "best.json").write_text('{"learning_rate": 0.01, "width": 8}')
     cfg = load_config()
-    tuned = train.with_tuned(SimpleNamespace(seed=1, model=cfg.model, train=cfg.train), tmp_path)
+    tuned = train.with_tuned(stage_view(cfg, train), tmp_path)
     assert tuned.train.learning_rate == 0.01 and tuned.model.width == 8 and tuned.model.depth == cfg.model.depth
 
 

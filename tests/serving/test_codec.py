@@ -13,7 +13,8 @@ import tensorflow as tf
 import pytest
 
 from serving import codec
-from serving.codec import COLUMNAR_FORMAT, ROW_FORMAT, CodecError
+from serving.codec import COLUMNAR_FORMAT, ROW_FORMAT, CodecError, floats, request, response
+from serving.errors import Unimplemented
 
 F32, F64, I32, I64, U32, STR, BOOL = np.float32, np.float64, np.int32, np.int64, np.uint32, object, np.bool_
 
@@ -252,7 +253,7 @@ def test_parse_predict_request_errors(case, inputs, body, message):
 
 
 def test_unsupported_input_dtype_is_unimplemented():
-    with pytest.raises(CodecError) as error:
+    with pytest.raises(Unimplemented) as error:
         parse(b'{"inputs": [1.0]}', specs(x=np.float16))
     assert str(error.value) == "Conversion of JSON Value: 1.0 to type: half"
     assert error.value.code.name == "UNIMPLEMENTED" and error.value.http_status == 501
@@ -282,11 +283,11 @@ FAST_PATH_VALUES = [
 @pytest.mark.parametrize("dtype, value", FAST_PATH_VALUES)
 def test_fast_path_matches_exact_walk(dtype, value):
     dtype = np.dtype(dtype)
-    shape = codec._dense_shape(value)
+    shape = request._dense_shape(value)
     for booleans in (True, False):
-        fast = codec._fast_tensor(value, dtype, booleans)
+        fast = request._fast_tensor(value, dtype, booleans)
         assert fast is not None
-        assert_same_tensor(fast, codec._to_array(codec._leaf_values(value, shape, dtype), shape, dtype))
+        assert_same_tensor(fast, request._to_array(request._leaf_values(value, shape, dtype), shape, dtype))
 
 
 @pytest.mark.parametrize("body", [b'{"instances": [[1.5, true]]}', b'{"inputs": [false, 2.0]}',
@@ -490,7 +491,7 @@ def test_float_text(dtype, value, text):
     array = tensor([value], dtype)
     expected = b'{\n    "outputs": [\n        ' + text.encode() + b"\n    ]\n}"
     assert codec.format_predict_response({"x": array}, COLUMNAR_FORMAT) == expected
-    exact = codec._float32_token if dtype is F32 else codec._float64_token
+    exact = floats.float32_token if dtype is F32 else floats.float64_token
     assert exact(float(array[0])) == text.encode()
 
 
@@ -500,7 +501,7 @@ def test_vectorised_float32_text_matches_exact_path(seed):
     bits = rng.integers(0, 2**32, 3000, dtype=np.uint64).astype(np.uint32)
     values = np.concatenate([bits.view(np.float32), rng.random(1000).astype(np.float32),
                              np.float32(10.0) ** rng.integers(-45, 39, 500).astype(np.float32)])
-    assert codec._tokens("x", values, 0) == [codec._float32_token(float(v)) for v in values]
+    assert response._tokens("x", values, 0) == [floats.float32_token(float(v)) for v in values]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_service import server_options
 from serving.inference import serialized_examples
-from serving.process import ServerProcess, free_port
+from serving.ports import free_port
+from serving.process import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,10 @@ def server(tmp_path_factory, half_plus_two_base, digits):
     copy_version(half_plus_two_base, 123, work / "hpt" / "123")
     labels = 'version_labels { key: "stable" value: 123 }'
     config = write_config(work / "models.config", [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
+    (work / "monitoring.config").write_text("prometheus_config { enable: true }")
     grpc_port = free_port()
-    process = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}", log_dir=work)
+    process = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}",
+                            f"--monitoring_config_file={work / 'monitoring.config'}", log_dir=work)
     process.target = f"127.0.0.1:{grpc_port}"
     process.work = work
     process.wait_available("half_plus_two")
@@ -226,3 +230,17 @@ def test_channel_arguments_parse_like_tf_serving(text, expected):
     assert dict(server_options(text)) == expected
     with pytest.raises(ValueError, match="expected key=value, received 'oops'"):
         server_options("oops")
+
+
+def test_an_unexpected_error_is_internal_and_counted_like_any_other(server):
+    """Every exception goes through one function on both front ends: no UNKNOWN, always a metric."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].dtype = types_pb2.DT_VARIANT  # TensorFlow's make_ndarray fails with a KeyError on it
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INTERNAL
+    assert error.value.details().startswith("Internal error: KeyError")
+    metrics = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=10).text
+    assert 'api="predict",entrypoint="GRPC",model="half_plus_two",status="INTERNAL"' in metrics

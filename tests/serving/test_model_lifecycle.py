@@ -9,9 +9,9 @@ import pytest
 import requests
 from repo_files import write_config
 
-from pipeline.stages.push import publish
+from repository import publish
 from serving.process import ServerProcess
-from serving.repository import ModelConfig, aspired_versions, load_model_server_config
+from serving.model_config import ModelConfig, aspired_versions, load_model_server_config
 
 
 def test_version_policies_choose_like_tf_serving():

@@ -254,3 +254,18 @@ def test_rest_client_round_trips_and_raises_typed_errors(server, digits):
         with pytest.raises(ServingClientError) as info:
             client.predict("nope", instances=[1.0])
         assert info.value.status == 404 and "Servable not found" in info.value.message
+
+
+def test_any_exception_becomes_a_serving_error_once(caplog):
+    from serving.errors import Internal, NotFound, as_serving_error
+
+    not_found = NotFound("no such model")
+    assert as_serving_error(not_found, "REST GET /v1/models/x") is not_found
+    with caplog.at_level("ERROR", logger="serving"):
+        try:
+            1 / 0
+        except ZeroDivisionError as e:
+            bug = as_serving_error(e, "REST POST /v1/models/x:predict")
+    assert isinstance(bug, Internal) and (bug.http_status, bug.code.name) == (500, "INTERNAL")
+    assert bug.message == "Internal error: ZeroDivisionError: division by zero"
+    assert "REST POST /v1/models/x:predict failed" in caplog.text and "Traceback" in caplog.text

@@ -1,12 +1,12 @@
 """Start local TensorFlow tasks on 127.0.0.1, each with its own TF_CONFIG, like torchrun for TF.
 
-`launch("pipeline.stages.train:run_task", spec, workers=2)` runs `run_task(spec)` in two
+`launch("pipeline.training.fit:run_task", spec, workers=2)` runs `run_task(spec)` in two
 processes that form one MultiWorkerMirroredStrategy cluster; with `ps=1` a chief runs it as
 the ParameterServerStrategy coordinator of worker and ps servers. Each process's output is
 streamed with a "[worker i] " prefix. If a task fails the others are stopped, and no task outlives its
 launcher: every child is stopped on the way out and dies with the launcher (PR_SET_PDEATHSIG).
 
-Inside a task: `python -m pipeline.launcher worker MODULE:FUNCTION ARG` or `... server`.
+Inside a task: `python -m pipeline.training.launcher worker MODULE:FUNCTION ARG` or `... server`.
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 
 from pipeline.errors import StageError
+from serving.ports import free_ports
 
 TAIL_LINES = 20
 PR_SET_PDEATHSIG = 1
@@ -51,15 +51,6 @@ class Task:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` ports free on 127.0.0.1 now (held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
 def tf_config(cluster: dict[str, list[str]], task_type: str, index: int) -> str:
     """The TF_CONFIG one task of `cluster` runs with."""
     return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
@@ -82,8 +73,8 @@ def launch(target: str, arg: str, workers: int, ps: int = 0, log: Callable[[str]
     for name, n, least in (("workers", workers, 1), ("ps", ps, 0)):
         if n < least:
             raise ValueError(f"{name}: expected an integer >= {least}, received {n}.")
-    run = ["-m", "pipeline.launcher", "worker", target, arg]
-    serve = ["-m", "pipeline.launcher", "server"]
+    run = ["-m", "pipeline.training.launcher", "worker", target, arg]
+    serve = ["-m", "pipeline.training.launcher", "server"]
     if ps:
         cluster, argv = local_cluster(chief=1, worker=workers, ps=ps), {"chief": run, "worker": serve, "ps": serve}
     else:
@@ -153,7 +144,7 @@ def _serve() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.launcher", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.training.launcher", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="run MODULE:FUNCTION(ARG) as the task TF_CONFIG names")
     worker.add_argument("target", metavar="MODULE:FUNCTION")

@@ -1,40 +1,20 @@
-"""What the model repository on disk offers, and which versions a model's policy wants.
+"""Which models the server serves and which of their versions: the ModelServerConfig.
 
-A model's base path holds one directory per version, named by an integer, each with a
-saved_model.pb (TF Serving's layout); anything else there is ignored, like TF Serving does.
-Also builds the ModelServerConfig from the command line or a --model_config_file.
+Built from `--model_name`/`--model_base_path` or read from a `--model_config_file` (text-format
+ModelServerConfig), checked, and asked which versions a model's version policy wants among those
+the model repository holds (what a version is, is the `repository` module's rule).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from tensorflow_serving.config import model_server_config_pb2
 
+import repository
 from serving import protos
 
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-def model_name_problem(name: str) -> str | None:
-    """Model names become directory names and URL parts: no path traversal, nothing exotic."""
-    if MODEL_NAME.match(name) and ".." not in name:
-        return None
-    return f"expected letters, digits, '_', '.', '-' (up to 128, no '..'), received {name!r}."
-
-
-def list_versions(base_path: str | Path) -> dict[int, Path]:
-    """Version number -> directory, for every integer-named child holding a SavedModel."""
-    base = Path(base_path)
-    if not base.is_dir():
-        return {}
-    found = {}
-    for child in base.iterdir():
-        if child.name.isdigit() and ((child / "saved_model.pb").is_file() or (child / "saved_model.pbtxt").is_file()):
-            found[int(child.name)] = child
-    return found
 
 
 def aspired_versions(available: list[int], config: ModelConfig) -> set[int]:
@@ -80,7 +60,7 @@ def check_server_config(config: ModelServerConfig, source: str) -> None:
 
 
 def check_model_config(model: ModelConfig, source: str) -> None:
-    problem = model_name_problem(model.name)
+    problem = repository.name_problem(model.name)
     if problem:
         raise ValueError(f"{source}: model name: {problem}")
     if not model.base_path:
@@ -92,5 +72,8 @@ def check_model_config(model: ModelConfig, source: str) -> None:
     if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
         raise ValueError(f"{source}: model {model.name!r}: latest.num_versions must be positive.")
     for label, version in model.version_labels.items():
+        problem = repository.name_problem(label)
+        if problem:
+            raise ValueError(f"{source}: model {model.name!r}: label: {problem}")
         if version < 0:
             raise ValueError(f"{source}: model {model.name!r}: label {label!r} points at version {version}.")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal, get_args
+from typing import get_args
 
 import tensorflow as tf
 import tf_keras as keras
 
-Strategy = Literal["default", "mirrored", "multi_worker", "parameter_server"]
+from pipeline.training import Strategy
 
 TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}'
 JOBS = {"multi_worker": {"chief", "worker"}, "parameter_server": {"chief", "worker", "ps"}}

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from ai_edge_litert.interpreter import Interpreter
+
+from pipeline.compression.tflite import interpreter, invoke, tflite_predictions
 
 LATENCY_RUNS = 30
 
@@ -80,33 +81,11 @@ def measure_keras(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict:
         }
 
 
-def tflite_predictions(model: bytes, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    interpreter = _interpreter(model, batch)
-    outputs = [_invoke(interpreter, x[i : i + batch], batch) for i in range(0, len(x), batch)]
-    return np.concatenate(outputs)
-
-
-def _interpreter(model: bytes, batch: int) -> Interpreter:
-    interpreter = Interpreter(model_content=model, num_threads=1)
-    shape = interpreter.get_input_details()[0]["shape"]
-    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [batch, *shape[1:]])
-    interpreter.allocate_tensors()
-    return interpreter
-
-
-def _invoke(interpreter: Interpreter, rows: np.ndarray, batch: int) -> np.ndarray:
-    padded = np.zeros((batch, *rows.shape[1:]), np.float32)
-    padded[: len(rows)] = rows
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], padded)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[: len(rows)]
-
-
 def measure_tflite(model: bytes, x: np.ndarray, y: np.ndarray, base: dict) -> dict:
     """Accuracy, sizes and single-threaded latency of a .tflite; params and sparsity from `base`,
     the Keras variant it was converted from."""
     predictions = tflite_predictions(model, x)
-    one, thirty_two = _interpreter(model, 1), _interpreter(model, 32)
+    one, thirty_two = interpreter(model, 1), interpreter(model, 32)
     return {
         "format": "tflite",
         "accuracy": float((predictions.argmax(axis=1) == y).mean()),
@@ -114,7 +93,7 @@ def measure_tflite(model: bytes, x: np.ndarray, y: np.ndarray, base: dict) -> di
         "sparsity": base["sparsity"],
         "tflite_bytes": len(model),
         "tflite_gzip_bytes": gzip_size(model),
-        "latency_ms_b1": _latency_ms(lambda b: _invoke(one, b, 1), x[:1].astype(np.float32)),
-        "latency_ms_b32": _latency_ms(lambda b: _invoke(thirty_two, b, 32), x[:32].astype(np.float32)),
+        "latency_ms_b1": _latency_ms(lambda b: invoke(one, b, 1), x[:1].astype(np.float32)),
+        "latency_ms_b32": _latency_ms(lambda b: invoke(thirty_two, b, 32), x[:32].astype(np.float32)),
         "predictions": predictions.argmax(axis=1),
     }

@@ -1,7 +1,8 @@
-"""Turn a trained Keras model into compressed variants with TFMOT, and into TFLite files.
+"""Turn a trained Keras model into compressed Keras variants with TFMOT, and fine-tune them.
 
-Each function takes the trained model and returns a new one; fine-tuning happens inside the given
-tf.distribute strategy's scope (TFMOT wrappers must be created where the model's variables live).
+Each function takes the trained model and returns a new one; `train_variants` creates and
+fine-tunes them inside the given tf.distribute strategy's scope (TFMOT wrappers must be created
+where the model's variables live).
 Only layers TFMOT knows (Dense, Conv2D, ...) are wrapped: the others (Normalization, LSTM, ...)
 stay float and are named in a warning, so any model from models/ can be compressed.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +23,10 @@ from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.pr
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_registry,
 )
+
+from models import DataSpec, build_model
+from models.fit import fit_settings
+from pipeline.artifacts import Split
 
 COMPRESSIBLE = (keras.layers.Dense, keras.layers.Conv2D)  # what all three TFMOT techniques handle here
 
@@ -137,34 +143,52 @@ class Distiller(keras.Model):
         return self.student(x, training=training)
 
 
-# -- post-training quantization to TFLite --------------------------------------------------------
+def train_variants(names: tuple[str, ...], trained: keras.Model, train: Split, spec: DataSpec, settings,
+                   strategy: tf.distribute.Strategy) -> dict[str, keras.Model]:
+    """Each variant in `names`, fine-tuned from `trained` (the distilled student trained from scratch).
 
-PTQ = ("float", "dynamic", "float16", "int8")
+    `settings` is the compress stage's view: compress.*, model.*, train.batch_size and
+    train.learning_rate. TFMOT wrappers are created and fine-tuned in `strategy`'s scope;
+    warnings (layers left uncompressed) are printed, one line each.
+    """
+    c = settings.compress
+    steps = c.fine_tune_epochs * int(np.ceil(len(train.y) / settings.train.batch_size))
+    fit = dict(x=train.x, y=train.y, batch_size=settings.train.batch_size, epochs=c.fine_tune_epochs, verbose=0)
+    learning_rate = settings.train.learning_rate / 3
+    variants = {}
+    with strategy.scope(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in names:
+            print(f"compress: {name}", flush=True)
+            if name in ("pruned", "pqat") and "pruned" not in variants:
+                variants["pruned"] = fine_tune(prune(trained, c.target_sparsity, steps), spec.task, learning_rate,
+                                               fit, [tfmot.sparsity.keras.UpdatePruningStep()])
+            if name == "qat":
+                variants["qat"] = fine_tune(quantize_aware(trained), spec.task, learning_rate, fit)
+            elif name == "pqat":
+                variants["pqat"] = fine_tune(quantize_aware(variants["pruned"], True), spec.task, learning_rate, fit)
+            elif name == "cluster":
+                variants["cluster"] = fine_tune(cluster(trained, c.clusters), spec.task, learning_rate, fit)
+            elif name == "distilled":
+                variants["distilled"] = distill(trained, train, spec, settings)
+        for warning in caught:
+            print(f"compress: warning: {warning.message}")
+    return {name: variants[name] for name in names}
 
 
-def to_tflite(model: keras.Model, kind: str, representative: np.ndarray | None = None) -> bytes:
-    """`float` (no quantization), `dynamic` (int8 weights), `float16` (fp16 weights) or `int8`
-    (weights and activations, calibrated on `representative` rows; float input and output)."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if kind != "float":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if kind == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif kind == "int8":
-        expected = tuple(model.input_shape[1:])
-        if representative is None or tuple(representative.shape[1:]) != expected:
-            received = None if representative is None else list(representative.shape)
-            raise ValueError(f"int8 quantization needs representative rows shaped [n, {', '.join(map(str, expected))}] "
-                             f"like the model's input; received {received}.")
-        converter.representative_dataset = lambda: _representative(representative)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    elif kind not in ("float", "dynamic"):
-        raise ValueError(f"unknown post-training quantization {kind!r}; expected one of {PTQ}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return converter.convert()
+def fine_tune(model: keras.Model, task: str, learning_rate: float, fit: dict,
+              callbacks: list | None = None) -> keras.Model:
+    """A few epochs of training with the compression wrappers in place, then the wrappers stripped."""
+    model.compile(**fit_settings(task, learning_rate))
+    model.fit(**fit, callbacks=callbacks or [])
+    return strip(model)
 
 
-def _representative(rows: np.ndarray) -> Iterator[list[np.ndarray]]:
-    for row in rows:
-        yield [row[None, :].astype(np.float32)]
+def distill(teacher: keras.Model, train: Split, spec: DataSpec, settings) -> keras.Model:
+    """A narrower student (`compress.student_width`) trained on the teacher's soft labels."""
+    c = settings.compress
+    student = build_model(replace(settings.model, width=c.student_width), spec)
+    distiller = Distiller(student, teacher, c.distill_temperature, c.distill_alpha)
+    distiller.compile(optimizer=keras.optimizers.Adam(settings.train.learning_rate))
+    distiller.fit(train.x, train.y, batch_size=settings.train.batch_size, epochs=c.distill_epochs, verbose=0)
+    return student

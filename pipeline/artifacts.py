@@ -1,0 +1,81 @@
+"""What stages hand each other, and where it lies: one place for artefact names and paths.
+
+A stage's outputs are directories in its output dir (`<out>/<artefact>/`); a stage receives its
+inputs as paths to them. The schema and the dataset splits are read through the functions here,
+and the files read outside the stage that wrote them (by the report, the API, the tests) are
+named here as `RunFile`s, so no module hard-codes another stage's layout.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from models.config import DataSpec
+
+SPLITS = ("train", "val", "test")
+
+
+class Split(NamedTuple):
+    x: np.ndarray  # float32 [rows, features]
+    y: np.ndarray  # int64 class indices, or float32 values for regression
+
+
+def read_split(dataset: Path, split: str) -> Split:
+    with np.load(dataset / f"{split}.npz") as arrays:
+        return Split(arrays["x"], arrays["y"])
+
+
+def write_split(dataset: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
+    np.savez(dataset / f"{split}.npz", x=x, y=y)
+
+
+def read_schema(schema: Path) -> dict:
+    return json.loads((schema / "schema.json").read_text())
+
+
+def write_schema(schema: Path, content: dict) -> None:
+    schema.mkdir(parents=True, exist_ok=True)
+    (schema / "schema.json").write_text(json.dumps(content, indent=2))
+
+
+def data_spec(schema: dict) -> DataSpec:
+    """What a model builder needs to know about the data, from the validate stage's schema."""
+    features = schema["features"]
+    return DataSpec(
+        n_features=len(features),
+        input_shape=tuple(schema["input_shape"]),
+        task=schema["task"],
+        n_outputs=len(schema.get("classes", [None])),
+        mean=np.array([f["mean"] for f in features], dtype=np.float32),
+        variance=np.array([f["std"] ** 2 for f in features], dtype=np.float32),
+    )
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A file a stage writes in its output dir that others read from a run directory."""
+
+    stage: str
+    path: str
+
+    def of_run(self, run_dir: Path) -> Path:
+        return run_dir / self.stage / self.path
+
+    def in_output(self, out: Path) -> Path:
+        """Where the writing stage puts it, in its own output dir."""
+        return out / self.path
+
+
+SCHEMA = RunFile("validate", "schema/schema.json")
+DATASET = RunFile("validate", "dataset")
+HISTORY = RunFile("train", "history.json")
+CONFUSION = RunFile("evaluate", "evaluation/confusion_matrix.json")
+COMPRESSION_REPORT = RunFile("compress", "report.json")
+COMPRESSION_PLOT = RunFile("compress", "compression.png")
+SIGNATURES = RunFile("export", "signatures.json")
+SAMPLE_REQUEST = RunFile("export", "sample_request.json")
+PUSHED = RunFile("push", "pushed.json")

@@ -1,0 +1,171 @@
+"""Build (or warm-start), train and save the model under a tf.distribute strategy: the train stage's work.
+
+`multi_worker` and `parameter_server` without TF_CONFIG run as a local cluster started by
+pipeline.training.launcher: each task process calls `run_task`. A coordinator in the stage's own
+process would leave its eager context tied to the stopped servers for the stages that follow
+(every later tf.function tries to register on them), so the parameter_server coordinator is a
+launched chief too. Every task backs up each epoch (BackupAndRestore) under a path fixed by the
+config and inputs, so re-running a killed stage resumes after its last finished epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import tensorflow as tf
+import tf_keras as keras
+
+from models import build_model
+from models.fit import fit_settings
+from pipeline.artifacts import HISTORY, data_spec, read_schema, read_split
+from pipeline.config import keyed, to_dict, view_class, view_from_dict
+from pipeline.errors import StageError
+from pipeline.stages import train as stage
+from pipeline.training import launcher
+from pipeline.training.distribute import (is_chief, make_dataset, make_dataset_creator, make_strategy,
+                                          parse_tf_config)
+
+
+def train(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    """Train as the configured strategy says: here, as one task of a cluster, or by launching one."""
+    backup = backup_dir(cfg, inputs, out)
+    strategy = cfg.train.strategy
+    if strategy not in ("multi_worker", "parameter_server"):
+        return fit(cfg, inputs, out, make_strategy(strategy), backup)
+    if "TF_CONFIG" in os.environ:
+        return run_cluster_task(cfg, inputs, out, backup)
+    task = out / "task.json"
+    task.write_text(json.dumps({"config": to_dict(cfg), "inputs": {k: str(v) for k, v in inputs.items()},
+                                "out": str(out), "backup": str(backup)}, indent=2))
+    ps = cfg.train.ps if strategy == "parameter_server" else 0
+    launcher.launch("pipeline.training.fit:run_task", str(task), workers=cfg.train.workers, ps=ps)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def backup_dir(cfg, inputs: dict[str, Path], out: Path) -> Path:
+    """Where BackupAndRestore keeps epochs: the same for every attempt at the same stage.
+
+    The runner gives each attempt a new `out` in the same parent, and the resolved inputs are
+    cache entries named by their producers' keys, so hashing config and inputs finds it again.
+    """
+    if cfg.train.backup_dir:
+        return Path(cfg.train.backup_dir)
+    identity = {"config": keyed(cfg), "inputs": {k: str(v.resolve()) for k, v in sorted(inputs.items())}}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return out.parent / ".backup" / digest
+
+
+def run_task(task_file: str) -> None:
+    """One local process of a cluster started by `train` through pipeline.training.launcher.
+
+    Only the chief writes to the stage's output; the other workers save into a temporary dir,
+    as TensorFlow requires every worker to take part in saving.
+    """
+    task = json.loads(Path(task_file).read_text())
+    cfg = view_from_dict(view_class(stage.CONFIG, stage.RUNTIME), task["config"])
+    inputs = {k: Path(v) for k, v in task["inputs"].items()}
+    chief = is_chief(json.loads(os.environ["TF_CONFIG"]))
+    with tempfile.TemporaryDirectory() as temp:
+        out = Path(task["out"]) if chief else Path(temp)
+        metrics = run_cluster_task(cfg, inputs, out, Path(task["backup"]))
+    if chief:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def run_cluster_task(cfg, inputs: dict[str, Path], out: Path, backup: Path) -> dict:
+    """Train as the task TF_CONFIG names: set by pipeline.training.launcher, or per pod by pipeline.k8s.
+
+    On a cluster each pod runs its own pipeline, so every task's `out` is its own; the chief's
+    is the model that counts.
+    """
+    try:
+        config = parse_tf_config(os.environ["TF_CONFIG"], cfg.train.strategy)
+    except ValueError as e:
+        raise StageError(str(e)) from None
+    task = config["task"]
+    if cfg.train.strategy == "parameter_server" and task["type"] != "chief":
+        raise StageError(f"TF_CONFIG names task {task['type']}:{task['index']} of a parameter_server cluster; the "
+                         f"pipeline runs on the chief (the coordinator) only. Start workers and ps with "
+                         f"`python -m pipeline.training.launcher server`.")
+    return fit(cfg, inputs, out, make_strategy(cfg.train.strategy), backup)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Appends each finished epoch (1-based) and its logs to a JSON-lines file: resumes show in it."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
+
+
+def _warm_start(cfg, schema: dict) -> keras.Model:
+    """The served model, weights and architecture, to continue training on new data."""
+    model = keras.models.load_model(cfg.train.init_from)
+    if model.input_shape[-1] != len(schema["features"]):
+        raise ValueError(f"train.init_from: {cfg.train.init_from} takes {model.input_shape[-1]} features, "
+                         f"the data has {len(schema['features'])}.")
+    print(f"train: warm start from {cfg.train.init_from}")
+    return model
+
+
+def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strategy, backup: Path) -> dict:
+    """Build, train and save the model in `out` under `strategy`; the stage's metrics."""
+    keras.utils.set_random_seed(cfg.seed)
+    schema = read_schema(inputs["schema"])
+    train_split, val = read_split(inputs["dataset"], "train"), read_split(inputs["dataset"], "val")
+    classify = schema["task"] == "classification"
+    with strategy.scope():
+        try:
+            model = _warm_start(cfg, schema) if cfg.train.init_from else build_model(cfg.model, data_spec(schema))
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
+    print(f"train: {model.name}, {model.count_params()} parameters, strategy "
+          f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}")
+    callbacks = [  # BackupAndRestore first: an epoch is in the log only once it is backed up
+        keras.callbacks.BackupAndRestore(str(backup)),
+        EpochLog(out / "epochs.jsonl"),
+        keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
+        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True),
+    ]
+    if cfg.train.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.train.early_stopping_patience, restore_best_weights=True))
+    if cfg.train.strategy == "parameter_server":
+        train_data, steps = make_dataset_creator(train_split.x, train_split.y, cfg.train.batch_size,
+                                                 shuffle_seed=cfg.seed)
+        val_data, val_steps = make_dataset_creator(val.x, val.y, cfg.train.batch_size)
+    else:
+        train_data = make_dataset(train_split.x, train_split.y, cfg.train.batch_size, shuffle_seed=cfg.seed)
+        val_data = make_dataset(val.x, val.y, cfg.train.batch_size)
+        steps = val_steps = None
+    started = time.perf_counter()
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=steps,
+        validation_steps=val_steps,
+        callbacks=callbacks,
+        verbose=cfg.train.verbose,
+    ).history
+    seconds = time.perf_counter() - started
+    (out / "model").mkdir()
+    model.save(out / "model" / "model.keras")
+    HISTORY.in_output(out).write_text(json.dumps(history, indent=2))
+    epochs_run = len(history["loss"])
+    metric = "val_accuracy" if classify else "val_mae"
+    return {
+        "epochs_run": epochs_run,
+        metric: float(history[metric][-1]),
+        "val_loss": float(history["val_loss"][-1]),
+        "examples_per_s": round(len(train_split.y) * epochs_run / seconds, 1),
+    }

@@ -1,0 +1,155 @@
+"""The request body as a JSON document, parsed the way TF Serving's rapidjson is set up
+(util/json_tensor.cc ParseJson), with rapidjson's own messages for malformed JSON.
+
+orjson handles the usual strict, UTF-8, single-document body; anything it refuses is parsed
+again leniently, because TF Serving accepts NaN/Infinity, ignores what follows the document
+(kParseStopWhenDoneFlag) and does not validate UTF-8.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import orjson
+
+from serving.codec.dtypes import INT64_MIN, UINT64_MAX
+from serving.codec.rapidjson import debug_string
+from serving.errors import CodecError
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"  # rapidjson's UTF-8 input stream skips it
+
+
+_JSON_WHITESPACE = " \t\n\r"
+
+
+class _NumberTooBig(ValueError):
+    def __init__(self, literal: str):
+        super().__init__(literal)
+        self.literal = literal
+
+
+def _parse_int(literal: str) -> int | float:
+    """rapidjson keeps integers in [int64 min, uint64 max]; any other integer becomes a double."""
+    value = int(literal)
+    return value if INT64_MIN <= value <= UINT64_MAX else _parse_float(literal)
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise _NumberTooBig(literal)
+    return value
+
+
+_LENIENT_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
+
+
+# Python's json messages -> rapidjson's GetParseError_En() text for the same mistake.
+_PARSE_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Expecting property name enclosed in double quotes", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Unterminated string starting at", "Missing a closing quotation mark in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+    ("Invalid \\uXXXX escape", "Incorrect hex digit after \\u escape in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+)
+
+
+class Document(dict):
+    """A decoded request body; remembers whether the body has a JSON true/false anywhere, so the
+    fast numeric path can skip looking for booleans (the only non-number numpy would accept)."""
+
+    may_hold_booleans = True
+
+
+def decode_json(body: bytes) -> Document:
+    """The request document, parsed with TF Serving's rapidjson settings (util/json_tensor.cc ParseJson).
+
+    orjson handles the usual strict, UTF-8, single-document body; anything it refuses is parsed
+    again leniently, because TF Serving accepts NaN/Infinity, ignores what follows the document
+    (kParseStopWhenDoneFlag) and does not validate UTF-8.
+    """
+    if not body:
+        raise CodecError("JSON Parse error: The document is empty")
+    if body.startswith(_UTF8_BOM):
+        body = body[len(_UTF8_BOM):]
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = _decode_leniently(body)
+    if not isinstance(document, dict):
+        raise CodecError(f"JSON Value: {debug_string(document)} Is not object")
+    document = Document(document)
+    document.may_hold_booleans = b"true" in body or b"false" in body
+    return document
+
+
+def _decode_leniently(body: bytes) -> Any:
+    text = body.decode("utf-8", "surrogateescape")  # invalid bytes survive as U+DC80..U+DCFF
+    start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
+    if start == len(text):
+        raise CodecError(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    try:
+        document, _ = _LENIENT_DECODER.raw_decode(text, start)
+    except RecursionError:  # rapidjson parses iteratively; Python's json recurses
+        raise CodecError("JSON Parse error: Arrays and objects nested too deep (limit: about 1000 levels)") from None
+    except _NumberTooBig as e:
+        offset = _byte_offset(text, text.find(e.literal, start))
+        raise CodecError(f"JSON Parse error: Number too big to be stored in double. at offset: {offset}") from None
+    except json.JSONDecodeError as e:
+        raise CodecError(
+            f"JSON Parse error: {_rapidjson_message(e, text)} at offset: {_byte_offset(text, e.pos)}"
+        ) from None
+    for escape in _ESCAPE.finditer(text):  # Python accepts "\ud800" alone, rapidjson does not
+        if escape.group(1):
+            offset = _byte_offset(text, escape.start())
+            raise CodecError(f"JSON Parse error: The surrogate pair in string is invalid. at offset: {offset}")
+    return document
+
+
+# One backslash escape: a surrogate pair, a lone surrogate (group 1), or anything else.
+_ESCAPE = re.compile(
+    r"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|(u[dD][89a-fA-F][0-9a-fA-F]{2})|.)", re.S
+)
+
+
+def _byte_offset(text: str, position: int) -> int:
+    return len(text[:position].encode("utf-8", "surrogateescape"))
+
+
+def _rapidjson_message(error: json.JSONDecodeError, text: str) -> str:
+    if error.msg.startswith("Expecting ',' delimiter"):
+        if _innermost_container(text[: error.pos]) == "{":
+            return "Missing a comma or '}' after an object member."
+        return "Missing a comma or ']' after an array element."
+    for python_message, rapidjson_message in _PARSE_ERRORS:
+        if error.msg.startswith(python_message):
+            return rapidjson_message
+    return error.msg
+
+
+def _innermost_container(prefix: str) -> str:
+    """'{' or '[' for the innermost object/array still open at the end of `prefix`."""
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', "", prefix)
+    open_containers: list[str] = []
+    for bracket in re.findall(r"[\[\]{}]", without_strings):
+        if bracket in "[{":
+            open_containers.append(bracket)
+        elif open_containers:
+            open_containers.pop()
+    return open_containers[-1] if open_containers else ""
+
+
+def signature_name(document: dict) -> str:
+    """The request's "signature_name", "" when absent (meaning the default signature)."""
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise CodecError(
+            f"JSON Value: {debug_string(document)} not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
+    return name
