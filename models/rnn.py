@@ -16,6 +16,8 @@ def build(cfg: ModelConfig, spec: DataSpec) -> keras.Model:
     inputs, x = normalized_input(spec)
     cell = CELLS[cfg.cell]
     for layer in range(cfg.depth):
-        x = cell(cfg.width, return_sequences=layer < cfg.depth - 1)(x)
+        # unroll: the steps are fixed by input_shape; a symbolic loop (TensorList ops with a dynamic
+        # batch) does not convert to TFLite, an unrolled one converts to builtin ops at any batch.
+        x = cell(cfg.width, return_sequences=layer < cfg.depth - 1, unroll=True)(x)
     x = keras.layers.Dropout(cfg.dropout)(x)
     return keras.Model(inputs, output_head(spec, x), name=f"rnn_{cfg.cell}")

@@ -7,6 +7,7 @@ named here as `RunFile`s, so no module hard-codes another stage's layout.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,26 @@ def data_spec(schema: dict) -> DataSpec:
         n_outputs=len(schema.get("classes", [None])),
         mean=np.array([f["mean"] for f in features], dtype=np.float32),
         variance=np.array([f["std"] ** 2 for f in features], dtype=np.float32),
+        target_mean=schema.get("label_stats", {}).get("train_mean", 0.0),
+        target_std=schema.get("label_stats", {}).get("train_std", 1.0),
     )
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_fingerprint(path: Path) -> str:
+    """SHA-256 over every file's relative path and content: equal for equal artefacts, wherever they lie."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_digest(f).encode())
+    return h.hexdigest()
+
 
 
 @dataclass(frozen=True)

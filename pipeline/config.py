@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+import repository
 from models.config import ModelConfig
 from pipeline.errors import ConfigError
 from pipeline.stages import compress, evaluate, export, ingest, push, train, tune, validate
@@ -68,10 +70,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
         raise ConfigError(str(path), [f"expected a mapping of keys at the top, received {type(raw).__name__}."])
     for item in overrides:
         _apply_override(raw, item, problems)
-    cfg = from_dict(PipelineConfig, raw, problems)
+    cfg = _with_derived_values(from_dict(PipelineConfig, raw, problems), problems)
     if problems:
         raise ConfigError(str(path), problems)
     return cfg
+
+
+def _with_derived_values(cfg: PipelineConfig, problems: list[str]) -> PipelineConfig:
+    """Fields left empty that other fields decide: push.model_name is named after data.source, so a run
+    on another data set never publishes into the digits model by default."""
+    if cfg.push.model_name:
+        return cfg
+    name = "digits" if cfg.data.source == "digits" else re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.source).stem)
+    name = name.strip("-.")
+    problem = repository.name_problem(name)
+    if problem:
+        problems.append(f"push.model_name: not set, and data.source does not give a usable name ({problem}); "
+                        f"set push.model_name.")
+    return dataclasses.replace(cfg, push=dataclasses.replace(cfg.push, model_name=name))
 
 
 def config_from_dict(raw: dict, source: str) -> PipelineConfig:

@@ -5,9 +5,11 @@
     ├── CommandLineError      exit 2  a bad flag value (an unknown stage, an unknown run id)
     ├── StageError            exit 1  raised inside a stage: bad data, a gate not met (no traceback)
     └── StageFailed           exit 1  the runner's report of any failed stage: which, why, where its log is
+    Interrupted               exit 128 + signal: SIGTERM or SIGINT stopped the run (a BaseException)
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 
@@ -47,3 +49,13 @@ class StageFailed(PipelineError):
         self.stage, self.reason, self.kept, self.expected = stage, reason, kept, expected
         where = f"\nPartial output and log: {kept}" if kept else ""
         super().__init__(f"Stage '{stage}' failed: {reason}{where}")
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived. A BaseException, like KeyboardInterrupt, so that no `except Exception`
+    in a stage swallows it: the runner marks the stage interrupted and removes its staging dir."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

@@ -21,8 +21,8 @@ def write_report(run_dir: Path, records: list[StageRecord]) -> Path:
         parts.append("<h2>Confusion matrix (test split)</h2>" + _confusion(json.loads(confusion.read_text())))
     compression = COMPRESSION_REPORT.of_run(run_dir)
     if compression.is_file():
-        parts.append("<h2>Compression (test split)</h2>" + _compression(json.loads(compression.read_text()),
-                                                                       COMPRESSION_PLOT.of_run(run_dir)))
+        parts.append("<h2>Compression (measured on the validation split)</h2>" + _compression(
+            json.loads(compression.read_text()), COMPRESSION_PLOT.of_run(run_dir)))
     signatures = SIGNATURES.of_run(run_dir)
     if signatures.is_file():
         parts.append(f"<h2>Signatures</h2><pre>{html.escape(signatures.read_text())}</pre>")
@@ -67,7 +67,7 @@ def _curves(history: dict) -> str:
 
 def _compression(report: dict, plot: Path) -> str:
     keys = ("format", "accuracy", "accuracy_drop", "agreement_with_baseline", "sparsity", "params",
-            "savedmodel_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes", "latency_ms_b1", "latency_ms_b32")
+            "savedmodel_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes", "latency_ms_b1", "latency_ms_b32", "status")
     head = "<tr><th>variant</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
     rows = "".join(
         f"<tr><th>{html.escape(name)}{' (selected)' if name == report['selected'] else ''}</th>"
@@ -75,7 +75,9 @@ def _compression(report: dict, plot: Path) -> str:
         for name, entry in report["variants"].items()
     )
     image = f"<img alt='accuracy vs size and latency' src='data:image/png;base64,{_base64(plot)}'>" if plot.is_file() else ""
-    return f"<table>{head}{rows}</table>{image}"
+    held_out = (f"<p>Selected: {html.escape(report['selected'])}, held-out test accuracy "
+                f"{report['selected_test_accuracy']:.4f}.</p>" if "selected_test_accuracy" in report else "")
+    return f"{held_out}<table>{head}{rows}</table>{image}"
 
 
 def _cell(value) -> str:

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import ctypes
 import hashlib
-import importlib.util
 import json
 import os
 import platform
 import re
 import secrets
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -34,10 +36,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pipeline.artifacts import dir_fingerprint, file_digest
+from pipeline.cleanup import remove_stale_staging, staging_name
 from pipeline.config import PipelineConfig, keyed, stage_view, to_dict
-from pipeline.errors import CommandLineError, StageError, StageFailed
+from pipeline.errors import CommandLineError, Interrupted, StageError, StageFailed
 from pipeline.stages import STAGES
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("pipeline", "models", "serving", "repository")
 # Not followed when fingerprinting code: the config loader (the values a stage reads are in its key
 # already) and the list of stages, like the runner itself. Following them would make every stage
@@ -51,7 +56,7 @@ class StageRecord:
     """One stage of one run, as written to the run manifest and printed in the summary."""
 
     name: str
-    status: str  # ran | cached | resumed | failed
+    status: str  # ran | cached | resumed | failed | interrupted
     key: str = ""
     wall_s: float = 0.0
     metrics: dict = field(default_factory=dict)
@@ -137,10 +142,17 @@ class Runner:
     # -- running --------------------------------------------------------------------------
 
     def run(self, until: str | None = None, log=print) -> list[StageRecord]:
+        """Run the stages up to `until`; SIGTERM and SIGINT stop it cleanly (Interrupted)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+        for stale in remove_stale_staging(self.root):
+            log(f"removed {stale}, left by a run that was killed")
+        if not self.resuming:
+            (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
         link(self.root / "latest", Path(self.run_id))
-        names = stages_until(until)
+        with signals_interrupt():
+            return self._run(stages_until(until), log)
+
+    def _run(self, names: list[str], log) -> list[StageRecord]:
         for i, name in enumerate(names, 1):
             prefix = f"[{i}/{len(names)}] {name}"
             record = self._resumed(name)
@@ -160,7 +172,7 @@ class Runner:
 
     def _resumed(self, name: str) -> StageRecord | None:
         previous = self.previous.get(name)
-        if previous is None or previous.status == "failed" or name in self.force:
+        if previous is None or previous.status in ("failed", "interrupted") or name in self.force:
             return None
         if not (self.run_dir / name / MANIFEST).is_file():
             return None
@@ -187,7 +199,7 @@ class Runner:
     def _execute(self, name: str, view: Any, key: str) -> StageRecord:
         stage = STAGES[name]
         entry = self.cache_entry(name, key)
-        staging = entry.parent / f".tmp-{key[:12]}-{os.getpid()}-{secrets.token_hex(2)}"
+        staging = entry.parent / staging_name(".tmp-", key, secrets.token_hex(2))
         staging.mkdir(parents=True)
         inputs = {a: self.run_dir / producer_of(a) / a for a in stage.INPUTS}
         started = time.perf_counter()
@@ -201,6 +213,11 @@ class Runner:
             except Exception as e:  # any failure: keep what it wrote, say where
                 log_file.write(traceback.format_exc())
                 self._fail(name, key, staging, e)
+            except BaseException:  # interrupted: nothing half-written stays behind
+                shutil.rmtree(staging, ignore_errors=True)
+                self.records[name] = StageRecord(name=name, status="interrupted", key=key, produced_by=self.run_id)
+                self._write_manifest("interrupted")
+                raise
         record = StageRecord(
             name=name,
             status="ran",
@@ -212,10 +229,14 @@ class Runner:
         )
         manifest = {"record": asdict(record), "config": to_dict(view), "versions": package_versions()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if entry.exists():  # a concurrent run finished the same work first; keep theirs
-            shutil.rmtree(staging)
+        if name in self.force and entry.exists():  # forced: what it computed replaces the cached entry
+            replace_directory(entry, staging)
         else:
-            staging.rename(entry)
+            try:
+                staging.rename(entry)
+            except OSError:  # a concurrent run finished the same work first: use theirs
+                shutil.rmtree(staging)
+                record = StageRecord(**json.loads((entry / MANIFEST).read_text())["record"])
         link(self.run_dir / name, Path("..") / ".cache" / name / key)
         return record
 
@@ -238,6 +259,41 @@ class Runner:
             "versions": package_versions(),
         }
         write_atomic(self.run_dir / MANIFEST, json.dumps(manifest, indent=2))
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """While running, SIGTERM and SIGINT raise Interrupted in the main thread (else: left as they are)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # linux/fcntl.h, linux/fs.h
+
+
+def replace_directory(target: Path, new: Path) -> None:
+    """Put directory `new` where `target` is, atomically where the kernel can swap the two
+    (renameat2 RENAME_EXCHANGE), then remove the old one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    swapped = hasattr(libc, "renameat2") and libc.renameat2(
+        AT_FDCWD, os.fsencode(new), AT_FDCWD, os.fsencode(target), RENAME_EXCHANGE) == 0
+    if not swapped:  # no atomic swap here: move the old one aside first
+        aside = target.with_name(staging_name(".old-", target.name, secrets.token_hex(2)))
+        target.rename(aside)
+        new.rename(target)
+        new = aside
+    shutil.rmtree(new)
 
 
 def producer_of(artefact: str) -> str:
@@ -283,43 +339,35 @@ def digest_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def dir_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_digest(f).encode())
-    return h.hexdigest()
-
-
 def code_fingerprint(module: ModuleType) -> str:
     return digest_json(project_sources(module))
 
 
 def project_sources(module: ModuleType) -> dict[str, str]:
-    """SHA-256 of the module's source and of every project module it imports, transitively."""
+    """SHA-256 of the module's source and of every project module it imports, transitively.
+
+    Modules are found by their path in the project, never imported: fingerprinting must stay
+    cheap (`--list`) and must not run a module's import-time code (TensorFlow, keras-tuner).
+    """
     seen: dict[str, str] = {}
     pending = [module.__name__]
     while pending:
         name = pending.pop()
         if name in seen or name in INFRASTRUCTURE:
             continue
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):  # `from module import function`: not a module
+        path = project_module_file(name)
+        if path is None:  # `from module import function`: not a module
             continue
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            continue
-        source = Path(spec.origin).read_text()
+        source = path.read_text()
         seen[name] = hashlib.sha256(source.encode()).hexdigest()
         pending += [m for m in imported_modules(source) if m.split(".")[0] in PROJECT_PACKAGES]
     return seen
+
+
+def project_module_file(name: str) -> Path | None:
+    """The source file of project module `name` (a module, or a package's __init__.py), if there is one."""
+    base = PROJECT_ROOT.joinpath(*name.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
 
 
 REFERENCE = re.compile(r"([A-Za-z_][\w.]*):[A-Za-z_]\w*")  # "module:function", imported when used

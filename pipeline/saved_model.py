@@ -1,8 +1,11 @@
 """The SavedModel TF Serving loads: Keras model -> signatures with TF Serving's method names, and warmup.
 
 `serving_default` (predict) takes flat float32 rows `x`. Classifiers also get `classify` and
-regressors `regress`, which take serialized tf.Example protos with one float feature `x` (that is
-what TF Serving's Classify and Regress APIs send), with TF Serving's method names.
+regressors `regress`, which take serialized tf.Example protos with one numeric feature `x` (that is
+what TF Serving's Classify and Regress APIs send), a float_list or an int64_list: TF Serving's REST
+API turns JSON whole numbers into int64_list, so `{"x": [0, 5, 13]}` must work like `[0.0, 5.0, 13.0]`.
+With `reject_nonfinite`, NaN or Infinity in `x` fails the request (INVALID_ARGUMENT, naming `x`),
+since training never saw such rows and a model answers them with confident nonsense.
 """
 from __future__ import annotations
 
@@ -18,52 +21,94 @@ INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
 
 
-def save(model: keras.Model, schema: dict, path: Path, warmup: bool) -> None:
+def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonfinite: bool) -> None:
     """Write `model` as a SavedModel at `path` with TF Serving's signatures (and Keras metadata: warm starts load it)."""
     n = len(schema["features"])
-    signatures = {"serving_default": _predict_fn(model, n, schema)}
+
+    def run(x):
+        if reject_nonfinite:
+            x = tf.debugging.assert_all_finite(x, f"input '{INPUT}' must hold finite numbers, as in training")
+        return model(x, training=False)
+
+    signatures = {"serving_default": _predict_fn(run, n, schema["task"])}
     if schema["task"] == "classification":
-        signatures["classify"] = _classify_fn(model, n, schema["classes"])
+        signatures["classify"] = _classify_fn(run, n, schema["classes"])
     else:
-        signatures["regress"] = _regress_fn(model, n)
+        signatures["regress"] = _regress_fn(run, n)
     model.save(str(path), save_format="tf", signatures=signatures)
     _set_method_names(path)
     if warmup:
         _write_warmup(path, np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32))
 
 
-def _predict_fn(model, n_features: int, schema: dict):
+def _predict_fn(run, n_features: int, task: str):
     @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=INPUT)])
     def predict(x):
-        y = model(x, training=False)
-        if schema["task"] == "classification":
+        y = run(x)
+        if task == "classification":
             return {"probabilities": y, "class_id": tf.argmax(y, axis=-1)}
         return {"value": tf.squeeze(y, axis=-1)}
 
     return predict
 
 
-def _parse(serialized, n_features: int):
-    spec = {INPUT: tf.io.FixedLenFeature([n_features], tf.float32)}
-    return tf.io.parse_example(serialized, spec)[INPUT]
-
-
-def _classify_fn(model, n_features: int, classes: list[str]):
+def _classify_fn(run, n_features: int, classes: list[str]):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def classify(inputs):
-        scores = model(_parse(inputs, n_features), training=False)
+        scores = run(numeric_feature(inputs, INPUT, n_features))
         names = tf.broadcast_to(tf.constant(classes), tf.shape(scores))
         return {"classes": names, "scores": scores}
 
     return classify
 
 
-def _regress_fn(model, n_features: int):
+def _regress_fn(run, n_features: int):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(inputs):
-        return {"outputs": tf.squeeze(model(_parse(inputs, n_features), training=False), axis=-1)}
+        return {"outputs": tf.squeeze(run(numeric_feature(inputs, INPUT, n_features)), axis=-1)}
 
     return regress
+
+
+def _decode(buffers, message: str, fields: list[str], types: list):
+    """tf.io.decode_proto, also on no buffers at all (which it refuses): one blank message is added, then dropped."""
+    sizes, values = tf.io.decode_proto(tf.concat([buffers, [b""]], 0), message, fields, types)
+    return sizes[:-1], [v[:-1] for v in values]
+
+
+def _first(values):
+    """Column 0 of a decode_proto output for a singular message field: its value, or b"" where absent."""
+    return tf.pad(values, [[0, 0], [0, 1]])[:, 0]
+
+
+def numeric_feature(serialized, name: str, n: int):
+    """Feature `name` of each serialized tf.Example as float32 [batch, n], from a float_list or an
+    int64_list (clients that send whole numbers get int64_list, as from TF Serving's REST API)."""
+    batch = tf.shape(serialized)[0]
+    _, (features,) = _decode(serialized, "tensorflow.Example", ["features"], [tf.string])
+    sizes, (entries,) = _decode(_first(features), "tensorflow.Features", ["feature"], [tf.string])
+    present = tf.sequence_mask(sizes[:, 0], tf.shape(entries)[1])
+    owner = tf.boolean_mask(tf.broadcast_to(tf.range(batch)[:, None], tf.shape(entries)), present)
+    _, (keys, values) = _decode(tf.boolean_mask(entries, present), "tensorflow.Features.FeatureEntry",
+                                ["key", "value"], [tf.string, tf.string])
+    mine = tf.equal(_first(keys), name)
+    found = tf.math.unsorted_segment_sum(tf.cast(mine, tf.int32), owner, batch)
+    kinds, (floats, ints) = _decode(_first(tf.boolean_mask(values, mine)), "tensorflow.Feature",
+                                    ["float_list", "int64_list"], [tf.string, tf.string])
+    float_counts, (float_values,) = _decode(_first(floats), "tensorflow.FloatList", ["value"], [tf.float32])
+    int_counts, (int_values,) = _decode(_first(ints), "tensorflow.Int64List", ["value"], [tf.int64])
+    has_floats = kinds[:, 0] > 0
+    counts = tf.where(has_floats, float_counts[:, 0], int_counts[:, 0])
+    checks = [
+        tf.debugging.assert_equal(found, 1, message=f"Feature: {name} (a list of {n} numbers) is required but could "
+                                                    f"not be found in every example."),
+        tf.debugging.assert_equal(counts, n, message=f"Feature: {name} must hold {n} numbers (a float_list or an "
+                                                     f"int64_list) in every example."),
+    ]
+    with tf.control_dependencies(checks):
+        def columns(t):
+            return tf.pad(t, [[0, 0], [0, n - tf.shape(t)[1]]])
+        return tf.where(has_floats[:, None], columns(float_values), tf.cast(columns(int_values), tf.float32))
 
 
 def _set_method_names(path: Path) -> None:

@@ -1,8 +1,20 @@
-"""Clients for a TF Serving-compatible server (ours or tensorflow_model_server).
+"""Clients for a TF Serving-compatible server (ours or tensorflow_model_server): one interface, two protocols.
 
-`RestClient` speaks the REST API (JSON in, JSON out); `GrpcClient` has the same methods over
-gRPC (numpy in, numpy out). Every failure the server reports raises `ServingClientError`
-carrying the server's status (HTTP status, or gRPC code name) and its message.
+`RestClient` speaks the REST API, `GrpcClient` gRPC; both have the same methods and return the same
+things for the same call:
+
+    predict(model, inputs)   -> {output name: numpy array}, dtypes as the signature declares them
+    classify(model, examples) -> per example, [(label, score), ...]
+    regress(model, examples)  -> per example, a float
+    status(model)             -> [{"version": int, "state": str, "error_code": str, "error_message": str}], newest first
+    metadata(model)           -> {"model": str, "version": int, "signatures": {key: {"method", "inputs", "outputs"}}}
+
+`inputs` is {input name: array-like}, or one array-like for a signature with one input; values are
+cast to the signature's dtypes first (so float64 numpy arrays work over gRPC too). Examples are
+dicts of feature values, converted to tf.Example by the server's own rules (serving.codec) on both
+protocols. A model's signatures are read once per client and spec (pushes that change them are
+refused by default, see pipeline/stages/push.py). Every failure the server reports raises
+`ServingClientError` with its status (HTTP status, or gRPC code name) and message.
 """
 from __future__ import annotations
 
@@ -15,6 +27,7 @@ import grpc
 import numpy as np
 import requests
 import tensorflow as tf
+from google.protobuf import json_format
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -26,8 +39,12 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+import repository
 from serving.codec import example_from_json
 from serving.protos import MAX_MESSAGE_BYTES
+
+DEFAULT_SIGNATURE = "serving_default"
+GRPC_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class ServingClientError(Exception):
@@ -39,8 +56,101 @@ class ServingClientError(Exception):
         super().__init__(f"{status}: {message}")
 
 
-class RestClient:
+class ServingClient:
+    """What both clients do alike; a subclass sends the requests in its protocol (the `_send_*` methods)."""
+
+    def __init__(self):
+        self._signatures: dict[tuple, dict] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # each protocol's client closes its connection
+
+    def predict(self, model: str, inputs: Any, *, signature_name: str | None = None, version: int | None = None,
+                label: str | None = None, output_filter: list[str] = ()) -> dict[str, np.ndarray]:
+        spec = _spec(model, version, label)
+        signature = self._signature(spec, signature_name or DEFAULT_SIGNATURE)
+        if not isinstance(inputs, dict):
+            if len(signature["inputs"]) != 1:
+                raise ValueError(f"signature {signature_name or DEFAULT_SIGNATURE!r} of {model!r} takes inputs "
+                                 f"{sorted(signature['inputs'])}: pass a dict of them")
+            inputs = {next(iter(signature["inputs"])): inputs}
+        arrays = {name: _as_array(value, signature["inputs"].get(name)) for name, value in inputs.items()}
+        outputs = self._send_predict(spec, signature_name, arrays, list(output_filter), signature)
+        return {name: _as_array(value, signature["outputs"].get(name)) for name, value in outputs.items()}
+
+    def classify(self, model: str, examples: list[dict], *, context: dict | None = None,
+                 signature_name: str | None = None, version: int | None = None,
+                 label: str | None = None) -> list[list[tuple[str, float]]]:
+        results = self._send_examples("classify", _spec(model, version, label), signature_name,
+                                      [_as_json(e) for e in examples], None if context is None else _as_json(context))
+        return [[(str(label), _float32(score)) for label, score in classes] for classes in results]
+
+    def regress(self, model: str, examples: list[dict], *, context: dict | None = None,
+                signature_name: str | None = None, version: int | None = None, label: str | None = None) -> list[float]:
+        results = self._send_examples("regress", _spec(model, version, label), signature_name,
+                                      [_as_json(e) for e in examples], None if context is None else _as_json(context))
+        return [_float32(value) for value in results]
+
+    def status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict]:
+        return self._send_status(_spec(model, version, label))
+
+    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict:
+        name, served_version, signature_defs = self._send_metadata(_spec(model, version, label))
+        return {"model": name, "version": served_version,
+                "signatures": repository.describe_signature_defs(signature_defs)}
+
+    def _signature(self, spec: tuple, name: str) -> dict:
+        """The signature's inputs and outputs, read once per spec; an unknown name gets empty ones, so the
+        request goes out as given and the server answers with its own error."""
+        if spec not in self._signatures:
+            self._signatures[spec] = self.metadata(*spec)["signatures"]
+        return self._signatures[spec].get(name, {"inputs": {}, "outputs": {}})
+
+
+def _spec(model: str, version: int | None, label: str | None) -> tuple:
+    if version is not None and label is not None:
+        raise ValueError("pass `version` or `label`, not both")
+    return model, None if version is None else int(version), label
+
+
+def _float32(value: float) -> float:
+    """A score or value as the float32 the model computed (REST's shortest decimal text and gRPC's float
+    field give the same number then)."""
+    return float(np.float32(value))
+
+
+def _as_array(value: Any, tensor: dict | None) -> np.ndarray:
+    """`value` as a numpy array of the signature tensor's dtype (strings as bytes objects)."""
+    if tensor is None:
+        return np.asarray(value)
+    dtype = tf.dtypes.as_dtype(tensor["dtype"])
+    if dtype == tf.string:
+        array = np.asarray(value, dtype=object)
+        return np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(array) \
+            if array.size else array
+    return np.asarray(value, dtype=dtype.as_numpy_dtype)
+
+
+def _as_json(value: Any) -> Any:
+    """Values as TF Serving's REST JSON carries them: numpy as lists, bytes as {"b64": ...} unless they are
+    UTF-8 text. The gRPC client builds its tf.Examples from the same JSON, by the server's rules."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray | np.generic):
+        return _as_json(value.tolist())
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    return value
+
+
+class RestClient(ServingClient):
     def __init__(self, base_url: str = "http://127.0.0.1:8501", timeout_s: float = 30.0):
+        super().__init__()
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = requests.Session()
@@ -48,47 +158,34 @@ class RestClient:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def predict(self, model: str, instances: list | None = None, inputs: Any = None, *,
-                signature_name: str | None = None, version: int | None = None, label: str | None = None) -> Any:
-        """Row format (`instances`) returns the predictions; columnar (`inputs`) the outputs."""
-        if (instances is None) == (inputs is None):
-            raise ValueError("pass exactly one of `instances` (row format) or `inputs` (columnar format)")
-        body: dict[str, Any] = {"instances": instances} if instances is not None else {"inputs": inputs}
+    def _send_predict(self, spec, signature_name, arrays, output_filter, signature) -> dict:
+        body: dict[str, Any] = {"inputs": {name: _as_json(array) for name, array in arrays.items()}}
         if signature_name:
             body["signature_name"] = signature_name
-        answer = self._call("POST", _model_path(model, version, label) + ":predict", body)
-        return answer["predictions"] if instances is not None else answer["outputs"]
+        outputs = self._call("POST", _path(spec) + ":predict", body)["outputs"]
+        if not isinstance(outputs, dict):  # one output: TF Serving leaves its name out
+            outputs = {next(iter(signature["outputs"])): outputs}
+        outputs = {name: _from_json(value) for name, value in outputs.items()}
+        return {name: outputs[name] for name in output_filter} if output_filter else outputs
 
-    def classify(self, model: str, examples: list[dict], *, context: dict | None = None,
-                 signature_name: str | None = None, version: int | None = None, label: str | None = None) -> list:
-        """Per example, a list of [class label, score] pairs."""
-        return self._examples("classify", model, examples, context, signature_name, version, label)
-
-    def regress(self, model: str, examples: list[dict], *, context: dict | None = None,
-                signature_name: str | None = None, version: int | None = None, label: str | None = None) -> list:
-        """Per example, one value."""
-        return self._examples("regress", model, examples, context, signature_name, version, label)
-
-    def status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict]:
-        """The model_version_status list: version, state, status, newest first."""
-        return self._call("GET", _model_path(model, version, label))["model_version_status"]
-
-    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict:
-        return self._call("GET", _model_path(model, version, label) + "/metadata")
-
-    def _examples(self, api, model, examples, context, signature_name, version, label) -> list:
-        body: dict[str, Any] = {"examples": [_as_json(e) for e in examples]}
+    def _send_examples(self, api, spec, signature_name, examples, context):
+        body: dict[str, Any] = {"examples": examples}
         if context is not None:
-            body["context"] = _as_json(context)
+            body["context"] = context
         if signature_name:
             body["signature_name"] = signature_name
-        return self._call("POST", _model_path(model, version, label) + f":{api}", body)["results"]
+        return self._call("POST", _path(spec) + f":{api}", body)["results"]
+
+    def _send_status(self, spec) -> list[dict]:
+        return [{"version": int(s["version"]), "state": s["state"], "error_code": s["status"]["error_code"],
+                 "error_message": s["status"].get("error_message", "")}
+                for s in self._call("GET", _path(spec))["model_version_status"]]
+
+    def _send_metadata(self, spec):
+        answer = self._call("GET", _path(spec) + "/metadata")
+        signatures = json_format.ParseDict(answer["metadata"]["signature_def"],
+                                           get_model_metadata_pb2.SignatureDefMap()).signature_def
+        return answer["model_spec"]["name"], int(answer["model_spec"]["version"]), signatures
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body, allow_nan=True).encode()
@@ -104,21 +201,30 @@ class RestClient:
         return answer
 
 
-def _model_path(model: str, version: int | None, label: str | None) -> str:
-    if version is not None and label is not None:
-        raise ValueError("pass `version` or `label`, not both")
+def _path(spec: tuple) -> str:
+    model, version, label = spec
     path = f"/v1/models/{quote(model, safe='')}"
     if version is not None:
-        path += f"/versions/{int(version)}"
+        path += f"/versions/{version}"
     elif label is not None:
         path += f"/labels/{quote(label, safe='')}"
     return path
 
 
-class GrpcClient:
-    """TF Serving's PredictionService and ModelService, with the REST client's methods."""
+def _from_json(value: Any) -> Any:
+    """A REST output value with {"b64": ...} objects decoded to bytes."""
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+class GrpcClient(ServingClient):
+    """TF Serving's PredictionService and ModelService, with the REST client's methods and results."""
 
     def __init__(self, target: str = "127.0.0.1:8500", timeout_s: float = 30.0):
+        super().__init__()
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -128,52 +234,46 @@ class GrpcClient:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> GrpcClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def predict(self, model: str, inputs: dict[str, Any], *, signature_name: str | None = None,
-                version: int | None = None, label: str | None = None,
-                output_filter: list[str] = ()) -> dict[str, np.ndarray]:
-        request = predict_pb2.PredictRequest(output_filter=list(output_filter))
-        _fill_spec(request.model_spec, model, version, label, signature_name)
-        for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    def _send_predict(self, spec, signature_name, arrays, output_filter, signature) -> dict:
+        request = predict_pb2.PredictRequest(output_filter=output_filter)
+        _fill_spec(request.model_spec, spec, signature_name)
+        for name, array in arrays.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
         response = self._call(self._prediction.Predict, request)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
-    def classify(self, model: str, examples: list[dict], *, context: dict | None = None,
-                 signature_name: str | None = None, version: int | None = None, label: str | None = None) -> list:
-        """Per example, a list of [class label, score] pairs, as the REST client returns."""
-        request = classification_pb2.ClassificationRequest(input=_input(examples, context))
-        _fill_spec(request.model_spec, model, version, label, signature_name)
+    def _send_examples(self, api, spec, signature_name, examples, context):
+        converted = [example_from_json(e) for e in examples]
+        if context is None:
+            request_input = input_pb2.Input(example_list=input_pb2.ExampleList(examples=converted))
+        else:
+            request_input = input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
+                examples=converted, context=example_from_json(context)))
+        if api == "regress":
+            request = regression_pb2.RegressionRequest(input=request_input)
+            _fill_spec(request.model_spec, spec, signature_name)
+            return [r.value for r in self._call(self._prediction.Regress, request).result.regressions]
+        request = classification_pb2.ClassificationRequest(input=request_input)
+        _fill_spec(request.model_spec, spec, signature_name)
         result = self._call(self._prediction.Classify, request).result
-        return [[[c.label, c.score] for c in entry.classes] for entry in result.classifications]
+        return [[(c.label, c.score) for c in entry.classes] for entry in result.classifications]
 
-    def regress(self, model: str, examples: list[dict], *, context: dict | None = None,
-                signature_name: str | None = None, version: int | None = None, label: str | None = None) -> list:
-        request = regression_pb2.RegressionRequest(input=_input(examples, context))
-        _fill_spec(request.model_spec, model, version, label, signature_name)
-        return [r.value for r in self._call(self._prediction.Regress, request).result.regressions]
-
-    def status(self, model: str, version: int | None = None, label: str | None = None) -> list[dict]:
+    def _send_status(self, spec) -> list[dict]:
         request = get_model_status_pb2.GetModelStatusRequest()
-        _fill_spec(request.model_spec, model, version, label, None)
+        _fill_spec(request.model_spec, spec, None)
         response = self._call(self._models.GetModelStatus, request)
-        return [{"version": str(s.version), "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
-                 "status": {"error_code": s.status.error_code, "error_message": s.status.error_message}}
+        return [{"version": s.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                 "error_code": GRPC_CODE_NAMES.get(s.status.error_code, str(s.status.error_code)),
+                 "error_message": s.status.error_message}
                 for s in response.model_version_status]
 
-    def metadata(self, model: str, version: int | None = None, label: str | None = None) -> dict:
-        """{"model_spec": ModelSpec, "signature_def": {name: SignatureDef}}."""
+    def _send_metadata(self, spec):
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        _fill_spec(request.model_spec, model, version, label, None)
+        _fill_spec(request.model_spec, spec, None)
         response = self._call(self._prediction.GetModelMetadata, request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
-        return {"model_spec": response.model_spec, "signature_def": dict(signatures.signature_def)}
+        return response.model_spec.name, response.model_spec.version.value, signatures.signature_def
 
     def _call(self, method, request):
         try:
@@ -182,35 +282,12 @@ class GrpcClient:
             raise ServingClientError(e.code().name, e.details()) from None
 
 
-def _fill_spec(spec, model: str, version: int | None, label: str | None, signature_name: str | None) -> None:
-    if version is not None and label is not None:
-        raise ValueError("pass `version` or `label`, not both")
-    spec.name = model
+def _fill_spec(model_spec, spec: tuple, signature_name: str | None) -> None:
+    model, version, label = spec
+    model_spec.name = model
     if version is not None:
-        spec.version.value = int(version)
+        model_spec.version.value = version
     elif label is not None:
-        spec.version_label = label
+        model_spec.version_label = label
     if signature_name:
-        spec.signature_name = signature_name
-
-
-def _input(examples: list[dict], context: dict | None) -> input_pb2.Input:
-    converted = [example_from_json(_as_json(e)) for e in examples]
-    if context is None:
-        return input_pb2.Input(example_list=input_pb2.ExampleList(examples=converted))
-    return input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
-        examples=converted, context=example_from_json(_as_json(context))))
-
-
-def _as_json(value: Any) -> Any:
-    """Features as the REST JSON carries them (numpy as lists, bytes as {"b64": ...}), so both clients
-    send the same tf.Example: the server's conversion (serving.codec.example_from_json) decides it."""
-    if isinstance(value, dict):
-        return {k: _as_json(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray | np.generic):
-        return _as_json(value.tolist())
-    if isinstance(value, list | tuple):
-        return [_as_json(v) for v in value]
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode()}
-    return value
+        model_spec.signature_name = signature_name

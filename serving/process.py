@@ -6,6 +6,7 @@ server, on 127.0.0.1 and a free port.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.client import RestClient, ServingClientError
-from serving.ports import free_port
+from serving.local import die_with_parent, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,8 @@ def wait_available(url: str, model: str, version: int | None = None, timeout_s: 
 
 class ServerProcess:
     """`python -m serving <flags>` on 127.0.0.1 with a free REST port; `url` is its REST base URL.
-    Its output goes to `log` (in `log_dir`)."""
+    Its output goes to `log` (in `log_dir`). It runs in a process group of its own (a Ctrl-C meant
+    for its parent reaches it through `stop`) and dies with its parent, even one killed by SIGKILL."""
 
     def __init__(self, *flags: str, log_dir: Path):
         self.rest_port = free_port()
@@ -48,7 +50,8 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "serving", f"--rest_api_port={self.rest_port}", "--host=127.0.0.1", *flags]
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, cwd=log_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=log_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=die_with_parent)
 
     def wait_available(self, model: str, version: int | None = None, timeout_s: float = 60) -> None:
         """Block until `model` (at `version`, if given) is AVAILABLE; raise with the log if not."""
@@ -59,10 +62,10 @@ class ServerProcess:
         return self.log.read_text()[-chars:]
 
     def stop(self) -> int:
-        """SIGTERM, then wait for a clean exit; returns the exit code."""
+        """SIGTERM, then wait for a clean exit (SIGKILL to its process group after 20 s); returns the exit code."""
         self.process.terminate()
         try:
             return self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             raise

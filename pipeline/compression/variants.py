@@ -102,6 +102,48 @@ def quantize_aware(model: keras.Model, preserve_sparsity: bool = False) -> keras
             tfmot.quantization.keras.quantize_apply(annotated)
 
 
+def savable(model: keras.Model) -> keras.Model:
+    """`model`, or for a QAT model the same model rebuilt from its config, which the .keras format
+    can save and load.
+
+    QuantizeWrapperV2.build lists the wrapped layer's weights among its own variables, and each
+    quantized kernel once more: a Conv2D or Dense wrapped by quantize_apply (already built) owns 8
+    variables, one rebuilt from its config (as load_model does) 6. The .keras format saves and
+    loads each layer's own variables by position, so the model as quantize_apply made it does not
+    load ("Layer 'quant_conv2d' expected 6 variables, but received 8"). Rebuilt after fine-tuning,
+    not before: pruning-preserving QAT computes its sparsity mask from the kernel when it builds.
+    """
+    if not any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2) for layer in model.layers):
+        return model
+    with tfmot.quantization.keras.quantize_scope():
+        rebuilt = keras.Model.from_config(model.get_config())
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def unsupported(names: tuple[str, ...], trained: keras.Model, clusters: int,
+                representative: np.ndarray) -> dict[str, str]:
+    """The variants among `names` that cannot be made from `trained`, with the reason: checked before
+    any fine-tuning (wrapping a model takes a second, fine-tuning minutes). Fine-tuning changes
+    weights, not the graph, so a QAT wrapper that converts to int8 now converts after fine-tuning."""
+    from pipeline.compression.tflite import ConversionFailed, to_tflite
+
+    checks = {"pruned": lambda: prune(trained, 0.5, steps=10), "cluster": lambda: cluster(trained, clusters),
+              "qat": lambda: to_tflite(quantize_aware(trained), "int8", representative)}
+    needs = {"pruned": ("pruned",), "cluster": ("cluster",), "qat": ("qat",), "pqat": ("pruned", "qat")}
+    problems = {}
+    with warnings.catch_warnings(), tfmot_scope():
+        warnings.simplefilter("ignore")
+        for check in sorted({c for name in names for c in needs.get(name, ())}):
+            try:
+                checks[check]()
+            except NothingToCompress as e:
+                problems[check] = str(e)
+            except ConversionFailed as e:
+                problems[check] = f"TFLite cannot convert its int8 form ({e})"
+    return {name: problems[c] for name in names for c in needs.get(name, ()) if c in problems}
+
+
 def strip(model: keras.Model) -> keras.Model:
     """Remove pruning and clustering wrappers: a plain Keras model with the compressed weights."""
     return tfmot.clustering.keras.strip_clustering(tfmot.sparsity.keras.strip_pruning(model))

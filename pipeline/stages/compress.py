@@ -1,10 +1,14 @@
-"""Compress the trained model into the variants the config asks for, measure each on the test
+"""Compress the trained model into the variants the config asks for, measure each on the validation
 split, and choose the one to export by a rule: the smallest within the allowed accuracy drop.
 
 Keras variants (pruned, qat, pqat, cluster, distilled) can be served as SavedModels; each is also
 converted to TFLite (post-training float / dynamic / float16 / int8; QAT variants to int8 only).
-A SavedModel of a pruned or QAT model is still float32: size wins show in gzip and TFLite, speed
-wins only in TFLite. report.json, a table and a plot say so with numbers.
+Variants and TFLite kinds the model does not support are found before any fine-tuning and skipped
+with one line each. Every exported artefact (the selected variant and its .tflite files) passes the
+accuracy-drop gate on the validation split; one that does not is reported as failed and not shipped.
+The selected variant's test accuracy is measured once, as the held-out figure. A SavedModel of a
+pruned or QAT model is still float32: size wins show in gzip and TFLite, speed wins only in TFLite.
+Regression models are exported as trained (variants are judged by accuracy), with a note.
 """
 from __future__ import annotations
 
@@ -59,81 +63,102 @@ OUTPUTS = ("compressed",)
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     target = out / "compressed"
     (target / "tflite").mkdir(parents=True)
-    if not cfg.compress.variants:
+    schema = read_schema(inputs["schema"])
+    if not cfg.compress.variants or schema["task"] != "classification":
+        if cfg.compress.variants:
+            print("compress: skipped: variants are judged by accuracy, and this is a regression model; it is "
+                  "exported as trained (set compress.variants=[] to silence this).")
         shutil.copy(inputs["model"] / "model.keras", target / "model.keras")
         return {"selected": "baseline"}
-    schema = read_schema(inputs["schema"])
-    if schema["task"] != "classification":
-        raise StageError("compress: variants are measured by accuracy, so they need data.task=classification; "
-                         "set compress.variants=[] for regression models.")
     import tf_keras as keras
 
     from pipeline.compression import summary, variants
+    from pipeline.compression.tflite import ConversionFailed, to_tflite
     from pipeline.training.distribute import in_process_strategy
 
+    c = cfg.compress
     keras.utils.set_random_seed(cfg.seed)
     trained = keras.models.load_model(inputs["model"] / "model.keras")
-    data = {split: read_split(inputs["dataset"], split) for split in ("train", "test")}
-    try:
-        compressed = variants.train_variants(cfg.compress.variants, trained, data["train"], data_spec(schema), cfg,
-                                             in_process_strategy(cfg.train.strategy))
-    except variants.NothingToCompress as e:
-        raise StageError(f"compress.variants: {e}") from None
-    keras_variants = {"baseline": trained, **compressed}
-    report = _measure(cfg.compress, keras_variants, data, out)
-    selected = _select(cfg.compress, report)
-    keras_variants[selected].save(target / "model.keras")
-    for name in report:
-        if name.startswith(selected + "+"):
-            shutil.copy(out / "tflite" / f"{name}.tflite", target / "tflite" / f"{name}.tflite")
-    COMPRESSION_REPORT.in_output(out).write_text(json.dumps({"baseline": "baseline", "selected": selected,
-                                                             "variants": report}, indent=2))
+    data = {split: read_split(inputs["dataset"], split) for split in ("train", "val", "test")}
+    representative = data["train"].x[: c.representative_rows]
+    baseline_tflite, skipped = {}, {}
+    for kind in c.tflite:  # what does not convert now never will: find out before fine-tuning
+        try:
+            baseline_tflite[kind] = to_tflite(trained, kind, representative)
+        except ConversionFailed as e:
+            skipped[f"+{kind}"] = f"TFLite cannot convert this model to {kind} ({e})"
+    skipped |= variants.unsupported(c.variants, trained, c.clusters, representative)
+    for name, reason in skipped.items():
+        print(f"compress: warning: skipping {name}: {reason}")
+    names = tuple(v for v in c.variants if v not in skipped)
+    compressed = variants.train_variants(names, trained, data["train"], data_spec(schema), cfg,
+                                         in_process_strategy(cfg.train.strategy))
+    kinds = tuple(k for k in c.tflite if f"+{k}" not in skipped)
+    report = _measure(c, {"baseline": trained, **compressed}, kinds, baseline_tflite, data["val"], representative,
+                      out)
+    selected = _select(c, report, skipped)
+    model = variants.savable(({"baseline": trained} | compressed)[selected])
+    model.save(target / "model.keras")
+    shipped = [n for n, r in report.items() if n.startswith(selected + "+") and r["status"] == "ok"]
+    for name in shipped:
+        shutil.copy(out / "tflite" / f"{name}.tflite", target / "tflite" / f"{name}.tflite")
+    test = data["test"]
+    held_out = float((model.predict(test.x, batch_size=256, verbose=0).argmax(axis=1) == test.y).mean())
+    COMPRESSION_REPORT.in_output(out).write_text(json.dumps({
+        "measured_on": "val", "baseline": "baseline", "selected": selected, "shipped_tflite": shipped,
+        "selected_test_accuracy": held_out, "skipped": skipped, "variants": report}, indent=2))
     print(summary.table(report, selected))
+    print(f"compress: selected {selected} (validation accuracy {report[selected]['accuracy']:.4f}); "
+          f"held-out test accuracy {held_out:.4f}; shipped .tflite: {', '.join(shipped) or 'none'}")
     summary.plot(report, COMPRESSION_PLOT.in_output(out))
-    return {"selected": selected, "accuracy": report[selected]["accuracy"],
+    return {"selected": selected, "val_accuracy": report[selected]["accuracy"], "test_accuracy": held_out,
             "savedmodel_gzip_bytes": report[selected]["savedmodel_gzip_bytes"]}
 
 
-def _measure(c: Config, keras_variants: dict, data: dict, out: Path) -> dict[str, dict]:
+def _measure(c: Config, keras_variants: dict, kinds: tuple[str, ...], baseline_tflite: dict[str, bytes], val,
+             representative, out: Path) -> dict[str, dict]:
+    """Each variant and its .tflite files measured on the validation split, with its accuracy drop against
+    the trained model and whether it passes the gate (status "ok", or "failed: <why>")."""
     from pipeline.compression import measure
     from pipeline.compression.tflite import to_tflite
-    from pipeline.compression.variants import tfmot_scope
 
-    x, y = data["test"]
-    representative = data["train"].x[: c.representative_rows]
     (out / "tflite").mkdir(exist_ok=True)
     report = {}
     for name, model in keras_variants.items():
         print(f"compress: measuring {name}", flush=True)
-        report[name] = measure.measure_keras(model, x, y)
-        for kind in ("int8",) if name in QUANTIZED else c.tflite:
-            with tfmot_scope():
-                tflite = to_tflite(model, kind, representative)
+        report[name] = measure.measure_keras(model, val.x, val.y)
+        for kind in ("int8",) if name in QUANTIZED else kinds:
+            tflite = baseline_tflite[kind] if name == "baseline" else to_tflite(model, kind, representative)
             (out / "tflite" / f"{name}+{kind}.tflite").write_bytes(tflite)
-            report[f"{name}+{kind}"] = measure.measure_tflite(tflite, x, y, report[name])
+            report[f"{name}+{kind}"] = measure.measure_tflite(tflite, val.x, val.y, report[name])
     baseline = report["baseline"]
-    for entry in report.values():
+    for name, entry in report.items():
         entry["accuracy_drop"] = baseline["accuracy"] - entry["accuracy"]
         entry["agreement_with_baseline"] = float((entry.pop("predictions") == baseline["predictions"]).mean()) \
             if entry is not baseline else 1.0
+        entry["status"] = "ok" if entry["accuracy_drop"] <= c.max_accuracy_drop else (
+            f"failed: validation accuracy {entry['accuracy']:.4f} is {entry['accuracy_drop']:.4f} below the trained "
+            f"model's (compress.max_accuracy_drop={c.max_accuracy_drop})"
+            + ("; int8 keeps one scale per tensor, so inputs or activations of very different ranges lose "
+               "precision" if name.endswith("+int8") else ""))
     baseline.pop("predictions")
     return report
 
 
-def _select(c: Config, report: dict[str, dict]) -> str:
+def _select(c: Config, report: dict[str, dict], skipped: dict[str, str]) -> str:
     """The keras variant to serve; the gate fails the stage when none qualifies."""
     from pipeline.compression import summary
 
     servable = {n: r for n, r in report.items() if r["format"] == "keras"}
     if c.select != "smallest_within":
         if c.select not in servable:
-            raise StageError(f"compress.select={c.select!r}, but that variant was not produced; "
-                             f"produced: {', '.join(servable)}.")
+            why = f"it was skipped: {skipped[c.select]}" if c.select in skipped else "that variant was not produced"
+            raise StageError(f"compress.select={c.select!r}, but {why}; produced: {', '.join(servable)}.")
         candidates = {c.select: servable[c.select]}
     else:
         candidates = {n: r for n, r in servable.items() if n != "baseline"}
-    within = {n: r for n, r in candidates.items() if r["accuracy_drop"] <= c.max_accuracy_drop}
+    within = {n: r for n, r in candidates.items() if r["status"] == "ok"}
     if not within:
         raise StageError(f"no compressed variant is within compress.max_accuracy_drop={c.max_accuracy_drop} "
-                         f"of the trained model's accuracy:\n{summary.table(report, None)}")
+                         f"of the trained model's validation accuracy:\n{summary.table(report, None)}")
     return min(within, key=lambda n: within[n]["savedmodel_gzip_bytes"])

@@ -15,6 +15,7 @@ from pipeline.errors import StageError
 class Config:
     min_accuracy: float = 0.9  # classification gate: the run fails before export below this
     max_mae: float | None = None  # regression gate; null = no gate
+    beat_mean: bool = True  # regression gate: fail unless the model beats predicting the train split's mean
 
     def problems(self) -> list[str]:
         if not 0 <= self.min_accuracy <= 1:
@@ -44,11 +45,17 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
                 f"change the model, or lower the gate."
             )
     else:
-        metrics = _regression(predictions[:, 0], test.y)
+        metrics = _regression(predictions[:, 0], test.y, schema["label_stats"]["train_mean"])
         if cfg.evaluate.max_mae is not None and metrics["mae"] > cfg.evaluate.max_mae:
             raise StageError(
                 f"test MAE {metrics['mae']:.4f} on {len(test.y)} rows is above the gate "
                 f"evaluate.max_mae={cfg.evaluate.max_mae}."
+            )
+        if cfg.evaluate.beat_mean and metrics["mae"] >= metrics["mean_baseline_mae"]:
+            raise StageError(
+                f"test MAE {metrics['mae']:.4f} on {len(test.y)} rows is no better than predicting the train "
+                f"mean ({metrics['mean_baseline_mae']:.4f}): the model learnt nothing useful. Train longer "
+                f"(train.epochs), change the model, or set evaluate.beat_mean=false."
             )
     (out / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -68,6 +75,7 @@ def _classification(probabilities: np.ndarray, y: np.ndarray, classes: list[str]
     return {"accuracy": float((predicted == y).mean()), "loss": float(-np.log(picked).mean()), "test_rows": len(y)}
 
 
-def _regression(predicted: np.ndarray, y: np.ndarray) -> dict:
+def _regression(predicted: np.ndarray, y: np.ndarray, train_mean: float) -> dict:
     error = predicted - y
-    return {"mae": float(np.abs(error).mean()), "mse": float((error**2).mean()), "test_rows": len(y)}
+    return {"mae": float(np.abs(error).mean()), "mse": float((error**2).mean()),
+            "mean_baseline_mae": float(np.abs(train_mean - y).mean()), "test_rows": len(y)}

@@ -18,6 +18,7 @@ from pipeline.artifacts import SAMPLE_REQUEST, SIGNATURES, read_schema
 @dataclass(frozen=True)
 class Config:
     warmup: bool = True  # write assets.extra/tf_serving_warmup_requests (TF Serving replays it on load)
+    reject_nonfinite: bool = True  # a request with NaN or Infinity in `x` fails (400) instead of being answered
 
 
 CONFIG = ("export",)
@@ -35,7 +36,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     with tfmot_scope():  # a QAT variant keeps its quantization wrappers
         model = keras.models.load_model(inputs["compressed"] / "model.keras")
     path = out / "saved_model"
-    saved_model.save(model, schema, path, cfg.export.warmup)
+    saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite)
     for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
         (path / "assets.extra").mkdir(exist_ok=True)
         shutil.copy(tflite, path / "assets.extra" / tflite.name)

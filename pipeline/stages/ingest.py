@@ -21,7 +21,7 @@ from pipeline.errors import StageError
 @dataclass(frozen=True)
 class Config:
     source: str = "digits"  # "digits" (bundled with scikit-learn), or a path to a .csv / .npz file
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["auto", "classification", "regression"] = "auto"  # auto: decided from the labels, and said why
     label: str = "label"  # the CSV label column
     features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
     input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
@@ -70,6 +70,10 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
             f"{data.source} has {x.shape[1]} features per row. Set data.input_shape to a shape "
             f"whose sizes multiply to {x.shape[1]}, or [] to keep the stored shape."
         )
+    task = data.task
+    if task == "auto":
+        task, why = infer_task(labels)
+        print(f"ingest: data.task=auto: {task}, because {why}. Set data.task to decide otherwise.")
     split = _split(len(x), data.val_fraction, data.test_fraction, cfg.seed)
     out_dir = out / "examples"
     out_dir.mkdir(parents=True)
@@ -77,7 +81,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     meta = {
         "source": data.source,
-        "task": data.task,
+        "task": task,
         "feature_names": feature_names,
         "input_shape": list(input_shape),
         "rows": counts,
@@ -85,6 +89,26 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     print(f"ingest: {len(x)} rows x {x.shape[1]} features from {data.source} -> {counts}")
     return {"rows": len(x), "features": x.shape[1], "unreadable_rows": int((problems != "").sum())}
+
+
+MAX_CLASSES = 20  # whole-number labels with more distinct values than this are taken as a quantity
+
+
+def infer_task(labels: np.ndarray) -> tuple[str, str]:
+    """(task, why) from the label column, for data.task=auto."""
+    values = sorted(set(labels.tolist()) - {""})
+    numbers = []
+    for value in values:
+        try:
+            numbers.append(float(value))
+        except ValueError:
+            return "classification", f"the labels are not all numbers (e.g. {value!r})"
+    fractional = [v for v in numbers if math.isfinite(v) and v != round(v)]
+    if fractional:
+        return "regression", f"the labels are numbers with fractions (e.g. {fractional[0]})"
+    if len(values) > MAX_CLASSES:
+        return "regression", f"the labels are {len(values)} distinct whole numbers, more than {MAX_CLASSES} classes"
+    return "classification", f"the labels take {len(values)} distinct values"
 
 
 def _read_digits():

@@ -1,36 +1,40 @@
-"""Publish the exported SavedModel into a model repository in TF Serving's layout.
+"""Publish the exported SavedModel into a model repository in TF Serving's layout, safely.
 
-`<repository>/<model_name>/<version>/saved_model.pb`, version = the next integer. The copy is
-written to a hidden directory and renamed into place, so a server polling the repository (ours or
-tensorflow_model_server) never sees a half-copied version, and an existing version is never
-overwritten. With `serve.smoke`, the embedded server is started on the pushed version and must
-answer one predict request before the stage succeeds.
+`<repository>/<model_name>/<version>/saved_model.pb`, version = the next number never issued there.
+Nothing reaches a server polling the repository (ours or tensorflow_model_server) before it is
+checked: the candidate is copied into a hidden staging directory in the model's base path; its
+serving signatures must match the newest version's (a client of the model keeps working); with
+`serve.smoke` the embedded server must serve it from there and answer a predict request; only
+then is it renamed into place. A candidate identical to the newest version (a rerun after a kill,
+say) is not published again.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import repository
-from pipeline.artifacts import PUSHED
+from pipeline.artifacts import PUSHED, dir_fingerprint
 from pipeline.errors import StageError
 
 
 @dataclass(frozen=True)
 class Config:
     repository: str = "model_repository"  # the model base path's parent, as in --model_base_path
-    model_name: str = "digits"
+    model_name: str = ""  # "" = named after data.source: "digits", or the data file's name without its suffix
+    allow_signature_change: bool = False  # publish even if clients of the newest version would break
 
     def problems(self) -> list[str]:
-        problem = repository.name_problem(self.model_name)
+        problem = self.model_name and repository.name_problem(self.model_name)
         return [f"model_name: {problem}"] if problem else []
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    smoke: bool = False  # after pushing, serve the new version and send it one predict request
+    smoke: bool = False  # before publishing, serve the candidate and send it one predict request
     timeout_s: float = 120.0  # for the server to report the version AVAILABLE
 
     def problems(self) -> list[str]:
@@ -44,36 +48,69 @@ OUTPUTS = ()
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    model_dir = Path(cfg.push.repository) / cfg.push.model_name
-    version, path = repository.publish(inputs["saved_model"], model_dir)
+    name = cfg.push.model_name
+    model_dir = Path(cfg.push.repository) / name
+    digest = dir_fingerprint(inputs["saved_model"])
+    newest = repository.latest(model_dir)
+    if newest is not None:
+        newest_dir = model_dir / str(newest)
+        if repository.lineage(newest_dir).get("content") == digest:
+            print(f"push: version {newest} of {name!r} already is this model; not publishing it again")
+            return _result(out, newest, newest_dir, published=False)
+        _check_compatible(cfg.push, newest, newest_dir, inputs["saved_model"])
+    with repository.staging(model_dir) as area:
+        candidate = area / "1"  # the staging area is a model base path of its own, holding the candidate
+        shutil.copytree(inputs["saved_model"], candidate)
+        repository.write_lineage(candidate, {"content": digest, "source": str(inputs["saved_model"].resolve()),
+                                             "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        smoke = {"smoke_latency_ms": smoke_test(name, area, cfg.serve.timeout_s, out)} if cfg.serve.smoke else {}
+        version, path = repository.publish_prepared(candidate, model_dir)
     print(f"push: published {path}")
-    result = {"version": version, "path": str(path.resolve())}
-    if cfg.serve.smoke:
-        result["smoke_latency_ms"] = smoke_test(cfg.push.model_name, model_dir, version, cfg.serve.timeout_s, out)
+    return _result(out, version, path, published=True, **smoke)
+
+
+def _result(out: Path, version: int, path: Path, **more) -> dict:
+    result = {"version": version, "path": str(path.resolve()), **more}
     PUSHED.in_output(out).write_text(json.dumps(result))
     return result
 
 
-def smoke_test(model_name: str, model_dir: Path, version: int, timeout_s: float, out: Path) -> float:
-    """Serve `version` with the embedded server and predict on one all-zeros row; returns the ms."""
+def _check_compatible(push, newest: int, newest_dir: Path, candidate: Path) -> None:
+    """Refuse a candidate whose serving signatures would break the clients of the newest version."""
+    changes = repository.signature_changes(repository.signatures(newest_dir), repository.signatures(candidate))
+    if not changes:
+        return
+    if push.allow_signature_change:
+        print(f"push: signatures differ from version {newest} (push.allow_signature_change=true): {'; '.join(changes)}")
+        return
+    raise StageError(
+        f"push: not publishing to {str(newest_dir.parent)!r}: clients of version {newest} would break, its serving "
+        f"signatures differ: {'; '.join(changes)}. Publish under another name (push.model_name=...), or set "
+        f"push.allow_signature_change=true once clients are ready.")
+
+
+def smoke_test(model_name: str, base_path: Path, timeout_s: float, out: Path) -> float:
+    """Serve the one version under `base_path` with the embedded server and predict on one all-zeros
+    row; returns the milliseconds it took."""
     from serving.client import RestClient, ServingClientError
     from serving.process import ServerProcess
 
-    server = ServerProcess(f"--model_name={model_name}", f"--model_base_path={model_dir.resolve()}", "--port=0",
+    server = ServerProcess(f"--model_name={model_name}", f"--model_base_path={base_path.resolve()}", "--port=0",
                            "--file_system_poll_wait_seconds=0", log_dir=out)
     try:
-        server.wait_available(model_name, version, timeout_s)
+        server.wait_available(model_name, timeout_s=timeout_s)
         with RestClient(server.url) as client:
-            signature = client.metadata(model_name, version)["metadata"]["signature_def"]["signature_def"]
-            n_features = int(signature["serving_default"]["inputs"]["x"]["tensor_shape"]["dim"][1]["size"])
+            n_features = client.metadata(model_name)["signatures"]["serving_default"]["inputs"]["x"]["shape"][1]
             started = time.perf_counter()
-            predictions = client.predict(model_name, instances=[[0.0] * n_features], version=version)
+            outputs = client.predict(model_name, [[0.0] * n_features])
             latency_ms = (time.perf_counter() - started) * 1000
     except (RuntimeError, TimeoutError, ServingClientError) as e:
-        raise StageError(f"serve.smoke: version {version} of {model_name!r} did not serve: {e}") from None
+        raise StageError(f"serve.smoke: the candidate of {model_name!r} did not serve, so it was not published: {e}") \
+            from None
     finally:
         server.stop()
-    if len(predictions) != 1:
-        raise StageError(f"serve.smoke: expected 1 prediction for 1 row, received {len(predictions)}.")
-    print(f"push: smoke test passed, version {version} answered in {latency_ms:.1f} ms")
+    rows = {name: len(value) for name, value in outputs.items()}
+    if set(rows.values()) != {1}:
+        raise StageError(f"serve.smoke: expected 1 row of each output for 1 row in, received {rows}.")
+    print(f"push: smoke test passed, the candidate answered in {latency_ms:.1f} ms")
     return round(latency_ms, 2)

@@ -127,5 +127,7 @@ def _schema(meta, x_train, x_all, classes, y, split, rejected) -> dict:
             for i, name in enumerate(SPLITS)
         }
     else:
-        schema["label_stats"] = {"min": float(y.min()), "max": float(y.max()), "mean": float(y.mean())}
+        train = y[split == 0]  # the output head un-standardises with these: train split only
+        schema["label_stats"] = {"min": float(y.min()), "max": float(y.max()), "mean": float(y.mean()),
+                                 "train_mean": float(train.mean()), "train_std": float(train.std())}
     return schema

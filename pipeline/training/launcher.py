@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import ctypes
 import importlib
 import json
 import os
@@ -25,10 +24,9 @@ import threading
 from collections.abc import Callable
 
 from pipeline.errors import StageError
-from serving.ports import free_ports
+from serving.local import die_with_parent, free_ports
 
 TAIL_LINES = 20
-PR_SET_PDEATHSIG = 1
 
 
 class TaskFailed(StageError):
@@ -48,7 +46,7 @@ class Task:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.process = subprocess.Popen(
             [sys.executable, *argv], env={**os.environ, "TF_CONFIG": config, "PYTHONUNBUFFERED": "1"}, text=True, bufsize=1,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
 
 def tf_config(cluster: dict[str, list[str]], task_type: str, index: int) -> str:
@@ -127,11 +125,6 @@ def _stream(task: Task, finished: queue.Queue, lock: threading.Lock, log: Callab
         with lock:
             log(f"[{task.name}] {line}")
     finished.put((task, task.process.wait()))
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it if the launcher dies, even by SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _serve() -> None:

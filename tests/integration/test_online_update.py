@@ -28,7 +28,7 @@ def test_update_from_the_served_model_on_new_data(tmp_path):
     np.savez(tmp_path / "new.npz", x=16 - x[900:1597], y=y[900:1597])  # the ink is inverted from now on
     x_new, y_new = 16 - x[1597:], y[1597:]  # held out from both runs
     common = ("data.input_shape=[8, 8, 1]", "compress.variants=[]", "serve.smoke=false", "evaluate.min_accuracy=0",
-              "train.epochs=10", "train.verbose=0", f"push.repository={tmp_path / 'repo'}")
+              "train.epochs=10", "train.verbose=0", f"push.repository={tmp_path / 'repo'}", "push.model_name=digits")
 
     first = run_pipeline(tmp_path, f"data.source={tmp_path / 'old.npz'}", *common)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -1,5 +1,7 @@
 """The real CLI (`python -m pipeline.run` in a subprocess) on digits with few epochs."""
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tests.pipeline_cli import run_pipeline
+from tests.pipeline_cli import pipeline_command, pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,7 @@ def workdir(tmp_path_factory):
 
 
 # Compression on (fast settings); the gate is loose because fine-tuning is only two epochs.
-FIXTURE_RUN = ("train.epochs=6", "compress.fine_tune_epochs=2", "compress.tflite=[int8]",
+FIXTURE_RUN = ("train.epochs=6", "compress.fine_tune_epochs=2", "compress.distill_epochs=4", "compress.tflite=[int8]",
                "compress.max_accuracy_drop=0.05")
 
 
@@ -73,14 +75,14 @@ def test_manifest_documents_stages_signatures_and_versions(workdir):
     assert export["metrics"]["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 64]}}
     assert run["versions"]["tensorflow"].startswith("2.21")
     report = (workdir / "runs" / "latest" / "report.html").read_text()
-    assert report.count("<img") == 2 and "Compression (test split)" in report  # training curves, compression plot
+    assert report.count("<img") == 2 and "Compression (measured on the validation split)" in report  # curves, plot
 
 
 def test_same_run_twice_is_fully_cached(workdir):
     result = cli(workdir, *FIXTURE_RUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(statuses(workdir).values()) == {"cached"}
-    assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == ["1"]
+    assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == [".last_version", "1"]
 
 
 def test_changing_epochs_reruns_train_and_what_follows(workdir):
@@ -144,3 +146,36 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     assert "strategy mirrored with 2 replica(s)" in result.stdout
     evaluate = next(s for s in manifest(tmp_path)["stages"] if s["name"] == "evaluate")
     assert evaluate["metrics"]["accuracy"] >= 0.9
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path):
+    process = subprocess.Popen(pipeline_command("train.epochs=200", "train.early_stopping_patience=0", "--until",
+                                                "train"), cwd=tmp_path, env=pipeline_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in process.stdout:
+        if line.startswith("Epoch 2/"):  # training is under way
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    run = manifest(tmp_path)
+    assert run["status"] == "interrupted" and run["stages"][-1] == {**run["stages"][-1], "name": "train",
+                                                                   "status": "interrupted"}
+    assert f"Continue it with --resume {run['run_id']}" in stderr
+    assert not list((tmp_path / "runs" / ".cache" / "train").glob(".tmp-*"))
+    resumed = cli(tmp_path, "--resume", run["run_id"], "train.epochs=2")  # only output_dir= may be given with --resume
+    assert resumed.returncode == 2 and "drop the overrides" in resumed.stderr
+
+
+def test_resume_finds_a_run_made_with_another_output_dir(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    first = cli(tmp_path, f"output_dir={elsewhere}", "--until", "ingest")
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_id = json.loads((elsewhere / "latest" / "manifest.json").read_text())["run_id"]
+    missing = cli(tmp_path, "--resume", run_id, "--until", "validate")
+    assert missing.returncode == 2 and "give the run's directory, or its id with the output_dir=DIR" in missing.stderr
+    for how in ([run_id, f"output_dir={elsewhere}"], [str(elsewhere / run_id)]):
+        resumed = cli(tmp_path, "--resume", *how, "--until", "validate")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run = json.loads((elsewhere / run_id / "manifest.json").read_text())
+    assert [(s["name"], s["status"]) for s in run["stages"]] == [("ingest", "resumed"), ("validate", "resumed")]

@@ -83,11 +83,23 @@ def test_config_names_resolve_to_bundled_files():
     assert load_config("digits").model.name == "cnn"
 
 
-def test_checking_a_config_imports_no_tensorflow():
+def test_checking_a_config_imports_no_tensorflow(tmp_path):
     """`--help`, `--list` and config errors answer in well under a second: TensorFlow loads when a stage runs."""
     import subprocess
     import sys
 
-    code = "import sys, pipeline.run, pipeline.config; print(sorted({'tensorflow', 'tf_keras'} & set(sys.modules)))"
+    code = ("import sys, pipeline.run; from pipeline.config import load_config; from pipeline.stages import STAGES; "
+            "from pipeline.runner import Runner, code_fingerprint; "
+            f"Runner(load_config(None, ['output_dir={tmp_path}'])).plan(); [code_fingerprint(s) for s in STAGES.values()]; "
+            "print(sorted({'tensorflow', 'tf_keras', 'keras_tuner'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_model_name_comes_from_the_data_unless_set(tmp_path):
+    (tmp_path / "my data (v2).csv").write_text("a,label\n1,2\n")
+    (tmp_path / "bc.csv").write_text("a,label\n1,2\n")
+    assert load_config().push.model_name == "digits"
+    assert load_config(None, [f"data.source={tmp_path / 'bc.csv'}"]).push.model_name == "bc"
+    assert load_config(None, [f"data.source={tmp_path / 'my data (v2).csv'}"]).push.model_name == "my-data-v2"
+    assert load_config(None, [f"data.source={tmp_path / 'bc.csv'}", "push.model_name=cancer"]).push.model_name == "cancer"

@@ -118,3 +118,21 @@ def test_digits_split_is_deterministic_by_seed(tmp_path):
 def test_input_shape_must_match_the_feature_count(tmp_path):
     with pytest.raises(StageError, match=r"data.input_shape \[4, 4\] holds 16 values, but digits has 64 features"):
         ingest_and_validate(tmp_path, input_shape=(4, 4))
+
+
+@pytest.mark.parametrize("labels, task, why", [
+    (["cat", "dog", "cat"], "classification", "the labels are not all numbers (e.g. 'cat')"),
+    (["0", "1", "1", ""], "classification", "the labels take 2 distinct values"),
+    (["3", "1.5", "2"], "regression", "the labels are numbers with fractions (e.g. 1.5)"),
+    ([str(v) for v in range(25, 250)], "regression", "the labels are 225 distinct whole numbers, more than 20 classes"),
+])
+def test_the_task_is_inferred_from_the_labels_with_a_reason(labels, task, why):
+    assert ingest.infer_task(np.array(labels)) == (task, why)
+
+
+def test_auto_task_is_said_and_recorded(tmp_path, capsys):
+    rows = [["a", "label"]] + [[str(i), str(100 + 3 * i)] for i in range(60)]
+    raw, checked = ingest_and_validate(tmp_path, source=str(write_csv(tmp_path / "d.csv", rows)), task="auto")
+    assert "data.task=auto: regression, because the labels are 60 distinct whole numbers" in capsys.readouterr().out
+    schema = json.loads((checked / "schema" / "schema.json").read_text())
+    assert schema["task"] == "regression" and schema["label_stats"]["train_std"] > 0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.artifacts import dir_fingerprint
+from pipeline.cleanup import collect_garbage
 from pipeline.config import keyed, load_config, stage_view
 from pipeline.errors import CommandLineError, StageError, StageFailed
 from pipeline.runner import Runner, project_sources
@@ -149,3 +151,38 @@ def test_resume_continues_after_the_last_completed_stage(tmp_path):
 def test_unknown_stage_names_are_rejected():
     with pytest.raises(CommandLineError, match="--force 'trian': unknown stage"):
         Runner(load_config(), force=("trian",))
+
+
+def test_force_replaces_the_cached_entry_with_what_it_just_computed(tmp_path):
+    first = Runner(config(tmp_path, "train.epochs=1")).run("train", log=lambda _: None)[-1]
+    forced_runner = Runner(config(tmp_path, "train.epochs=1"), force=("train",))
+    forced = forced_runner.run("train", log=lambda _: None)[-1]
+    assert (forced.status, forced.key) == ("ran", first.key)
+    entry = tmp_path / "runs" / ".cache" / "train" / forced.key
+    assert (forced_runner.run_dir / "train").resolve() == entry.resolve()
+    assert dir_fingerprint(entry / "model") == forced.outputs["model"] != first.outputs["model"]  # .keras files are dated
+    assert json.loads((entry / "manifest.json").read_text())["record"]["produced_by"] == forced_runner.run_id
+    assert [p.name for p in entry.parent.iterdir() if p.name.startswith(".") and p.name != ".backup"] == []
+
+
+def test_staging_dirs_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    cache = tmp_path / "runs" / ".cache" / "ingest"
+    dead, alive = cache / ".tmp-0123456789ab-999999999-beef", cache / f".tmp-0123456789ab-{os.getpid()}-cafe"
+    dead.mkdir(parents=True)
+    alive.mkdir()
+    Runner(config(tmp_path)).run("ingest", log=lambda _: None)
+    assert not dead.exists() and alive.exists()
+
+
+def test_gc_keeps_the_newest_runs_and_what_they_use_and_never_models(tmp_path):
+    repository_dir = tmp_path / "model_repository" / "digits" / "1"
+    repository_dir.mkdir(parents=True)
+    runs = [Runner(config(tmp_path, f"seed={seed}")) for seed in (1, 2, 3)]
+    for runner in runs:
+        runner.run("validate", log=lambda _: None)
+    kept = {link.resolve() for link in runs[-1].run_dir.iterdir() if link.is_symlink()}
+    removed = collect_garbage(tmp_path / "runs", keep=1)
+    assert removed["runs_removed"] == 2 and removed["entries_removed"] == 4 and removed["bytes_freed"] > 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [".cache", runs[-1].run_id, "latest"]
+    assert {e.resolve() for e in (tmp_path / "runs" / ".cache").glob("*/*")} == kept
+    assert repository_dir.is_dir()

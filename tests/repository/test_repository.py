@@ -1,10 +1,12 @@
 """The model repository: what a version is, and publishing: next version, atomic, never overwriting."""
 import os
+import shutil
 import threading
 
 import pytest
 
-from repository import name_problem, publish, versions
+from repository import (lineage, name_problem, publish, publish_prepared, signature_changes, staging, versions,
+                        write_lineage)
 
 
 @pytest.fixture
@@ -86,3 +88,52 @@ def test_good_names(name):
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "a..b", ".hidden", "x" * 129, "ü"])
 def test_bad_names_are_explained(name):
     assert "expected letters, digits" in name_problem(name)
+
+
+def test_a_removed_versions_number_is_never_issued_again(tmp_path, saved_model):
+    repo = tmp_path / "digits"
+    for _ in range(3):
+        publish(saved_model, repo)
+    shutil.rmtree(repo / "3")
+    shutil.rmtree(repo / "2")
+    assert publish(saved_model, repo)[0] == 4
+    assert sorted(versions(repo)) == [1, 4]
+
+
+def test_staging_leaves_nothing_behind_and_is_invisible_to_pollers(tmp_path, saved_model):
+    repo = tmp_path / "digits"
+    with staging(repo) as area:
+        shutil.copytree(saved_model, area / "1")
+        assert versions(repo) == {} and versions(area) == {1: area / "1"}
+        version, path = publish_prepared(area / "1", repo)
+    assert (version, path) == (1, repo / "1")
+    with pytest.raises(RuntimeError), staging(repo) as area:
+        shutil.copytree(saved_model, area / "1")
+        raise RuntimeError("the smoke test failed")
+    assert sorted(p.name for p in repo.iterdir()) == [".last_version", "1"]
+
+
+def test_lineage_is_kept_inside_the_version(tmp_path, saved_model):
+    write_lineage(saved_model, {"content": "abc", "source": "runs/x/export"})
+    _, path = publish(saved_model, tmp_path / "digits")
+    assert lineage(path) == {"content": "abc", "source": "runs/x/export"}
+    assert lineage(tmp_path) == {}
+
+
+SIGNATURES = {"serving_default": {"method": "tensorflow/serving/predict",
+                                  "inputs": {"x": {"dtype": "float32", "shape": [-1, 64]}},
+                                  "outputs": {"class_id": {"dtype": "int64", "shape": [-1]}}}}
+
+
+def test_signature_changes_name_what_breaks_a_client():
+    assert signature_changes(SIGNATURES, SIGNATURES) == []
+    more = {**SIGNATURES, "classify": {"method": "tensorflow/serving/classify", "inputs": {}, "outputs": {}}}
+    assert signature_changes(SIGNATURES, more) == []  # a new signature breaks nobody
+    wider = {"serving_default": {**SIGNATURES["serving_default"], "inputs": {"x": {"dtype": "float32", "shape": [-1, 30]}}}}
+    assert signature_changes(SIGNATURES, wider) == [
+        "signature 'serving_default': input 'x' was float32 [-1, 64], is now float32 [-1, 30]"]
+    assert signature_changes(SIGNATURES, {}) == ["signature 'serving_default' is gone"]
+    renamed = {"serving_default": {**SIGNATURES["serving_default"], "outputs": {"label": {"dtype": "int64", "shape": [-1]}}}}
+    assert signature_changes(SIGNATURES, renamed) == [
+        "signature 'serving_default': output 'class_id' (int64 [-1]) is gone",
+        "signature 'serving_default': output 'label' is new (int64 [-1])"]

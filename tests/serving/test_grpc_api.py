@@ -23,7 +23,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.grpc_service import server_options
 from serving.inference import serialized_examples
-from serving.ports import free_port
+from serving.local import free_port
 from serving.process import ServerProcess
 
 
@@ -59,7 +59,7 @@ def test_predict_with_version_label_and_output_filter(client):
 
 
 def test_classify_regress_and_multi_inference(server, client):
-    assert client.classify("half_plus_two", [{"x": 20.0}], signature_name="classify_x_to_y") == [[["", 12.0]]]
+    assert client.classify("half_plus_two", [{"x": 20.0}], signature_name="classify_x_to_y") == [[("", 12.0)]]
     assert client.regress("half_plus_two", [{"x": 80.0}], signature_name="regress_x_to_y") == [42.0]
     assert client.regress("half_plus_two", [{}, {"x": 2.0}], context={"x": 4.0},
                           signature_name="regress_x_to_y2") == [5.0, 4.0]
@@ -78,20 +78,39 @@ def test_classify_regress_and_multi_inference(server, client):
 
 def test_metadata_and_status(client):
     metadata = client.metadata("half_plus_two")
-    assert metadata["model_spec"].version.value == 123
-    assert metadata["signature_def"]["serving_default"].inputs["x"].name == "x:0"
+    assert (metadata["model"], metadata["version"]) == ("half_plus_two", 123)
+    assert metadata["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 1]}}
     assert client.status("half_plus_two") == [
-        {"version": "123", "state": "AVAILABLE", "status": {"error_code": 0, "error_message": ""}}]
+        {"version": 123, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}]
 
 
-def test_digits_rest_and_grpc_return_identical_numbers(server, client, digits):
-    rows = digits.x_test[:5]
-    by_grpc = client.predict("digits", {"x": rows})
+def test_both_clients_are_one_interface(server, client, digits):
+    """The same calls on the same server give the same types and numbers over REST and gRPC."""
+    rows = digits.x_test[:5].astype(np.float64)  # cast to the signature's float32 by both clients
     with RestClient(server.url) as rest:
-        by_rest = rest.predict("digits", inputs={"x": rows.tolist()})
-    np.testing.assert_array_equal(np.array(by_rest["probabilities"], np.float32), by_grpc["probabilities"])
-    assert by_rest["class_id"] == by_grpc["class_id"].tolist()
-    assert (by_grpc["class_id"] == digits.y_test[:5]).mean() >= 0.6
+        for method, args, kwargs in [
+            ("predict", ("digits", {"x": rows}), {}),
+            ("predict", ("digits", rows), {"output_filter": ["class_id"]}),
+            ("predict", ("half_plus_two", [[1.0], [2.0]]), {"label": "stable"}),
+            ("predict", ("half_plus_two", np.ones((2, 1), np.int32)), {}),
+            ("classify", ("digits", [{"x": rows[0]}]), {"signature_name": "classify"}),
+            ("classify", ("half_plus_two", [{"x": 20.0}]), {"signature_name": "classify_x_to_y"}),
+            ("regress", ("half_plus_two", [{}, {"x": 2.0}]), {"context": {"x": 4.0}, "signature_name": "regress_x_to_y2"}),
+            ("status", ("digits",), {}),
+            ("metadata", ("digits",), {}),
+        ]:
+            by_rest, by_grpc = getattr(rest, method)(*args, **kwargs), getattr(client, method)(*args, **kwargs)
+            if method == "predict":
+                assert by_rest.keys() == by_grpc.keys()
+                for name in by_rest:
+                    assert by_rest[name].dtype == by_grpc[name].dtype, (args, name)
+                    np.testing.assert_array_equal(by_rest[name], by_grpc[name])
+            else:
+                assert by_rest == by_grpc, (method, args)
+                assert type(by_rest) is type(by_grpc)
+    predicted = client.predict("digits", rows)
+    assert predicted["probabilities"].dtype == np.float32 and predicted["class_id"].dtype == np.int64
+    assert (predicted["class_id"] == digits.y_test[:5]).mean() >= 0.6
 
 
 def test_mnist_client_style_future_call_reading_float_val(server, digits):
@@ -136,8 +155,6 @@ ERRORS = [  # (call, expected gRPC code, substring of the message)
      "Unrecognized servable version label: nope"),
     (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, signature_name="nope"),
      "FAILED_PRECONDITION", 'Serving signature key "nope" not found.'),
-    (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.int32)}), "INVALID_ARGUMENT",
-     "input 'x' has dtype int32, expected float32"),
     (lambda c: c.predict("half_plus_two", {"z": np.ones((1, 1), np.float32)}), "INVALID_ARGUMENT",
      "input size does not match signature: 1!=1 len({z}) != len({x}). Sent extra: {z}. Missing but required: {x}."),
     (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, output_filter=["w"]),
@@ -157,6 +174,17 @@ def test_errors_use_tf_servings_status_codes(client, request_call, code, message
         request_call(client)
     assert info.value.status == code
     assert message in info.value.message
+
+
+def test_an_input_of_another_dtype_is_refused_by_the_server(server):
+    """The project's clients cast to the signature's dtypes; a raw request that does not is refused."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 1), np.int32)))
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'x' has dtype int32, expected float32" in info.value.details()
 
 
 def test_metadata_needs_the_signature_def_field(server):

@@ -242,17 +242,18 @@ def test_fuzzed_bodies_get_4xx_never_5xx(server):
 
 def test_rest_client_round_trips_and_raises_typed_errors(server, digits):
     with RestClient(server.url) as client:
-        assert client.predict("half_plus_two", instances=[1.0, 2.0]) == [2.5, 3.0]
-        assert client.predict("half_plus_two", inputs=[3.0], version=123) == [3.5]
-        assert client.regress("half_plus_two", [{"x": 80.0}], signature_name="regress_x_to_y", label="stable") == [42]
-        assert client.classify("half_plus_two", [{"x": 20.0}], signature_name="classify_x_to_y") == [[["", 12]]]
+        y = client.predict("half_plus_two", [1.0, 2.0])["y"]
+        assert y.dtype == np.float32 and y.tolist() == [2.5, 3.0]
+        assert client.predict("half_plus_two", {"x": [3.0]}, version=123)["y"].tolist() == [3.5]
+        assert client.regress("half_plus_two", [{"x": 80.0}], signature_name="regress_x_to_y", label="stable") == [42.0]
+        assert client.classify("half_plus_two", [{"x": 20.0}], signature_name="classify_x_to_y") == [[("", 12.0)]]
         assert client.status("half_plus_two", version=123)[0]["state"] == "AVAILABLE"
-        assert "serving_default" in client.metadata("digits")["metadata"]["signature_def"]["signature_def"]
+        assert "serving_default" in client.metadata("digits")["signatures"]
         row = digits.x_test[0].tolist()
         classified = client.classify("digits", [{"x": row}], signature_name="classify")
         assert [label for label, _ in classified[0]] == [str(i) for i in range(10)]
         with pytest.raises(ServingClientError) as info:
-            client.predict("nope", instances=[1.0])
+            client.predict("nope", [1.0])
         assert info.value.status == 404 and "Servable not found" in info.value.message
 
 

@@ -1,8 +1,13 @@
-"""Free TCP ports on 127.0.0.1: for servers started by tests, the pipeline and the local launcher."""
+"""Servers run on this machine by tests, the pipeline and the local launcher: free 127.0.0.1 ports,
+and child processes that never outlive their parent."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import signal
 import socket
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_ports(n: int) -> list[int]:
@@ -16,3 +21,8 @@ def free_ports(n: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def die_with_parent() -> None:
+    """Popen's preexec_fn: the kernel kills the child when its parent dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

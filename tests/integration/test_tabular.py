@@ -1,0 +1,89 @@
+"""Tabular data a new user brings (scikit-learn's bundled breast_cancer and diabetes sets, written as
+CSV): the task is inferred, int8 models stay accurate, regression beats the obvious baselines, and the
+served model takes whole numbers and refuses NaN."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from sklearn.linear_model import LinearRegression
+
+from serving.client import GrpcClient, RestClient
+from serving.local import free_port
+from serving.process import ServerProcess
+from tests.pipeline_cli import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+TABULAR = ("data.input_shape=[]", "model.name=mlp", "output_dir=runs", "push.repository=repo")
+
+
+def write_csv(path: Path, loader) -> Path:
+    data = loader()
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*data.feature_names, "label"])
+        writer.writerows([*map(float, row), label] for row, label in zip(data.data, data.target))
+    return path
+
+
+def stage(workdir: Path, name: str) -> dict:
+    run = json.loads((workdir / "runs" / "latest" / "manifest.json").read_text())
+    return next(s for s in run["stages"] if s["name"] == name)
+
+
+def test_breast_cancer_int8_is_as_accurate_as_float(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+
+    source = write_csv(tmp_path / "breast_cancer.csv", load_breast_cancer)
+    result = run_pipeline(tmp_path, f"data.source={source}", *TABULAR, "train.epochs=10", "compress.variants=[cluster]",
+                          "compress.tflite=[int8]", "compress.fine_tune_epochs=2", "serve.smoke=false")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "data.task=auto: classification, because the labels take 2 distinct values" in result.stdout
+    report = json.loads((tmp_path / "runs" / "latest" / "compress" / "report.json").read_text())
+    variants = report["variants"]
+    assert report["measured_on"] == "val"
+    assert variants["baseline+int8"]["accuracy"] >= variants["baseline"]["accuracy"] - 0.02  # was 0.459 vs 0.977
+    assert variants["cluster+int8"]["status"] == "ok" and report["shipped_tflite"] == ["cluster+int8"]
+    assert report["selected_test_accuracy"] >= 0.9
+    pushed = tmp_path / "repo" / "breast_cancer" / "1"  # named after the data, not digits
+    assert (pushed / "assets.extra" / "cluster+int8.tflite").is_file()
+
+
+def test_diabetes_regression_beats_the_mean_and_serves_whole_numbers(tmp_path):
+    from sklearn.datasets import load_diabetes
+
+    source = write_csv(tmp_path / "diabetes.csv", load_diabetes)
+    result = run_pipeline(tmp_path, f"data.source={source}", *TABULAR, "serve.smoke=false")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "data.task=auto: regression, because the labels are 214 distinct whole numbers" in result.stdout
+    assert "compress: skipped: variants are judged by accuracy" in result.stdout
+    metrics = stage(tmp_path, "evaluate")["metrics"]
+    dataset = tmp_path / "runs" / "latest" / "validate" / "dataset"
+    train, test = (np.load(dataset / f"{split}.npz") for split in ("train", "test"))
+    linear = float(np.abs(LinearRegression().fit(train["x"], train["y"]).predict(test["x"]) - test["y"]).mean())
+    assert metrics["mae"] < 0.85 * metrics["mean_baseline_mae"]  # measured: 47.9 vs 63.0 for the mean
+    assert metrics["mae"] < 1.1 * linear, (metrics["mae"], linear)  # and 50.4 for LinearRegression
+
+    grpc_port = free_port()
+    server = ServerProcess("--model_name=diabetes", f"--model_base_path={tmp_path / 'repo' / 'diabetes'}",
+                           f"--port={grpc_port}", log_dir=tmp_path)
+    try:
+        server.wait_available("diabetes")
+        row = test["x"][0]
+        whole = [round(v) for v in (row * 1000).tolist()]  # the diabetes features are small: scale them up
+        with RestClient(server.url) as rest, GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+            for client in (rest, grpc_client):
+                by_ints = client.regress("diabetes", [{"x": whole}], signature_name="regress")
+                by_floats = client.regress("diabetes", [{"x": [float(v) for v in whole]}], signature_name="regress")
+                assert by_ints == by_floats and math.isfinite(by_ints[0])
+            predicted = rest.predict("diabetes", test["x"][:3])["value"]
+        assert predicted.shape == (3,) and np.abs(predicted - test["y"][:3]).mean() < 3 * metrics["mae"]
+        answer = requests.post(f"{server.url}/v1/models/diabetes:predict", data='{"instances": [[NaN, 1, 2, 3, 4, 5, 6, 7, 8, 9]]}',
+                               timeout=30)
+        assert answer.status_code == 400 and "input 'x' must hold finite numbers" in answer.json()["error"]
+    finally:
+        server.stop()

@@ -1,0 +1,173 @@
+"""The push stage on real exported SavedModels: nothing reaches the repository unchecked, nothing twice,
+nothing that breaks the clients of the served version, and no smoke-test server outlives the pipeline."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import repository
+from models import ModelConfig, build_model
+from pipeline import saved_model
+from pipeline.config import load_config, stage_view
+from pipeline.errors import StageError
+from pipeline.stages import push
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def export(path: Path, n_features: int, seed: int = 0) -> Path:
+    """A small classifier exported the way the export stage does it."""
+    import tf_keras as keras
+
+    from pipeline.artifacts import data_spec
+
+    keras.utils.set_random_seed(seed)
+    schema = {"task": "classification", "input_shape": [n_features], "classes": ["a", "b"],
+              "features": [{"mean": 0.0, "std": 1.0} for _ in range(n_features)]}
+    model = build_model(ModelConfig(name="mlp", width=4, depth=1), data_spec(schema))
+    saved_model.save(model, schema, path, warmup=True, reject_nonfinite=True)
+    return path
+
+
+def view(repo: Path, *overrides: str):
+    return stage_view(load_config(None, [f"push.repository={repo}", "serve.smoke=false", *overrides]), push)
+
+
+def push_run(tmp_path: Path, candidate: Path, *overrides: str) -> dict:
+    out = tmp_path / f"out-{time.monotonic_ns()}"
+    out.mkdir()
+    return push.run(view(tmp_path / "repo", *overrides), {"saved_model": candidate}, out)
+
+
+def entries(model_dir: Path) -> list[str]:
+    return sorted(p.name for p in model_dir.iterdir() if p.name != repository.LAST_ISSUED)
+
+
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory):
+    root = tmp_path_factory.mktemp("candidates")
+    return {"64": export(root / "64", 64), "64b": export(root / "64b", 64, seed=1), "30": export(root / "30", 30)}
+
+
+def test_a_push_that_would_break_clients_is_refused_with_the_differences(tmp_path, candidates):
+    assert push_run(tmp_path, candidates["64"])["version"] == 1
+    with pytest.raises(StageError) as info:
+        push_run(tmp_path, candidates["30"])
+    message = str(info.value)
+    assert "clients of version 1 would break" in message
+    assert "signature 'serving_default': input 'x' was float32 [-1, 64], is now float32 [-1, 30]" in message
+    assert "push.model_name=" in message and "push.allow_signature_change=true" in message
+    assert entries(tmp_path / "repo" / "digits") == ["1"]
+    assert push_run(tmp_path, candidates["30"], "push.allow_signature_change=true")["version"] == 2
+
+
+def test_the_same_model_is_not_published_twice(tmp_path, candidates):
+    first = push_run(tmp_path, candidates["64"])
+    again = push_run(tmp_path, candidates["64"])
+    assert (first["version"], first["published"]) == (1, True)
+    assert (again["version"], again["published"]) == (1, False)
+    assert push_run(tmp_path, candidates["64b"])["version"] == 2
+    assert entries(tmp_path / "repo" / "digits") == ["1", "2"]
+    assert repository.lineage(tmp_path / "repo" / "digits" / "2")["content"] != \
+        repository.lineage(tmp_path / "repo" / "digits" / "1")["content"]
+
+
+def test_a_candidate_that_does_not_serve_is_never_published(tmp_path, candidates):
+    with pytest.raises(StageError, match="did not serve, so it was not published"):
+        push_run(tmp_path, candidates["64"], "serve.smoke=true", "serve.timeout_s=0.01")
+    assert entries(tmp_path / "repo" / "digits") == []
+
+
+@pytest.mark.slow
+def test_concurrent_pushes_each_smoke_test_their_own_candidate(tmp_path, candidates):
+    results, errors = [], []
+
+    def push_one(candidate):
+        try:
+            results.append(push_run(tmp_path, candidate, "serve.smoke=true"))
+        except Exception as e:  # noqa: BLE001 -- collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=push_one, args=(candidates[name],)) for name in ("64", "64b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(r["version"] for r in results) == [1, 2] and all(r["smoke_latency_ms"] > 0 for r in results)
+    assert entries(tmp_path / "repo" / "digits") == ["1", "2"]
+
+
+PUSH_WITH_SMOKE = """
+import sys
+from pathlib import Path
+from pipeline.config import load_config, stage_view
+from pipeline.stages import push
+cfg = stage_view(load_config(None, [f"push.repository={sys.argv[1]}", "serve.smoke=true"]), push)
+push.run(cfg, {"saved_model": Path(sys.argv[2])}, Path(sys.argv[3]))
+"""
+
+
+def smoke_servers(base: Path) -> list[int]:
+    """Pids of `python -m serving` processes serving something under `base`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serving" in args and any(a.startswith(f"--model_base_path={base}".encode()) for a in args):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_during_the_smoke_test_leaves_no_server_and_no_version(tmp_path, candidates):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    pipeline = subprocess.Popen([sys.executable, "-c", PUSH_WITH_SMOKE, str(tmp_path / "repo"), str(candidates["64"]),
+                                 str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    model_dir = tmp_path / "repo" / "digits"
+    deadline = time.monotonic() + 60
+    while not smoke_servers(model_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    servers = smoke_servers(model_dir)
+    assert servers, "the smoke-test server never started"
+    pipeline.send_signal(signal.SIGKILL)
+    pipeline.wait()
+    deadline = time.monotonic() + 10
+    while smoke_servers(model_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert smoke_servers(model_dir) == []
+    assert repository.versions(model_dir) == {}
+    assert push_run(tmp_path, candidates["64"])["version"] == 1  # and the killed run's staging dir is gone
+    assert entries(model_dir) == ["1"]
+
+
+def test_the_exported_signatures_take_whole_numbers_and_refuse_nan(candidates):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(candidates["64"]))
+    rows = np.arange(128, dtype=np.float32).reshape(2, 64)
+
+    def example(values):
+        feature = tf.train.Feature(int64_list=tf.train.Int64List(value=values)) if isinstance(values[0], int) \
+            else tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        return tf.train.Example(features=tf.train.Features(feature={"x": feature})).SerializeToString()
+
+    as_floats = loaded.signatures["classify"](inputs=tf.constant([example(r.tolist()) for r in rows]))["scores"]
+    as_ints = loaded.signatures["classify"](inputs=tf.constant([example([int(v) for v in r]) for r in rows]))["scores"]
+    np.testing.assert_array_equal(as_floats.numpy(), as_ints.numpy())
+    predicted = loaded.signatures["serving_default"](x=tf.constant(rows))["probabilities"]
+    np.testing.assert_allclose(predicted.numpy(), as_floats.numpy(), rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input 'x' must hold finite numbers"):
+        loaded.signatures["serving_default"](x=tf.constant(np.full((1, 64), np.nan, np.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Feature: x must hold 64 numbers"):
+        loaded.signatures["classify"](inputs=tf.constant([example([1.0, 2.0])]))
