@@ -11,7 +11,7 @@ mean anything):
   naive      Flask loading the model on every request (the tutorial pattern)
   tf_serving tensorflow_model_server with the same model and batching file, when it is on PATH
 Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections, and
-loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
+serving/loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
 the knee: the highest rate whose p99 stays under --p99-bound-ms. The client shares the 2 cores
 with the server and its CPU share is reported. Only 127.0.0.1. Writes
 benchmarks/results/serving_<model>.json, .md and a latency-vs-throughput plot (_latency.png).
@@ -167,8 +167,8 @@ def _h2load_ms(output: str, label: str) -> float:
 
 
 def open_loop(url: str, body: Path, rate: float, seconds: float) -> dict:
-    """One open-loop run of loadgen.py in its own process, so its CPU can be measured."""
-    output, cpu = run_measured([sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body", str(body),
+    """One open-loop run of serving.loadgen in its own process, so its CPU can be measured."""
+    output, cpu = run_measured([sys.executable, "-m", "serving.loadgen", "--url", url, "--body", str(body),
                                 "--rate", f"{rate:.1f}", "--seconds", f"{seconds:.1f}"])
     result = json.loads(output.strip().splitlines()[-1])
     result["client_cpu_share"] = cpu / (seconds * os.cpu_count())

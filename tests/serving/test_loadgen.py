@@ -1,14 +1,10 @@
 """The open-loop load generator: bounded, loopback only, latency from the scheduled send time."""
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-_spec = importlib.util.spec_from_file_location("loadgen", Path(__file__).resolve().parents[2] / "benchmarks" / "loadgen.py")
-loadgen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(loadgen)
+from serving import loadgen
 
 
 @pytest.mark.parametrize("url, message", [
