@@ -98,4 +98,12 @@ COMPRESSION_REPORT = RunFile("compress", "report.json")
 COMPRESSION_PLOT = RunFile("compress", "compression.png")
 SIGNATURES = RunFile("export", "signatures.json")
 SAMPLE_REQUEST = RunFile("export", "sample_request.json")
+INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
 PUSHED = RunFile("push", "pushed.json")
+SELECTION = "selection.json"  # in the compressed artefact: which variant it holds
+
+
+def run_dir_of(artefact: Path) -> Path:
+    """The run directory an input artefact belongs to: the runner hands inputs to stages as
+    <run dir>/<producing stage>/<artefact>, a link into the cache."""
+    return artefact.parent.parent

@@ -23,7 +23,7 @@ import yaml
 import repository
 from models.config import ModelConfig
 from pipeline.errors import ConfigError
-from pipeline.stages import compress, evaluate, export, ingest, push, train, tune, validate
+from pipeline.stages import compress, evaluate, export, infra_validate, ingest, push, train, tune, validate
 from pipeline.stages.push import ServeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -42,6 +42,7 @@ class PipelineConfig:
     evaluate: evaluate.Config = field(default_factory=evaluate.Config)
     compress: compress.Config = field(default_factory=compress.Config)
     export: export.Config = field(default_factory=export.Config)
+    infra_validate: infra_validate.Config = field(default_factory=infra_validate.Config)
     push: push.Config = field(default_factory=push.Config)
     serve: ServeConfig = field(default_factory=ServeConfig)
 

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--enable_model_warmup", type=parse_bool, nargs="?", const=True, default=True)
     flag("--enable_signature_method_name_check", type=parse_bool, nargs="?", const=True, default=False)
     flag("--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False,
-         help="accepted; labels are resolved per request here, so they may always name unloaded versions")
+         help="a new label (or one keeping its version) may name a version not loaded yet; needed to start with labels")
     flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: TF decides)")
     flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: TF decides)")
     flag("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
@@ -138,6 +138,7 @@ async def serve(settings: Settings) -> None:
     import grpc
 
     from serving.core import ServingCore
+    from serving.errors import ServingError
     from serving.grpc_service import add_services
     from serving.manager import ModelManager
     from serving.metrics import Metrics
@@ -148,9 +149,13 @@ async def serve(settings: Settings) -> None:
     metrics = Metrics()
     manager = ModelManager(settings.model_config, metrics, enable_warmup=args.enable_model_warmup,
                            session_config=session_config(args.tensorflow_intra_op_parallelism,
-                                                         args.tensorflow_inter_op_parallelism))
+                                                         args.tensorflow_inter_op_parallelism),
+                           allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models)
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
+    try:
+        await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
+    except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
+        raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         asyncio.create_task(watch_config_file(manager, args.model_config_file, args.model_config_file_poll_wait_seconds))
     core = ServingCore(manager, metrics, settings.batching, args.rest_api_num_threads,

@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     input_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -274,6 +275,11 @@ class GrpcClient(ServingClient):
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         return response.model_spec.name, response.model_spec.version.value, signatures.signature_def
+
+    def reload_config(self, config) -> None:
+        """ModelService/HandleReloadConfigRequest: the server serves `config` (a ModelServerConfig) from now on.
+        gRPC only: TF Serving's REST API has no way to change the config."""
+        self._call(self._models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(config=config))
 
     def _call(self, method, request):
         try:

@@ -1,10 +1,17 @@
-"""Which model versions are loaded: poll the base paths, load new versions, then unload old ones.
+"""Which model versions are loaded: poll the base paths, load new versions, then unload old ones;
+and which version each version label names.
 
 A new version is loaded and warmed up before it takes traffic, and an old one is unloaded only
 after that, so "latest" never points at nothing. Requests hold a reference to the Servable they
 resolved, so a version unloaded mid-request finishes that request. A version that fails to load
 is reported in its status (state END with the error) and does not affect the others (the version
 it was meant to replace keeps serving); it is tried again only when its directory changes. Versions stay in the status after unloading, as END.
+
+Labels follow TF Serving's ServerCore::UpdateModelVersionLabelMap: a config may only point a label
+at a version that is AVAILABLE; a config that does not is refused whole (FAILED_PRECONDITION) and
+the previous config and labels stay. With --allow_version_labels_for_unavailable_models a new label,
+or one that keeps its version, may name a version still loading (TF Serving needs it to start with
+labels at all, since nothing is loaded when the first config is read).
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from pathlib import Path
 from tensorflow.core.protobuf.config_pb2 import ConfigProto
 
 from serving import warmup
-from serving.errors import InvalidArgument, NotFound, ServingError
+from serving.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
 from serving.metrics import Metrics
 import repository
 from serving.model_config import ModelServerConfig, aspired_versions
@@ -36,13 +43,16 @@ class VersionStatus:
 
 class ModelManager:
     def __init__(self, config: ModelServerConfig, metrics: Metrics, enable_warmup: bool = True,
-                 session_config: ConfigProto | None = None):
+                 session_config: ConfigProto | None = None, allow_labels_for_unavailable: bool = False):
         self._config = config
+        self._allow_labels_for_unavailable = allow_labels_for_unavailable
+        self._labels: dict[str, dict[str, int]] = {}
         self._session_config = session_config
         self._metrics = metrics
         self._warmup = enable_warmup
         self._lock = threading.Lock()  # guards the dicts below; loading happens outside it
         self._poll_lock = threading.Lock()  # one poll at a time
+        self._reload_lock = threading.Lock()  # one config change at a time
         self._available: dict[str, dict[int, Servable]] = {}  # replaced, never mutated: lock-free reads
         self._status: dict[str, dict[int, VersionStatus]] = {}
         self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> directory mtime at failure
@@ -66,10 +76,10 @@ class ModelManager:
         return servable
 
     def _label_version(self, name: str, label: str) -> int:
-        for model in self._config.model_config_list.config:
-            if model.name == name and label in model.version_labels:
-                return model.version_labels[label]
-        raise InvalidArgument(f"Unrecognized servable version label: {label}")
+        version = self._labels.get(name, {}).get(label)
+        if version is None:
+            raise InvalidArgument(f"Unrecognized servable version label: {label}")
+        return version
 
     def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
         """(version, status) newest first, as TF Serving's GetModelStatus lists them."""
@@ -93,9 +103,24 @@ class ModelManager:
     # -- changes ------------------------------------------------------------------------------
 
     def reload_config(self, config: ModelServerConfig) -> None:
-        """Apply a new ModelServerConfig now: new models load, removed ones unload."""
-        self._config = config
-        self.poll()
+        """Apply a new ModelServerConfig now: new models load, removed ones unload, labels move.
+        A config whose labels name versions that are not AVAILABLE is refused, and nothing changes."""
+        with self._reload_lock:
+            self._labels = self._checked_labels(config)
+            self._config = config
+            self.poll()
+
+    def _checked_labels(self, config: ModelServerConfig) -> dict[str, dict[str, int]]:
+        labels: dict[str, dict[str, int]] = {}
+        for model in config.model_config_list.config:
+            available = self._available.get(model.name, {})
+            for label, version in model.version_labels.items():
+                unchanged = self._labels.get(model.name, {}).get(label, version) == version
+                if version not in available and not (self._allow_labels_for_unavailable and unchanged):
+                    raise FailedPrecondition(f"Request to assign label to version {version} of model {model.name}, "
+                                             f"which is not currently available for inference")
+                labels.setdefault(model.name, {})[label] = version
+        return labels
 
     def poll(self) -> None:
         """One pass over the config: load what the policies want and is not loaded, then unload."""
@@ -164,8 +189,9 @@ class ModelManager:
     # -- polling thread -------------------------------------------------------------------------
 
     def start(self, poll_wait_seconds: float) -> None:
-        """Poll once now; then every `poll_wait_seconds` (0: never again), like TF Serving."""
-        self.poll()
+        """Apply the first config (its labels checked as TF Serving does at startup) and poll once now;
+        then every `poll_wait_seconds` (0: never again), like TF Serving."""
+        self.reload_config(self._config)
         if poll_wait_seconds > 0:
             self._thread = threading.Thread(target=self._poll_forever, args=(poll_wait_seconds,), daemon=True,
                                             name="model-poller")

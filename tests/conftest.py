@@ -1,5 +1,6 @@
 """Shared test set-up: Keras 2 for TensorFlow (must precede any TensorFlow import), and a digits model
-trained, exported and pushed by the pipeline itself, shared by every test that needs one."""
+trained, exported and pushed by the pipeline itself, and TF Serving's half_plus_two test model, shared by
+every test that needs them."""
 import os
 import sys
 from dataclasses import dataclass
@@ -40,3 +41,11 @@ def digits(tmp_path_factory) -> Digits:
     return Digits(workdir, runner.run_id, workdir / "model_repository" / "digits", test["x"], test["y"])
 
 
+@pytest.fixture(scope="session")
+def half_plus_two_base(tmp_path_factory) -> Path:
+    """TF Serving's test model as version 123 of model base path .../half_plus_two."""
+    from tests.serving import half_plus_two
+
+    base = tmp_path_factory.mktemp("repo") / "half_plus_two"
+    half_plus_two.build(base / "123")
+    return base

@@ -9,7 +9,7 @@ Optionally `resolve(cfg) -> cfg` (make a field concrete before hashing) and
 `external_inputs(cfg) -> [Path]` (files outside the pipeline it reads, for the cache key).
 Stage modules import TensorFlow inside `run`, so reading and checking a config stays fast.
 """
-from pipeline.stages import compress, evaluate, export, ingest, push, train, tune, validate
+from pipeline.stages import compress, evaluate, export, infra_validate, ingest, push, train, tune, validate
 
 STAGES = {
     "ingest": ingest,
@@ -19,5 +19,6 @@ STAGES = {
     "evaluate": evaluate,
     "compress": compress,
     "export": export,
+    "infra_validate": infra_validate,
     "push": push,
 }

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.artifacts import COMPRESSION_PLOT, COMPRESSION_REPORT, data_spec, read_schema, read_split
+from pipeline.artifacts import COMPRESSION_PLOT, COMPRESSION_REPORT, SELECTION, data_spec, read_schema, read_split
 from pipeline.compression import PTQ, QUANTIZED, VARIANTS
 from pipeline.errors import StageError
 
@@ -69,6 +69,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
             print("compress: skipped: variants are judged by accuracy, and this is a regression model; it is "
                   "exported as trained (set compress.variants=[] to silence this).")
         shutil.copy(inputs["model"] / "model.keras", target / "model.keras")
+        (target / SELECTION).write_text(json.dumps({"selected": "baseline"}))
         return {"selected": "baseline"}
     import tf_keras as keras
 
@@ -99,6 +100,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     selected = _select(c, report, skipped)
     model = variants.savable(({"baseline": trained} | compressed)[selected])
     model.save(target / "model.keras")
+    (target / SELECTION).write_text(json.dumps({"selected": selected}))
     shipped = [n for n, r in report.items() if n.startswith(selected + "+") and r["status"] == "ok"]
     for name in shipped:
         shutil.copy(out / "tflite" / f"{name}.tflite", target / "tflite" / f"{name}.tflite")

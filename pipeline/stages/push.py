@@ -5,11 +5,14 @@ Nothing reaches a server polling the repository (ours or tensorflow_model_server
 checked: the candidate is copied into a hidden staging directory in the model's base path; its
 serving signatures must match the newest version's (a client of the model keeps working); with
 `serve.smoke` the embedded server must serve it from there and answer a predict request; only
-then is it renamed into place. A candidate identical to the newest version (a rerun after a kill,
-say) is not published again.
+then is it renamed into place, and recorded in the registry (pipeline.registry) with its lineage: the
+run, its config, metrics, data, compression variant and infra-validation result, which also travel
+inside the version as `maas.json`. A candidate identical to the newest version (a rerun after a
+kill, say) is not published again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import repository
-from pipeline.artifacts import PUSHED, dir_fingerprint
+from pipeline.artifacts import PUSHED, SELECTION, dir_fingerprint, run_dir_of
 from pipeline.errors import StageError
+from pipeline.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class ServeConfig:
 
 CONFIG = ("push", "serve.smoke")
 RUNTIME = ("serve.timeout_s",)
-INPUTS = ("saved_model",)
+INPUTS = ("saved_model", "infra_validation", "evaluation", "compressed", "dataset")
 OUTPUTS = ()
 
 
@@ -58,15 +62,35 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
             print(f"push: version {newest} of {name!r} already is this model; not publishing it again")
             return _result(out, newest, newest_dir, published=False)
         _check_compatible(cfg.push, newest, newest_dir, inputs["saved_model"])
+    lineage = _lineage(inputs, digest)
     with repository.staging(model_dir) as area:
         candidate = area / "1"  # the staging area is a model base path of its own, holding the candidate
         shutil.copytree(inputs["saved_model"], candidate)
-        repository.write_lineage(candidate, {"content": digest, "source": str(inputs["saved_model"].resolve()),
-                                             "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        repository.write_lineage(candidate, lineage)
         smoke = {"smoke_latency_ms": smoke_test(name, area, cfg.serve.timeout_s, out)} if cfg.serve.smoke else {}
         version, path = repository.publish_prepared(candidate, model_dir)
-    print(f"push: published {path}")
+    with Registry(cfg.push.repository) as registry:  # a crash before this is repaired when it is next opened
+        registry.record(name, version, lineage)
+    print(f"push: published {path} (run {lineage['run_id']})")
     return _result(out, version, path, published=True, **smoke)
+
+
+def _lineage(inputs: dict[str, Path], digest: str) -> dict:
+    """What the registry records of a version: where it came from and how good it is."""
+    run_dir = run_dir_of(inputs["saved_model"])
+    config_text = (run_dir / "config.json").read_text()
+    return {
+        "content": digest,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_id": run_dir.name,
+        "config": json.loads(config_text),
+        "config_hash": hashlib.sha256(config_text.encode()).hexdigest(),
+        "metrics": json.loads((inputs["evaluation"] / "metrics.json").read_text()),
+        "data_fingerprint": dir_fingerprint(inputs["dataset"]),
+        "variant": json.loads((inputs["compressed"] / SELECTION).read_text())["selected"],
+        "saved_model_bytes": sum(f.stat().st_size for f in inputs["saved_model"].rglob("*") if f.is_file()),
+        "infra_validation": json.loads((inputs["infra_validation"] / "report.json").read_text()),
+    }
 
 
 def _result(out: Path, version: int, path: Path, **more) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 import repository
 from pipeline.errors import StageError
+from pipeline.registry import Registry, RegistryError
 from pipeline.training import Strategy
 
 
@@ -25,8 +26,8 @@ class Config:
     workers: int = 1  # multi_worker, parameter_server: worker processes (local ones when TF_CONFIG is unset)
     ps: int = 1  # parameter_server: parameter server processes
     backup_dir: str = ""  # BackupAndRestore's dir; "" = .backup/<hash of config and inputs> beside the output
-    init_from: str = ""  # online update: "latest" or a version number in push.repository/push.model_name (or
-    # a version directory) to warm-start from, instead of training from scratch
+    init_from: str = ""  # online update: "latest", a version number or "label:NAME" (registry) in
+    # push.repository/push.model_name, or a version directory, to warm-start from instead of from scratch
     learning_rate: float = 0.003
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 = never stop early
     verbose: int = 2  # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch
@@ -59,8 +60,15 @@ def resolve(cfg):
 
 
 def init_source(name: str, model_dir: Path) -> Path:
-    """The published version `name` means: "latest", a version number in `model_dir`, or a version directory."""
+    """The published version `name` means: "latest", a version number or "label:NAME" in `model_dir`, or a
+    version directory."""
     available = repository.versions(model_dir)
+    if name.startswith("label:"):
+        try:
+            with Registry(model_dir.parent, create=False) as registry:
+                name = str(registry.resolve(model_dir.name, name))
+        except RegistryError as e:
+            raise StageError(f"train.init_from={name}: {e}") from None
     if name == "latest":
         if not available:
             raise StageError(f"train.init_from=latest: {model_dir} holds no version to start from; "

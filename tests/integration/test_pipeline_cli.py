@@ -2,6 +2,7 @@
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
 def test_manifest_documents_stages_signatures_and_versions(workdir):
     run = manifest(workdir)
     assert run["status"] == "succeeded"
-    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "tune", "train", "evaluate", "compress", "export", "push"]
+    assert [s["name"] for s in run["stages"]] == ["ingest", "validate", "tune", "train", "evaluate", "compress", "export",
+                                                  "infra_validate", "push"]
     export = next(s for s in run["stages"] if s["name"] == "export")
     assert export["metrics"]["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 64]}}
     assert run["versions"]["tensorflow"].startswith("2.21")
@@ -78,18 +80,41 @@ def test_manifest_documents_stages_signatures_and_versions(workdir):
     assert report.count("<img") == 2 and "Compression (measured on the validation split)" in report  # curves, plot
 
 
+def test_the_pushed_version_is_in_the_registry_with_its_lineage(workdir):
+    run = manifest(workdir)
+    push = next(s for s in run["stages"] if s["name"] == "push")
+    shown = subprocess.run([sys.executable, "-m", "pipeline.registry", "show", "digits", "1"], cwd=workdir,
+                           env=pipeline_env(), capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    record = json.loads(shown.stdout)
+    compressed = json.loads((workdir / "runs" / "latest" / "compress" / "report.json").read_text())
+    assert record["run_id"] == push["produced_by"] and record["variant"] == compressed["selected"]
+    assert record["metrics"]["accuracy"] >= 0.9 and record["infra_validation"]["p99_ms"] > 0
+    assert record["config"]["train"]["epochs"] == 6 and len(record["data_fingerprint"]) == 64
+    labelled = subprocess.run([sys.executable, "-m", "pipeline.registry", "label", "digits", "stable", "1"],
+                              cwd=workdir, env=pipeline_env(), capture_output=True, text=True)
+    assert labelled.returncode == 0, labelled.stderr[-2000:]
+    planned = cli(workdir, *FIXTURE_RUN, "train.init_from=label:stable", "--list")
+    assert planned.returncode == 0 and "train      will run" in planned.stdout, planned.stderr[-2000:]
+    missing = cli(workdir, *FIXTURE_RUN, "train.init_from=label:canary", "--list")
+    assert "train      will fail: train.init_from=label:canary: model 'digits' has no label 'canary'" in missing.stdout
+
+
 def test_same_run_twice_is_fully_cached(workdir):
     result = cli(workdir, *FIXTURE_RUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(statuses(workdir).values()) == {"cached"}
     assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == [".last_version", "1"]
+    assert sorted(p.name for p in (workdir / "model_repository").iterdir()) == ["digits", "models.config",
+                                                                                "registry.sqlite"]
 
 
 def test_changing_epochs_reruns_train_and_what_follows(workdir):
     result = cli(workdir, "train.epochs=5", "compress.variants=[]")
     assert result.returncode == 0, result.stderr[-2000:]
     assert statuses(workdir) == {"ingest": "cached", "validate": "cached", "tune": "cached", "train": "ran",
-                                 "evaluate": "ran", "compress": "ran", "export": "ran", "push": "ran"}
+                                 "evaluate": "ran", "compress": "ran", "export": "ran", "infra_validate": "ran",
+                                 "push": "ran"}
     assert (workdir / "model_repository" / "digits" / "2" / "saved_model.pb").is_file()
 
 

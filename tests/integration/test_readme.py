@@ -1,6 +1,7 @@
 """Every shell block in README.md, run as a newcomer would run it, against a real server on 127.0.0.1,
 so the README's commands cannot rot. Pipeline commands are checked with --list (they parse and plan;
-the full pipeline runs in test_pipeline_cli.py), `make serve` really serves, curl really queries it."""
+the full pipeline runs in test_pipeline_cli.py), registry commands run on the pushed model, `make serve`
+really serves, curl really queries it."""
 import json
 import os
 import re
@@ -66,6 +67,10 @@ def test_every_readme_command_works(digits, tmp_path):
                                         capture_output=True, text=True, timeout=60)
                 assert result.returncode == 0, (command, result.stdout, result.stderr)
                 assert "error" not in json.loads(result.stdout), (command, result.stdout)
+            elif words[:3] == [".venv/bin/python", "-m", "pipeline.registry"]:
+                result = subprocess.run([sys.executable, *words[1:]], cwd=digits.workdir, env=pipeline_env(),
+                                        capture_output=True, text=True, timeout=120)
+                assert result.returncode == 0, (command, result.stderr[-2000:])
             elif words[:3] == [".venv/bin/python", "-m", "pipeline.run"]:
                 args = [digits.run_id if w == "RUN_ID" else w for w in words[3:]]
                 listing = [] if "--gc" in args else ["--list"]

@@ -1,5 +1,6 @@
 """The push stage on real exported SavedModels: nothing reaches the repository unchecked, nothing twice,
 nothing that breaks the clients of the served version, and no smoke-test server outlives the pipeline."""
+import json
 import os
 import signal
 import subprocess
@@ -39,10 +40,25 @@ def view(repo: Path, *overrides: str):
     return stage_view(load_config(None, [f"push.repository={repo}", "serve.smoke=false", *overrides]), push)
 
 
+def stage_inputs(run_dir: Path, candidate: Path) -> dict[str, Path]:
+    """What push reads, laid out as the runner hands it over: <run dir>/<stage>/<artefact>."""
+    files = {"evaluation/metrics.json": '{"accuracy": 0.9}', "compressed/selection.json": '{"selected": "baseline"}',
+             "infra_validation/report.json": '{"p99_ms": 3.0}', "dataset/train.npz": "rows"}
+    for name, text in files.items():
+        (run_dir / "stage" / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "stage" / name).write_text(text)
+    (run_dir / "config.json").write_text(json.dumps({"seed": 42}))
+    (run_dir / "export").mkdir(exist_ok=True)
+    if not (run_dir / "export" / "saved_model").exists():
+        (run_dir / "export" / "saved_model").symlink_to(candidate)
+    return {"saved_model": run_dir / "export" / "saved_model",
+            **{a: run_dir / "stage" / a for a in ("evaluation", "compressed", "infra_validation", "dataset")}}
+
+
 def push_run(tmp_path: Path, candidate: Path, *overrides: str) -> dict:
-    out = tmp_path / f"out-{time.monotonic_ns()}"
-    out.mkdir()
-    return push.run(view(tmp_path / "repo", *overrides), {"saved_model": candidate}, out)
+    run_dir = tmp_path / f"run-{time.monotonic_ns()}"
+    (run_dir / "out").mkdir(parents=True)
+    return push.run(view(tmp_path / "repo", *overrides), stage_inputs(run_dir, candidate), run_dir / "out")
 
 
 def entries(model_dir: Path) -> list[str]:
@@ -109,8 +125,9 @@ import sys
 from pathlib import Path
 from pipeline.config import load_config, stage_view
 from pipeline.stages import push
+from tests.pipeline.test_push import stage_inputs
 cfg = stage_view(load_config(None, [f"push.repository={sys.argv[1]}", "serve.smoke=true"]), push)
-push.run(cfg, {"saved_model": Path(sys.argv[2])}, Path(sys.argv[3]))
+push.run(cfg, stage_inputs(Path(sys.argv[3]), Path(sys.argv[2])), Path(sys.argv[3]))
 """
 
 

@@ -36,7 +36,8 @@ def server(tmp_path_factory, half_plus_two_base, digits):
     (work / "monitoring.config").write_text("prometheus_config { enable: true }")
     grpc_port = free_port()
     process = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}",
-                            f"--monitoring_config_file={work / 'monitoring.config'}", log_dir=work)
+                            f"--monitoring_config_file={work / 'monitoring.config'}",
+                            "--allow_version_labels_for_unavailable_models", log_dir=work)
     process.target = f"127.0.0.1:{grpc_port}"
     process.work = work
     process.wait_available("half_plus_two")

@@ -2,6 +2,9 @@
 never stops sending. No request may fail while versions are published, swapped and broken."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,6 +13,7 @@ import requests
 from repo_files import write_config
 
 from repository import publish
+from serving.local import free_port
 from serving.process import ServerProcess
 from serving.model_config import ModelConfig, aspired_versions, load_model_server_config
 
@@ -121,7 +125,13 @@ def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two
     policy = ('model_version_policy { specific { versions: 1 versions: 3 } } '
               'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 3 }')
     config = write_config(tmp_path / "models.config", [("hpt", base, policy)])
-    server = ServerProcess(f"--model_config_file={config}", "--port=0", log_dir=tmp_path)
+    refused = subprocess.run([sys.executable, "-m", "serving", f"--model_config_file={config}", "--rest_api_port=0",
+                              f"--port={free_port()}"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and re.search(  # like TF Serving: nothing is loaded when labels are first read
+        "Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version [13] of model hpt, "
+        "which is not currently available for inference", refused.stderr)
+    server = ServerProcess(f"--model_config_file={config}", "--port=0", "--allow_version_labels_for_unavailable_models",
+                           log_dir=tmp_path)
     try:
         server.wait_available("hpt", 3)
         server.wait_available("hpt", 1)

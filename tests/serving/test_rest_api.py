@@ -36,7 +36,8 @@ def server(tmp_path_factory, half_plus_two_base, digits):
     process = ServerProcess(
         f"--model_config_file={config}", "--port=0", "--enable_batching",
         f"--batching_parameters_file={work / 'batching.config'}",
-        f"--monitoring_config_file={work / 'monitoring.config'}", "--rest_api_max_body_bytes=1000000", log_dir=work)
+        f"--monitoring_config_file={work / 'monitoring.config'}", "--rest_api_max_body_bytes=1000000",
+        "--allow_version_labels_for_unavailable_models", log_dir=work)
     process.wait_available("half_plus_two", 124)
     process.wait_available("digits")
     yield process

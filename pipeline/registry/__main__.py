@@ -1,0 +1,211 @@
+"""`python -m pipeline.registry COMMAND`: the published versions, their labels, promote and roll back.
+
+    list [MODEL]                          versions: created, accuracy (or MAE), size, labels, run
+    show MODEL VERSION|LABEL              one version's whole record
+    label MODEL LABEL VERSION             point a label (stable, canary, any name) at a version
+    promote MODEL [--from canary] [--to stable]     move --to to where --from points
+    rollback MODEL [--label stable]       move a label back to where it pointed before its last change
+    gc MODEL --keep K                     delete old versions, never a labelled or served one
+    diff MODEL A B                        metrics and config of two versions (numbers or labels)
+
+Label changes rewrite <repository>/models.config and, with --server HOST:PORT (gRPC; ours or
+tensorflow_model_server), are applied to that running server and waited for (the target version
+AVAILABLE, then the label answering with it) before the command reports success. If the server refuses,
+nothing changes: not the registry, not models.config, not the server's labels.
+Exit codes: 0 done; 1 the change could not be made (server, locked database); 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+
+from pipeline.errors import PipelineError
+from pipeline.registry import Registry, RegistryError, rollout
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.registry", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--repository", help="the model repository (default: push.repository of --config)")
+    parser.add_argument("--config", help="a pipeline config name or YAML path, for the default --repository")
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="the versions of every model, or of one")
+    listing.add_argument("model", nargs="?")
+    show = commands.add_parser("show", help="one version's record")
+    show.add_argument("model")
+    show.add_argument("version", help="a version number or a label")
+    diff = commands.add_parser("diff", help="compare two versions")
+    diff.add_argument("model")
+    diff.add_argument("a")
+    diff.add_argument("b")
+    label = commands.add_parser("label", help="point a label at a version")
+    label.add_argument("model")
+    label.add_argument("label")
+    label.add_argument("version")
+    promote = commands.add_parser("promote", help="move one label to where another points")
+    promote.add_argument("model")
+    promote.add_argument("--from", dest="source", default="canary")
+    promote.add_argument("--to", dest="target", default="stable")
+    rollback = commands.add_parser("rollback", help="move a label back to its previous version")
+    rollback.add_argument("model")
+    rollback.add_argument("--label", default="stable")
+    gc = commands.add_parser("gc", help="delete old versions")
+    gc.add_argument("model")
+    gc.add_argument("--keep", type=int, required=True, help="newest versions to keep (labelled and served ones always stay)")
+    for command in (label, promote, rollback, gc):
+        command.add_argument("--server", help="HOST:PORT of a running server's gRPC API to apply the change to")
+        command.add_argument("--base-path-root", help="the repository's path as that server sees it (e.g. /models)")
+        command.add_argument("--timeout-s", type=float, default=120.0, help="for the server to load and relabel")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        with Registry(args.repository or _default_repository(args.config), create=False) as registry:
+            COMMANDS[args.command](registry, args)
+    except PipelineError as e:
+        print(f"registry: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+def _default_repository(config: str | None) -> str:
+    from pipeline.config import load_config
+
+    return load_config(config).push.repository
+
+
+def list_versions(registry: Registry, args) -> None:
+    if args.model:
+        registry.check_model(args.model)
+    rows = registry.versions(args.model)
+    header = f"{'model':<16} {'version':>7}  {'created':<24} {'quality':>14} {'size':>10}  {'labels':<16} run"
+    print(header)
+    for r in rows:
+        print(f"{r['model']:<16} {r['version']:>7}  {r['created']:<24} {_quality(r['metrics']):>14} "
+              f"{_size(r['saved_model_bytes']):>10}  {','.join(r['labels']) or '-':<16} {r['run_id'] or '-'}")
+
+
+def _quality(metrics: dict) -> str:
+    if "accuracy" in metrics:
+        return f"acc {metrics['accuracy']:.4f}"
+    if "mae" in metrics:
+        return f"mae {metrics['mae']:.4g}"
+    return "-"
+
+
+def _size(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.1f} MiB"
+
+
+def show(registry: Registry, args) -> None:
+    print(json.dumps(registry.get(args.model, args.version), indent=2))
+
+
+def diff(registry: Registry, args) -> None:
+    a, b = registry.get(args.model, args.a), registry.get(args.model, args.b)
+    print(f"{'':<40} {'version ' + str(a['version']):>20} {'version ' + str(b['version']):>20}")
+    for key in ("created", "run_id", "variant", "data_fingerprint", "saved_model_bytes"):
+        _row(key, a.get(key), b.get(key))
+    for section in ("metrics", "infra_validation"):
+        for key in sorted(a[section].keys() | b[section].keys()):
+            _row(f"{section}.{key}", a[section].get(key), b[section].get(key))
+    flat_a, flat_b = _flatten(a["config"]), _flatten(b["config"])
+    changed = sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
+    print(f"\nconfig: {len(changed)} key(s) differ" + (":" if changed else ""))
+    for key in changed:
+        _row(key, flat_a.get(key), flat_b.get(key))
+
+
+def _row(key: str, a, b) -> None:
+    mark = "" if a == b else "  *"
+    print(f"{key:<40} {_short(a):>20} {_short(b):>20}{mark}")
+
+
+def _short(value) -> str:
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def label(registry: Registry, args) -> None:
+    change_label(registry, args, args.model, args.label, registry.resolve(args.model, args.version), "label")
+
+
+def promote(registry: Registry, args) -> None:
+    labels = registry.labels(args.model)
+    if args.source not in labels:
+        registry.resolve(args.model, f"label:{args.source}")  # raises: names the labels there are
+    change_label(registry, args, args.model, args.target, labels[args.source], f"promote from {args.source}")
+
+
+def rollback(registry: Registry, args) -> None:
+    history = registry.history(args.model, args.label)
+    if not history or history[-1]["previous"] is None:
+        raise RegistryError(f"label {args.label!r} of {args.model!r} has no earlier version to go back to "
+                            f"(its history: {[h['version'] for h in history] or 'none'}).")
+    previous = history[-1]["previous"]
+    registry.resolve(args.model, previous)  # raises if that version was deleted since
+    change_label(registry, args, args.model, args.label, previous, "rollback")
+
+
+def change_label(registry: Registry, args, model: str, name: str, version: int, action: str) -> None:
+    """Move the label in one transaction; apply it to the server (if any) before committing, so a refusal
+    leaves everything as it was; then write models.config."""
+    current = registry.models_config(args.base_path_root)
+    with registry.transaction():
+        previous = registry.set_label(model, name, version, action)
+        if args.server:
+            rollout.apply(args.server, current, registry.models_config(args.base_path_root), model, name, version,
+                          args.timeout_s)
+        path = registry.write_models_config()
+    where = f" and on {args.server}" if args.server else ""
+    print(f"{model}: {name} -> version {version} (was {previous if previous is not None else 'unset'}){where}; "
+          f"{path} rewritten")
+
+
+def collect(registry: Registry, args) -> None:
+    registry.check_model(args.model)
+    versions = [r["version"] for r in registry.versions(args.model)]
+    keep = set(versions[: max(args.keep, 0)]) | set(registry.labels(args.model).values()) | {max(versions)}
+    if args.server:
+        keep |= _served(args.server, args.model)
+    doomed = sorted(set(versions) - keep)
+    model_dir = registry.repository / args.model
+    with registry.transaction():
+        for version in doomed:
+            gone = model_dir / f".deleting-{version}"
+            (model_dir / str(version)).rename(gone)  # out of every poller's sight at once
+            shutil.rmtree(gone)
+            registry.mark_deleted(args.model, version)
+    print(f"{args.model}: deleted versions {doomed or 'none'}; kept {sorted(keep & set(versions))} "
+          f"(newest {args.keep}, labelled, served)")
+
+
+def _served(server: str, model: str) -> set[int]:
+    from serving.client import GrpcClient, ServingClientError
+
+    with GrpcClient(server, timeout_s=10) as client:
+        try:
+            return {s["version"] for s in client.status(model) if s["state"] in ("AVAILABLE", "LOADING")}
+        except ServingClientError as e:
+            raise RegistryError(f"cannot ask {server} which versions it serves ({e.status}: {e.message}).") from None
+
+
+COMMANDS = {"list": list_versions, "show": show, "diff": diff, "label": label, "promote": promote,
+            "rollback": rollback, "gc": collect}
+
+if __name__ == "__main__":
+    sys.exit(main())

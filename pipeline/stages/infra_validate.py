@@ -1,0 +1,116 @@
+"""Serve the exported candidate as production will, before anything is published: TFX's InfraValidator.
+
+The embedded server loads a temporary copy of the SavedModel (replaying its warmup requests, as TF
+Serving does), answers a sample of test rows over REST and over gRPC, and must give what the model
+computes in process (within `tolerance`); then single-row requests measure the latency a client sees.
+The run fails when p99 is above `max_p99_ms`, with the numbers. The result goes into the registry.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import read_split
+from pipeline.errors import StageError
+
+NAME = "candidate"
+
+
+@dataclass(frozen=True)
+class Config:
+    enabled: bool = True
+    rows: int = 64  # test rows sent over each protocol and compared with the in-process model
+    requests: int = 100  # single-row REST requests timed for the latency figures
+    max_p99_ms: float = 100.0  # gate: the run fails above this
+    tolerance: float = 1e-5  # relative; served and in-process outputs must agree within it (and 1e-6 absolute)
+    timeout_s: float = 120.0  # for the server to load the candidate
+
+    def problems(self) -> list[str]:
+        found = [f"{name}: expected a positive integer, received {getattr(self, name)}."
+                 for name in ("rows", "requests") if getattr(self, name) < 1]
+        found += [f"{name}: expected a positive number, received {getattr(self, name)}."
+                  for name in ("max_p99_ms", "tolerance", "timeout_s") if getattr(self, name) <= 0]
+        return found
+
+
+CONFIG = ("infra_validate.enabled", "infra_validate.rows", "infra_validate.requests", "infra_validate.max_p99_ms",
+          "infra_validate.tolerance")
+RUNTIME = ("infra_validate.timeout_s",)
+INPUTS = ("saved_model", "dataset")
+OUTPUTS = ("infra_validation",)
+
+
+def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+    c = cfg.infra_validate
+    (out / "infra_validation").mkdir()
+    if not c.enabled:
+        result = {"skipped": True}
+    else:
+        rows = read_split(inputs["dataset"], "test").x[: c.rows]
+        with tempfile.TemporaryDirectory(dir=out) as base:
+            shutil.copytree(inputs["saved_model"], Path(base) / "1")
+            result = _validate(c, Path(base), rows, _in_process(inputs["saved_model"], rows), out)
+    (out / "infra_validation" / "report.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _in_process(saved_model: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+
+    function = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    return {name: value.numpy() for name, value in function(x=tf.constant(rows)).items()}
+
+
+def _validate(c, base: Path, rows: np.ndarray, expected: dict[str, np.ndarray], out: Path) -> dict:
+    from serving.client import GrpcClient, RestClient, ServingClientError
+    from serving.local import free_port
+    from serving.process import ServerProcess
+
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_name={NAME}", f"--model_base_path={base.resolve()}", f"--port={grpc_port}",
+                           "--file_system_poll_wait_seconds=0", log_dir=out)
+    try:
+        server.wait_available(NAME, timeout_s=c.timeout_s)
+        with RestClient(server.url) as rest, GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+            worst = {name: _worst_difference(client.predict(NAME, rows), expected, c.tolerance, name)
+                     for name, client in (("REST", rest), ("gRPC", grpc_client))}
+            latencies = []
+            for row in rows[np.arange(c.requests) % len(rows)]:
+                started = time.perf_counter()
+                rest.predict(NAME, row[None])
+                latencies.append((time.perf_counter() - started) * 1000)
+    except (RuntimeError, TimeoutError, ServingClientError) as e:
+        raise StageError(f"infra_validate: the candidate did not serve: {e}") from None
+    finally:
+        server.stop()
+    p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
+    result = {"rows": len(rows), "max_abs_difference": worst, "tolerance": c.tolerance, "p50_ms": round(p50, 3),
+              "p99_ms": round(p99, 3), "requests": c.requests}
+    print(f"infra_validate: {len(rows)} rows served over REST and gRPC as computed in process; "
+          f"single-row latency p50 {p50:.2f} ms, p99 {p99:.2f} ms over {c.requests} requests")
+    if p99 > c.max_p99_ms:
+        raise StageError(f"infra_validate: p99 latency {p99:.2f} ms (p50 {p50:.2f} ms, {c.requests} single-row "
+                         f"requests) is above infra_validate.max_p99_ms={c.max_p99_ms}.")
+    return result
+
+
+def _worst_difference(served: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: float,
+                      protocol: str) -> float:
+    """The largest |served - expected| over all outputs; StageError naming the output when one disagrees."""
+    if served.keys() != expected.keys():
+        raise StageError(f"infra_validate: over {protocol} the server returned outputs {sorted(served)}, "
+                         f"the model computes {sorted(expected)}.")
+    worst = 0.0
+    for name, value in expected.items():
+        if not np.allclose(served[name], value, rtol=tolerance, atol=1e-6):
+            raise StageError(f"infra_validate: over {protocol}, output {name!r} differs from the in-process model "
+                             f"by up to {float(np.max(np.abs(served[name] - value))):.3g} (tolerance {tolerance}).")
+        if np.issubdtype(value.dtype, np.number):
+            worst = max(worst, float(np.max(np.abs(served[name].astype(np.float64) - value), initial=0)))
+    return worst
