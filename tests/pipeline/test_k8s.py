@@ -74,6 +74,7 @@ def test_indexed_job_gives_each_pod_its_own_tf_config(capsys):
 
 def test_the_chief_runs_the_pipeline_to_push_and_the_other_workers_stop_after_train(capsys, tmp_path):
     code, documents, _ = manifests(capsys, "train", "train.workers=2")
+    assert code == 0
     (container,) = by_kind(documents)["Job"]["spec"]["template"]["spec"]["containers"]
     tf_config = next(e["value"] for e in container["env"] if e["name"] == "TF_CONFIG")
     calls = {i: run_pod(container, {"TASK_INDEX": str(i), "TF_CONFIG": tf_config.replace("$(TASK_INDEX)", str(i))},
