@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from serving.local import free_ports
 from serving.process import wait_available
@@ -23,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 NOT_RUN_HERE = {  # command -> why this test leaves it out
     "make run": "the whole pipeline: test_pipeline_cli.py runs it end to end",
     "make test": "the test suite itself: CI runs it",
+}
+NOT_RUN_HERE_TOOLS = {  # a command's first word -> why this test leaves it out
+    "docker": "needs a Docker engine: tests/pipeline/test_image.py checks the Dockerfiles",
+    "kubectl": "needs a cluster: tests/pipeline/test_k8s.py validates what pipeline.k8s prints for it",
 }
 
 
@@ -51,7 +56,7 @@ def test_every_readme_command_works(digits, tmp_path):
     try:
         for command in readme_commands():
             words = shlex.split(command)
-            if command in NOT_RUN_HERE:
+            if command in NOT_RUN_HERE or words[0] in NOT_RUN_HERE_TOOLS:
                 continue
             if command == "make serve":
                 server = subprocess.Popen(
@@ -77,6 +82,12 @@ def test_every_readme_command_works(digits, tmp_path):
                 result = subprocess.run([sys.executable, "-m", "pipeline.run", *args, *listing], cwd=digits.workdir,
                                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
                 assert result.returncode == 0, (command, result.stderr[-2000:])
+            elif words[:3] == [".venv/bin/python", "-m", "pipeline.k8s"]:  # what it prints, not what kubectl does
+                args = words[3:words.index("|")] if "|" in words else words[3:]
+                result = subprocess.run([sys.executable, "-m", "pipeline.k8s", *args], cwd=digits.workdir,
+                                        env=pipeline_env(), capture_output=True, text=True, timeout=60)
+                assert result.returncode == 0, (command, result.stderr)
+                assert all(d["kind"] for d in yaml.safe_load_all(result.stdout)), (command, result.stdout)
             else:
                 pytest.fail(f"README command {command!r}: this test does not know how to run it; teach it")
     finally:
