@@ -10,6 +10,9 @@ export PYTHONUNBUFFERED := 1
 .PHONY: run serve bench bench-quick test test-quick clean clean-models
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "make: this project needs Python 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>/dev/null || echo 'not installed')." \
+	       "Install Python 3.11, then run: make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -9,7 +9,7 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # see pipeline/__init__.py
 
-from models.config import DataSpec, ModelConfig  # noqa: E402
+from models.config import DataSpec, ModelConfig, input_shape_problem  # noqa: E402
 
 MODELS = {
     "cnn": "models.cnn:build",  # small images, e.g. 8x8 digits: data.input_shape [H, W, C]
@@ -20,6 +20,9 @@ MODELS = {
 
 def build_model(cfg: ModelConfig, spec: DataSpec):
     """The configured model, uncompiled, taking flat float32 features [batch, n_features]."""
+    problem = input_shape_problem(cfg.name, spec.input_shape)
+    if problem:
+        raise ValueError(problem)
     module, _, function = MODELS[cfg.name].partition(":")
     return getattr(importlib.import_module(module), function)(cfg, spec)
 

@@ -6,11 +6,6 @@ from models.layers import normalized_input, output_head
 
 
 def build(cfg: ModelConfig, spec: DataSpec) -> keras.Model:
-    if len(spec.input_shape) != 3:
-        raise ValueError(
-            f"model 'cnn' needs images: data.input_shape [height, width, channels], "
-            f"received {list(spec.input_shape)}. Use model.name=mlp for flat features."
-        )
     inputs, x = normalized_input(spec)
     for block in range(cfg.depth):
         x = keras.layers.Conv2D(cfg.width * 2**block, 3, padding="same", activation="relu")(x)

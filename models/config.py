@@ -10,10 +10,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["cnn", "mlp", "rnn"] = "cnn"
+    name: Literal["cnn", "mlp", "rnn"] = "cnn"  # a builder in models.MODELS
     width: int = 32  # conv filters (cnn) or units (mlp, rnn) of the first layer
     depth: int = 2  # conv blocks (cnn), hidden layers (mlp), recurrent layers (rnn)
-    dropout: float = 0.2
+    dropout: float = 0.2  # fraction of units dropped while training
     cell: Literal["lstm", "gru"] = "lstm"  # rnn only
 
     def problems(self) -> list[str]:
@@ -25,6 +25,19 @@ class ModelConfig:
         if not 0 <= self.dropout < 1:
             found.append(f"dropout: expected a number in [0, 1), received {self.dropout}.")
         return found
+
+
+INPUT_RANKS = {"cnn": (3, "images: data.input_shape [height, width, channels]"),
+               "rnn": (2, "sequences: data.input_shape [steps, features]")}
+
+
+def input_shape_problem(name: str, input_shape: tuple[int, ...]) -> str | None:
+    """Why builder `name` cannot take rows reshaped to `input_shape` (None when it can)."""
+    rank, needs = INPUT_RANKS.get(name, (None, ""))
+    if rank is None or len(input_shape) == rank:
+        return None
+    fix = " Use model.name=mlp for flat features." if len(input_shape) == 1 else ""
+    return f"model '{name}' needs {needs}, received {list(input_shape)}.{fix}"
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,6 @@ CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
 def build(cfg: ModelConfig, spec: DataSpec) -> keras.Model:
-    if len(spec.input_shape) != 2:
-        raise ValueError(
-            f"model 'rnn' needs sequences: data.input_shape [steps, features], "
-            f"received {list(spec.input_shape)}."
-        )
     inputs, x = normalized_input(spec)
     cell = CELLS[cfg.cell]
     for layer in range(cfg.depth):

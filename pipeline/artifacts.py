@@ -91,6 +91,9 @@ class RunFile:
 
 
 SCHEMA = RunFile("validate", "schema/schema.json")
+REJECTS = RunFile("validate", "rejects.csv")
+TRIALS = RunFile("tune", "trials.json")
+EVALUATION = RunFile("evaluate", "evaluation/metrics.json")
 DATASET = RunFile("validate", "dataset")
 HISTORY = RunFile("train", "history.json")
 CONFUSION = RunFile("evaluate", "evaluation/confusion_matrix.json")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 import repository
-from models.config import ModelConfig
+from models.config import ModelConfig, input_shape_problem
 from pipeline.errors import ConfigError
 from pipeline.stages import compress, evaluate, export, infra_validate, ingest, push, train, tune, validate
 from pipeline.stages.push import ServeConfig
@@ -33,7 +33,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "digits.yaml"
 @dataclass(frozen=True)
 class PipelineConfig:
     output_dir: str = "runs"  # where runs (and the stage cache, in .cache/) go
-    seed: int = 42
+    seed: int = 42  # the split, weight initialisation and shuffling: the same seed, the same run
     data: ingest.Config = field(default_factory=ingest.Config)
     validate: validate.Config = field(default_factory=validate.Config)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -72,9 +72,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
     for item in overrides:
         _apply_override(raw, item, problems)
     cfg = _with_derived_values(from_dict(PipelineConfig, raw, problems), problems)
+    problems += _model_and_data_problems(cfg) if not problems else []
     if problems:
-        raise ConfigError(str(path), problems)
+        overridden = [item.partition("=")[0] for item in overrides]
+        from_overrides = [p for p in problems if p.startswith("'") or any(
+            key == k or k.startswith(key + ".") or key.startswith(k + ".")
+            for k in overridden for key in [p.partition(":")[0]])]
+        source = ("the command line" if len(from_overrides) == len(problems) else
+                  f"{path} and the command line" if from_overrides else str(path))
+        raise ConfigError(source, problems)
     return cfg
+
+
+def _model_and_data_problems(cfg: PipelineConfig) -> list[str]:
+    """The model must fit the data's shape: found now, not when train runs. A CSV's rows are flat; an
+    .npz's shape is known once it is read (ingest checks it then)."""
+    shape = cfg.data.input_shape or {"digits": (8, 8, 1)}.get(cfg.data.source)
+    if not shape and cfg.data.source.endswith(".csv"):
+        shape = ("features",)
+    problem = shape and input_shape_problem(cfg.model.name, tuple(shape))
+    return [f"model.name: {problem}"] if problem else []
 
 
 def _with_derived_values(cfg: PipelineConfig, problems: list[str]) -> PipelineConfig:
@@ -163,14 +180,24 @@ def from_dict(cls: type, raw: Any, problems: list[str], prefix: str = "") -> Any
 
 
 def _unknown_key(key: str) -> str:
-    sections = [name for name, hint in typing.get_type_hints(PipelineConfig).items() if dataclasses.is_dataclass(hint)]
-    close = difflib.get_close_matches(key, all_keys() + sections, n=1, cutoff=0.6)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    section = key.rpartition(".")[0]
-    if not close and section:
-        valid = [k.rpartition(".")[2] for k in all_keys() if k.rpartition(".")[0] == section]
-        hint = f" Valid keys in '{section}': {', '.join(valid)}." if valid else ""
-    return f"{key}: unknown key.{hint}"
+    """The key with a suggestion: the closest name in the same section (a misspelt section is matched
+    first), else the section's valid keys. Names are compared part by part, so `train.loop` is not taken
+    for `train.ps` just because both start with `train.p`."""
+    hints = typing.get_type_hints(PipelineConfig)
+    sections = {name: [f.name for f in dataclasses.fields(hint)] for name, hint in hints.items()
+                if dataclasses.is_dataclass(hint)}
+    section, _, leaf = key.rpartition(".")
+    if not section:
+        close = difflib.get_close_matches(leaf, list(hints), n=1, cutoff=0.6)
+        return f"{key}: unknown key." + (f" Did you mean '{close[0]}'?" if close else "")
+    if section not in sections:
+        close = difflib.get_close_matches(section, list(sections), n=1, cutoff=0.6)
+        section = close[0] if close else section
+    leaves = sections.get(section, [])
+    close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.6)
+    if close:
+        return f"{key}: unknown key. Did you mean '{section}.{close[0]}'?"
+    return f"{key}: unknown key." + (f" Valid keys in '{section}': {', '.join(leaves)}." if leaves else "")
 
 
 def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
@@ -191,6 +218,8 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
         return converted, (error and f"{error} or null")
     if origin is tuple:
         items = value if isinstance(value, list | tuple) else None
+        if items is None and isinstance(value, str) and "," in value:
+            return None, f"a list of {args[0].__name__} in brackets, e.g. [{', '.join(map(str.strip, value.split(',')))}]"
         if items is None:
             return None, f"a list of {args[0].__name__}"
         converted = [_convert(v, args[0]) for v in items]

@@ -58,4 +58,5 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         self.signum = signum
         self.exit_code = 128 + signum
+        self.run_id: str | None = None  # set by the runner
         super().__init__(f"interrupted by {signal.Signals(signum).name}")

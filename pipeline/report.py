@@ -1,50 +1,159 @@
-"""report.html for a run: the stage table, metrics, training curves and the confusion matrix."""
+"""report.html for a run: one self-contained page (images inlined) with everything the run knows.
+
+Sections, each present when its artefacts are: the run (status, config source and overrides, and for a
+failed run the failing stage's reason and log tail), stages (timings, cache hits), data (per-feature
+statistics, label distribution, rejected rows), tuning (trials), training (curves), evaluation
+(metrics, confusion matrix), compression (table and plot), serving (infra-validation and smoke-test
+latencies, the pushed version and a command to query it), signatures, config.
+"""
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import json
 from pathlib import Path
 
-from pipeline.artifacts import COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, HISTORY, SIGNATURES
-from pipeline.runner import StageRecord, format_metrics
+from pipeline.artifacts import (COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, EVALUATION, HISTORY,
+                                INFRA_VALIDATION, PUSHED, REJECTS, SAMPLE_REQUEST, SCHEMA, SIGNATURES, TRIALS,
+                                RunFile)
+from pipeline.errors import StageFailed
+from pipeline.runner import MANIFEST, StageRecord, format_metrics
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0} td,th{padding:2px 8px;text-align:right;
+border-bottom:1px solid #eee} th{background:#f5f5f5} td.l,th.l{text-align:left}
+.scroll{overflow-x:auto} pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px}
+.failed{color:#b00} .ok{color:#070} img{max-width:100%}
+"""
+LOG_TAIL_LINES = 40
 
 
-def write_report(run_dir: Path, records: list[StageRecord]) -> Path:
-    parts = [f"<h1>Run {html.escape(run_dir.name)}</h1>", _stage_table(records)]
-    history = HISTORY.of_run(run_dir)
-    if history.is_file():
-        parts.append("<h2>Training</h2>" + _curves(json.loads(history.read_text())))
-    confusion = CONFUSION.of_run(run_dir)
-    if confusion.is_file():
-        parts.append("<h2>Confusion matrix (test split)</h2>" + _confusion(json.loads(confusion.read_text())))
-    compression = COMPRESSION_REPORT.of_run(run_dir)
-    if compression.is_file():
-        parts.append("<h2>Compression (measured on the validation split)</h2>" + _compression(
-            json.loads(compression.read_text()), COMPRESSION_PLOT.of_run(run_dir)))
-    signatures = SIGNATURES.of_run(run_dir)
-    if signatures.is_file():
-        parts.append(f"<h2>Signatures</h2><pre>{html.escape(signatures.read_text())}</pre>")
-    config = (run_dir / "config.json").read_text()
-    parts.append(f"<h2>Config</h2><pre>{html.escape(config)}</pre>")
-    style = "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}table{border-collapse:collapse}"
-    page = f"<!doctype html><meta charset=utf-8><title>Run {run_dir.name}</title><style>{style}</style>{''.join(parts)}"
+def write_report(run_dir: Path, records: list[StageRecord], failure: StageFailed | None = None) -> Path:
+    """Write run_dir/report.html (a failed run gets one too, with the failing stage's log tail)."""
+    manifest = json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).is_file() else {}
+    sections = [
+        ("run", "Run", _run(run_dir, manifest, failure)),
+        ("stages", "Stages", _stages(records)),
+        ("data", "Data", _data(run_dir)),
+        ("tuning", "Tuning", _tuning(run_dir)),
+        ("training", "Training", _training(run_dir)),
+        ("evaluation", "Evaluation (test split)", _evaluation(run_dir)),
+        ("compression", "Compression (measured on the validation split)", _compression(run_dir)),
+        ("serving", "Serving", _serving(run_dir)),
+        ("signatures", "Signatures", _signatures(run_dir)),
+        ("config", "Config", f"<pre>{html.escape((run_dir / 'config.json').read_text())}</pre>"),
+    ]
+    body = "".join(f"<section id='{key}'><h2>{title}</h2>{content}</section>"
+                   for key, title, content in sections if content)
+    page = (f"<!doctype html><meta charset=utf-8><title>Run {html.escape(run_dir.name)}</title><style>{STYLE}</style>"
+            f"<h1>Run {html.escape(run_dir.name)}</h1>{body}")
     path = run_dir / "report.html"
     path.write_text(page)
     return path
 
 
-def _stage_table(records: list[StageRecord]) -> str:
-    rows = "".join(
-        f"<tr><td>{r.name}</td><td>{r.status}</td><td>{r.wall_s:.1f}s</td><td>{r.produced_by}</td>"
-        f"<td style='text-align:left'>{html.escape(format_metrics(r.metrics))}</td></tr>"
-        for r in records
-    )
-    return f"<table><tr><th>stage</th><th>status</th><th>time</th><th>run</th><th>metrics</th></tr>{rows}</table>"
+def _table(header: list[str], rows: list[list], left: str = "l") -> str:
+    """An HTML table; `left` marks with "l" the left-aligned columns (names; the rest are numbers)."""
+    def cell(tag: str, i: int, value) -> str:
+        return f"<{tag}{' class=l' if left[i:i + 1] == 'l' else ''}>{value}</{tag}>"
+    head = "".join(cell("th", i, html.escape(h)) for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
 
 
-def _curves(history: dict) -> str:
+def _number(value, digits: int = 4) -> str:
+    if isinstance(value, bool) or value is None:
+        return html.escape(str(value))
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _read(run_file: RunFile, run_dir: Path):
+    """The JSON a stage of this run wrote, or None where that stage did not run (or wrote none)."""
+    path = run_file.of_run(run_dir)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _image(png: bytes, alt: str) -> str:
+    return f"<img alt='{alt}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def _run(run_dir: Path, manifest: dict, failure: StageFailed | None) -> str:
+    status = manifest.get("status", "unknown")
+    overrides = manifest.get("overrides", [])
+    parts = [f"<p>Status: <b class={'ok' if status == 'succeeded' else 'failed'}>{html.escape(status)}</b>; "
+             f"updated {html.escape(manifest.get('updated', ''))}; overrides: "
+             f"<code>{html.escape(' '.join(overrides)) or 'none'}</code></p>"]
+    if failure is not None:
+        parts.append(f"<p class=failed>Stage <b>{html.escape(failure.stage)}</b> failed: "
+                     f"{html.escape(failure.reason)}</p>")
+        log = failure.kept / "log.txt" if failure.kept else None
+        if log is not None and log.is_file():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+            parts.append(f"<p>Last {LOG_TAIL_LINES} lines of {html.escape(str(log))}:</p>"
+                         f"<pre>{html.escape(tail)}</pre>")
+    return "".join(parts)
+
+
+def _stages(records: list[StageRecord]) -> str:
+    rows = [[r.name, f"<span class={'failed' if r.status in ('failed', 'interrupted') else 'ok'}>{r.status}</span>",
+             f"{r.wall_s:.1f} s", html.escape(r.produced_by), html.escape(format_metrics(r.metrics))]
+            for r in records]
+    return _table(["stage", "status", "time", "made by run", "metrics"], rows, left="ll-ll")
+
+
+def _data(run_dir: Path) -> str:
+    schema = _read(SCHEMA, run_dir)
+    if schema is None:
+        return ""
+    parts = [f"<p>Source <code>{html.escape(schema['source'])}</code>, task {schema['task']}, rows "
+             f"{', '.join(f'{k} {v}' for k, v in schema['rows'].items())}, rejected {schema['rejected']}.</p>"]
+    features = schema["features"]
+    shown = features if len(features) <= 40 else features[:20] + features[-20:]
+    parts.append(_table(["feature", "min", "max", "mean", "std", "missing"],
+                        [[html.escape(f["name"]), *(_number(f[k]) for k in ("min", "max", "mean", "std", "missing"))]
+                         for f in shown]))
+    if len(shown) < len(features):
+        parts.append(f"<p>({len(features) - len(shown)} features in the middle left out; all are in schema.json.)</p>")
+    if "label_distribution" in schema:
+        distribution = schema["label_distribution"]
+        parts.append(_table(["split", *schema["classes"]],
+                            [[split, *(_number(counts[c]) for c in schema["classes"])]
+                             for split, counts in distribution.items()]))
+    elif "label_stats" in schema:
+        stats = schema["label_stats"]
+        parts.append("<p>Label: " + ", ".join(f"{k} {_number(v)}" for k, v in stats.items()) + "</p>")
+    rejects = REJECTS.of_run(run_dir)
+    if rejects.is_file():
+        with rejects.open(newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        parts.append(f"<p>{len(rows)} rejected rows{' (first 20)' if len(rows) > 20 else ''}:</p>" if rows
+                     else "<p>No row was rejected.</p>")
+        if rows:
+            parts.append(_table(["row", "split", "reason"], [[*map(html.escape, r)] for r in rows[:20]], left="-ll"))
+    return "".join(parts)
+
+
+def _tuning(run_dir: Path) -> str:
+    rows = _read(TRIALS, run_dir)
+    if rows is None:
+        return ""
+    names = sorted({k for t in rows for k in t["hyperparameters"]})
+    return _table(["trial", *names, "score"], [[str(i + 1), *(_number(t["hyperparameters"].get(n)) for n in names),
+                                               _number(t["score"])] for i, t in enumerate(rows)])
+
+
+def _training(run_dir: Path) -> str:
+    history = _read(HISTORY, run_dir)
+    if history is None:
+        return ""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,49 +162,90 @@ def _curves(history: dict) -> str:
     metrics = [m for m in ("loss", "accuracy", "mae") if m in history]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        ax.plot(history[metric], label="train")
-        ax.plot(history.get(f"val_{metric}", []), label="validation")
+        ax.plot(range(1, len(history[metric]) + 1), history[metric], label="train")
+        ax.plot(range(1, len(history.get(f"val_{metric}", [])) + 1), history.get(f"val_{metric}", []),
+                label="validation")
         ax.set(title=metric, xlabel="epoch")
         ax.legend()
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    return f"<img alt='training curves' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+    return _image(buffer.getvalue(), "training curves")
 
 
-
-def _compression(report: dict, plot: Path) -> str:
-    keys = ("format", "accuracy", "accuracy_drop", "agreement_with_baseline", "sparsity", "params",
-            "savedmodel_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes", "latency_ms_b1", "latency_ms_b32", "status")
-    head = "<tr><th>variant</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
-    rows = "".join(
-        f"<tr><th>{html.escape(name)}{' (selected)' if name == report['selected'] else ''}</th>"
-        + "".join(f"<td>{_cell(entry.get(k, ''))}</td>" for k in keys) + "</tr>"
-        for name, entry in report["variants"].items()
-    )
-    image = f"<img alt='accuracy vs size and latency' src='data:image/png;base64,{_base64(plot)}'>" if plot.is_file() else ""
-    held_out = (f"<p>Selected: {html.escape(report['selected'])}, held-out test accuracy "
-                f"{report['selected_test_accuracy']:.4f}.</p>" if "selected_test_accuracy" in report else "")
-    return f"{held_out}<table>{head}{rows}</table>{image}"
-
-
-def _cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+def _evaluation(run_dir: Path) -> str:
+    parts = []
+    metrics = _read(EVALUATION, run_dir)
+    if metrics is not None:
+        parts.append("<p>" + ", ".join(f"{k} {_number(v)}" for k, v in metrics.items()) + "</p>")
+    confusion = _read(CONFUSION, run_dir)
+    if confusion is not None:
+        classes, matrix = confusion["classes"], confusion["matrix"]
+        rows = [[f"<b>{html.escape(c)}</b>", *(f"<span style='background:{'#cfc' if i == j else ('#fcc' if v else '')}'>"
+                                              f"{v}</span>" for j, v in enumerate(row))]
+                for i, (c, row) in enumerate(zip(classes, matrix))]
+        parts.append("<p>Confusion matrix: rows are the true class, columns the predicted one.</p>"
+                     + _table(["true \\ predicted", *classes], rows))
+    return "".join(parts)
 
 
-def _base64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+def _compression(run_dir: Path) -> str:
+    report = _read(COMPRESSION_REPORT, run_dir)
+    if report is None:
+        return ""
+    columns = [("accuracy", 4), ("accuracy_drop", 4), ("agreement_with_baseline", 3), ("sparsity", 3)]
+    header = ["variant", "gate", "accuracy", "drop", "agreement", "sparsity", "params", "SavedModel gzip KiB",
+              "tflite KiB", "tflite gzip KiB", "b1 ms", "b32 ms"]
+    rows = []
+    for name, entry in report["variants"].items():
+        kib = [_number(entry[k] / 1024, 1) if k in entry else "–"
+               for k in ("savedmodel_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes")]
+        mark = " ★" if name == report["selected"] else ""
+        gate = entry.get("status", "ok")
+        rows.append([html.escape(name) + mark, f"<span class={'ok' if gate == 'ok' else 'failed'}>"
+                     f"{html.escape(gate.split(':')[0])}</span>",
+                     *(_number(entry[k], d) for k, d in columns), _number(entry["params"]), *kib,
+                     _number(entry["latency_ms_b1"], 3), _number(entry["latency_ms_b32"], 3)])
+    held_out = (f"<p>Selected <b>{html.escape(report['selected'])}</b> ★: held-out test accuracy "
+                f"{report['selected_test_accuracy']:.4f}; shipped .tflite: "
+                f"{html.escape(', '.join(report.get('shipped_tflite', [])) or 'none')}.</p>"
+                if "selected_test_accuracy" in report else "")
+    skipped = "".join(f"<p>Skipped {html.escape(k)}: {html.escape(v)}</p>" for k, v in report.get("skipped", {}).items())
+    plot = COMPRESSION_PLOT.of_run(run_dir)
+    image = _image(plot.read_bytes(), "accuracy against size and latency") if plot.is_file() else ""
+    return held_out + skipped + _table(header, rows, left="ll") + image
 
 
-def _confusion(confusion: dict) -> str:
-    classes, matrix = confusion["classes"], confusion["matrix"]
-    head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in classes) + "</tr>"
-    body = "".join(
-        f"<tr><th>{html.escape(c)}</th>"
-        + "".join(f"<td style='{'background:#cfc' if i == j else ('background:#fcc' if v else '')}'>{v}</td>"
-                  for j, v in enumerate(row))
-        + "</tr>"
-        for i, (c, row) in enumerate(zip(classes, matrix))
-    )
-    return f"<table>{head}{body}</table>"
+def _serving(run_dir: Path) -> str:
+    parts = []
+    result = _read(INFRA_VALIDATION, run_dir)
+    if result is not None:
+        parts.append("<p>Infra validation: skipped.</p>" if result.get("skipped") else
+                     f"<p>Infra validation: {result['rows']} test rows served over REST and gRPC as computed in "
+                     f"process (largest difference {max(result['max_abs_difference'].values()):.2g}); single-row "
+                     f"latency over {result['requests']} requests: p50 {result['p50_ms']:.2f} ms, p99 "
+                     f"{result['p99_ms']:.2f} ms.</p>")
+    pushed = _read(PUSHED, run_dir)
+    if pushed is not None:
+        path = Path(pushed["path"])
+        if "smoke_latency_ms" in pushed:
+            parts.append(f"<p>Smoke test before publishing: answered in {pushed['smoke_latency_ms']:.1f} ms.</p>")
+        parts.append(f"<p>Published: <code>{html.escape(str(path))}</code> (version {pushed['version']}"
+                     f"{'' if pushed.get('published', True) else ', already published before'}).</p>")
+        sample = SAMPLE_REQUEST.of_run(run_dir).resolve()
+        parts.append("<pre>" + html.escape(
+            f"python -m serving --rest_api_port=8501 --model_name={path.parent.name} --model_base_path={path.parent}\n"
+            f"curl -d @{sample} http://localhost:8501/v1/models/{path.parent.name}:predict") + "</pre>")
+    return "".join(parts)
+
+
+def _signatures(run_dir: Path) -> str:
+    signatures = _read(SIGNATURES, run_dir)
+    if signatures is None:
+        return ""
+    rows = [[html.escape(key), html.escape(signature["method"].rsplit("/", 1)[-1]), direction, html.escape(name),
+             tensor["dtype"], html.escape(str(tensor["shape"]))]
+            for key, signature in signatures.items()
+            for direction in ("inputs", "outputs") for name, tensor in signature[direction].items()]
+    return _table(["signature", "method", "", "tensor", "dtype", "shape"], rows, left="llllll")

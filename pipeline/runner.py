@@ -34,20 +34,22 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from pipeline.artifacts import dir_fingerprint, file_digest
 from pipeline.cleanup import remove_stale_staging, staging_name
 from pipeline.config import PipelineConfig, keyed, stage_view, to_dict
 from pipeline.errors import CommandLineError, Interrupted, StageError, StageFailed
+from pipeline.progress import LineReporter, Reporter, reporting
 from pipeline.stages import STAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("pipeline", "models", "serving", "repository")
 # Not followed when fingerprinting code: the config loader (the values a stage reads are in its key
-# already) and the list of stages, like the runner itself. Following them would make every stage
-# depend on every other stage's code.
-INFRASTRUCTURE = ("pipeline.config", "pipeline.stages")
+# already), the list of stages, like the runner itself, and the packages' __init__ modules (re-exports
+# of the API: pipeline.run, serving.Server). Following them would make every stage depend on every
+# other stage's code.
+INFRASTRUCTURE = ("pipeline", "pipeline.config", "pipeline.stages", "serving")
 MANIFEST = "manifest.json"
 
 
@@ -78,12 +80,14 @@ def stages_until(until: str | None) -> list[str]:
 
 
 class Runner:
-    def __init__(self, cfg: PipelineConfig, run_id: str | None = None, force: tuple[str, ...] = ()):
+    def __init__(self, cfg: PipelineConfig, run_id: str | None = None, force: tuple[str, ...] = (),
+                 overrides: tuple[str, ...] = ()):
         unknown = [s for s in force if s not in STAGES]
         if unknown:
             raise CommandLineError(f"--force {unknown[0]!r}: unknown stage; stages are {', '.join(STAGES)}")
         self.cfg = cfg
         self.force = set(force)
+        self.overrides = list(overrides)  # as given (the config has them applied): for the manifest and report
         self.root = Path(cfg.output_dir)
         self.resuming = run_id is not None
         self.run_id = run_id or new_run_id()
@@ -141,30 +145,39 @@ class Runner:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, until: str | None = None, log=print) -> list[StageRecord]:
-        """Run the stages up to `until`; SIGTERM and SIGINT stop it cleanly (Interrupted)."""
+    def run(self, until: str | None = None, reporter: Reporter | None = None,
+            stage_output: TextIO | None | Literal["stdout"] = "stdout") -> list[StageRecord]:
+        """Run the stages up to `until`, telling `reporter` (default: a line per event) as they go; what
+        stages print goes to their log.txt and to `stage_output` (None: the log only). SIGTERM and SIGINT
+        stop it cleanly (Interrupted)."""
+        reporter = LineReporter() if reporter is None else reporter
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in remove_stale_staging(self.root):
-            log(f"removed {stale}, left by a run that was killed")
+            reporter.message(f"removed {stale}, left by a run that was killed")
         if not self.resuming:
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
         link(self.root / "latest", Path(self.run_id))
-        with signals_interrupt():
-            return self._run(stages_until(until), log)
+        try:
+            with signals_interrupt(), reporting(reporter):
+                return self._run(stages_until(until), reporter, stage_output)
+        except Interrupted as e:
+            e.run_id = self.run_id  # for the message that says how to resume it
+            raise
 
-    def _run(self, names: list[str], log) -> list[StageRecord]:
+    def _run(self, names: list[str], reporter: Reporter, stage_output) -> list[StageRecord]:
         for i, name in enumerate(names, 1):
-            prefix = f"[{i}/{len(names)}] {name}"
             record = self._resumed(name)
             if record is None:
                 view, key = self._prepare(name)
                 record = self._cached(name, key)
             if record is None:
-                log(f"{prefix}: running")
-                record = self._execute(name, view, key)
-                log(f"{prefix}: done in {record.wall_s:.1f}s {format_metrics(record.metrics)}")
+                reporter.stage_started(i, len(names), name)
+                record = self._execute(name, view, key, stage_output)
+                reporter.stage_ended(i, len(names), name, record.status,
+                                     f"in {record.wall_s:.1f}s {format_metrics(record.metrics)}")
             else:
-                log(f"{prefix}: {record.status} (key {record.key[:12]}, from run {record.produced_by})")
+                reporter.stage_ended(i, len(names), name, record.status,
+                                     f"(key {record.key[:12]}, from run {record.produced_by})")
             self.records[name] = record
             self._write_manifest("running")
         self._write_manifest("succeeded")
@@ -196,7 +209,7 @@ class Runner:
         link(self.run_dir / name, Path("..") / ".cache" / name / key)
         return StageRecord(**{**asdict(record), "status": "cached", "wall_s": 0.0})
 
-    def _execute(self, name: str, view: Any, key: str) -> StageRecord:
+    def _execute(self, name: str, view: Any, key: str, stage_output) -> StageRecord:
         stage = STAGES[name]
         entry = self.cache_entry(name, key)
         staging = entry.parent / staging_name(".tmp-", key, secrets.token_hex(2))
@@ -205,7 +218,8 @@ class Runner:
         started = time.perf_counter()
         with (staging / "log.txt").open("w") as log_file:
             try:
-                with contextlib.redirect_stdout(Tee(sys.stdout, log_file)):
+                echo = [sys.stdout if stage_output == "stdout" else stage_output]
+                with contextlib.redirect_stdout(Tee(log_file, *filter(None, echo))):
                     metrics = stage.run(view, inputs, staging) or {}
                 missing = [o for o in stage.OUTPUTS if not (staging / o).is_dir()]
                 if missing:
@@ -254,6 +268,7 @@ class Runner:
         manifest = {
             "run_id": self.run_id,
             "status": status,
+            "overrides": self.overrides,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "stages": [asdict(r) for r in self.records.values()],
             "versions": package_versions(),

@@ -165,12 +165,20 @@ async def serve(settings: Settings) -> None:
         rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
                        max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
                        enable_cors=args.rest_api_enable_cors_support)
-        servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port))
+        try:
+            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port))
+        except OSError as e:
+            raise SystemExit(port_in_use("--rest_api_port", args.host, args.rest_api_port, e.strerror)) from None
         log.info("Exporting HTTP/REST API at:%s:%d ...", args.host, args.rest_api_port)
     if args.port:
         grpc_server = grpc.aio.server(options=settings.grpc_options)
         add_services(grpc_server, core, args.enable_serialization_as_tensor_content)
-        grpc_server.add_insecure_port(f"{args.host}:{args.port}")
+        try:
+            bound = grpc_server.add_insecure_port(f"{args.host}:{args.port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise SystemExit(port_in_use("--port", args.host, args.port, "could not bind"))
         await grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
     stop = asyncio.Event()
@@ -185,6 +193,11 @@ async def serve(settings: Settings) -> None:
         await server.wait_closed()
     manager.stop()
     core.close()
+
+
+def port_in_use(flag: str, host: str, port: int, reason: str | None) -> str:
+    return (f"{flag}={port}: cannot listen on {host}:{port} ({reason}); another server is probably using it: "
+            f"stop it, or choose another port.")
 
 
 async def watch_config_file(manager, path: str, every_s: int) -> None:

@@ -45,6 +45,8 @@ from serving.codec import example_from_json
 from serving.protos import MAX_MESSAGE_BYTES
 
 DEFAULT_SIGNATURE = "serving_default"
+START_ONE = ("Start one first: `make serve`, `python -m serving --rest_api_port=8501 --port=8500 --model_name=NAME "
+             "--model_base_path=PATH`, or serving.Server(...) from Python.")
 GRPC_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
@@ -190,8 +192,11 @@ class RestClient(ServingClient):
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body, allow_nan=True).encode()
-        response = self._session.request(method, self.base_url + path, data=data, timeout=self.timeout_s,
-                                         headers={"Content-Type": "application/json"} if data else None)
+        try:
+            response = self._session.request(method, self.base_url + path, data=data, timeout=self.timeout_s,
+                                             headers={"Content-Type": "application/json"} if data else None)
+        except requests.ConnectionError:
+            raise ServingClientError("UNAVAILABLE", f"no server answers at {self.base_url}. {START_ONE}") from None
         try:
             answer = response.json()
         except ValueError:
@@ -226,6 +231,7 @@ class GrpcClient(ServingClient):
 
     def __init__(self, target: str = "127.0.0.1:8500", timeout_s: float = 30.0):
         super().__init__()
+        self._target = target
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                                                                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -285,7 +291,8 @@ class GrpcClient(ServingClient):
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as e:
-            raise ServingClientError(e.code().name, e.details()) from None
+            hint = f" (no server answers at {self._target}? {START_ONE})" if e.code() == grpc.StatusCode.UNAVAILABLE else ""
+            raise ServingClientError(e.code().name, e.details() + hint) from None
 
 
 def _fill_spec(model_spec, spec: tuple, signature_name: str | None) -> None:

@@ -9,11 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from serving.client import RestClient, ServingClientError
+from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.local import die_with_parent, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +70,60 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             raise
+
+
+class Server:
+    """The embedded server as a context manager, for notebooks and scripts:
+
+        with serving.Server("model_repository/digits") as server:   # model name: the directory's
+            server.rest.predict("digits", rows)                      # a RestClient
+            server.grpc.predict("digits", rows)                      # a GrpcClient, same answers
+
+    (or `server = serving.Server(...).start()` ... `server.stop()`, across notebook cells).
+
+    Starts `python -m serving` on free 127.0.0.1 ports (REST and gRPC), waits until every model it
+    serves is AVAILABLE, and stops it (and closes the clients) on exit. `flags` are more of
+    tensorflow_model_server's flags, e.g. ["--enable_batching"].
+    """
+
+    def __init__(self, model_base_path: str | Path | None = None, model_name: str | None = None, *,
+                 model_config_file: str | Path | None = None, flags: list[str] = (), timeout_s: float = 120):
+        from serving.model_config import load_model_server_config
+
+        if (model_base_path is None) == (model_config_file is None):
+            raise ValueError("pass model_base_path (one model) or model_config_file (several), not both or neither")
+        if model_config_file is not None:
+            self.models = [m.name for m in load_model_server_config(str(model_config_file)).model_config_list.config]
+            self._flags = [f"--model_config_file={Path(model_config_file).resolve()}"]
+        else:
+            self.models = [model_name or Path(model_base_path).name]
+            self._flags = [f"--model_name={self.models[0]}", f"--model_base_path={Path(model_base_path).resolve()}"]
+        self._flags += list(flags)
+        self.timeout_s = timeout_s
+
+    def start(self) -> Server:
+        return self.__enter__()
+
+    def stop(self) -> None:
+        self.__exit__()
+
+    def __enter__(self) -> Server:
+        self._logs = tempfile.TemporaryDirectory(prefix="maas-server-")
+        self.grpc_port = free_port()
+        self.process = ServerProcess(*self._flags, f"--port={self.grpc_port}", log_dir=Path(self._logs.name))
+        self.url, self.grpc_target = self.process.url, f"127.0.0.1:{self.grpc_port}"
+        try:
+            for model in self.models:
+                self.process.wait_available(model, timeout_s=self.timeout_s)
+        except BaseException:
+            self.__exit__()
+            raise
+        self.rest, self.grpc = RestClient(self.url), GrpcClient(self.grpc_target)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for client in (getattr(self, "rest", None), getattr(self, "grpc", None)):
+            if client is not None:
+                client.close()
+        self.process.stop()
+        self._logs.cleanup()

@@ -30,13 +30,14 @@ class Digits:
 def digits(tmp_path_factory) -> Digits:
     """A small digits model trained and exported by the pipeline itself, as version 1."""
     from pipeline.config import load_config
+    from pipeline.progress import SilentReporter
     from pipeline.runner import Runner
 
     workdir = tmp_path_factory.mktemp("digits")
     cfg = load_config(None, [f"output_dir={workdir / 'runs'}", f"push.repository={workdir / 'model_repository'}",
                              "train.epochs=3", "evaluate.min_accuracy=0.5", "train.verbose=0", "compress.variants=[]"])
     runner = Runner(cfg)
-    runner.run(log=lambda _: None)
+    runner.run(reporter=SilentReporter())
     test = np.load(workdir / "runs" / "latest" / "validate" / "dataset" / "test.npz")
     return Digits(workdir, runner.run_id, workdir / "model_repository" / "digits", test["x"], test["y"])
 

@@ -18,23 +18,42 @@ def table(report: dict[str, dict], selected: str | None) -> str:
     return "\n".join(lines)
 
 
+MARKERS = {"keras": "s", "float": "o", "dynamic": "^", "float16": "v", "int8": "*"}
+
+
 def plot(report: dict[str, dict], path: Path) -> None:
+    """Accuracy against gzip size and against batch-1 latency: a colour per variant, a marker per format
+    (legends), and names written only on the Pareto front (no other point is both smaller or faster
+    and at least as accurate), so the labels that matter do not overlap the rest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in report.items():
-        size = r.get("tflite_gzip_bytes", r.get("savedmodel_gzip_bytes")) / 1024
-        marker = "s" if r["format"] == "keras" else "o"
-        axes[0].scatter(size, r["accuracy"], marker=marker)
-        axes[0].annotate(name, (size, r["accuracy"]), fontsize=7)
-        axes[1].scatter(r["latency_ms_b1"], r["accuracy"], marker=marker)
-        axes[1].annotate(name, (r["latency_ms_b1"], r["accuracy"]), fontsize=7)
-    axes[0].set(xlabel="gzip size, KiB (TFLite, or SavedModel for squares)", ylabel="validation accuracy",
-                xscale="log")
-    axes[1].set(xlabel="batch-1 CPU latency, ms", ylabel="validation accuracy", xscale="log")
-    fig.tight_layout()
+    variants = sorted({name.split("+")[0] for name in report})
+    colours = dict(zip(variants, plt.get_cmap("tab10").colors))
+    points = {name: (r.get("tflite_gzip_bytes", r.get("savedmodel_gzip_bytes")) / 1024, r["latency_ms_b1"],
+                     r["accuracy"]) for name, r in report.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, (ax, label) in enumerate(zip(axes, ("gzip size, KiB", "batch-1 CPU latency, ms"))):
+        front = _pareto_front({name: (p[axis], p[2]) for name, p in points.items()})
+        for name, p in points.items():
+            variant, _, kind = name.partition("+")
+            ax.scatter(p[axis], p[2], marker=MARKERS[kind or "keras"], color=colours[variant], s=40)
+            if name in front:
+                ax.annotate(name, (p[axis], p[2]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set(xlabel=label, ylabel="validation accuracy", xscale="log")
+    handles = [plt.Line2D([], [], color=colours[v], marker="o", linestyle="", label=v) for v in variants]
+    handles += [plt.Line2D([], [], color="grey", marker=m, linestyle="", label=k if k != "keras" else "SavedModel")
+                for k, m in MARKERS.items()]
+    fig.legend(handles=handles, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.87, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Names whose (cost, accuracy) no other point beats: lower or equal cost and higher or equal accuracy,
+    one of them strictly."""
+    return {name for name, (cost, accuracy) in points.items()
+            if not any(c <= cost and a >= accuracy and (c, a) != (cost, accuracy) for c, a in points.values())}

@@ -27,11 +27,11 @@ class Config:
     variants: tuple[str, ...] = ()  # any of pruned, qat, pqat, cluster, distilled; empty = export as trained
     tflite: tuple[str, ...] = ("float", "dynamic", "float16", "int8")  # post-training quantization kinds
     target_sparsity: float = 0.8  # pruned and pqat
-    fine_tune_epochs: int = 4
-    clusters: int = 16
+    fine_tune_epochs: int = 4  # pruned, qat, pqat, cluster: training with the compression wrappers in place
+    clusters: int = 16  # cluster: distinct weight values per layer
     student_width: int = 8  # distilled: model.width of the student
     distill_epochs: int = 20  # distilled: the student is trained from scratch, on the teacher's soft labels
-    distill_temperature: float = 4.0
+    distill_temperature: float = 4.0  # distilled: softens the teacher's probabilities
     distill_alpha: float = 0.1  # weight of the hard labels; the rest is the teacher's soft labels
     max_accuracy_drop: float = 0.01  # gate: accuracy points a variant may lose against the trained model
     select: str = "smallest_within"  # smallest_within (SavedModel gzip size), or a variant name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import CONFUSION, read_schema, read_split
+from pipeline.artifacts import CONFUSION, EVALUATION, read_schema, read_split
 from pipeline.errors import StageError
 
 
@@ -57,7 +57,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
                 f"mean ({metrics['mean_baseline_mae']:.4f}): the model learnt nothing useful. Train longer "
                 f"(train.epochs), change the model, or set evaluate.beat_mean=false."
             )
-    (out / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    EVALUATION.in_output(out).write_text(json.dumps(metrics, indent=2))
     return metrics
 
 

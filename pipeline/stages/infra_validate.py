@@ -24,7 +24,7 @@ NAME = "candidate"
 
 @dataclass(frozen=True)
 class Config:
-    enabled: bool = True
+    enabled: bool = True  # false: push without serving the candidate first
     rows: int = 64  # test rows sent over each protocol and compared with the in-process model
     requests: int = 100  # single-row REST requests timed for the latency figures
     max_p99_ms: float = 100.0  # gate: the run fails above this

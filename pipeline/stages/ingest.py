@@ -25,8 +25,8 @@ class Config:
     label: str = "label"  # the CSV label column
     features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
     input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
+    val_fraction: float = 0.15  # rows held out to stop early and to choose a compressed variant
+    test_fraction: float = 0.15  # rows held out for the final figures (evaluate)
 
     def problems(self) -> list[str]:
         found = []

@@ -20,15 +20,15 @@ from pipeline.training import Strategy
 
 @dataclass(frozen=True)
 class Config:
-    epochs: int = 20
+    epochs: int = 20  # passes over the train split (fewer if early stopping ends it)
     batch_size: int = 64  # global batch; split across replicas
-    strategy: Strategy = "default"
+    strategy: Strategy = "default"  # tf.distribute: one device, all local devices, workers, parameter servers
     workers: int = 1  # multi_worker, parameter_server: worker processes (local ones when TF_CONFIG is unset)
     ps: int = 1  # parameter_server: parameter server processes
     backup_dir: str = ""  # BackupAndRestore's dir; "" = .backup/<hash of config and inputs> beside the output
     init_from: str = ""  # online update: "latest", a version number or "label:NAME" (registry) in
     # push.repository/push.model_name, or a version directory, to warm-start from instead of from scratch
-    learning_rate: float = 0.003
+    learning_rate: float = 0.003  # Adam's
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 = never stop early
     verbose: int = 2  # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch
 

@@ -11,20 +11,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from pipeline.artifacts import data_spec, read_schema, read_split
+from pipeline.artifacts import TRIALS, data_spec, read_schema, read_split
 
 MODEL_KEYS = ("width", "depth", "dropout")
 
 
 @dataclass(frozen=True)
 class Config:
-    algorithm: Literal["none", "random", "hyperband", "bayesian"] = "none"
+    algorithm: Literal["none", "random", "hyperband", "bayesian"] = "none"  # none: train as configured
     max_trials: int = 6  # random, bayesian
     epochs: int = 5  # per trial (hyperband: the most any trial gets)
     learning_rate: tuple[float, ...] = ()  # choices; empty = train.learning_rate
     width: tuple[int, ...] = ()  # choices for model.width
-    depth: tuple[int, ...] = ()
-    dropout: tuple[float, ...] = ()
+    depth: tuple[int, ...] = ()  # choices for model.depth
+    dropout: tuple[float, ...] = ()  # choices for model.dropout
 
     def problems(self) -> list[str]:
         found = [f"{name}: expected a positive integer, received {getattr(self, name)}."
@@ -77,6 +77,6 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
               for t in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials))]
     best = trials[0]["hyperparameters"]
     best_file.write_text(json.dumps(best, indent=2))
-    (out / "trials.json").write_text(json.dumps(trials, indent=2))
+    TRIALS.in_output(out).write_text(json.dumps(trials, indent=2))
     print(f"tune: {len(trials)} trials, best {objective} {trials[0]['score']:.4f} with {best}")
     return {"trials": len(trials), f"best_{objective}": trials[0]["score"], "best": best}

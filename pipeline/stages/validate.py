@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import SPLITS, write_schema, write_split
+from pipeline.artifacts import REJECTS, SPLITS, write_schema, write_split
 from pipeline.errors import StageError
 
 
@@ -37,7 +37,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     x, labels, split = raw["x"], raw["label"], raw["split"]
     reasons = _reject_reasons(x, labels, raw["problem"], meta)
     rejected = reasons != ""
-    _write_rejects(out / "rejects.csv", raw["row"], split, reasons)
+    _write_rejects(REJECTS.in_output(out), raw["row"], split, reasons)
     fraction = float(rejected.mean()) if len(x) else 1.0
     if fraction > cfg.validate.max_reject_fraction:
         examples = "; ".join(f"row {r}: {why}" for r, why in zip(raw["row"][rejected][:3], reasons[rejected][:3]))

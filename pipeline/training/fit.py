@@ -23,6 +23,7 @@ from models import build_model
 from models.fit import fit_settings
 from pipeline.artifacts import HISTORY, data_spec, read_schema, read_split
 from pipeline.config import keyed, to_dict, view_class, view_from_dict
+from pipeline import progress
 from pipeline.errors import StageError
 from pipeline.stages import train as stage
 from pipeline.training import launcher
@@ -95,15 +96,18 @@ def run_cluster_task(cfg, inputs: dict[str, Path], out: Path, backup: Path) -> d
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Appends each finished epoch (1-based) and its logs to a JSON-lines file: resumes show in it."""
+    """Appends each finished epoch (1-based) and its logs to a JSON-lines file (resumes show in it), and
+    tells the terminal's progress display."""
 
     def __init__(self, path: Path):
         super().__init__()
         self.path = path
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = {k: float(v) for k, v in (logs or {}).items()}
         with self.path.open("a") as f:
-            f.write(json.dumps({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}) + "\n")
+            f.write(json.dumps({"epoch": epoch + 1, **values}) + "\n")
+        progress.epoch(epoch + 1, self.params.get("epochs", 0), values)
 
 
 def _warm_start(cfg, schema: dict) -> keras.Model:

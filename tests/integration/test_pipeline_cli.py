@@ -1,5 +1,9 @@
 """The real CLI (`python -m pipeline.run` in a subprocess) on digits with few epochs."""
+import base64
+import io
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.pipeline_cli import pipeline_command, pipeline_env, run_pipeline
@@ -35,8 +40,9 @@ def workdir(tmp_path_factory):
 
 
 # Compression on (fast settings); the gate is loose because fine-tuning is only two epochs.
-FIXTURE_RUN = ("train.epochs=6", "compress.fine_tune_epochs=2", "compress.distill_epochs=4", "compress.tflite=[int8]",
-               "compress.max_accuracy_drop=0.05")
+TUNE = ("tune.algorithm=random", "tune.max_trials=2", "tune.epochs=1")
+FIXTURE_RUN = (*TUNE, "train.epochs=6", "compress.variants=[pruned, qat]", "compress.fine_tune_epochs=2",
+               "compress.tflite=[int8]", "compress.max_accuracy_drop=0.05")
 
 
 def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
@@ -80,6 +86,46 @@ def test_manifest_documents_stages_signatures_and_versions(workdir):
     assert report.count("<img") == 2 and "Compression (measured on the validation split)" in report  # curves, plot
 
 
+SECTIONS = ["run", "stages", "data", "tuning", "training", "evaluation", "compression", "serving", "signatures",
+            "config"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Headless Chromium (Debian's package), installed when missing; the test is skipped only if it cannot be."""
+    found = shutil.which("chromium")
+    if found is None:
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
+            subprocess.run(install, capture_output=True, timeout=600)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("chromium is not installed and `apt-get install chromium` failed (no root, or no package mirror)")
+    return found
+
+
+def test_report_is_one_self_contained_page_with_every_section(workdir, tmp_path, chromium):
+    report = workdir / "runs" / "latest" / "report.html"
+    page = report.read_text()
+    assert re.findall(r"<section id='(\w+)'>", page) == SECTIONS
+    assert not re.findall(r"(?:src|href)='(?!data:)", page)  # nothing fetched from elsewhere
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 2  # training curves, compression plot
+    for data in images:
+        Image.open(io.BytesIO(base64.b64decode(data))).verify()
+    for text in ("overrides: <code>tune.algorithm=random", "Selected <b>", "held-out test accuracy", "Infra validation:",
+                 "curl -d @", "rows train ", "Published: <code>", "Confusion matrix"):
+        assert text in page, text
+    screenshot = tmp_path / "report.png"
+    shot = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--screenshot={screenshot}", "--window-size=1280,6000", report.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    pixels = np.asarray(Image.open(screenshot).convert("L"))
+    assert pixels.shape == (6000, 1280) and pixels.std() > 10  # something was drawn, not a blank page
+
+
 def test_the_pushed_version_is_in_the_registry_with_its_lineage(workdir):
     run = manifest(workdir)
     push = next(s for s in run["stages"] if s["name"] == "push")
@@ -95,9 +141,9 @@ def test_the_pushed_version_is_in_the_registry_with_its_lineage(workdir):
                               cwd=workdir, env=pipeline_env(), capture_output=True, text=True)
     assert labelled.returncode == 0, labelled.stderr[-2000:]
     planned = cli(workdir, *FIXTURE_RUN, "train.init_from=label:stable", "--list")
-    assert planned.returncode == 0 and "train      will run" in planned.stdout, planned.stderr[-2000:]
+    assert planned.returncode == 0 and "train           will run" in planned.stdout, planned.stderr[-2000:]
     missing = cli(workdir, *FIXTURE_RUN, "train.init_from=label:canary", "--list")
-    assert "train      will fail: train.init_from=label:canary: model 'digits' has no label 'canary'" in missing.stdout
+    assert "train           will fail: train.init_from=label:canary: model 'digits' has no label 'canary'" in missing.stdout
 
 
 def test_same_run_twice_is_fully_cached(workdir):
@@ -110,7 +156,7 @@ def test_same_run_twice_is_fully_cached(workdir):
 
 
 def test_changing_epochs_reruns_train_and_what_follows(workdir):
-    result = cli(workdir, "train.epochs=5", "compress.variants=[]")
+    result = cli(workdir, *TUNE, "train.epochs=5", "compress.variants=[]")
     assert result.returncode == 0, result.stderr[-2000:]
     assert statuses(workdir) == {"ingest": "cached", "validate": "cached", "tune": "cached", "train": "ran",
                                  "evaluate": "ran", "compress": "ran", "export": "ran", "infra_validate": "ran",
@@ -149,7 +195,7 @@ def test_until_then_resume_continues_the_same_run(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     run_id = manifest(tmp_path)["run_id"]
     listed = cli(tmp_path, "train.epochs=2", "--list")
-    assert "validate   cached" in listed.stdout and "train      will run" in listed.stdout
+    assert "validate        cached" in listed.stdout and "train           will run" in listed.stdout
     resumed = cli(tmp_path, "--resume", run_id, "--until", "train")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert statuses(tmp_path) == {"ingest": "resumed", "validate": "resumed", "tune": "ran", "train": "ran"}

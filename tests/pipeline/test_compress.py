@@ -16,6 +16,7 @@ from pipeline.compression import VARIANTS, tflite
 from pipeline.compression import variants as tfmot_variants
 from pipeline.config import ConfigError, load_config, stage_view
 from pipeline.errors import StageError
+from pipeline.progress import SilentReporter
 from pipeline.runner import Runner
 from pipeline.stages import compress, export
 from serving.client import RestClient
@@ -30,7 +31,7 @@ def trained(tmp_path_factory):
     """A digits CNN trained by the pipeline itself, and the stage inputs compress reads."""
     root = tmp_path_factory.mktemp("compress")
     cfg = load_config(None, [f"output_dir={root / 'runs'}", "train.epochs=8", "train.verbose=0"])
-    Runner(cfg).run("evaluate", log=lambda _: None)
+    Runner(cfg).run("evaluate", reporter=SilentReporter())
     run = root / "runs" / "latest"
     return cfg, {"model": run / "train" / "model", "dataset": run / "validate" / "dataset",
                  "schema": run / "validate" / "schema"}

@@ -38,7 +38,7 @@ def test_all_problems_are_reported_together_with_suggestions(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, ["train.strategy=mirorred", "trian.epochs=2"])
     message = str(info.value)
-    assert f"Config error in {path} (5 problems):" in message
+    assert f"Config error in {path} and the command line (5 problems):" in message
     assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in message
     assert "train.batch_size: expected an integer, received '64k'." in message
     assert "model.name: expected one of 'cnn', 'mlp', 'rnn' (did you mean 'cnn'?), received 'cnnn'." in message
@@ -103,3 +103,20 @@ def test_the_model_name_comes_from_the_data_unless_set(tmp_path):
     assert load_config(None, [f"data.source={tmp_path / 'bc.csv'}"]).push.model_name == "bc"
     assert load_config(None, [f"data.source={tmp_path / 'my data (v2).csv'}"]).push.model_name == "my-data-v2"
     assert load_config(None, [f"data.source={tmp_path / 'bc.csv'}", "push.model_name=cancer"]).push.model_name == "cancer"
+
+
+def test_errors_name_where_they_come_from_and_how_to_fix_them(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.loop=custom", "compress.variants=pruned,qat"])
+    message = str(info.value)
+    assert message.startswith("Config error in the command line (2 problems):")  # not digits.yaml
+    assert "train.loop: unknown key. Valid keys in 'train': epochs," in message  # no 'train.ps' guess
+    assert "compress.variants: expected a list of str in brackets, e.g. [pruned, qat], received 'pruned,qat'." in message
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,label\n1,2\n")
+    with pytest.raises(ConfigError, match="model.name: model 'cnn' needs images: data.input_shape \\[height, width, "
+                                          "channels\\], received \\['features'\\]. Use model.name=mlp"):
+        load_config(None, [f"data.source={csv}", "data.input_shape=[]"])  # found before any stage runs
+    with pytest.raises(ConfigError, match="model 'rnn' needs sequences"):
+        load_config(None, ["model.name=rnn"])
+    assert load_config(None, ["model.name=rnn", "data.input_shape=[8, 8]"]).model.name == "rnn"

@@ -14,6 +14,7 @@ from pipeline.artifacts import dir_fingerprint
 from pipeline.cleanup import collect_garbage
 from pipeline.config import keyed, load_config, stage_view
 from pipeline.errors import CommandLineError, StageError, StageFailed
+from pipeline.progress import SilentReporter
 from pipeline.runner import Runner, project_sources
 from pipeline.stages import STAGES, train, validate
 
@@ -29,8 +30,8 @@ def states(runner, until):
 
 
 def test_a_second_identical_run_is_fully_cached(tmp_path):
-    first = Runner(config(tmp_path)).run("validate", log=lambda _: None)
-    second = Runner(config(tmp_path)).run("validate", log=lambda _: None)
+    first = Runner(config(tmp_path)).run("validate", reporter=SilentReporter())
+    second = Runner(config(tmp_path)).run("validate", reporter=SilentReporter())
     assert [r.status for r in first] == ["ran", "ran"]
     assert [r.status for r in second] == ["cached", "cached"]
     assert [r.key for r in first] == [r.key for r in second]
@@ -38,10 +39,10 @@ def test_a_second_identical_run_is_fully_cached(tmp_path):
 
 
 def test_changing_a_train_key_keeps_the_data_stages_cached(tmp_path):
-    Runner(config(tmp_path)).run("validate", log=lambda _: None)
+    Runner(config(tmp_path)).run("validate", reporter=SilentReporter())
     plan = states(Runner(config(tmp_path, "train.epochs=1")), "train")
     assert plan == {"ingest": "cached", "validate": "cached", "tune": "will", "train": "will"}  # tune never ran
-    Runner(config(tmp_path)).run("tune", log=lambda _: None)
+    Runner(config(tmp_path)).run("tune", reporter=SilentReporter())
     plan = states(Runner(config(tmp_path, "train.epochs=1")), "train")
     assert plan == {"ingest": "cached", "validate": "cached", "tune": "cached", "train": "will"}  # tune reads no epochs
     plan = states(Runner(config(tmp_path, "data.val_fraction=0.2")), "validate")
@@ -87,7 +88,7 @@ def test_editing_serving_code_keeps_train_cached_and_editing_a_model_does_not(tm
 
 
 def test_push_settings_and_display_settings_do_not_retrain(tmp_path):
-    Runner(config(tmp_path, "train.epochs=1")).run("train", log=lambda _: None)
+    Runner(config(tmp_path, "train.epochs=1")).run("train", reporter=SilentReporter())
     for change in ("push.model_name=other", "push.repository=elsewhere", "train.verbose=0", "serve.timeout_s=5"):
         assert states(Runner(config(tmp_path, "train.epochs=1", change)), "train")["train"] == "cached", change
     assert states(Runner(config(tmp_path, "train.epochs=2")), "train")["train"] == "will"
@@ -116,8 +117,8 @@ def test_a_stage_sees_only_the_fields_it_declares():
 
 
 def test_force_reruns_and_identical_output_keeps_downstream_cached(tmp_path):
-    Runner(config(tmp_path)).run("validate", log=lambda _: None)
-    records = Runner(config(tmp_path), force=("ingest",)).run("validate", log=lambda _: None)
+    Runner(config(tmp_path)).run("validate", reporter=SilentReporter())
+    records = Runner(config(tmp_path), force=("ingest",)).run("validate", reporter=SilentReporter())
     assert [r.status for r in records] == ["ran", "cached"]
 
 
@@ -127,7 +128,7 @@ def test_a_failing_stage_keeps_its_partial_output_aside_and_caches_nothing(tmp_p
         csv.writer(f).writerows([["a", "b"], ["1", "2"]])
     runner = Runner(config(tmp_path, f"data.source={source}"))
     with pytest.raises(StageFailed) as info:
-        runner.run("validate", log=lambda _: None)
+        runner.run("validate", reporter=SilentReporter())
     failed = info.value
     assert failed.stage == "ingest" and failed.expected
     assert "label column 'label'" in failed.reason
@@ -141,8 +142,8 @@ def test_a_failing_stage_keeps_its_partial_output_aside_and_caches_nothing(tmp_p
 
 def test_resume_continues_after_the_last_completed_stage(tmp_path):
     first = Runner(config(tmp_path))
-    first.run("ingest", log=lambda _: None)
-    resumed = Runner(config(tmp_path), run_id=first.run_id).run("validate", log=lambda _: None)
+    first.run("ingest", reporter=SilentReporter())
+    resumed = Runner(config(tmp_path), run_id=first.run_id).run("validate", reporter=SilentReporter())
     assert [r.status for r in resumed] == ["resumed", "ran"]
     manifest = json.loads((first.run_dir / "manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "validate"]
@@ -154,9 +155,9 @@ def test_unknown_stage_names_are_rejected():
 
 
 def test_force_replaces_the_cached_entry_with_what_it_just_computed(tmp_path):
-    first = Runner(config(tmp_path, "train.epochs=1")).run("train", log=lambda _: None)[-1]
+    first = Runner(config(tmp_path, "train.epochs=1")).run("train", reporter=SilentReporter())[-1]
     forced_runner = Runner(config(tmp_path, "train.epochs=1"), force=("train",))
-    forced = forced_runner.run("train", log=lambda _: None)[-1]
+    forced = forced_runner.run("train", reporter=SilentReporter())[-1]
     assert (forced.status, forced.key) == ("ran", first.key)
     entry = tmp_path / "runs" / ".cache" / "train" / forced.key
     assert (forced_runner.run_dir / "train").resolve() == entry.resolve()
@@ -170,7 +171,7 @@ def test_staging_dirs_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
     dead, alive = cache / ".tmp-0123456789ab-999999999-beef", cache / f".tmp-0123456789ab-{os.getpid()}-cafe"
     dead.mkdir(parents=True)
     alive.mkdir()
-    Runner(config(tmp_path)).run("ingest", log=lambda _: None)
+    Runner(config(tmp_path)).run("ingest", reporter=SilentReporter())
     assert not dead.exists() and alive.exists()
 
 
@@ -179,7 +180,7 @@ def test_gc_keeps_the_newest_runs_and_what_they_use_and_never_models(tmp_path):
     repository_dir.mkdir(parents=True)
     runs = [Runner(config(tmp_path, f"seed={seed}")) for seed in (1, 2, 3)]
     for runner in runs:
-        runner.run("validate", log=lambda _: None)
+        runner.run("validate", reporter=SilentReporter())
     kept = {link.resolve() for link in runs[-1].run_dir.iterdir() if link.is_symlink()}
     removed = collect_garbage(tmp_path / "runs", keep=1)
     assert removed["runs_removed"] == 2 and removed["entries_removed"] == 4 and removed["bytes_freed"] > 0

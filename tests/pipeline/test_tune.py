@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 
 from pipeline.config import ConfigError, load_config, stage_view
+from pipeline.progress import SilentReporter
 from pipeline.runner import Runner
 from pipeline.stages import train, tune
 
@@ -13,7 +14,7 @@ from pipeline.stages import train, tune
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     cfg = load_config(None, [f"output_dir={root / 'runs'}"])
-    Runner(cfg).run("validate", log=lambda _: None)
+    Runner(cfg).run("validate", reporter=SilentReporter())
     run = root / "runs" / "latest"
     return cfg, {"dataset": run / "validate" / "dataset", "schema": run / "validate" / "schema"}
 
