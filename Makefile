@@ -41,13 +41,14 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/serving_bench.py --model mid --quick --out /tmp/bench-quick $(ARGS)
 
-# Everything, slow integration tests included (this is what CI runs).
+# Everything, slow integration tests included (this is what CI runs), a test module per worker on
+# two processes: most of the suite waits on subprocesses and servers starting.
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra $(ARGS)
+	$(BIN)/python -m pytest -ra -n 2 --dist loadfile $(ARGS)
 
 # The fast subset for the edit-test loop.
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -ra -m 'not slow' $(ARGS)
+	$(BIN)/python -m pytest -ra -m 'not slow' -n 2 --dist loadfile $(ARGS)
 
 # Runs and the stage cache only; published models stay (see clean-models).
 clean:
