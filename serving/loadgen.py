@@ -101,6 +101,12 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float, connecti
             "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
 
 
+def knee(points: list[dict], p99_bound_ms: float) -> float:
+    """The highest achieved rate among runs whose p99 stays under the bound with no errors (0 if none does)."""
+    ok = [p["achieved_per_s"] for p in points if p["p99_ms"] <= p99_bound_ms and not p["errors"]]
+    return max(ok, default=0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)

@@ -1,4 +1,7 @@
-"""What a benchmark ran on, written next to its numbers."""
+"""What a measurement ran on, written next to its numbers (benchmarks, the batching sweep): the host's
+speed drifts, so a number means little without the machine and the date."""
+from __future__ import annotations
+
 import os
 import platform
 import time
@@ -6,6 +9,7 @@ from pathlib import Path
 
 
 def machine() -> dict:
+    """CPU model, core count, Python and TensorFlow versions, and the date."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     import tensorflow as tf
