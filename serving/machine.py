@@ -9,10 +9,11 @@ from pathlib import Path
 
 
 def machine() -> dict:
-    """CPU model, core count, Python and TensorFlow versions, and the date."""
+    """CPU model, core count, Python and TensorFlow versions, the date, and the load average when it started
+    (other work on a shared host skews the numbers)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     import tensorflow as tf
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+            "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1m": round(os.getloadavg()[0], 2)}

@@ -23,6 +23,10 @@ NOT_RUN_HERE = {  # command -> why this test leaves it out
     "make run": "the whole pipeline: test_pipeline_cli.py runs it end to end",
     "make test": "the test suite itself: CI runs it",
 }
+NOT_RUN_HERE_PROGRAMS = {  # first word -> why this test leaves such commands out
+    "docker": "no Docker here: tests/serving/test_tfserving.py parses the bundle's Dockerfiles and serves its files",
+    "kubectl": "no cluster here: tests/serving/test_tfserving.py checks the manifests against Kubernetes' schemas",
+}
 
 
 def readme_commands() -> list[str]:
@@ -46,11 +50,14 @@ def test_the_readme_has_commands_for_each_part():
 
 def test_every_readme_command_works(digits, tmp_path):
     rest_port, grpc_port = free_ports(2)
+    production = tmp_path / "production"  # where bundles are built from the pushed model_repository
+    production.mkdir()
+    (production / "model_repository").symlink_to(digits.workdir / "model_repository")
     server = None
     try:
         for command in readme_commands():
             words = shlex.split(command)
-            if command in NOT_RUN_HERE:
+            if command in NOT_RUN_HERE or words[0] in NOT_RUN_HERE_PROGRAMS:
                 continue
             if command == "make serve":
                 server = subprocess.Popen(
@@ -71,6 +78,14 @@ def test_every_readme_command_works(digits, tmp_path):
                 listing = [] if "--gc" in args else ["--list"]
                 result = subprocess.run([sys.executable, "-m", "pipeline.run", *args, *listing], cwd=digits.workdir,
                                         env=pipeline_env(), capture_output=True, text=True, timeout=120)
+                assert result.returncode == 0, (command, result.stderr[-2000:])
+            elif words[:3] == [".venv/bin/python", "-m", "serving.tfserving"]:
+                # build runs for real on the pushed digits model; sweep (minutes of load) prints its plan
+                # (test_tfserving.py runs a short sweep)
+                listing = ["--list"] if words[3] == "sweep" else []
+                result = subprocess.run([sys.executable, "-m", "serving.tfserving", *words[3:], *listing],
+                                        cwd=production, env=pipeline_env(), capture_output=True, text=True,
+                                        timeout=120)
                 assert result.returncode == 0, (command, result.stderr[-2000:])
             else:
                 pytest.fail(f"README command {command!r}: this test does not know how to run it; teach it")
