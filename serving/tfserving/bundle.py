@@ -17,6 +17,7 @@ from serving.tfserving.errors import UsageError
 from serving.tfserving.readme import readme
 
 NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a Kubernetes object name (DNS label)
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,123}")  # a Docker tag, leaving room for "-gpu"
 DEFAULT_BATCHING = """\
 # Defaults for a GPU server, not measured: TF Serving's batching guide (tensorflow_serving/batching/README.md,
 # "GPU: One Approach") advises max_batch_size in the hundreds, batch_timeout_micros of a few milliseconds,
@@ -33,6 +34,9 @@ def build(repository: Path, out: Path, image_tag: str, name: str, gpus: int) -> 
     if not NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: expected a Kubernetes name (lowercase letters, digits and '-', "
                          f"at most 63, starting and ending with a letter or digit), e.g. 'maas-serving'.")
+    if not TAG.fullmatch(image_tag):
+        raise UsageError(f"--image-tag {image_tag!r}: expected a tensorflow/serving release tag such as "
+                         f"{container.tf_serving_version()!r} (letters, digits, '_', '.', '-').")
     if gpus < 0:
         raise UsageError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs per pod.")
     if out.exists():

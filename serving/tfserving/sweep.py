@@ -212,4 +212,6 @@ def summary(result: dict) -> list[str]:
 def write(result: dict, path: Path) -> None:
     """The chosen parameters as TF Serving's batching_parameters.txt, the table in its comments."""
     comments = "".join(f"# {line}\n" for line in summary(result))
-    path.write_text(comments + Candidate(**result["chosen"]).text())
+    temp = path.with_name(f".{path.name}.tmp")  # then renamed: `build` never reads half a file
+    temp.write_text(comments + Candidate(**result["chosen"]).text())
+    temp.replace(path)

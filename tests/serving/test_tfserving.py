@@ -292,6 +292,8 @@ def test_no_models_missing_repository_and_existing_output_fail_in_one_line(tmp_p
                          "already exists")
     assert_fails_cleanly(capsys, tmp_path, ["--repository", tmp_path / "repo", "--out", out, "--name", "My_Model"],
                          "expected a Kubernetes name")
+    assert_fails_cleanly(capsys, tmp_path, ["--repository", tmp_path / "repo", "--out", out, "--image-tag", "2.21 gpu"],
+                         "expected a tensorflow/serving release tag")
 
 
 def assert_fails_cleanly(capsys, tmp_path: Path, argv: list, message: str) -> None:
