@@ -3,7 +3,8 @@ latency under a bound, against the same server with batching off, measured in on
 
 For batching off and then each candidate, `python -m serving` serves the model on 127.0.0.1 and open-loop
 REST load (serving.loadgen: latency from each request's scheduled send time) finds its knee: the highest
-rate whose p99 stays under the bound with no errors. The ladder of rates starts at the best knee so far (the
+rate whose p99 stays under the bound with no errors. After one run at the first rate, discarded (the first
+seconds under load are slower), the ladder of rates starts at the best knee so far (the
 first one, at an estimate made from one request's latency), doubles until a rate breaks the bound (halves
 while the first ones do; a break after a hold is run twice, as one stall breaks a short run's p99), then
 tries two rates between the last that held and the first that broke, which pins the knee to about 20 %.
@@ -32,7 +33,7 @@ from serving.tfserving.errors import UsageError
 
 GRIDS = ("small", "full")
 REFINEMENTS = 2  # rates tried between the last that held and the first that broke
-WARMUP_RATE = 20  # requests/s, one connection: the first requests, and one request's latency
+PROBE_RATE = 20  # requests/s on one connection, before the load: one request's latency
 MIN_RATE = 1.0
 
 
@@ -137,9 +138,13 @@ def measure(model: Path, candidate: Candidate | None, body: bytes, seconds: floa
     try:
         server.wait_available(model.name, timeout_s=300)
         url = f"{server.url}/v1/models/{model.name}:predict"
-        warmup = asyncio.run(loadgen.open_loop(url, body, WARMUP_RATE, min(1.0, seconds), connections=1))
+        probe = asyncio.run(loadgen.open_loop(url, body, PROBE_RATE, min(1.0, seconds), connections=1))
         if start is None:  # without batching a server answers about one request per core per latency
-            start = (os.cpu_count() or 1) * 1000 / warmup["p50_ms"] / 2 if warmup["ok"] else MIN_RATE
+            start = (os.cpu_count() or 1) * 1000 / probe["p50_ms"] / 2 if probe["ok"] else MIN_RATE
+        start = min(start, loadgen.MAX_RATE / 2)
+        # Discarded: a server's first seconds under load are slower (measured: p99 ~8x the next run's on mid,
+        # batching on) while kernels, buffers and threads are made on first use.
+        asyncio.run(loadgen.open_loop(url, body, start, seconds))
 
         def run(rate: float) -> dict:
             point = asyncio.run(loadgen.open_loop(url, body, rate, seconds))
@@ -147,7 +152,7 @@ def measure(model: Path, candidate: Candidate | None, body: bytes, seconds: floa
                 + (f", errors {point['errors']}" if point["errors"] else ""))
             return point
 
-        runs = ladder(run, min(start, loadgen.MAX_RATE / 2), p99_ms)
+        runs = ladder(run, start, p99_ms)
     finally:
         server.stop()
     knee = loadgen.knee_point(runs, p99_ms)
