@@ -7,7 +7,7 @@ rate whose p99 stays under the bound with no errors. After one run at the first 
 seconds under load are slower), the ladder of rates starts at the best knee so far (the
 first one, at an estimate made from one request's latency), doubles until a rate breaks the bound (halves
 while the first ones do; a break after a hold is run twice, as one stall breaks a short run's p99), then
-tries two rates between the last that held and the first that broke, which pins the knee to about 20 %.
+tries three rates between the last that held and the first that broke, which pins the knee to about 9 %.
 The host's speed drifts, so knees within 10-15 % of each other are a tie in all but name.
 
 The winner is written as TF Serving's batching_parameters.txt, its leading comments holding the table.
@@ -32,7 +32,7 @@ from serving.machine import machine
 from serving.tfserving.errors import UsageError
 
 GRIDS = ("small", "full")
-REFINEMENTS = 2  # rates tried between the last that held and the first that broke
+REFINEMENTS = 3  # rates tried between the last that held and the first that broke: the knee to 2**(1/8), 9 %
 PROBE_RATE = 20  # requests/s on one connection, before the load: one request's latency
 MIN_RATE = 1.0
 
