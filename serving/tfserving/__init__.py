@@ -14,6 +14,7 @@ and flags, so the tests serve a bundle locally before it is deployed.
     served.py     which models and versions a bundle serves (the repository's models.config, or generated)
     docker.py     Dockerfile, Dockerfile.gpu, docker-compose.yml
     k8s.py        Deployment, Service, HorizontalPodAutoscaler, ConfigMap
+    yamlfile.py   YAML as people write it (no anchors, config files as literal blocks)
     readme.py     the bundle's README
     bundle.py     build: all of the above into a temp dir, renamed into place
     sweep.py      the batching sweep: knee rate of each candidate against no batching, and its file
