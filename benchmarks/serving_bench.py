@@ -42,8 +42,9 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
-from machine import machine  # noqa: E402
+from serving.loadgen import knee  # noqa: E402
 from serving.local import free_port  # noqa: E402
+from serving.machine import machine  # noqa: E402
 from serving.process import ServerProcess, wait_available  # noqa: E402
 
 CONNECTIONS = 32
@@ -178,12 +179,6 @@ def open_loop(url: str, body: Path, rate: float, seconds: float) -> dict:
 def sweep(url: str, body: Path, closed_loop_per_s: float, seconds: float) -> list[dict]:
     """Open-loop runs at fractions of the closed-loop throughput, to find where latency turns up."""
     return [open_loop(url, body, max(1.0, closed_loop_per_s * f), seconds) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.2)]
-
-
-def knee(points: list[dict], p99_bound_ms: float) -> float:
-    """The highest achieved rate whose p99 stays under the bound (0 if none does)."""
-    ok = [p["achieved_per_s"] for p in points if p["p99_ms"] <= p99_bound_ms and not p["errors"]]
-    return max(ok, default=0.0)
 
 
 def plot(points: list[dict], path: Path, title: str) -> None:

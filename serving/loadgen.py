@@ -101,6 +101,22 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float, connecti
             "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
 
 
+def holds(point: dict, p99_bound_ms: float) -> bool:
+    """Whether a run kept its p99 under the bound with no errors."""
+    return point["p99_ms"] <= p99_bound_ms and not point["errors"]
+
+
+def knee_point(points: list[dict], p99_bound_ms: float) -> dict | None:
+    """The run with the highest achieved rate among those that held the bound (None if none did)."""
+    return max((p for p in points if holds(p, p99_bound_ms)), key=lambda p: p["achieved_per_s"], default=None)
+
+
+def knee(points: list[dict], p99_bound_ms: float) -> float:
+    """The highest achieved rate among runs that held the bound (0 if none did)."""
+    point = knee_point(points, p99_bound_ms)
+    return point["achieved_per_s"] if point else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)

@@ -8,6 +8,8 @@ in a private descriptor pool so they clash with nothing.
 """
 from __future__ import annotations
 
+import re
+
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving raises gRPC's send/receive limits (4 MiB by default) to this
@@ -54,10 +56,13 @@ MonitoringConfig = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("
 
 
 def parse_text(text: str, message_class, source: str):
-    """Parse a text-format proto; the error names the file and TF Serving's message type."""
+    """Parse a text-format proto; the error names the file, the line and TF Serving's message type."""
     message = message_class()
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as e:
-        raise ValueError(f"{source}: not a valid {message_class.DESCRIPTOR.full_name} text proto: {e}") from None
+        where = f" (line {e.GetLine()}, column {e.GetColumn()})" if e.GetLine() else ""
+        reason = re.sub(r"^\d+:\d+ : ", "", str(e))  # the position, said above in words
+        raise ValueError(f"{source}: not a valid {message_class.DESCRIPTOR.full_name} text proto{where}: "
+                         f"{reason}") from None
     return message

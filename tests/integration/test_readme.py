@@ -25,9 +25,11 @@ NOT_RUN_HERE = {  # command -> why this test leaves it out
     "make run": "the whole pipeline: test_pipeline_cli.py runs it end to end",
     "make test": "the test suite itself: CI runs it",
 }
-NOT_RUN_HERE_TOOLS = {  # a command's first word -> why this test leaves it out
-    "docker": "needs a Docker engine: tests/pipeline/test_image.py checks the Dockerfiles",
-    "kubectl": "needs a cluster: tests/pipeline/test_k8s.py validates what pipeline.k8s prints for it",
+NOT_RUN_HERE_PROGRAMS = {  # first word -> why this test leaves such commands out
+    "docker": "no Docker engine here: tests/pipeline/test_image.py and tests/serving/test_tfserving.py parse the "
+              "Dockerfiles (and the bundle's files are served by our server)",
+    "kubectl": "no cluster here: tests/pipeline/test_k8s.py and tests/serving/test_tfserving.py check the manifests "
+               "against Kubernetes' schemas",
 }
 
 
@@ -52,11 +54,14 @@ def test_the_readme_has_commands_for_each_part():
 
 def test_every_readme_command_works(digits, tmp_path):
     rest_port, grpc_port = free_ports(2)
+    production = tmp_path / "production"  # where bundles are built from the pushed model_repository
+    production.mkdir()
+    (production / "model_repository").symlink_to(digits.workdir / "model_repository")
     server = None
     try:
         for command in readme_commands():
             words = shlex.split(command)
-            if command in NOT_RUN_HERE or words[0] in NOT_RUN_HERE_TOOLS:
+            if command in NOT_RUN_HERE or words[0] in NOT_RUN_HERE_PROGRAMS:
                 continue
             if command == "make serve" and server is not None:
                 continue  # the tour and the serving section both start it
@@ -95,6 +100,14 @@ def test_every_readme_command_works(digits, tmp_path):
                                         env=pipeline_env(), capture_output=True, text=True, timeout=60)
                 assert result.returncode == 0, (command, result.stderr)
                 assert all(d["kind"] for d in yaml.safe_load_all(result.stdout)), (command, result.stdout)
+            elif words[:3] == [".venv/bin/python", "-m", "serving.tfserving"]:
+                # build runs for real on the pushed digits model; sweep (minutes of load) prints its plan
+                # (test_tfserving.py runs a short sweep)
+                listing = ["--list"] if words[3] == "sweep" else []
+                result = subprocess.run([sys.executable, "-m", "serving.tfserving", *words[3:], *listing],
+                                        cwd=production, env=pipeline_env(), capture_output=True, text=True,
+                                        timeout=120)
+                assert result.returncode == 0, (command, result.stderr[-2000:])
             else:
                 pytest.fail(f"README command {command!r}: this test does not know how to run it; teach it")
     finally:

@@ -19,12 +19,13 @@ def _signature(inputs: dict, outputs: dict, method: str):
     )
 
 
-def build(export_dir: Path) -> Path:
-    """Write the model to `export_dir` (a version directory, e.g. .../half_plus_two/123)."""
+def build(export_dir: Path, offset: float = 2.0) -> Path:
+    """Write the model to `export_dir` (a version directory, e.g. .../half_plus_two/123). With another
+    `offset` (y = 0.5 * x + offset) it is a version whose answers tell it from TF Serving's."""
     predict, regress, classify = (f"tensorflow/serving/{m}" for m in ("predict", "regress", "classify"))
     graph = tf.Graph()
     with graph.as_default(), v1.Session(graph=graph) as session:
-        a, b, c = v1.Variable(0.5, name="a"), v1.Variable(2.0, name="b"), v1.Variable(3.0, name="c")
+        a, b, c = v1.Variable(0.5, name="a"), v1.Variable(offset, name="b"), v1.Variable(3.0, name="c")
         serialized = v1.placeholder(tf.string, name="tf_example", shape=[None])
         features = v1.parse_example(serialized, {
             "x": v1.FixedLenFeature([1], dtype=tf.float32),
