@@ -1,6 +1,7 @@
 """What every builder is given: its config section and the shape of the data (numpy only, no TensorFlow)."""
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -10,14 +11,25 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["cnn", "mlp", "rnn"] = "cnn"  # a builder in models.MODELS
+    name: str = "cnn"  # cnn | mlp | rnn (models.MODELS), or a builder of yours: package.module:function or
+    # path/to/file.py:function, called as build(cfg: ModelConfig, spec: DataSpec) -> tf_keras.Model
     width: int = 32  # conv filters (cnn) or units (mlp, rnn) of the first layer
     depth: int = 2  # conv blocks (cnn), hidden layers (mlp), recurrent layers (rnn)
     dropout: float = 0.2  # fraction of units dropped while training
     cell: Literal["lstm", "gru"] = "lstm"  # rnn only
 
     def problems(self) -> list[str]:
+        from models import MODELS, user
+
         found = []
+        if ":" in self.name:
+            problem = user.reference_problem(self.name)
+            found += [f"name: {problem}"] if problem else []
+        elif self.name not in MODELS:
+            close = difflib.get_close_matches(self.name, list(MODELS), n=1)
+            maybe = f" (did you mean {close[0]!r}?)" if close else ""
+            found.append(f"name: expected one of {', '.join(map(repr, MODELS))}{maybe} or a builder of yours as "
+                         f"{user.FORMS}; received {self.name!r}.")
         if self.width < 1:
             found.append(f"width: expected a positive integer, received {self.width}.")
         if self.depth < 1:

@@ -131,6 +131,10 @@ def unsupported(names: tuple[str, ...], trained: keras.Model, clusters: int,
     checks = {"pruned": lambda: prune(trained, 0.5, steps=10), "cluster": lambda: cluster(trained, clusters),
               "qat": lambda: to_tflite(quantize_aware(trained), "int8", representative)}
     needs = {"pruned": ("pruned",), "cluster": ("cluster",), "qat": ("qat",), "pqat": ("pruned", "qat")}
+    if not (trained._is_graph_network or isinstance(trained, keras.Sequential)):
+        why = (f"TFMOT rewrites the layers of functional and Sequential models, and {type(trained).__name__} is "
+               f"a subclassed model (its call() is opaque to it); build it with the functional API to compress it")
+        return {name: why for name in names if name in needs}
     problems = {}
     with warnings.catch_warnings(), tfmot_scope():
         warnings.simplefilter("ignore")
@@ -141,6 +145,11 @@ def unsupported(names: tuple[str, ...], trained: keras.Model, clusters: int,
                 problems[check] = str(e)
             except ConversionFailed as e:
                 problems[check] = f"TFLite cannot convert its int8 form ({e})"
+            except (ValueError, TypeError) as e:  # a layer of the user's, which TFMOT has no rule for
+                custom = [f"{layer.name} ({type(layer).__name__})" for layer in trained.layers
+                          if not type(layer).__module__.startswith(("tf_keras.", "keras."))]
+                problems[check] = (f"TFMOT cannot wrap a layer of this model (custom layers: {custom or 'none'}): "
+                                   f"{type(e).__name__}: {e}")
     return {name: problems[c] for name in names for c in needs.get(name, ()) if c in problems}
 
 

@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from models import import_model_code, model_code_files
 from pipeline.artifacts import COMPRESSION_PLOT, COMPRESSION_REPORT, SELECTION, data_spec, read_schema, read_split
 from pipeline.compression import PTQ, QUANTIZED, VARIANTS
 from pipeline.errors import StageError
@@ -60,6 +61,11 @@ INPUTS = ("model", "dataset", "schema")
 OUTPUTS = ("compressed",)
 
 
+def external_inputs(cfg) -> list[Path]:
+    """A user builder's file: its classes are rebuilt from it when the model loads."""
+    return model_code_files(cfg.model.name)
+
+
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     target = out / "compressed"
     (target / "tflite").mkdir(parents=True)
@@ -79,6 +85,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
 
     c = cfg.compress
     keras.utils.set_random_seed(cfg.seed)
+    import_model_code(cfg.model.name)
     trained = keras.models.load_model(inputs["model"] / "model.keras")
     data = {split: read_split(inputs["dataset"], split) for split in ("train", "val", "test")}
     representative = data["train"].x[: c.representative_rows]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import import_model_code, model_code_files
 from pipeline.artifacts import CONFUSION, EVALUATION, read_schema, read_split
 from pipeline.errors import StageError
 
@@ -23,9 +24,14 @@ class Config:
         return []
 
 
-CONFIG = ("evaluate",)
+CONFIG = ("evaluate", "model.name")
 INPUTS = ("model", "dataset", "schema")
 OUTPUTS = ("evaluation",)
+
+
+def external_inputs(cfg) -> list[Path]:
+    """A user builder's file: its classes are rebuilt from it when the model loads."""
+    return model_code_files(cfg.model.name)
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
@@ -33,6 +39,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
 
     schema = read_schema(inputs["schema"])
     test = read_split(inputs["dataset"], "test")
+    import_model_code(cfg.model.name)
     model = keras.models.load_model(inputs["model"] / "model.keras")
     predictions = model.predict(test.x, batch_size=256, verbose=0)
     (out / "evaluation").mkdir()

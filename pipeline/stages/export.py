@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import repository
+from models import import_model_code, model_code_files
 from pipeline.artifacts import SAMPLE_REQUEST, SIGNATURES, read_schema
 
 
@@ -21,9 +22,14 @@ class Config:
     reject_nonfinite: bool = True  # a request with NaN or Infinity in `x` fails (400) instead of being answered
 
 
-CONFIG = ("export",)
+CONFIG = ("export", "model.name")
 INPUTS = ("compressed", "schema")
 OUTPUTS = ("saved_model",)
+
+
+def external_inputs(cfg) -> list[Path]:
+    """A user builder's file: its classes are rebuilt from it when the model loads."""
+    return model_code_files(cfg.model.name)
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
@@ -33,6 +39,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     from pipeline.compression.variants import tfmot_scope
 
     schema = read_schema(inputs["schema"])
+    import_model_code(cfg.model.name)
     with tfmot_scope():  # a QAT variant keeps its quantization wrappers
         model = keras.models.load_model(inputs["compressed"] / "model.keras")
     path = out / "saved_model"

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
+
 import repository
+from models import model_code_files, user
 from pipeline.errors import StageError
 from pipeline.registry import Registry, RegistryError
 from pipeline.training import Strategy
@@ -28,6 +31,9 @@ class Config:
     backup_dir: str = ""  # BackupAndRestore's dir; "" = .backup/<hash of config and inputs> beside the output
     init_from: str = ""  # online update: "latest", a version number or "label:NAME" (registry) in
     # push.repository/push.model_name, or a version directory, to warm-start from instead of from scratch
+    loop: Literal["fit", "custom"] = "fit"  # custom: strategy.run + GradientTape (pipeline.training.custom_loop)
+    step: str = ""  # loop=custom: a train_step(model, batch, optimizer) -> (loss, predictions) of yours, as
+    # package.module:function or path/to/file.py:function; "" = the default step
     learning_rate: float = 0.003  # Adam's
     early_stopping_patience: int = 5  # epochs without val_loss improvement; 0 = never stop early
     verbose: int = 2  # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch
@@ -37,13 +43,23 @@ class Config:
         for name in ("epochs", "batch_size", "workers", "ps"):
             if getattr(self, name) < 1:
                 found.append(f"{name}: expected a positive integer, received {getattr(self, name)}.")
+        if self.loop == "custom" and self.strategy == "parameter_server":
+            found.append("loop: 'custom' runs strategy.run on the replicas of the default, mirrored or multi_worker "
+                         "strategy; parameter_server schedules steps through a ClusterCoordinator: use "
+                         "train.loop=fit with it.")
+        if self.step and self.loop != "custom":
+            found.append(f"step: a train step ({self.step!r}) replaces the custom loop's; set train.loop=custom too.")
+        elif self.step:
+            problem = user.reference_problem(self.step)
+            found += [f"step: {problem}"] if problem else []
         if self.learning_rate <= 0:
             found.append(f"learning_rate: expected a positive number, received {self.learning_rate}.")
         return found
 
 
 CONFIG = ("seed", "model", "train.epochs", "train.batch_size", "train.strategy", "train.workers", "train.ps",
-          "train.backup_dir", "train.init_from", "train.learning_rate", "train.early_stopping_patience")
+          "train.backup_dir", "train.init_from", "train.loop", "train.step", "train.learning_rate",
+          "train.early_stopping_patience")
 # push.* only locate the version train.init_from names; `resolve` turns that into a path, which is keyed.
 RUNTIME = ("train.verbose", "push.repository", "push.model_name")
 INPUTS = ("dataset", "schema", "hyperparameters")
@@ -82,9 +98,11 @@ def init_source(name: str, model_dir: Path) -> Path:
 
 
 def external_inputs(cfg) -> list[Path]:
-    """The warm-start version's files are part of the cache key: a new version re-trains."""
+    """Part of the cache key: the warm-start version's files (a new version re-trains) and the user's code."""
     source = Path(cfg.train.init_from) if cfg.train.init_from else None
-    return sorted(p for p in source.rglob("*") if p.is_file()) if source else []
+    warm = sorted(p for p in source.rglob("*") if p.is_file()) if source else []
+    step = [user.source_file(cfg.train.step)] if cfg.train.step else []
+    return warm + model_code_files(cfg.model.name) + [f for f in step if f]
 
 
 def with_tuned(cfg, hyperparameters: Path):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from models import model_code_files
 from pipeline.artifacts import TRIALS, data_spec, read_schema, read_split
 
 MODEL_KEYS = ("width", "depth", "dropout")
@@ -38,6 +39,11 @@ class Config:
 CONFIG = ("seed", "tune", "model", "train.learning_rate", "train.batch_size", "train.strategy")
 INPUTS = ("dataset", "schema")
 OUTPUTS = ("hyperparameters",)
+
+
+def external_inputs(cfg) -> list[Path]:
+    """A user builder's file: trials build the model with it."""
+    return model_code_files(cfg.model.name)
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:

@@ -19,14 +19,16 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras as keras
 
-from models import build_model
+from models import build_model, import_model_code
 from models.fit import fit_settings
-from pipeline.artifacts import HISTORY, data_spec, read_schema, read_split
+from models.user import UserCodeError
+from pipeline.artifacts import HISTORY, Split, data_spec, read_schema, read_split
 from pipeline.config import keyed, to_dict, view_class, view_from_dict
 from pipeline import progress
 from pipeline.errors import StageError
 from pipeline.stages import train as stage
 from pipeline.training import launcher
+from pipeline.training.custom_loop import default_step, fit_custom, user_step
 from pipeline.training.distribute import (is_chief, make_dataset, make_dataset_creator, make_strategy,
                                           parse_tf_config)
 
@@ -112,12 +114,29 @@ class EpochLog(keras.callbacks.Callback):
 
 def _warm_start(cfg, schema: dict) -> keras.Model:
     """The served model, weights and architecture, to continue training on new data."""
+    import_model_code(cfg.model.name)
     model = keras.models.load_model(cfg.train.init_from)
     if model.input_shape[-1] != len(schema["features"]):
         raise ValueError(f"train.init_from: {cfg.train.init_from} takes {model.input_shape[-1]} features, "
                          f"the data has {len(schema['features'])}.")
     print(f"train: warm start from {cfg.train.init_from}")
     return model
+
+
+def _fit(cfg, model: keras.Model, train_split: Split, val: Split, callbacks: list, backup: Path) -> dict:
+    """model.fit, backed up each epoch (BackupAndRestore goes first: an epoch is in the log only once it is
+    backed up); the history."""
+    if cfg.train.strategy == "parameter_server":
+        train_data, steps = make_dataset_creator(train_split.x, train_split.y, cfg.train.batch_size,
+                                                 shuffle_seed=cfg.seed)
+        val_data, val_steps = make_dataset_creator(val.x, val.y, cfg.train.batch_size)
+    else:
+        train_data = make_dataset(train_split.x, train_split.y, cfg.train.batch_size, shuffle_seed=cfg.seed)
+        val_data = make_dataset(val.x, val.y, cfg.train.batch_size)
+        steps = val_steps = None
+    return model.fit(train_data, validation_data=val_data, epochs=cfg.train.epochs, steps_per_epoch=steps,
+                     validation_steps=val_steps, verbose=cfg.train.verbose,
+                     callbacks=[keras.callbacks.BackupAndRestore(str(backup)), *callbacks]).history
 
 
 def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strategy, backup: Path) -> dict:
@@ -134,8 +153,7 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
         model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
     print(f"train: {model.name}, {model.count_params()} parameters, strategy "
           f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}")
-    callbacks = [  # BackupAndRestore first: an epoch is in the log only once it is backed up
-        keras.callbacks.BackupAndRestore(str(backup)),
+    callbacks = [
         EpochLog(out / "epochs.jsonl"),
         keras.callbacks.TensorBoard(log_dir=str(out / "logs")),
         keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "epoch-{epoch:03d}.weights.h5"), save_weights_only=True),
@@ -143,24 +161,18 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
     if cfg.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.train.early_stopping_patience, restore_best_weights=True))
-    if cfg.train.strategy == "parameter_server":
-        train_data, steps = make_dataset_creator(train_split.x, train_split.y, cfg.train.batch_size,
-                                                 shuffle_seed=cfg.seed)
-        val_data, val_steps = make_dataset_creator(val.x, val.y, cfg.train.batch_size)
-    else:
-        train_data = make_dataset(train_split.x, train_split.y, cfg.train.batch_size, shuffle_seed=cfg.seed)
-        val_data = make_dataset(val.x, val.y, cfg.train.batch_size)
-        steps = val_steps = None
     started = time.perf_counter()
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=cfg.train.epochs,
-        steps_per_epoch=steps,
-        validation_steps=val_steps,
-        callbacks=callbacks,
-        verbose=cfg.train.verbose,
-    ).history
+    if cfg.train.loop == "custom":
+        step = user_step(cfg.train.step) if cfg.train.step else default_step(schema["task"])
+        chief = "TF_CONFIG" not in os.environ or is_chief(json.loads(os.environ["TF_CONFIG"]))
+        try:
+            history = fit_custom(model, strategy, train_split, val, task=schema["task"], epochs=cfg.train.epochs,
+                                 global_batch=cfg.train.batch_size, seed=cfg.seed, step=step, callbacks=callbacks,
+                                 backup=backup, chief=chief)
+        except UserCodeError as e:
+            raise StageError(str(e)) from None
+    else:
+        history = _fit(cfg, model, train_split, val, callbacks, backup)
     seconds = time.perf_counter() - started
     (out / "model").mkdir()
     model.save(out / "model" / "model.keras")
