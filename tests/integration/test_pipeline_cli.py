@@ -211,8 +211,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
-    result = cli(tmp_path, "train.strategy=mirrored", "train.epochs=5", "--until", "evaluate", code=MIRRORED)
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path, loop):
+    result = cli(tmp_path, "train.strategy=mirrored", "train.epochs=5", f"train.loop={loop}", "--until", "evaluate",
+                 code=MIRRORED)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "strategy mirrored with 2 replica(s)" in result.stdout
     evaluate = next(s for s in manifest(tmp_path)["stages"] if s["name"] == "evaluate")

@@ -149,6 +149,16 @@ def test_two_workers_match_one_at_the_same_global_batch(two_workers, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_custom_loop_on_two_workers_matches_fit(two_workers, tmp_path):
+    result = cli(tmp_path, *TWO_WORKERS, "train.loop=custom")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (tmp_path / "runs" / "latest" / "train" / "log.txt").read_text()
+    assert "[worker 1] train: cnn" in log and "strategy multi_worker with 2 replica(s)" in log
+    assert epochs_logged(tmp_path / "runs" / "latest" / "train") == [1, 2, 3, 4, 5, 6]
+    assert abs(evaluated_accuracy(tmp_path) - evaluated_accuracy(two_workers)) <= 0.02
+
+
+@pytest.mark.slow
 def test_parameter_server_trains_digits(tmp_path):
     result = cli(tmp_path, "train.strategy=parameter_server", "train.workers=2", "train.ps=1",
                  "train.epochs=10", "evaluate.min_accuracy=0.9")
