@@ -24,7 +24,7 @@ BUILDER_SIGNATURE = "build(cfg: models.ModelConfig, spec: models.DataSpec) -> tf
 
 def build_model(cfg: ModelConfig, spec: DataSpec):
     """The configured model, uncompiled, taking the data as the schema describes it (flat float32 rows)."""
-    problem = input_shape_problem(cfg.name, spec.input_shape)
+    problem = input_shape_problem(cfg.name, spec.input_shape, spec.kind)
     if problem:
         raise ValueError(problem)
     reference = MODELS.get(cfg.name, cfg.name)
@@ -32,8 +32,8 @@ def build_model(cfg: ModelConfig, spec: DataSpec):
     if not model.built:  # a subclassed model: its weights exist once it has seen a batch of the schema's shape
         import numpy as np
 
-        user.call(reference, model, f"model(x) with x float32 [batch, {spec.n_features}]",
-                  np.zeros((1, spec.n_features), np.float32))
+        sample = np.array([""]) if spec.kind == "text" else np.zeros((1, spec.n_features), np.float32)
+        user.call(reference, model, f"model(x) with x {sample.dtype} {[None, *sample.shape[1:]]}", sample)
     return model
 
 

@@ -1,7 +1,6 @@
 """What every builder is given: its config section and the shape of the data (numpy only, no TensorFlow)."""
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -19,17 +18,7 @@ class ModelConfig:
     cell: Literal["lstm", "gru"] = "lstm"  # rnn only
 
     def problems(self) -> list[str]:
-        from models import MODELS, user
-
         found = []
-        if ":" in self.name:
-            problem = user.reference_problem(self.name)
-            found += [f"name: {problem}"] if problem else []
-        elif self.name not in MODELS:
-            close = difflib.get_close_matches(self.name, list(MODELS), n=1)
-            maybe = f" (did you mean {close[0]!r}?)" if close else ""
-            found.append(f"name: expected one of {', '.join(map(repr, MODELS))}{maybe} or a builder of yours as "
-                         f"{user.FORMS}; received {self.name!r}.")
         if self.width < 1:
             found.append(f"width: expected a positive integer, received {self.width}.")
         if self.depth < 1:
@@ -43,8 +32,11 @@ INPUT_RANKS = {"cnn": (3, "images: data.input_shape [height, width, channels]"),
                "rnn": (2, "sequences: data.input_shape [steps, features]")}
 
 
-def input_shape_problem(name: str, input_shape: tuple[int, ...]) -> str | None:
+def input_shape_problem(name: str, input_shape: tuple[int, ...], kind: str = "numeric") -> str | None:
     """Why builder `name` cannot take rows reshaped to `input_shape` (None when it can)."""
+    if kind == "text":
+        return None if name not in ("cnn", "mlp") else \
+            f"model '{name}' takes numbers; text (data.text_column) needs model.name=rnn or a builder of yours."
     rank, needs = INPUT_RANKS.get(name, (None, ""))
     if rank is None or len(input_shape) == rank:
         return None
@@ -64,6 +56,9 @@ class DataSpec:
     variance: np.ndarray
     target_mean: float = 0.0  # regression: the train split's target statistics, for the output head
     target_std: float = 1.0
+    kind: Literal["numeric", "image", "text"] = "numeric"  # image: pixels of resized images; text: one string
+    vocabulary: tuple[str, ...] = ()  # text: the tokens adapted on the train split, for TextVectorization
+    sequence_length: int = 0  # text: tokens per example
 
     def __post_init__(self):
         if math.prod(self.input_shape) != self.n_features:

@@ -34,3 +34,12 @@ def output_head(spec: DataSpec, hidden: keras.layers.Layer) -> keras.layers.Laye
         return keras.layers.Dense(spec.n_outputs, activation="softmax", name="probabilities")(hidden)
     standardised = keras.layers.Dense(1, name="standardised_value")(hidden)
     return keras.layers.Rescaling(spec.target_std or 1.0, offset=spec.target_mean, name="value")(standardised)
+
+
+def text_input(spec: DataSpec, width: int) -> tuple[keras.Input, keras.layers.Layer]:
+    """One string per example in, its tokens embedded: the vocabulary adapted on the train split lives in the
+    model (TextVectorization), so a client sends raw text. Token 0 pads (masked), 1 is out of vocabulary."""
+    inputs = keras.Input(shape=(), dtype="string", name="x")
+    tokens = keras.layers.TextVectorization(vocabulary=list(spec.vocabulary),
+                                            output_sequence_length=spec.sequence_length)(inputs)
+    return inputs, keras.layers.Embedding(len(spec.vocabulary) + 2, width, mask_zero=True)(tokens)

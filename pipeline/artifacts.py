@@ -21,7 +21,7 @@ SPLITS = ("train", "val", "test")
 
 
 class Split(NamedTuple):
-    x: np.ndarray  # float32 [rows, features]
+    x: np.ndarray  # float32 [rows, features], or str [rows] for text
     y: np.ndarray  # int64 class indices, or float32 values for regression
 
 
@@ -32,6 +32,20 @@ def read_split(dataset: Path, split: str) -> Split:
 
 def write_split(dataset: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
     np.savez(dataset / f"{split}.npz", x=x, y=y)
+
+
+ENCODED_TEST = "test_encoded.npz"  # in the dataset, for image folders: the test rows' files as clients send them
+
+
+def raw_inputs(dataset: Path, schema: dict, n: int) -> np.ndarray:
+    """The first `n` test rows as a client sends them to the served model: rows of numbers, texts, or
+    encoded image files (bytes), whose pixels the SavedModel computes itself."""
+    if schema.get("kind") == "image":
+        from pipeline import images
+
+        with np.load(dataset / ENCODED_TEST) as arrays:
+            return np.array(images.unpack(arrays)[:n], dtype=object)
+    return read_split(dataset, "test").x[:n]
 
 
 def read_schema(schema: Path) -> dict:
@@ -46,6 +60,7 @@ def write_schema(schema: Path, content: dict) -> None:
 def data_spec(schema: dict) -> DataSpec:
     """What a model builder needs to know about the data, from the validate stage's schema."""
     features = schema["features"]
+    text = schema.get("text", {})
     return DataSpec(
         n_features=len(features),
         input_shape=tuple(schema["input_shape"]),
@@ -55,6 +70,9 @@ def data_spec(schema: dict) -> DataSpec:
         variance=np.array([f["std"] ** 2 for f in features], dtype=np.float32),
         target_mean=schema.get("label_stats", {}).get("train_mean", 0.0),
         target_std=schema.get("label_stats", {}).get("train_std", 1.0),
+        kind=schema.get("kind", "numeric"),
+        vocabulary=tuple(text.get("vocabulary", ())),
+        sequence_length=text.get("sequence_length", 0),
     )
 
 
@@ -101,6 +119,7 @@ COMPRESSION_REPORT = RunFile("compress", "report.json")
 COMPRESSION_PLOT = RunFile("compress", "compression.png")
 SIGNATURES = RunFile("export", "signatures.json")
 SAMPLE_REQUEST = RunFile("export", "sample_request.json")
+SHIPPED_SAMPLE_REQUEST = "assets.extra/sample_request.json"  # the same, inside the SavedModel: push's smoke test
 INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
 PUSHED = RunFile("push", "pushed.json")
 SELECTION = "selection.json"  # in the compressed artefact: which variant it holds

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 import repository
+from models import MODELS, user
 from models.config import ModelConfig, input_shape_problem
 from pipeline.errors import ConfigError
 from pipeline.stages import compress, evaluate, export, infra_validate, ingest, push, train, tune, validate
@@ -72,6 +73,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
     for item in overrides:
         _apply_override(raw, item, problems)
     cfg = _with_derived_values(from_dict(PipelineConfig, raw, problems), problems)
+    problems += _model_name_problems(cfg.model.name)
     problems += _model_and_data_problems(cfg) if not problems else []
     if problems:
         overridden = [item.partition("=")[0] for item in overrides]
@@ -84,14 +86,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
     return cfg
 
 
+def _model_name_problems(name: str) -> list[str]:
+    """model.name is a built-in builder, or a user's whose module can be found (it is not imported here)."""
+    if ":" in name:
+        problem = user.reference_problem(name)
+        return [f"model.name: {problem}"] if problem else []
+    if name in MODELS:
+        return []
+    close = difflib.get_close_matches(name, list(MODELS), n=1)
+    maybe = f" (did you mean {close[0]!r}?)" if close else ""
+    return [f"model.name: expected one of {', '.join(map(repr, MODELS))}{maybe} or a builder of yours as "
+            f"{user.FORMS}; received {name!r}."]
+
+
 def _model_and_data_problems(cfg: PipelineConfig) -> list[str]:
     """The model must fit the data's shape: found now, not when train runs. A CSV's rows are flat; an
     .npz's shape is known once it is read (ingest checks it then)."""
+    kind = "text" if cfg.data.text_column else "image" if Path(cfg.data.source).is_dir() else "numeric"
     shape = cfg.data.input_shape or {"digits": (8, 8, 1)}.get(cfg.data.source)
-    if not shape and cfg.data.source.endswith(".csv"):
+    if kind == "image":
+        shape = (*cfg.data.image_size, cfg.data.channels)
+    elif not shape and cfg.data.source.endswith(".csv"):
         shape = ("features",)
-    problem = shape and input_shape_problem(cfg.model.name, tuple(shape))
-    return [f"model.name: {problem}"] if problem else []
+    problem = (shape or kind == "text") and input_shape_problem(cfg.model.name, tuple(shape), kind)
+    found = [f"model.name: {problem}"] if problem else []
+    if cfg.data.augment and kind != "image":
+        found.append(f"data.augment: {list(cfg.data.augment)} flips and crops images; data.source "
+                     f"{cfg.data.source!r} is not a directory of image folders.")
+    return found
 
 
 def _with_derived_values(cfg: PipelineConfig, problems: list[str]) -> PipelineConfig:

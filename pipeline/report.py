@@ -115,11 +115,15 @@ def _data(run_dir: Path) -> str:
         return ""
     parts = [f"<p>Source <code>{html.escape(schema['source'])}</code>, task {schema['task']}, rows "
              f"{', '.join(f'{k} {v}' for k, v in schema['rows'].items())}, rejected {schema['rejected']}.</p>"]
-    features = schema["features"]
+    features = schema["features"] if schema.get("kind") != "text" else []
+    if "text" in schema:
+        parts.append(f"<p>Text column <code>{html.escape(schema['features'][0]['name'])}</code>: a vocabulary of "
+                     f"{len(schema['text']['vocabulary'])} tokens adapted on the train split, "
+                     f"{schema['text']['sequence_length']} tokens per example.</p>")
     shown = features if len(features) <= 40 else features[:20] + features[-20:]
     parts.append(_table(["feature", "min", "max", "mean", "std", "missing"],
                         [[html.escape(f["name"]), *(_number(f[k]) for k in ("min", "max", "mean", "std", "missing"))]
-                         for f in shown]))
+                         for f in shown]) if shown else "")
     if len(shown) < len(features):
         parts.append(f"<p>({len(features) - len(shown)} features in the middle left out; all are in schema.json.)</p>")
     if "label_distribution" in schema:

@@ -1,9 +1,12 @@
 """The SavedModel TF Serving loads: Keras model -> signatures with TF Serving's method names, and warmup.
 
-`serving_default` (predict) takes flat float32 rows `x`. Classifiers also get `classify` and
-regressors `regress`, which take serialized tf.Example protos with one numeric feature `x` (that is
-what TF Serving's Classify and Regress APIs send), a float_list or an int64_list: TF Serving's REST
-API turns JSON whole numbers into int64_list, so `{"x": [0, 5, 13]}` must work like `[0.0, 5.0, 13.0]`.
+`serving_default` (predict) takes `x` as the data's kind says: flat float32 rows (numbers), one string
+per example (text: the model vectorizes it), or encoded image files (images: decoded and resized here by
+pipeline.images, as ingest did for training). Classifiers also get `classify` and regressors `regress`,
+which take serialized tf.Example protos with one feature `x` (that is what TF Serving's Classify and
+Regress APIs send): numbers as a float_list or an int64_list (TF Serving's REST API turns JSON whole
+numbers into int64_list, so `{"x": [0, 5, 13]}` must work like `[0.0, 5.0, 13.0]`), text or image files
+as a bytes_list.
 With `reject_nonfinite`, NaN or Infinity in `x` fails the request (INVALID_ARGUMENT, naming `x`),
 since training never saw such rows and a model answers them with confident nonsense.
 """
@@ -21,28 +24,50 @@ INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
 
 
-def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonfinite: bool) -> None:
-    """Write `model` as a SavedModel at `path` with TF Serving's signatures (and Keras metadata: warm starts load it)."""
+def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonfinite: bool,
+         sample: np.ndarray) -> None:
+    """Write `model` as a SavedModel at `path` with TF Serving's signatures (and Keras metadata: warm starts load
+    it); `sample` (one row as a client sends it) is the warmup request."""
     n = len(schema["features"])
+    kind = schema.get("kind", "numeric")
+    to_model = _image_pixels(schema) if kind == "image" else (lambda x: x)
 
     def run(x):
-        if reject_nonfinite:
+        if reject_nonfinite and kind == "numeric":
             x = tf.debugging.assert_all_finite(x, f"input '{INPUT}' must hold finite numbers, as in training")
-        return model(x, training=False)
+        return model(to_model(x), training=False)
 
-    signatures = {"serving_default": _predict_fn(run, n, schema["task"])}
+    spec = tf.TensorSpec([None, n], tf.float32, name=INPUT) if kind == "numeric" else \
+        tf.TensorSpec([None], tf.string, name=INPUT)
+    parse = (lambda examples: numeric_feature(examples, INPUT, n)) if kind == "numeric" else \
+        (lambda examples: tf.io.parse_example(examples, {INPUT: tf.io.FixedLenFeature([], tf.string)})[INPUT])
+    signatures = {"serving_default": _predict_fn(run, spec, schema["task"])}
     if schema["task"] == "classification":
-        signatures["classify"] = _classify_fn(run, n, schema["classes"])
+        signatures["classify"] = _classify_fn(run, parse, schema["classes"])
     else:
-        signatures["regress"] = _regress_fn(run, n)
+        signatures["regress"] = _regress_fn(run, parse)
     model.save(str(path), save_format="tf", signatures=signatures)
     _set_method_names(path)
     if warmup:
-        _write_warmup(path, np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32))
+        _write_warmup(path, sample)
 
 
-def _predict_fn(run, n_features: int, task: str):
-    @tf.function(input_signature=[tf.TensorSpec([None, n_features], tf.float32, name=INPUT)])
+def _image_pixels(schema: dict):
+    """Encoded image files [batch] -> the flat pixel rows the model was trained on."""
+    from pipeline.images import decode_and_resize
+
+    height, width, channels = schema["input_shape"]
+
+    def pixels(files):
+        decoded = tf.map_fn(lambda f: decode_and_resize(f, (height, width), channels), files,
+                            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
+        return tf.reshape(decoded, [-1, height * width * channels])
+
+    return pixels
+
+
+def _predict_fn(run, spec: tf.TensorSpec, task: str):
+    @tf.function(input_signature=[spec])
     def predict(x):
         y = run(x)
         if task == "classification":
@@ -52,20 +77,20 @@ def _predict_fn(run, n_features: int, task: str):
     return predict
 
 
-def _classify_fn(run, n_features: int, classes: list[str]):
+def _classify_fn(run, parse, classes: list[str]):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def classify(inputs):
-        scores = run(numeric_feature(inputs, INPUT, n_features))
+        scores = run(parse(inputs))
         names = tf.broadcast_to(tf.constant(classes), tf.shape(scores))
         return {"classes": names, "scores": scores}
 
     return classify
 
 
-def _regress_fn(run, n_features: int):
+def _regress_fn(run, parse):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def regress(inputs):
-        return {"outputs": tf.squeeze(run(numeric_feature(inputs, INPUT, n_features)), axis=-1)}
+        return {"outputs": tf.squeeze(run(parse(inputs)), axis=-1)}
 
     return regress
 

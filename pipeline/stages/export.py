@@ -6,6 +6,7 @@ body for `curl -d @...`.
 """
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from dataclasses import dataclass
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import repository
 from models import import_model_code, model_code_files
-from pipeline.artifacts import SAMPLE_REQUEST, SIGNATURES, read_schema
+import numpy as np
+
+from pipeline.artifacts import SAMPLE_REQUEST, SHIPPED_SAMPLE_REQUEST, SIGNATURES, raw_inputs, read_schema
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Config:
 
 
 CONFIG = ("export", "model.name")
-INPUTS = ("compressed", "schema")
+INPUTS = ("compressed", "schema", "dataset")
 OUTPUTS = ("saved_model",)
 
 
@@ -43,13 +46,26 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     with tfmot_scope():  # a QAT variant keeps its quantization wrappers
         model = keras.models.load_model(inputs["compressed"] / "model.keras")
     path = out / "saved_model"
-    saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite)
+    if schema.get("kind", "numeric") == "numeric":
+        sample = np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32)
+    else:  # a text or an image file of the test split, as a client sends it
+        sample = raw_inputs(inputs["dataset"], schema, 1)
+    saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite, sample)
     for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
         (path / "assets.extra").mkdir(exist_ok=True)
         shutil.copy(tflite, path / "assets.extra" / tflite.name)
     described = repository.signatures(path)
     SIGNATURES.in_output(out).write_text(json.dumps(described, indent=2))
-    means = [round(f["mean"], 3) for f in schema["features"]]
-    SAMPLE_REQUEST.in_output(out).write_text(json.dumps({"instances": [means]}))  # for curl -d @...
+    request = json.dumps({"instances": [_as_json(v) for v in sample]})  # for curl -d @..., and push's smoke test
+    SAMPLE_REQUEST.in_output(out).write_text(request)
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / SHIPPED_SAMPLE_REQUEST).write_text(request)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"saved_model_bytes": size, "signatures": described}
+
+
+def _as_json(value):
+    """A request value as TF Serving's REST API takes it: numbers rounded for people, bytes as {"b64": ...}."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    return [round(float(v), 3) for v in value] if isinstance(value, np.ndarray) else str(value)

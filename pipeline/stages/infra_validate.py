@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import read_split
+from pipeline.artifacts import raw_inputs, read_schema
 from pipeline.errors import StageError
 
 NAME = "candidate"
@@ -42,7 +42,7 @@ class Config:
 CONFIG = ("infra_validate.enabled", "infra_validate.rows", "infra_validate.requests", "infra_validate.max_p99_ms",
           "infra_validate.tolerance")
 RUNTIME = ("infra_validate.timeout_s",)
-INPUTS = ("saved_model", "dataset")
+INPUTS = ("saved_model", "dataset", "schema")
 OUTPUTS = ("infra_validation",)
 
 
@@ -52,7 +52,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     if not c.enabled:
         result = {"skipped": True}
     else:
-        rows = read_split(inputs["dataset"], "test").x[: c.rows]
+        rows = raw_inputs(inputs["dataset"], read_schema(inputs["schema"]), c.rows)  # as clients send them
         with tempfile.TemporaryDirectory(dir=out) as base:
             shutil.copytree(inputs["saved_model"], Path(base) / "1")
             result = _validate(c, Path(base), rows, _in_process(inputs["saved_model"], rows), out)
@@ -81,9 +81,9 @@ def _validate(c, base: Path, rows: np.ndarray, expected: dict[str, np.ndarray], 
             worst = {name: _worst_difference(client.predict(NAME, rows), expected, c.tolerance, name)
                      for name, client in (("REST", rest), ("gRPC", grpc_client))}
             latencies = []
-            for row in rows[np.arange(c.requests) % len(rows)]:
+            for i in np.arange(c.requests) % len(rows):
                 started = time.perf_counter()
-                rest.predict(NAME, row[None])
+                rest.predict(NAME, rows[i:i + 1])
                 latencies.append((time.perf_counter() - started) * 1000)
     except (RuntimeError, TimeoutError, ServingClientError) as e:
         raise StageError(f"infra_validate: the candidate did not serve: {e}") from None

@@ -1,4 +1,4 @@
-"""Read the raw data (bundled digits, a CSV file or an .npz file) and split it by seed.
+"""Read the raw data (bundled digits, a CSV file, an .npz file or a folder of images per class) and split it by seed.
 
 Cells that cannot be read are kept (as NaN, with the reason) for validate to set aside:
 ingest never drops a row. A column that is mostly not numbers is a wrong file, and fails here.
@@ -14,17 +14,27 @@ from typing import Literal
 
 import numpy as np
 
+from pipeline import images
 from pipeline.artifacts import SPLITS
 from pipeline.errors import StageError
 
 
 @dataclass(frozen=True)
 class Config:
-    source: str = "digits"  # "digits" (bundled with scikit-learn), or a path to a .csv / .npz file
+    source: str = "digits"  # "digits" (bundled with scikit-learn), a path to a .csv / .npz file, or a directory
+    # of images with one sub-folder per class (pipeline.images)
     task: Literal["auto", "classification", "regression"] = "auto"  # auto: decided from the labels, and said why
     label: str = "label"  # the CSV label column
     features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
     input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
+    classes: tuple[str, ...] = ()  # classification: the labels expected; a row labelled otherwise is rejected with
+    # the reason (empty = the labels found)
+    text_column: str = ""  # CSV: a column of free text, the model's one input (a string; the model vectorizes it)
+    max_tokens: int = 10000  # text: vocabulary size, adapted on the train split (TextVectorization)
+    sequence_length: int = 32  # text: tokens per example the model reads (padded or cut)
+    image_size: tuple[int, ...] = (32, 32)  # images: [height, width] every image is resized to
+    channels: int = 3  # images: 1 (grey) or 3 (RGB); an image holding another count is rejected with the reason
+    augment: tuple[str, ...] = ()  # images, at training only: flip (left-right), crop (random, after 4-pixel padding)
     val_fraction: float = 0.15  # rows held out to stop early and to choose a compressed variant
     test_fraction: float = 0.15  # rows held out for the final figures (evaluate)
 
@@ -32,8 +42,11 @@ class Config:
         found = []
         if self.source != "digits":
             path = Path(self.source)
-            if path.suffix not in (".csv", ".npz"):
-                found.append(f"source: expected 'digits' or a .csv or .npz file, received {self.source!r}.")
+            if path.is_dir():
+                pass
+            elif path.suffix not in (".csv", ".npz"):
+                found.append(f"source: expected 'digits', a .csv or .npz file or a directory of class folders, "
+                             f"received {self.source!r}.")
             elif not path.is_file():
                 found.append(f"source: no such file {str(path.resolve())!r}.")
         for name in ("val_fraction", "test_fraction"):
@@ -41,30 +54,50 @@ class Config:
                 found.append(f"{name}: expected a number in (0, 0.5), received {getattr(self, name)}.")
         if any(d < 1 for d in self.input_shape):
             found.append(f"input_shape: expected positive sizes, received {list(self.input_shape)}.")
+        if len(self.image_size) != 2 or any(d < 1 for d in self.image_size):
+            found.append(f"image_size: expected [height, width], positive, received {list(self.image_size)}.")
+        if self.channels not in (1, 3):
+            found.append(f"channels: expected 1 (grey) or 3 (RGB), received {self.channels}.")
+        unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
+        if unknown:
+            found.append(f"augment: expected any of {list(AUGMENTATIONS)}, received {unknown}.")
+        for name in ("max_tokens", "sequence_length"):
+            if getattr(self, name) < 1:
+                found.append(f"{name}: expected a positive integer, received {getattr(self, name)}.")
         return found
 
 
-CONFIG = ("seed", "data")
+AUGMENTATIONS = ("flip", "crop")
+CONFIG = ("seed", "data.source", "data.task", "data.label", "data.features", "data.input_shape", "data.text_column",
+          "data.image_size", "data.channels", "data.val_fraction", "data.test_fraction")
 INPUTS = ()
 OUTPUTS = ("examples",)
 
 
 def external_inputs(cfg) -> list[Path]:
     """Files whose content is part of this stage's cache key."""
-    return [] if cfg.data.source == "digits" else [Path(cfg.data.source)]
+    source = Path(cfg.data.source)
+    if cfg.data.source == "digits":
+        return []
+    return sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
 
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     data: Config = cfg.data
+    kind, encoded = "numeric", None
     if data.source == "digits":
         table = _read_digits()
+    elif Path(data.source).is_dir():
+        kind, (*table, encoded) = "image", _read_images(Path(data.source), data)
     elif data.source.endswith(".npz"):
         table = _read_npz(Path(data.source))
+    elif data.text_column:
+        kind, table = "text", _read_text_csv(Path(data.source), data)
     else:
         table = _read_csv(Path(data.source), data)
     x, labels, rows, problems, feature_names, stored_shape = table
-    input_shape = tuple(data.input_shape) or stored_shape
-    if math.prod(input_shape) != x.shape[1]:
+    input_shape = (tuple(data.input_shape) or stored_shape) if kind == "numeric" else stored_shape
+    if kind == "numeric" and math.prod(input_shape) != x.shape[1]:
         raise StageError(
             f"data.input_shape {list(input_shape)} holds {math.prod(input_shape)} values, but "
             f"{data.source} has {x.shape[1]} features per row. Set data.input_shape to a shape "
@@ -78,17 +111,20 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     out_dir = out / "examples"
     out_dir.mkdir(parents=True)
     np.savez(out_dir / "examples.npz", x=x, label=labels, row=rows, problem=problems, split=split)
+    if encoded is not None:  # the files as clients will send them: for export's samples and infra_validate
+        np.savez(out_dir / "encoded.npz", **images.pack(encoded))
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     meta = {
         "source": data.source,
         "task": task,
+        "kind": kind,
         "feature_names": feature_names,
         "input_shape": list(input_shape),
         "rows": counts,
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    print(f"ingest: {len(x)} rows x {x.shape[1]} features from {data.source} -> {counts}")
-    return {"rows": len(x), "features": x.shape[1], "unreadable_rows": int((problems != "").sum())}
+    print(f"ingest: {len(x)} {kind} rows x {len(feature_names)} features from {data.source} -> {counts}")
+    return {"rows": len(x), "features": len(feature_names), "unreadable_rows": int((problems != "").sum())}
 
 
 MAX_CLASSES = 20  # whole-number labels with more distinct values than this are taken as a quantity
@@ -121,6 +157,23 @@ def _read_digits():
     return digits.data.astype(np.float32), labels, np.arange(n), np.full(n, ""), names, (8, 8, 1)
 
 
+def _read_images(root: Path, data: Config):
+    files = images.class_files(root)
+    if not files:
+        raise StageError(f"data.source {str(root)!r} holds no class folders; expected one sub-folder of images per "
+                         f"class, e.g. {root}/cat/1.png, {root}/dog/2.png.")
+    empty = [name for name, paths in files.items() if not paths]
+    if empty:
+        raise StageError(f"data.source {str(root)!r}: class folder(s) {empty} hold no images ({', '.join(images.EXTENSIONS)}); "
+                         f"add images or remove the folder(s).")
+    size = (data.image_size[0], data.image_size[1])
+    print(f"ingest: decoding and resizing {sum(map(len, files.values()))} images of {len(files)} classes to "
+          f"{list(size)}x{data.channels}", flush=True)
+    x, labels, rows, problems, encoded = images.read_image_folders(root, size, data.channels)
+    names = [f"pixel_{i}" for i in range(x.shape[1])]
+    return x, labels, rows, problems, names, (*size, data.channels), encoded
+
+
 def _read_npz(path: Path):
     try:
         arrays = np.load(path, allow_pickle=False)
@@ -144,7 +197,8 @@ def _read_npz(path: Path):
     return flat, y.astype(str), np.arange(n), np.full(n, ""), names, tuple(x.shape[1:])
 
 
-def _read_csv(path: Path, data: Config):
+def _csv_records(path: Path, data: Config) -> tuple[list[str], list[list[str]]]:
+    """The header and the data rows, the label column checked."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             records = list(csv.reader(f))
@@ -158,6 +212,33 @@ def _read_csv(path: Path, data: Config):
             f"data.source {str(path)!r}: label column {data.label!r} (data.label) not found. "
             f"Columns in the file: {header}."
         )
+    return header, records[1:]
+
+
+def _read_text_csv(path: Path, data: Config):
+    """One column of free text: each row's text is the model's input, as a string."""
+    header, body = _csv_records(path, data)
+    if data.text_column not in header:
+        raise StageError(f"data.source {str(path)!r}: text column {data.text_column!r} (data.text_column) not found. "
+                         f"Columns in the file: {header}.")
+    text, label = header.index(data.text_column), header.index(data.label)
+    texts = np.full(len(body), "", dtype=object)
+    labels = np.full(len(body), "", dtype=object)
+    problems = np.full(len(body), "", dtype=object)
+    for i, record in enumerate(body):
+        if len(record) != len(header):
+            problems[i] = f"expected {len(header)} fields, found {len(record)}"
+            continue
+        texts[i], labels[i] = record[text].strip(), record[label].strip()
+    if body and not any(texts):
+        raise StageError(f"data.source {str(path)!r}: text column {data.text_column!r} is empty in all {len(body)} "
+                         f"rows; name the column that holds the text in data.text_column.")
+    rows = np.arange(2, len(body) + 2)
+    return texts.astype(str), labels.astype(str), rows, problems.astype(str), [data.text_column], ()
+
+
+def _read_csv(path: Path, data: Config):
+    header, body = _csv_records(path, data)
     features = list(data.features) or [h for h in header if h != data.label]
     absent = [c for c in features if c not in header]
     if absent:
@@ -167,7 +248,6 @@ def _read_csv(path: Path, data: Config):
         )
     columns = [header.index(c) for c in features]
     label_column = header.index(data.label)
-    body = records[1:]
     x = np.full((len(body), len(features)), np.nan, dtype=np.float32)
     labels = np.full(len(body), "", dtype=object)
     problems = np.full(len(body), "", dtype=object)

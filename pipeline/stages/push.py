@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import repository
-from pipeline.artifacts import PUSHED, SELECTION, dir_fingerprint, run_dir_of
+from pipeline.artifacts import PUSHED, SELECTION, SHIPPED_SAMPLE_REQUEST, dir_fingerprint, run_dir_of
 from pipeline.errors import StageError
 from pipeline.registry import Registry
 
@@ -114,21 +114,32 @@ def _check_compatible(push, newest: int, newest_dir: Path, candidate: Path) -> N
 
 
 def smoke_test(model_name: str, base_path: Path, timeout_s: float, out: Path) -> float:
-    """Serve the one version under `base_path` with the embedded server and predict on one all-zeros
-    row; returns the milliseconds it took."""
+    """Serve the one version under `base_path` with the embedded server and send it the request export ships in
+    assets.extra/sample_request.json (a SavedModel made elsewhere gets one all-zeros row); returns the
+    milliseconds it took."""
+    import requests
+
     from serving.client import RestClient, ServingClientError
     from serving.process import ServerProcess
 
+    sample = next(base_path.glob(f"*/{SHIPPED_SAMPLE_REQUEST}"), None)
     server = ServerProcess(f"--model_name={model_name}", f"--model_base_path={base_path.resolve()}", "--port=0",
                            "--file_system_poll_wait_seconds=0", log_dir=out)
     try:
         server.wait_available(model_name, timeout_s=timeout_s)
         with RestClient(server.url) as client:
-            n_features = client.metadata(model_name)["signatures"]["serving_default"]["inputs"]["x"]["shape"][1]
-            started = time.perf_counter()
-            outputs = client.predict(model_name, [[0.0] * n_features])
-            latency_ms = (time.perf_counter() - started) * 1000
-    except (RuntimeError, TimeoutError, ServingClientError) as e:
+            if sample:
+                body = sample.read_text()
+            else:
+                shape = client.metadata(model_name)["signatures"]["serving_default"]["inputs"]["x"]["shape"]
+                body = json.dumps({"instances": [[0.0] * shape[1]]})
+        started = time.perf_counter()
+        response = requests.post(f"{server.url}/v1/models/{model_name}:predict", data=body, timeout=timeout_s)
+        latency_ms = (time.perf_counter() - started) * 1000
+        if response.status_code != 200:
+            raise RuntimeError(f"predict answered {response.status_code}: {response.text[:300]}")
+        outputs = response.json()
+    except (RuntimeError, TimeoutError, ServingClientError, requests.RequestException) as e:
         raise StageError(f"serve.smoke: the candidate of {model_name!r} did not serve, so it was not published: {e}") \
             from None
     finally:

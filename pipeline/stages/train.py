@@ -57,7 +57,7 @@ class Config:
         return found
 
 
-CONFIG = ("seed", "model", "train.epochs", "train.batch_size", "train.strategy", "train.workers", "train.ps",
+CONFIG = ("seed", "model", "data.augment", "train.epochs", "train.batch_size", "train.strategy", "train.workers", "train.ps",
           "train.backup_dir", "train.init_from", "train.loop", "train.step", "train.learning_rate",
           "train.early_stopping_patience")
 # push.* only locate the version train.init_from names; `resolve` turns that into a path, which is keyed.

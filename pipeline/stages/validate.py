@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import REJECTS, SPLITS, write_schema, write_split
+from pipeline import images
+from pipeline.artifacts import ENCODED_TEST, REJECTS, SPLITS, write_schema, write_split
 from pipeline.errors import StageError
 
 
@@ -26,7 +27,7 @@ class Config:
         return []
 
 
-CONFIG = ("validate",)
+CONFIG = ("validate", "data.classes", "data.max_tokens", "data.sequence_length")
 INPUTS = ("examples",)
 OUTPUTS = ("dataset", "schema")
 
@@ -35,7 +36,8 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     meta = json.loads((inputs["examples"] / "meta.json").read_text())
     raw = np.load(inputs["examples"] / "examples.npz")
     x, labels, split = raw["x"], raw["label"], raw["split"]
-    reasons = _reject_reasons(x, labels, raw["problem"], meta)
+    text = meta["kind"] == "text"
+    reasons = _reject_reasons(x, labels, raw["problem"], meta, cfg.data.classes)
     rejected = reasons != ""
     _write_rejects(REJECTS.in_output(out), raw["row"], split, reasons)
     fraction = float(rejected.mean()) if len(x) else 1.0
@@ -53,15 +55,26 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     dataset.mkdir(parents=True)
     for i, name in enumerate(SPLITS):
         write_split(dataset, name, x[split == i], y[split == i])
-    write_schema(out / "schema", _schema(meta, x[split == 0], raw["x"], classes, y, split, int(rejected.sum())))
+    encoded = inputs["examples"] / "encoded.npz"
+    if encoded.is_file():  # image files as sent by clients, for the test rows kept
+        test_rows = np.flatnonzero(keep)[split == SPLITS.index("test")]
+        with np.load(encoded) as arrays:
+            files = images.unpack(arrays)
+        np.savez(dataset / ENCODED_TEST, **images.pack([files[i] for i in test_rows]))
+    schema = _text_schema(meta, x[split == 0], cfg.data) if text else \
+        _schema(meta, x[split == 0], raw["x"])
+    write_schema(out / "schema", schema | _label_schema(meta, classes, y, split, int(rejected.sum())))
     print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
     return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
 
 
-def _reject_reasons(x: np.ndarray, labels: np.ndarray, problems: np.ndarray, meta: dict) -> np.ndarray:
+def _reject_reasons(x: np.ndarray, labels: np.ndarray, problems: np.ndarray, meta: dict,
+                    classes: tuple[str, ...]) -> np.ndarray:
     reasons = problems.astype(object)
     names = meta["feature_names"]
-    for i in np.flatnonzero((reasons == "") & ~np.isfinite(x).all(axis=1)):
+    if meta["kind"] == "text":
+        reasons[(reasons == "") & (x == "")] = f"empty text in '{names[0]}'"
+    for i in np.flatnonzero((reasons == "") & ~_finite_rows(x)):
         column = int(np.flatnonzero(~np.isfinite(x[i]))[0])
         reasons[i] = f"'{names[column]}' is {x[i, column]} (missing or not finite)"
     for i in np.flatnonzero(reasons == ""):
@@ -69,7 +82,13 @@ def _reject_reasons(x: np.ndarray, labels: np.ndarray, problems: np.ndarray, met
             reasons[i] = "missing label"
         elif meta["task"] == "regression" and not _is_number(labels[i]):
             reasons[i] = f"label {str(labels[i])!r} is not a number (data.task is regression)"
+        elif classes and labels[i] not in classes:
+            reasons[i] = f"label {str(labels[i])!r} is not one of data.classes {list(classes)}"
     return reasons.astype(str)
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    return np.isfinite(x).all(axis=1) if x.dtype.kind == "f" else np.ones(len(x), bool)
 
 
 def _is_number(text: str) -> bool:
@@ -95,10 +114,23 @@ def _write_rejects(path: Path, rows: np.ndarray, split: np.ndarray, reasons: np.
         writer = csv.writer(f)
         writer.writerow(["row", "split", "reason"])
         for i in np.flatnonzero(reasons != ""):
-            writer.writerow([int(rows[i]), SPLITS[split[i]], reasons[i]])
+            writer.writerow([rows[i].item(), SPLITS[split[i]], reasons[i]])
 
 
-def _schema(meta, x_train, x_all, classes, y, split, rejected) -> dict:
+def _text_schema(meta, x_train, data) -> dict:
+    """The vocabulary adapted on the train split: the model's TextVectorization layer holds it."""
+    import tf_keras as keras
+
+    vectorize = keras.layers.TextVectorization(max_tokens=data.max_tokens)
+    vectorize.adapt(x_train)
+    vocabulary = vectorize.get_vocabulary(include_special_tokens=False)
+    print(f"validate: text vocabulary of {len(vocabulary)} tokens adapted on {len(x_train)} train rows")
+    return {"source": meta["source"], "kind": "text", "input_shape": [],
+            "features": [{"name": meta["feature_names"][0], "dtype": "string", "mean": 0.0, "std": 1.0}],
+            "text": {"vocabulary": vocabulary, "sequence_length": data.sequence_length}}
+
+
+def _schema(meta, x_train, x_all) -> dict:
     missing = (~np.isfinite(x_all)).sum(axis=0)
     features = [
         {
@@ -112,11 +144,12 @@ def _schema(meta, x_train, x_all, classes, y, split, rejected) -> dict:
         }
         for j, name in enumerate(meta["feature_names"])
     ]
+    return {"source": meta["source"], "kind": meta["kind"], "input_shape": meta["input_shape"], "features": features}
+
+
+def _label_schema(meta, classes, y, split, rejected) -> dict:
     schema = {
-        "source": meta["source"],
         "task": meta["task"],
-        "input_shape": meta["input_shape"],
-        "features": features,
         "rows": {name: int((split == i).sum()) for i, name in enumerate(SPLITS)},
         "rejected": rejected,
     }

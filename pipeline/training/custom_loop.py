@@ -24,6 +24,7 @@ import tf_keras as keras
 from models import user
 from models.fit import per_example_loss, train_metric
 from pipeline.artifacts import Split
+from pipeline.training.distribute import make_dataset
 
 STEP_SIGNATURE = ("train_step(model, batch: (x, y), optimizer) -> (loss, predictions), run on each replica by "
                   "strategy.run: loss is the replica's mean loss scaled by the global batch "
@@ -63,15 +64,11 @@ def user_step(reference: str) -> Callable:
 
 def fit_custom(model: keras.Model, strategy: tf.distribute.Strategy, train: Split, val: Split, *, task: str,
                epochs: int, global_batch: int, seed: int, step: Callable, callbacks: list, backup: Path,
-               chief: bool) -> dict[str, list[float]]:
+               chief: bool, augment: Callable | None = None) -> dict[str, list[float]]:
     """Train `model` (compiled: its optimizer is used) as model.fit would; the history, as fit's."""
     steps = math.ceil(len(train.y) / global_batch)
-    data = (tf.data.Dataset.from_tensor_slices((train.x, train.y))
-            .shuffle(len(train.y), seed=seed, reshuffle_each_iteration=True).repeat()
-            .batch(global_batch).prefetch(tf.data.AUTOTUNE))
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    iterator = iter(strategy.experimental_distribute_dataset(data.with_options(options)))
+    data = make_dataset(train.x, train.y, global_batch, shuffle_seed=seed, augment=augment, repeat=True)
+    iterator = iter(strategy.experimental_distribute_dataset(data))
     optimizer = model.optimizer
     with strategy.scope():
         metric = train_metric(task)

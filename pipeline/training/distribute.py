@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import get_args
 
 import tensorflow as tf
@@ -77,17 +78,23 @@ def is_chief(config: dict) -> bool:
                                        and "chief" not in config["cluster"])
 
 
-def make_dataset(x, y, global_batch: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """A batched, prefetched dataset; shards by data across workers and replicas."""
+def make_dataset(x, y, global_batch: int, shuffle_seed: int | None = None, augment: Callable | None = None,
+                 repeat: bool = False) -> tf.data.Dataset:
+    """A batched, prefetched dataset, augmented per example when `augment` is given (training); shards by data
+    across workers and replicas."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.batch(global_batch).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def make_dataset_creator(x, y, global_batch: int, shuffle_seed: int | None = None
+def make_dataset_creator(x, y, global_batch: int, shuffle_seed: int | None = None, augment: Callable | None = None
                          ) -> tuple[keras.utils.experimental.DatasetCreator, int]:
     """Per-worker, endlessly repeated input for ParameterServerStrategy, and the steps in one epoch.
 
@@ -99,6 +106,9 @@ def make_dataset_creator(x, y, global_batch: int, shuffle_seed: int | None = Non
         if shuffle_seed is not None:
             ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
         batch = context.get_per_replica_batch_size(global_batch)
-        return ds.repeat().batch(batch).prefetch(tf.data.AUTOTUNE)
+        ds = ds.repeat()
+        if augment is not None:
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
     return keras.utils.experimental.DatasetCreator(dataset_fn), math.ceil(len(x) / global_batch)

@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import tensorflow as tf
@@ -25,6 +26,7 @@ from models.user import UserCodeError
 from pipeline.artifacts import HISTORY, Split, data_spec, read_schema, read_split
 from pipeline.config import keyed, to_dict, view_class, view_from_dict
 from pipeline import progress
+from pipeline.images import augmenter
 from pipeline.errors import StageError
 from pipeline.stages import train as stage
 from pipeline.training import launcher
@@ -123,15 +125,17 @@ def _warm_start(cfg, schema: dict) -> keras.Model:
     return model
 
 
-def _fit(cfg, model: keras.Model, train_split: Split, val: Split, callbacks: list, backup: Path) -> dict:
+def _fit(cfg, model: keras.Model, train_split: Split, val: Split, callbacks: list, backup: Path,
+         augment: Callable | None) -> dict:
     """model.fit, backed up each epoch (BackupAndRestore goes first: an epoch is in the log only once it is
     backed up); the history."""
     if cfg.train.strategy == "parameter_server":
         train_data, steps = make_dataset_creator(train_split.x, train_split.y, cfg.train.batch_size,
-                                                 shuffle_seed=cfg.seed)
+                                                 shuffle_seed=cfg.seed, augment=augment)
         val_data, val_steps = make_dataset_creator(val.x, val.y, cfg.train.batch_size)
     else:
-        train_data = make_dataset(train_split.x, train_split.y, cfg.train.batch_size, shuffle_seed=cfg.seed)
+        train_data = make_dataset(train_split.x, train_split.y, cfg.train.batch_size, shuffle_seed=cfg.seed,
+                                  augment=augment)
         val_data = make_dataset(val.x, val.y, cfg.train.batch_size)
         steps = val_steps = None
     return model.fit(train_data, validation_data=val_data, epochs=cfg.train.epochs, steps_per_epoch=steps,
@@ -161,6 +165,7 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
     if cfg.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=cfg.train.early_stopping_patience, restore_best_weights=True))
+    augment = augmenter(tuple(schema["input_shape"]), cfg.data.augment) if cfg.data.augment else None
     started = time.perf_counter()
     if cfg.train.loop == "custom":
         step = user_step(cfg.train.step) if cfg.train.step else default_step(schema["task"])
@@ -168,11 +173,11 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
         try:
             history = fit_custom(model, strategy, train_split, val, task=schema["task"], epochs=cfg.train.epochs,
                                  global_batch=cfg.train.batch_size, seed=cfg.seed, step=step, callbacks=callbacks,
-                                 backup=backup, chief=chief)
+                                 backup=backup, chief=chief, augment=augment)
         except UserCodeError as e:
             raise StageError(str(e)) from None
     else:
-        history = _fit(cfg, model, train_split, val, callbacks, backup)
+        history = _fit(cfg, model, train_split, val, callbacks, backup, augment)
     seconds = time.perf_counter() - started
     (out / "model").mkdir()
     model.save(out / "model" / "model.keras")

@@ -1,0 +1,98 @@
+"""Write the example data sets the configs in pipeline/configs read, deterministically (they are committed):
+
+  examples/data/shapes/<class>/<n>.png  images.yaml: coloured shapes, 32x32 RGB (CIFAR-10's shape), 4 classes
+  examples/data/diabetes.csv            tabular_regression.yaml: scikit-learn's bundled diabetes data
+  examples/data/topics.csv              text_rnn.yaml: short sentences about one of 4 topics
+
+python -m examples.make_data [--out examples/data]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "cross")
+IMAGES_PER_CLASS = 150
+SIZE = 32
+
+TOPICS = {
+    "sport": "match goal team score player coach league season win referee stadium ball",
+    "weather": "rain sunny cloud storm wind forecast snow cold warm temperature fog humid",
+    "cooking": "recipe oven flour sugar bake boil salt pepper onion garlic pan dinner",
+    "travel": "flight hotel airport passport train ticket beach museum luggage tour map visa",
+}
+FILLER = "the a this that today we it was very really quite my our some after before with and then".split()
+SENTENCES = 1200
+
+
+def shapes(out: Path, rng: np.random.Generator) -> None:
+    for shape in SHAPES:
+        folder = out / shape
+        folder.mkdir(parents=True)
+        for i in range(IMAGES_PER_CLASS):
+            background = tuple(int(v) for v in rng.integers(0, 120, 3))
+            colour = tuple(int(v) for v in rng.integers(120, 256, 3))
+            image = Image.new("RGB", (SIZE, SIZE), background)
+            draw = ImageDraw.Draw(image)
+            r = int(rng.integers(6, 12))
+            cx, cy = (int(v) for v in rng.integers(r + 1, SIZE - r - 1, 2))
+            if shape == "circle":
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+            elif shape == "square":
+                draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+            elif shape == "triangle":
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+            else:
+                w = max(2, r // 3)
+                draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=colour)
+                draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=colour)
+            noise = rng.normal(0, 8, (SIZE, SIZE, 3))
+            pixels = np.clip(np.asarray(image, np.float64) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png", optimize=True)
+
+
+def diabetes(path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*data.feature_names, "label"])
+        writer.writerows([*(f"{v:.6f}" for v in row), int(label)] for row, label in zip(data.data, data.target))
+
+
+def topics(path: Path, rng: np.random.Generator) -> None:
+    """Each sentence: 2-4 words of its topic, 1 word of another topic, and filler, shuffled."""
+    names = list(TOPICS)
+    words = {name: TOPICS[name].split() for name in names}
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for _ in range(SENTENCES):
+            topic = names[int(rng.integers(len(names)))]
+            other = names[(names.index(topic) + int(rng.integers(1, len(names)))) % len(names)]
+            sentence = [*rng.choice(words[topic], int(rng.integers(2, 5))), rng.choice(words[other]),
+                        *rng.choice(FILLER, int(rng.integers(3, 7)))]
+            rng.shuffle(sentence)
+            writer.writerow([" ".join(sentence).capitalize() + ".", topic])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
+    out = parser.parse_args(argv).out
+    shutil.rmtree(out / "shapes", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shapes(out / "shapes", np.random.default_rng(0))
+    diabetes(out / "diabetes.csv")
+    topics(out / "topics.csv", np.random.default_rng(1))
+    print(f"wrote {out}/shapes ({len(SHAPES)} x {IMAGES_PER_CLASS} images), diabetes.csv, topics.csv")
+
+
+if __name__ == "__main__":
+    main()

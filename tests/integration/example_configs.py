@@ -1,0 +1,60 @@
+"""Run a config of pipeline/configs as shipped, from the repository root (its data paths are relative to it),
+with only the output places moved to a temporary directory."""
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from serving.local import free_port
+from serving.process import ServerProcess
+from tests.pipeline_cli import ROOT, pipeline_command, pipeline_env
+
+
+@dataclass
+class ExampleRun:
+    name: str
+    workdir: Path
+    seconds: float
+    stages: dict[str, dict]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / "runs" / "latest"
+
+    @property
+    def stated(self) -> dict:
+        """The figures the config states (its evaluate gates)."""
+        return yaml.safe_load((ROOT / "pipeline" / "configs" / f"{self.name}.yaml").read_text())["evaluate"]
+
+    def serve(self) -> tuple[ServerProcess, int]:
+        grpc_port = free_port()
+        server = ServerProcess(f"--model_name={self.name}", f"--model_base_path={self.workdir / 'repo' / self.name}",
+                               f"--port={grpc_port}", log_dir=self.workdir)
+        server.wait_available(self.name)
+        return server, grpc_port
+
+
+def run_example(name: str, workdir: Path) -> ExampleRun:
+    started = time.perf_counter()
+    result = subprocess.run(pipeline_command("--config", name, f"output_dir={workdir / 'runs'}",
+                                             f"push.repository={workdir / 'repo'}"),
+                            cwd=ROOT, env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((workdir / "runs" / "latest" / "manifest.json").read_text())
+    stages = {s["name"]: s for s in manifest["stages"]}
+    print(f"{name}: whole run {seconds:.1f} s, train {stages['train']['wall_s']:.1f} s, "
+          f"evaluate {stages['evaluate']['metrics']}")
+    return ExampleRun(name, workdir, seconds, stages)
+
+
+def assert_meets_its_stated_figure(run: ExampleRun) -> None:
+    metrics = run.stages["evaluate"]["metrics"]
+    if "min_accuracy" in run.stated:
+        assert metrics["accuracy"] >= run.stated["min_accuracy"], metrics
+    if run.stated.get("max_mae") is not None:
+        assert metrics["mae"] <= run.stated["max_mae"], metrics
+    assert (run.workdir / "repo" / run.name / "1" / "saved_model.pb").is_file()  # pushed under the config's name

@@ -1,0 +1,65 @@
+"""pipeline/configs/text_rnn.yaml and tabular_regression.yaml as shipped: each meets the figure it states,
+pushes a model named after itself, and the served model takes raw text (vectorized inside the SavedModel)
+or rows of numbers and answers exactly as the trained model computes."""
+import numpy as np
+import pytest
+import requests
+import tf_keras as keras
+
+from pipeline.artifacts import read_split
+from serving.client import GrpcClient, RestClient
+from tests.integration.example_configs import assert_meets_its_stated_figure, run_example
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = ["Rain and wind in the forecast today", "The team scored a late goal", "Bake it in the oven with sugar",
+             "Our flight left the airport after the hotel", "zzz unknown words only"]
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    return run_example("text_rnn", tmp_path_factory.mktemp("text_rnn"))
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory):
+    return run_example("tabular_regression", tmp_path_factory.mktemp("tabular_regression"))
+
+
+def test_text_rnn_meets_its_stated_accuracy(text):
+    assert_meets_its_stated_figure(text)
+
+
+def test_clients_send_raw_text_and_get_the_trained_models_answer(text):
+    model = keras.models.load_model(text.run_dir / "train" / "model" / "model.keras")
+    expected = model.predict(np.array(SENTENCES), verbose=0)
+    assert [int(i) for i in expected[:4].argmax(axis=1)] == [3, 1, 0, 2]  # weather, sport, cooking, travel
+    server, grpc_port = text.serve()
+    try:
+        answer = requests.post(f"{server.url}/v1/models/text_rnn:predict", json={"instances": SENTENCES}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        served = np.array([p["probabilities"] for p in answer.json()["predictions"]])
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+        with GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+            np.testing.assert_allclose(grpc_client.predict("text_rnn", SENTENCES)["probabilities"], expected,
+                                       rtol=1e-5, atol=1e-6)
+        with RestClient(server.url) as rest:
+            scores = rest.classify("text_rnn", [{"x": SENTENCES[0]}], signature_name="classify")[0]
+            assert max(scores, key=lambda c: c[1])[0] == "weather"
+    finally:
+        server.stop()
+
+
+def test_tabular_regression_meets_its_stated_mae_and_regresses_rows(tabular):
+    assert_meets_its_stated_figure(tabular)
+    test = read_split(tabular.run_dir / "validate" / "dataset", "test")
+    model = keras.models.load_model(tabular.run_dir / "train" / "model" / "model.keras")
+    expected = model.predict(test.x[:4], verbose=0)[:, 0]
+    server, _ = tabular.serve()
+    try:
+        with RestClient(server.url) as rest:
+            values = rest.regress("tabular_regression", [{"x": row.tolist()} for row in test.x[:4]],
+                                  signature_name="regress")
+        np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-4)
+    finally:
+        server.stop()
