@@ -59,6 +59,8 @@ class DataSpec:
     kind: Literal["numeric", "image", "text"] = "numeric"  # image: pixels of resized images; text: one string
     vocabulary: tuple[str, ...] = ()  # text: the tokens adapted on the train split, for TextVectorization
     sequence_length: int = 0  # text: tokens per example
+    categories: tuple[int, ...] = ()  # vocabulary sizes of the last features, categorical: 1 + their position in
+    # the vocabulary, 0 for a value not in it
 
     def __post_init__(self):
         if math.prod(self.input_shape) != self.n_features:

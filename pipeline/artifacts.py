@@ -30,22 +30,32 @@ def read_split(dataset: Path, split: str) -> Split:
         return Split(arrays["x"], arrays["y"])
 
 
-def write_split(dataset: Path, split: str, x: np.ndarray, y: np.ndarray) -> None:
-    np.savez(dataset / f"{split}.npz", x=x, y=y)
+def write_split(dataset: Path, split: str, x: np.ndarray, y: np.ndarray, **extra: np.ndarray) -> None:
+    """`extra`: arrays beside x and y, e.g. the categorical columns' strings (`categorical`)."""
+    np.savez(dataset / f"{split}.npz", x=x, y=y, **extra)
 
 
 ENCODED_TEST = "test_encoded.npz"  # in the dataset, for image folders: the test rows' files as clients send them
 
 
-def raw_inputs(dataset: Path, schema: dict, n: int) -> np.ndarray:
-    """The first `n` test rows as a client sends them to the served model: rows of numbers, texts, or
-    encoded image files (bytes), whose pixels the SavedModel computes itself."""
+def raw_inputs(dataset: Path, schema: dict, n: int) -> dict[str, np.ndarray]:
+    """The first `n` test rows as a client sends them to the served model, by input name: `x` holds rows of
+    numbers, texts, or encoded image files (bytes, whose pixels the SavedModel computes itself), and each
+    categorical column its strings."""
     if schema.get("kind") == "image":
         from pipeline import images
 
         with np.load(dataset / ENCODED_TEST) as arrays:
-            return np.array(images.unpack(arrays)[:n], dtype=object)
-    return read_split(dataset, "test").x[:n]
+            return {"x": np.array(images.unpack(arrays)[:n], dtype=object)}
+    with np.load(dataset / "test.npz") as arrays:
+        names = categorical_names(schema)
+        x = arrays["x"][:n, :arrays["x"].shape[1] - len(names)] if names else arrays["x"][:n]
+        return {"x": x, **{name: arrays["categorical"][:n, j] for j, name in enumerate(names)}}
+
+
+def categorical_names(schema: dict) -> list[str]:
+    """The categorical columns: the last features, each a serving input of its own."""
+    return [f["name"] for f in schema["features"] if f.get("dtype") == "category"]
 
 
 def read_schema(schema: Path) -> dict:
@@ -62,6 +72,7 @@ def data_spec(schema: dict) -> DataSpec:
     features = schema["features"]
     text = schema.get("text", {})
     return DataSpec(
+        categories=tuple(len(f["vocabulary"]) for f in features if f.get("dtype") == "category"),
         n_features=len(features),
         input_shape=tuple(schema["input_shape"]),
         task=schema["task"],

@@ -25,23 +25,36 @@ METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflo
 
 
 def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonfinite: bool,
-         sample: np.ndarray) -> None:
+         sample: dict[str, np.ndarray]) -> None:
     """Write `model` as a SavedModel at `path` with TF Serving's signatures (and Keras metadata: warm starts load
-    it); `sample` (one row as a client sends it) is the warmup request."""
-    n = len(schema["features"])
+    it); `sample` (one row as a client sends it, by input name) is the warmup request."""
     kind = schema.get("kind", "numeric")
-    to_model = _image_pixels(schema) if kind == "image" else (lambda x: x)
+    categorical = [f for f in schema["features"] if f.get("dtype") == "category"]
+    n = len(schema["features"]) - len(categorical)
+    pixels = _image_pixels(schema) if kind == "image" else None
 
-    def run(x):
+    def run(inputs: dict):
+        x = inputs[INPUT]
         if reject_nonfinite and kind == "numeric":
             x = tf.debugging.assert_all_finite(x, f"input '{INPUT}' must hold finite numbers, as in training")
-        return model(to_model(x), training=False)
+        if pixels:
+            x = pixels(x)
+        if categorical:
+            x = tf.concat([x, *(_category_index(inputs[f["name"]], f["vocabulary"]) for f in categorical)], axis=1)
+        return model(x, training=False)
 
-    spec = tf.TensorSpec([None, n], tf.float32, name=INPUT) if kind == "numeric" else \
-        tf.TensorSpec([None], tf.string, name=INPUT)
-    parse = (lambda examples: numeric_feature(examples, INPUT, n)) if kind == "numeric" else \
-        (lambda examples: tf.io.parse_example(examples, {INPUT: tf.io.FixedLenFeature([], tf.string)})[INPUT])
-    signatures = {"serving_default": _predict_fn(run, spec, schema["task"])}
+    specs = [tf.TensorSpec([None, n], tf.float32, name=INPUT) if kind == "numeric" else
+             tf.TensorSpec([None], tf.string, name=INPUT), *(tf.TensorSpec([None], tf.string, name=f["name"])
+                                                             for f in categorical)]
+    strings = {f["name"]: tf.io.FixedLenFeature([], tf.string, default_value="") for f in categorical}
+    if kind != "numeric":  # the text, or the image file
+        strings[INPUT] = tf.io.FixedLenFeature([], tf.string)
+
+    def parse(examples) -> dict:
+        parsed = tf.io.parse_example(examples, strings) if strings else {}
+        return {INPUT: numeric_feature(examples, INPUT, n), **parsed} if kind == "numeric" else parsed
+
+    signatures = {"serving_default": _predict_fn(run, specs, schema["task"])}
     if schema["task"] == "classification":
         signatures["classify"] = _classify_fn(run, parse, schema["classes"])
     else:
@@ -50,6 +63,14 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
     _set_method_names(path)
     if warmup:
         _write_warmup(path, sample)
+
+
+def _category_index(values, vocabulary: list[str]):
+    """1 + each string's position in `vocabulary`, 0 when it is not there, as a float32 column: what validate's
+    `lookup` computed for training, in plain ops (no lookup-table resource for the SavedModel to track)."""
+    matches = tf.equal(values[:, None], tf.constant(vocabulary)[None, :])
+    position = tf.cast(tf.argmax(tf.cast(matches, tf.int32), axis=1), tf.float32) + 1
+    return tf.where(tf.reduce_any(matches, axis=1), position, 0.0)[:, None]
 
 
 def _image_pixels(schema: dict):
@@ -66,10 +87,10 @@ def _image_pixels(schema: dict):
     return pixels
 
 
-def _predict_fn(run, spec: tf.TensorSpec, task: str):
-    @tf.function(input_signature=[spec])
-    def predict(x):
-        y = run(x)
+def _predict_fn(run, specs: list[tf.TensorSpec], task: str):
+    @tf.function(input_signature=specs)
+    def predict(*inputs):
+        y = run({spec.name: value for spec, value in zip(specs, inputs)})
         if task == "classification":
             return {"probabilities": y, "class_id": tf.argmax(y, axis=-1)}
         return {"value": tf.squeeze(y, axis=-1)}
@@ -147,11 +168,12 @@ def _set_method_names(path: Path) -> None:
     pb.write_bytes(saved.SerializeToString())
 
 
-def _write_warmup(path: Path, rows: np.ndarray) -> None:
+def _write_warmup(path: Path, inputs: dict[str, np.ndarray]) -> None:
     """One predict request in TF Serving's warmup format, so the first real request is not slow."""
     request = predict_pb2.PredictRequest()
     request.model_spec.signature_name = "serving_default"
-    request.inputs[INPUT].CopyFrom(tf.make_tensor_proto(rows))
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
     (path / "assets.extra").mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:

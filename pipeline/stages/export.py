@@ -39,6 +39,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     import tf_keras as keras
 
     from pipeline import saved_model
+    from pipeline.saved_model import INPUT
     from pipeline.compression.variants import tfmot_scope
 
     schema = read_schema(inputs["schema"])
@@ -46,17 +47,17 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     with tfmot_scope():  # a QAT variant keeps its quantization wrappers
         model = keras.models.load_model(inputs["compressed"] / "model.keras")
     path = out / "saved_model"
-    if schema.get("kind", "numeric") == "numeric":
-        sample = np.array([[f["mean"] for f in schema["features"]]], dtype=np.float32)
-    else:  # a text or an image file of the test split, as a client sends it
-        sample = raw_inputs(inputs["dataset"], schema, 1)
+    sample = raw_inputs(inputs["dataset"], schema, 1)  # a test row as a client sends it (an image file, a text...)
+    if schema.get("kind", "numeric") == "numeric":  # numbers: the average row, easier to read and edit
+        sample[INPUT] = np.array([[f["mean"] for f in schema["features"] if f.get("dtype") != "category"]], np.float32)
     saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite, sample)
     for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
         (path / "assets.extra").mkdir(exist_ok=True)
         shutil.copy(tflite, path / "assets.extra" / tflite.name)
     described = repository.signatures(path)
     SIGNATURES.in_output(out).write_text(json.dumps(described, indent=2))
-    request = json.dumps({"instances": [_as_json(v) for v in sample]})  # for curl -d @..., and push's smoke test
+    row = {name: _as_json(value[0]) for name, value in sample.items()}
+    request = json.dumps({"instances": [row if len(row) > 1 else row[INPUT]]})  # for curl -d @..., and push's smoke test
     SAMPLE_REQUEST.in_output(out).write_text(request)
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / SHIPPED_SAMPLE_REQUEST).write_text(request)

@@ -60,18 +60,19 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     return result
 
 
-def _in_process(saved_model: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
+def _in_process(saved_model: Path, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     function = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    return {name: value.numpy() for name, value in function(x=tf.constant(rows)).items()}
+    return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in rows.items()}).items()}
 
 
-def _validate(c, base: Path, rows: np.ndarray, expected: dict[str, np.ndarray], out: Path) -> dict:
+def _validate(c, base: Path, rows: dict[str, np.ndarray], expected: dict[str, np.ndarray], out: Path) -> dict:
     from serving.client import GrpcClient, RestClient, ServingClientError
     from serving.local import free_port
     from serving.process import ServerProcess
 
+    n = len(rows["x"])
     grpc_port = free_port()
     server = ServerProcess(f"--model_name={NAME}", f"--model_base_path={base.resolve()}", f"--port={grpc_port}",
                            "--file_system_poll_wait_seconds=0", log_dir=out)
@@ -81,18 +82,18 @@ def _validate(c, base: Path, rows: np.ndarray, expected: dict[str, np.ndarray], 
             worst = {name: _worst_difference(client.predict(NAME, rows), expected, c.tolerance, name)
                      for name, client in (("REST", rest), ("gRPC", grpc_client))}
             latencies = []
-            for i in np.arange(c.requests) % len(rows):
+            for i in np.arange(c.requests) % n:
                 started = time.perf_counter()
-                rest.predict(NAME, rows[i:i + 1])
+                rest.predict(NAME, {name: value[i:i + 1] for name, value in rows.items()})
                 latencies.append((time.perf_counter() - started) * 1000)
     except (RuntimeError, TimeoutError, ServingClientError) as e:
         raise StageError(f"infra_validate: the candidate did not serve: {e}") from None
     finally:
         server.stop()
     p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
-    result = {"rows": len(rows), "max_abs_difference": worst, "tolerance": c.tolerance, "p50_ms": round(p50, 3),
+    result = {"rows": n, "max_abs_difference": worst, "tolerance": c.tolerance, "p50_ms": round(p50, 3),
               "p99_ms": round(p99, 3), "requests": c.requests}
-    print(f"infra_validate: {len(rows)} rows served over REST and gRPC as computed in process; "
+    print(f"infra_validate: {n} rows served over REST and gRPC as computed in process; "
           f"single-row latency p50 {p50:.2f} ms, p99 {p99:.2f} ms over {c.requests} requests")
     if p99 > c.max_p99_ms:
         raise StageError(f"infra_validate: p99 latency {p99:.2f} ms (p50 {p50:.2f} ms, {c.requests} single-row "

@@ -1,4 +1,5 @@
-"""Read the raw data (bundled digits, a CSV file, an .npz file or a folder of images per class) and split it by seed.
+"""Read the raw data (bundled digits, a CSV or Parquet file, an .npz file or a folder of images per class) and
+split it by seed.
 
 Cells that cannot be read are kept (as NaN, with the reason) for validate to set aside:
 ingest never drops a row. A column that is mostly not numbers is a wrong file, and fails here.
@@ -8,9 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -21,11 +23,13 @@ from pipeline.errors import StageError
 
 @dataclass(frozen=True)
 class Config:
-    source: str = "digits"  # "digits" (bundled with scikit-learn), a path to a .csv / .npz file, or a directory
+    source: str = "digits"  # "digits" (bundled with scikit-learn), a .csv / .parquet / .npz file, or a directory
     # of images with one sub-folder per class (pipeline.images)
     task: Literal["auto", "classification", "regression"] = "auto"  # auto: decided from the labels, and said why
     label: str = "label"  # the CSV label column
     features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
+    categorical: tuple[str, ...] = ()  # CSV columns of categories (strings): the model looks them up in vocabularies
+    # adapted on the train split, and clients send the strings as inputs named after the columns
     input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
     classes: tuple[str, ...] = ()  # classification: the labels expected; a row labelled otherwise is rejected with
     # the reason (empty = the labels found)
@@ -44,9 +48,9 @@ class Config:
             path = Path(self.source)
             if path.is_dir():
                 pass
-            elif path.suffix not in (".csv", ".npz"):
-                found.append(f"source: expected 'digits', a .csv or .npz file or a directory of class folders, "
-                             f"received {self.source!r}.")
+            elif path.suffix not in TABLES + (".npz",):
+                found.append(f"source: expected 'digits', a .csv, .parquet or .npz file or a directory of class "
+                             f"folders, received {self.source!r}.")
             elif not path.is_file():
                 found.append(f"source: no such file {str(path.resolve())!r}.")
         for name in ("val_fraction", "test_fraction"):
@@ -61,6 +65,14 @@ class Config:
         unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
         if unknown:
             found.append(f"augment: expected any of {list(AUGMENTATIONS)}, received {unknown}.")
+        bad = [c for c in self.categorical if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", c) or c == "x"]
+        if bad:
+            found.append(f"categorical: {bad} cannot name serving inputs (each categorical column is one); expected "
+                         f"letters, digits and _ starting with a letter, and not 'x' (the numeric features). "
+                         f"Rename the column(s) in the file.")
+        if self.categorical and self.input_shape:
+            found.append(f"input_shape: {list(self.input_shape)} reshapes rows for a cnn or rnn; rows with categorical "
+                         f"columns are flat: set data.input_shape=[] and model.name=mlp (or a builder of yours).")
         for name in ("max_tokens", "sequence_length"):
             if getattr(self, name) < 1:
                 found.append(f"{name}: expected a positive integer, received {getattr(self, name)}.")
@@ -68,7 +80,9 @@ class Config:
 
 
 AUGMENTATIONS = ("flip", "crop")
-CONFIG = ("seed", "data.source", "data.task", "data.label", "data.features", "data.input_shape", "data.text_column",
+TABLES = (".csv", ".parquet")
+CONFIG = ("seed", "data.source", "data.task", "data.label", "data.features", "data.categorical", "data.input_shape",
+          "data.text_column",
           "data.image_size", "data.channels", "data.val_fraction", "data.test_fraction")
 INPUTS = ()
 OUTPUTS = ("examples",)
@@ -84,20 +98,19 @@ def external_inputs(cfg) -> list[Path]:
 
 def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     data: Config = cfg.data
-    kind, encoded = "numeric", None
     if data.source == "digits":
         table = _read_digits()
     elif Path(data.source).is_dir():
-        kind, (*table, encoded) = "image", _read_images(Path(data.source), data)
+        table = _read_images(Path(data.source), data)
     elif data.source.endswith(".npz"):
         table = _read_npz(Path(data.source))
     elif data.text_column:
-        kind, table = "text", _read_text_csv(Path(data.source), data)
+        table = _read_text_table(Path(data.source), data)
     else:
-        table = _read_csv(Path(data.source), data)
-    x, labels, rows, problems, feature_names, stored_shape = table
+        table = _read_table(Path(data.source), data)
+    x, labels, rows, problems, feature_names, stored_shape, kind = table[:7]
     input_shape = (tuple(data.input_shape) or stored_shape) if kind == "numeric" else stored_shape
-    if kind == "numeric" and math.prod(input_shape) != x.shape[1]:
+    if kind == "numeric" and math.prod(input_shape) != len(feature_names):
         raise StageError(
             f"data.input_shape {list(input_shape)} holds {math.prod(input_shape)} values, but "
             f"{data.source} has {x.shape[1]} features per row. Set data.input_shape to a shape "
@@ -110,21 +123,37 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     split = _split(len(x), data.val_fraction, data.test_fraction, cfg.seed)
     out_dir = out / "examples"
     out_dir.mkdir(parents=True)
-    np.savez(out_dir / "examples.npz", x=x, label=labels, row=rows, problem=problems, split=split)
-    if encoded is not None:  # the files as clients will send them: for export's samples and infra_validate
-        np.savez(out_dir / "encoded.npz", **images.pack(encoded))
+    categorical = {} if table.categorical is None else {"categorical": table.categorical}
+    np.savez(out_dir / "examples.npz", x=x, label=labels, row=rows, problem=problems, split=split, **categorical)
+    if table.encoded is not None:  # the files as clients will send them: for export's samples and infra_validate
+        np.savez(out_dir / "encoded.npz", **images.pack(table.encoded))
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     meta = {
         "source": data.source,
         "task": task,
         "kind": kind,
         "feature_names": feature_names,
+        "categorical": list(data.categorical) if table.categorical is not None else [],
         "input_shape": list(input_shape),
         "rows": counts,
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     print(f"ingest: {len(x)} {kind} rows x {len(feature_names)} features from {data.source} -> {counts}")
     return {"rows": len(x), "features": len(feature_names), "unreadable_rows": int((problems != "").sum())}
+
+
+class Table(NamedTuple):
+    """What a reader found: every row kept, with the reason it cannot be used in `problems` ("" when it can)."""
+
+    x: np.ndarray  # float32 [rows, numeric features], or str [rows] for text
+    labels: np.ndarray
+    rows: np.ndarray  # where each row came from: a line number, an index, or a file's path
+    problems: np.ndarray
+    feature_names: list[str]  # numeric features, then categorical ones
+    stored_shape: tuple[int, ...]
+    kind: str = "numeric"
+    encoded: list[bytes] | None = None  # image files as stored
+    categorical: np.ndarray | None = None  # str [rows, categorical columns]
 
 
 MAX_CLASSES = 20  # whole-number labels with more distinct values than this are taken as a quantity
@@ -154,7 +183,7 @@ def _read_digits():
     n = len(digits.target)
     names = [f"pixel_{i}" for i in range(digits.data.shape[1])]
     labels = digits.target.astype(str)
-    return digits.data.astype(np.float32), labels, np.arange(n), np.full(n, ""), names, (8, 8, 1)
+    return Table(digits.data.astype(np.float32), labels, np.arange(n), np.full(n, ""), names, (8, 8, 1))
 
 
 def _read_images(root: Path, data: Config):
@@ -171,7 +200,7 @@ def _read_images(root: Path, data: Config):
           f"{list(size)}x{data.channels}", flush=True)
     x, labels, rows, problems, encoded = images.read_image_folders(root, size, data.channels)
     names = [f"pixel_{i}" for i in range(x.shape[1])]
-    return x, labels, rows, problems, names, (*size, data.channels), encoded
+    return Table(x, labels, rows, problems, names, (*size, data.channels), "image", encoded)
 
 
 def _read_npz(path: Path):
@@ -194,16 +223,12 @@ def _read_npz(path: Path):
     n = len(x)
     flat = x.reshape(n, -1).astype(np.float32)
     names = [f"x_{i}" for i in range(flat.shape[1])]
-    return flat, y.astype(str), np.arange(n), np.full(n, ""), names, tuple(x.shape[1:])
+    return Table(flat, y.astype(str), np.arange(n), np.full(n, ""), names, tuple(x.shape[1:]))
 
 
-def _csv_records(path: Path, data: Config) -> tuple[list[str], list[list[str]]]:
-    """The header and the data rows, the label column checked."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            records = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise StageError(f"data.source {str(path)!r} is not a readable UTF-8 CSV file: {e}") from None
+def _records(path: Path, data: Config) -> tuple[list[str], list[list[str]]]:
+    """The header and the data rows as text, from a CSV or a Parquet file, the label column checked."""
+    records = _parquet_records(path) if path.suffix == ".parquet" else _csv_records(path)
     if not records:
         raise StageError(f"data.source {str(path)!r} is empty; expected a header row and data rows.")
     header = [h.strip() for h in records[0]]
@@ -215,9 +240,30 @@ def _csv_records(path: Path, data: Config) -> tuple[list[str], list[list[str]]]:
     return header, records[1:]
 
 
-def _read_text_csv(path: Path, data: Config):
+def _csv_records(path: Path) -> list[list[str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise StageError(f"data.source {str(path)!r} is not a readable UTF-8 CSV file: {e}") from None
+
+
+def _parquet_records(path: Path) -> list[list[str]]:
+    """A Parquet table as CSV-like text rows (nulls as empty cells), so both are checked by the same rules."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise StageError(f"data.source {str(path)!r} is not a readable Parquet file: {e}") from None
+    columns = [["" if v is None else str(v) for v in column.to_pylist()] for column in table.columns]
+    return [table.column_names, *map(list, zip(*columns))]
+
+
+def _read_text_table(path: Path, data: Config) -> Table:
     """One column of free text: each row's text is the model's input, as a string."""
-    header, body = _csv_records(path, data)
+    header, body = _records(path, data)
     if data.text_column not in header:
         raise StageError(f"data.source {str(path)!r}: text column {data.text_column!r} (data.text_column) not found. "
                          f"Columns in the file: {header}.")
@@ -234,21 +280,25 @@ def _read_text_csv(path: Path, data: Config):
         raise StageError(f"data.source {str(path)!r}: text column {data.text_column!r} is empty in all {len(body)} "
                          f"rows; name the column that holds the text in data.text_column.")
     rows = np.arange(2, len(body) + 2)
-    return texts.astype(str), labels.astype(str), rows, problems.astype(str), [data.text_column], ()
+    return Table(texts.astype(str), labels.astype(str), rows, problems.astype(str), [data.text_column], (), "text")
 
 
-def _read_csv(path: Path, data: Config):
-    header, body = _csv_records(path, data)
-    features = list(data.features) or [h for h in header if h != data.label]
-    absent = [c for c in features if c not in header]
+def _read_table(path: Path, data: Config) -> Table:
+    header, body = _records(path, data)
+    chosen = list(data.features) or [h for h in header if h != data.label]
+    categorical = list(data.categorical)
+    features = [c for c in chosen if c not in categorical]
+    absent = [c for c in features + categorical if c not in header]
     if absent:
         raise StageError(
             f"data.source {str(path)!r}: feature columns {absent} (data.features) not found. "
             f"Columns in the file: {header}."
         )
     columns = [header.index(c) for c in features]
+    category_columns = [header.index(c) for c in categorical]
     label_column = header.index(data.label)
     x = np.full((len(body), len(features)), np.nan, dtype=np.float32)
+    categories = np.full((len(body), len(categorical)), "", dtype=object)
     labels = np.full(len(body), "", dtype=object)
     problems = np.full(len(body), "", dtype=object)
     bad_cells = {c: [] for c in features}
@@ -266,10 +316,16 @@ def _read_csv(path: Path, data: Config):
                 reasons.append(f"missing '{name}'" if not cell else f"'{name}' is {cell!r}, not a number")
                 if cell:
                     bad_cells[name].append(cell)
+        for j, (name, column) in enumerate(zip(categorical, category_columns)):
+            categories[i, j] = record[column].strip()
+            if not categories[i, j]:
+                reasons.append(f"missing '{name}'")
         problems[i] = "; ".join(reasons)
     _check_numeric_columns(path, bad_cells, len(body))
     rows = np.arange(2, len(body) + 2)  # line numbers in the file, header is line 1
-    return x, labels.astype(str), rows, problems.astype(str), features, (len(features),)
+    names = features + categorical
+    return Table(x, labels.astype(str), rows, problems.astype(str), names, (len(names),),
+                 categorical=categories.astype(str) if categorical else None)
 
 
 def _check_numeric_columns(path: Path, bad_cells: dict[str, list[str]], n_rows: int) -> None:
@@ -278,8 +334,9 @@ def _check_numeric_columns(path: Path, bad_cells: dict[str, list[str]], n_rows: 
         if n_rows and len(cells) > n_rows / 2:
             raise StageError(
                 f"data.source {str(path)!r}: column {name!r} should hold numbers (float32), but "
-                f"{len(cells)} of {n_rows} rows hold text, e.g. {cells[:3]}. Remove it from "
-                f"data.features, or make it the label with data.label={name}."
+                f"{len(cells)} of {n_rows} rows hold text, e.g. {cells[:3]}. Name it in data.categorical (categories) "
+                f"or data.text_column (free text), remove it from data.features, or make it the label with "
+                f"data.label={name}."
             )
 
 

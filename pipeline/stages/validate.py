@@ -51,10 +51,16 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     keep = ~rejected
     classes, y = _targets(labels[keep], meta["task"])
     x, split = x[keep], split[keep]
+    categories = raw["categorical"][keep] if "categorical" in raw.files else None
+    vocabularies = {}
+    if categories is not None:  # learnt from the train split only; a value first seen later is index 0
+        vocabularies = {name: _vocabulary(categories[split == 0, j]) for j, name in enumerate(meta["categorical"])}
+        x = np.concatenate([x, lookup(categories, list(vocabularies.values()))], axis=1)
     dataset = out / "dataset"
     dataset.mkdir(parents=True)
     for i, name in enumerate(SPLITS):
-        write_split(dataset, name, x[split == i], y[split == i])
+        strings = {} if categories is None else {"categorical": categories[split == i]}
+        write_split(dataset, name, x[split == i], y[split == i], **strings)
     encoded = inputs["examples"] / "encoded.npz"
     if encoded.is_file():  # image files as sent by clients, for the test rows kept
         test_rows = np.flatnonzero(keep)[split == SPLITS.index("test")]
@@ -62,7 +68,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
             files = images.unpack(arrays)
         np.savez(dataset / ENCODED_TEST, **images.pack([files[i] for i in test_rows]))
     schema = _text_schema(meta, x[split == 0], cfg.data) if text else \
-        _schema(meta, x[split == 0], raw["x"])
+        _schema(meta, x[split == 0], raw["x"], vocabularies)
     write_schema(out / "schema", schema | _label_schema(meta, classes, y, split, int(rejected.sum())))
     print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
     return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
@@ -130,7 +136,23 @@ def _text_schema(meta, x_train, data) -> dict:
             "text": {"vocabulary": vocabulary, "sequence_length": data.sequence_length}}
 
 
-def _schema(meta, x_train, x_all) -> dict:
+def _vocabulary(values: np.ndarray) -> list[str]:
+    """A categorical column's values, most frequent first (ties in alphabetical order)."""
+    names, counts = np.unique(values, return_counts=True)
+    return [str(names[i]) for i in sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))]
+
+
+def lookup(categories: np.ndarray, vocabularies: list[list[str]]) -> np.ndarray:
+    """Category strings [rows, columns] -> float32 indices: 1 + the position in the column's vocabulary, 0 when
+    the value is not in it (the exported model computes the same from the strings clients send)."""
+    indices = np.zeros(categories.shape, np.float32)
+    for j, vocabulary in enumerate(vocabularies):
+        position = {value: k + 1 for k, value in enumerate(vocabulary)}
+        indices[:, j] = [position.get(v, 0) for v in categories[:, j]]
+    return indices
+
+
+def _schema(meta, x_train, x_all, vocabularies: dict[str, list[str]]) -> dict:
     missing = (~np.isfinite(x_all)).sum(axis=0)
     features = [
         {
@@ -142,8 +164,10 @@ def _schema(meta, x_train, x_all) -> dict:
             "std": float(x_train[:, j].std()),
             "missing": int(missing[j]),
         }
-        for j, name in enumerate(meta["feature_names"])
+        for j, name in enumerate(meta["feature_names"][:x_all.shape[1]])
     ]
+    features += [{"name": name, "dtype": "category", "vocabulary": vocabulary, "min": 0.0, "max": float(len(vocabulary)),
+                  "mean": 0.0, "std": 1.0, "missing": 0} for name, vocabulary in vocabularies.items()]
     return {"source": meta["source"], "kind": meta["kind"], "input_shape": meta["input_shape"], "features": features}
 
 

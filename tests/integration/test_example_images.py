@@ -41,7 +41,7 @@ def test_images_meets_its_stated_accuracy(images):
 
 def test_served_predictions_on_image_files_equal_the_training_pipelines(images):
     dataset, schema = images.run_dir / "validate" / "dataset", read_schema(images.run_dir / "validate" / "schema")
-    files = raw_inputs(dataset, schema, 16)
+    files = raw_inputs(dataset, schema, 16)["x"]
     expected = trained_model(images).predict(read_split(dataset, "test").x[:16], verbose=0)  # pixels ingest made
     server, grpc_port = images.serve()
     try:

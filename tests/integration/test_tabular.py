@@ -87,3 +87,43 @@ def test_diabetes_regression_beats_the_mean_and_serves_whole_numbers(tmp_path):
         assert answer.status_code == 400 and "input 'x' must hold finite numbers" in answer.json()["error"]
     finally:
         server.stop()
+
+
+def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
+    """The label depends on a categorical column only: clients send the city's name, the model looks it up."""
+    rng = np.random.default_rng(0)
+    cities = {"paris": "cold", "oslo": "cold", "rome": "warm", "lima": "warm"}
+    source = tmp_path / "weather.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["size", "city", "label"])
+        for i in range(400):
+            city = list(cities)[i % 4]
+            writer.writerow([f"{rng.normal():.3f}", city, cities[city]])
+    result = run_pipeline(tmp_path, f"data.source={source}", "data.categorical=[city]", *TABULAR, "train.epochs=15",
+                          "compress.variants=[]", "serve.smoke=true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stage(tmp_path, "evaluate")["metrics"]["accuracy"] == 1.0
+    import tf_keras as keras
+
+    run = tmp_path / "runs" / "latest"
+    test = np.load(run / "validate" / "dataset" / "test.npz")
+    expected = keras.models.load_model(run / "train" / "model" / "model.keras").predict(test["x"][:6], verbose=0)
+    rows = {"x": test["x"][:6, :1], "city": test["categorical"][:6, 0]}
+    grpc_port = free_port()
+    server = ServerProcess("--model_name=weather", f"--model_base_path={tmp_path / 'repo' / 'weather'}",
+                           f"--port={grpc_port}", log_dir=tmp_path)
+    try:
+        server.wait_available("weather")
+        with RestClient(server.url) as rest, GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
+            for client in (rest, grpc_client):
+                np.testing.assert_allclose(client.predict("weather", rows)["probabilities"], expected, rtol=1e-5,
+                                           atol=1e-6)
+            scores = rest.classify("weather", [{"x": [0.2], "city": "rome"}, {"x": [0.2], "city": "oslo"}],
+                                   signature_name="classify")
+            assert [max(s, key=lambda c: c[1])[0] for s in scores] == ["warm", "cold"]
+        answer = requests.post(f"{server.url}/v1/models/weather:predict", timeout=30,
+                               json={"instances": [{"x": [0.2], "city": "atlantis"}]})  # unseen: index 0
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+    finally:
+        server.stop()

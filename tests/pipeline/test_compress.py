@@ -145,7 +145,8 @@ def test_every_variant_can_be_exported_and_served_as_in_process(trained, tmp_pat
         expected[name] = model.predict(rows, verbose=0)
         exported = tmp_path / name / "export"
         exported.mkdir()
-        export.run(stage_view(cfg, export), {"compressed": compressed, "schema": inputs["schema"]}, exported)
+        export.run(stage_view(cfg, export), {"compressed": compressed, "schema": inputs["schema"],
+                                             "dataset": inputs["dataset"]}, exported)
         repository.publish(exported / "saved_model", tmp_path / "repo" / name)
         models.append((name, tmp_path / "repo" / name, ""))
     server = ServerProcess(f"--model_config_file={write_config(tmp_path / 'models.config', models)}", "--port=0",

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 def validate(digits, tmp_path, *overrides):
     cfg = stage_view(load_config(None, ["infra_validate.rows=16", "infra_validate.requests=30", *overrides]),
                      infra_validate)
-    dataset = digits.workdir / "runs" / "latest" / "validate" / "dataset"
-    return infra_validate.run(cfg, {"saved_model": digits.base / "1", "dataset": dataset}, tmp_path)
+    validated = digits.workdir / "runs" / "latest" / "validate"
+    return infra_validate.run(cfg, {"saved_model": digits.base / "1", "dataset": validated / "dataset",
+                                    "schema": validated / "schema"}, tmp_path)
 
 
 def test_served_predictions_equal_in_process_ones_and_latency_is_measured(digits, tmp_path):

@@ -36,7 +36,7 @@ def test_images_are_decoded_resized_and_kept_as_sent_for_the_test_rows(tmp_path)
     assert train.x.shape[1] == 8 * 8 * 3
     red = train.x[train.y == 1][0].reshape(8, 8, 3)
     np.testing.assert_allclose(red[..., 0], 220, atol=1e-3)  # resized solid colour stays the colour
-    files = raw_inputs(checked / "dataset", schema, 100)
+    files = raw_inputs(checked / "dataset", schema, 100)["x"]
     test = read_split(checked / "dataset", "test")
     assert len(files) == len(test.y) and (checked / "dataset" / ENCODED_TEST).is_file()
     import tensorflow as tf
@@ -125,3 +125,58 @@ def test_augmentation_flips_and_crops_but_keeps_shape_and_values():
     seen = {tuple(augment(tf.constant(image), 0)[0].numpy()) for _ in range(20)}
     assert len(seen) > 1 and all(len(s) == image.size for s in seen)
     assert all(set(s) <= set(image.tolist()) | {0.0} for s in seen)  # pixels moved or padding, never invented
+
+
+def cities(tmp_path, n=80):
+    """A table whose label is decided by a categorical column: 'city' (three values) and a number."""
+    rng = np.random.default_rng(0)
+    names = ["paris", "oslo", "rome"]
+    rows = [["size", "city", "label"]]
+    for i in range(n):
+        city = names[i % 3]
+        rows.append([f"{rng.normal():.3f}", city, "warm" if city == "rome" else "cold"])
+    return rows
+
+
+def test_categorical_columns_get_a_vocabulary_from_the_train_split_and_indices(tmp_path):
+    rows = cities(tmp_path) + [["0.5", "", "cold"]]
+    source = write_csv(tmp_path / "c.csv", rows)
+    _, checked = ingest_and_validate(tmp_path, source=str(source), categorical=("city",))
+    schema = read_schema(checked / "schema")
+    city = schema["features"][-1]
+    assert [f["name"] for f in schema["features"]] == ["size", "city"] and city["dtype"] == "category"
+    assert sorted(city["vocabulary"]) == ["oslo", "paris", "rome"]
+    train = np.load(checked / "dataset" / "train.npz")
+    position = {v: i + 1 for i, v in enumerate(city["vocabulary"])}
+    assert train["x"][:, 1].tolist() == [position[c] for c in train["categorical"][:, 0]]
+    assert rejects(checked) == {"82": "missing 'city'"}
+    assert data_spec(schema).categories == (3,)
+    inputs = raw_inputs(checked / "dataset", schema, 4)
+    assert set(inputs) == {"x", "city"} and inputs["x"].shape == (4, 1) and inputs["city"].dtype.kind == "U"
+
+
+def test_a_parquet_file_reads_like_the_same_csv(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = cities(tmp_path)
+    columns = list(zip(*rows[1:]))
+    table = pyarrow.table({"size": [float(v) for v in columns[0]], "city": list(columns[1]), "label": list(columns[2])})
+    pyarrow.parquet.write_table(table, tmp_path / "c.parquet")
+    _, from_parquet = ingest_and_validate(tmp_path / "p", source=str(tmp_path / "c.parquet"), categorical=("city",))
+    _, from_csv = ingest_and_validate(tmp_path / "c", source=str(write_csv(tmp_path / "c.csv", rows)),
+                                      categorical=("city",))
+    for split in ("train", "test"):
+        a, b = (np.load(d / "dataset" / f"{split}.npz") for d in (from_parquet, from_csv))
+        np.testing.assert_allclose(a["x"], b["x"], rtol=1e-6)
+        assert a["categorical"].tolist() == b["categorical"].tolist()
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(StageError, match="is not a readable Parquet file"):
+        ingest_and_validate(tmp_path / "bad", source=str(tmp_path / "bad.parquet"))
+
+
+def test_categorical_names_must_be_usable_as_serving_inputs():
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"data.categorical: \['home town', 'x'\] cannot name serving inputs"):
+        load_config(None, ["data.categorical=[home town, x]"])

@@ -32,7 +32,8 @@ def export(path: Path, n_features: int, seed: int = 0) -> Path:
     schema = {"task": "classification", "input_shape": [n_features], "classes": ["a", "b"],
               "features": [{"mean": 0.0, "std": 1.0} for _ in range(n_features)]}
     model = build_model(ModelConfig(name="mlp", width=4, depth=1), data_spec(schema))
-    saved_model.save(model, schema, path, warmup=True, reject_nonfinite=True)
+    saved_model.save(model, schema, path, warmup=True, reject_nonfinite=True,
+                     sample={"x": np.zeros((1, n_features), np.float32)})
     return path
 
 
