@@ -27,7 +27,7 @@ class SmallConvNet(keras.Model):
         self.reshape = keras.layers.Reshape(image_shape)
         self.conv1 = keras.layers.Conv2D(width, 3, padding="same", activation="relu")
         self.conv2 = keras.layers.Conv2D(width * 2, 3, padding="same", activation="relu")
-        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.pool = keras.layers.Flatten()
         self.drop = keras.layers.Dropout(dropout)
         self.classify = keras.layers.Dense(n_classes, activation="softmax")
 

@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="print only errors and where the results are")
     shown.add_argument("--json", action="store_true", help="print a JSON summary on stdout (progress on stderr)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides before or after the options
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,7 +156,8 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
             raise StageError(str(e)) from None
         model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
     print(f"train: {model.name}, {model.count_params()} parameters, strategy "
-          f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}")
+          f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}, "
+          f"loop {cfg.train.loop}" + (f" with step {cfg.train.step}" if cfg.train.step else ""))
     callbacks = [
         EpochLog(out / "epochs.jsonl"),
         keras.callbacks.TensorBoard(log_dir=str(out / "logs")),

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from serving.local import free_port
@@ -58,3 +59,12 @@ def assert_meets_its_stated_figure(run: ExampleRun) -> None:
     if run.stated.get("max_mae") is not None:
         assert metrics["mae"] <= run.stated["max_mae"], metrics
     assert (run.workdir / "repo" / run.name / "1" / "saved_model.pb").is_file()  # pushed under the config's name
+
+
+def example_fixture(name: str):
+    """A module-scoped fixture: the config `name` run once for the module's tests."""
+    @pytest.fixture(scope="module")
+    def example(tmp_path_factory) -> ExampleRun:
+        return run_example(name, tmp_path_factory.mktemp(name))
+
+    return example

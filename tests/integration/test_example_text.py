@@ -9,22 +9,14 @@ from sklearn.linear_model import LinearRegression
 
 from pipeline.artifacts import read_split
 from serving.client import GrpcClient, RestClient
-from tests.integration.example_configs import assert_meets_its_stated_figure, run_example
+from tests.integration.example_configs import assert_meets_its_stated_figure, example_fixture
 
 pytestmark = pytest.mark.slow
+text = example_fixture("text_rnn")
+tabular = example_fixture("tabular_regression")
 
 SENTENCES = ["Rain and wind in the forecast today", "The team scored a late goal", "Bake it in the oven with sugar",
              "Our flight left the airport after the hotel", "zzz unknown words only"]
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    return run_example("text_rnn", tmp_path_factory.mktemp("text_rnn"))
-
-
-@pytest.fixture(scope="module")
-def tabular(tmp_path_factory):
-    return run_example("tabular_regression", tmp_path_factory.mktemp("tabular_regression"))
 
 
 def test_text_rnn_meets_its_stated_accuracy(text):

@@ -219,6 +219,11 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path, loop):
     assert "strategy mirrored with 2 replica(s)" in result.stdout
     evaluate = next(s for s in manifest(tmp_path)["stages"] if s["name"] == "evaluate")
     assert evaluate["metrics"]["accuracy"] >= 0.9
+    trained = tmp_path / "runs" / "latest" / "train"  # both loops leave the same artefacts
+    made = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file() and "tfevents" not in p.name}
+    assert {"model/model.keras", "history.json", "epochs.jsonl", "checkpoints/epoch-005.weights.h5"} <= made
+    assert {p.name for p in (trained / "logs").iterdir()} == {"train", "validation"}  # TensorBoard
+    assert set(json.loads((trained / "history.json").read_text())) == {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
 def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path):
