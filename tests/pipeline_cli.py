@@ -22,3 +22,14 @@ def run_pipeline(workdir: Path, *args: str, code: str | None = None, timeout_s: 
     """Run the CLI in `workdir`, where runs/ and model_repository/ land, and wait for it."""
     return subprocess.run(pipeline_command(*args, code=code), cwd=workdir, env=pipeline_env(),
                           capture_output=True, text=True, timeout=timeout_s)
+
+
+def assert_training_artefacts(train_dir: Path, epochs: int) -> None:
+    """What the train stage leaves, by either loop (fit or custom): the model, the history with fit's keys,
+    the epoch log, per-epoch weights and TensorBoard's train and validation logs."""
+    import json
+
+    made = {p.relative_to(train_dir).as_posix() for p in train_dir.rglob("*") if p.is_file()}
+    assert {"model/model.keras", "history.json", "epochs.jsonl", f"checkpoints/epoch-{epochs:03d}.weights.h5"} <= made
+    assert {p.name for p in (train_dir / "logs").iterdir()} == {"train", "validation"}
+    assert set(json.loads((train_dir / "history.json").read_text())) == {"loss", "accuracy", "val_loss", "val_accuracy"}

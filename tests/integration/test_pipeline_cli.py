@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tests.pipeline_cli import pipeline_command, pipeline_env, run_pipeline
+from tests.pipeline_cli import assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -211,19 +211,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("loop", ["fit", "custom"])
-def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path, loop):
-    result = cli(tmp_path, "train.strategy=mirrored", "train.epochs=5", f"train.loop={loop}", "--until", "evaluate",
-                 code=MIRRORED)
+def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
+    """The custom loop on 2 replicas: tests/pipeline/test_custom_loop.py (the step) and test_distributed.py (2 workers)."""
+    result = cli(tmp_path, "train.strategy=mirrored", "train.epochs=5", "--until", "evaluate", code=MIRRORED)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "strategy mirrored with 2 replica(s)" in result.stdout
     evaluate = next(s for s in manifest(tmp_path)["stages"] if s["name"] == "evaluate")
     assert evaluate["metrics"]["accuracy"] >= 0.9
-    trained = tmp_path / "runs" / "latest" / "train"  # both loops leave the same artefacts
-    made = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file() and "tfevents" not in p.name}
-    assert {"model/model.keras", "history.json", "epochs.jsonl", "checkpoints/epoch-005.weights.h5"} <= made
-    assert {p.name for p in (trained / "logs").iterdir()} == {"train", "validation"}  # TensorBoard
-    assert set(json.loads((trained / "history.json").read_text())) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert_training_artefacts(tmp_path / "runs" / "latest" / "train", epochs=5)
 
 
 def test_sigterm_stops_cleanly_and_the_run_resumes(tmp_path):

@@ -17,7 +17,7 @@ from pipeline.errors import StageError
 from pipeline.stages import train
 from pipeline.training import launcher
 from pipeline.training.distribute import is_chief, parse_tf_config
-from tests.pipeline_cli import pipeline_command, pipeline_env, run_pipeline
+from tests.pipeline_cli import assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.width=8", "train.learning_rate=0.01", "train.early_stopping_patience=0", "train.epochs=6",
@@ -156,6 +156,8 @@ def test_the_custom_loop_on_two_workers_matches_fit(two_workers, tmp_path):
     assert "[worker 1] train: cnn" in log and "strategy multi_worker with 2 replica(s)" in log
     assert epochs_logged(tmp_path / "runs" / "latest" / "train") == [1, 2, 3, 4, 5, 6]
     assert abs(evaluated_accuracy(tmp_path) - evaluated_accuracy(two_workers)) <= 0.02
+    for run in (tmp_path, two_workers):  # the same artefacts as fit's
+        assert_training_artefacts(run / "runs" / "latest" / "train", epochs=6)
 
 
 @pytest.mark.slow
