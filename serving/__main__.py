@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--version", action="store_true", help="print the version and exit")
     # Ours, not tensorflow_model_server's:
     flag("--host", default="0.0.0.0", help="address both servers bind (TF Serving binds all interfaces)")
-    flag("--rest_api_max_body_bytes", type=int, default=256 * 2**20, help="larger REST bodies get 429")
+    flag("--rest_api_max_body_bytes", type=int, default=256 * 2**20, help="larger REST bodies (also once decompressed) get 413")
     for name in UNSUPPORTED:
         flag(f"--{name}", dest=f"unsupported_{name}", default=None, help=argparse.SUPPRESS)
     return p

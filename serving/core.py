@@ -21,6 +21,9 @@ from serving.model_config import ModelServerConfig
 from serving.servable import Servable, SignatureRunner, Tensors
 
 
+UNKNOWN_MODEL = "(unknown)"  # the metric label of requests for a model this server does not have
+
+
 class ServingCore:
     def __init__(self, manager: ModelManager, metrics: Metrics, batching: BatchingParameters | None,
                  num_threads: int, check_method_names: bool = False):
@@ -39,7 +42,10 @@ class ServingCore:
         self.manager.reload_config(config)
 
     def record(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
-        """Count one answered request (status: a gRPC code name) and its latency."""
+        """Count one answered request (status: a gRPC code name) and its latency. A name no model has is counted
+        under one label: clients choose names, and each distinct label is a series Prometheus keeps for good."""
+        if model and model not in self.manager.model_names():
+            model, version = UNKNOWN_MODEL, ""
         self.metrics.request(model, version, api, entrypoint, status, seconds)
 
     def metrics_text(self) -> bytes:

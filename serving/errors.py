@@ -55,6 +55,12 @@ class ResourceExhausted(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class PayloadTooLarge(ResourceExhausted):
+    """A REST body over --rest_api_max_body_bytes: HTTP says 413 for that, not 429 (come back later)."""
+
+    http_status = 413
+
+
 class DeadlineExceeded(ServingError):
     http_status = 504
     code = grpc.StatusCode.DEADLINE_EXCEEDED

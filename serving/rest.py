@@ -14,12 +14,13 @@ import time
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
 
 from serving import codec, inference
 from serving.core import ServingCore
-from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, as_serving_error
+from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, as_serving_error)
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -72,12 +73,18 @@ class RestApi:
         return web.Response(body=answer, status=status, headers=headers)
 
     async def _read_body(self, request: BaseRequest) -> bytes:
+        """The body, decompressed (Content-Encoding gzip, deflate, br) with the limit applied to what it decompresses
+        to, so a small compressed body cannot expand past it."""
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise ResourceExhausted(
+            raise PayloadTooLarge(
                 f"Request body is larger than the limit of {self.max_body_bytes} bytes (--rest_api_max_body_bytes)"
-            ) from None
+                + (" once decompressed" if request.headers.get("Content-Encoding") else "")) from None
+        except RequestPayloadError as e:
+            encoding = request.headers.get("Content-Encoding", "")[:40]
+            raise InvalidArgument(f"Request body cannot be read as Content-Encoding {encoding!r}: "
+                                  f"{str(e.__cause__ or e).splitlines()[-1].strip()[:200]}") from None
 
     async def _answer(self, call: Call, body: bytes) -> bytes:
         try:

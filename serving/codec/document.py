@@ -33,6 +33,8 @@ class _NumberTooBig(ValueError):
 
 def _parse_int(literal: str) -> int | float:
     """rapidjson keeps integers in [int64 min, uint64 max]; any other integer becomes a double."""
+    if len(literal.lstrip("-")) > 20:  # beyond uint64 (and int() refuses more than 4,300 digits)
+        return _parse_float(literal)
     value = int(literal)
     return value if INT64_MIN <= value <= UINT64_MAX else _parse_float(literal)
 

@@ -15,6 +15,8 @@ from serving.codec.dtypes import FLOAT_DTYPES, INT_INPUT_RANGES, STRING, TensorS
 from serving.codec.rapidjson import debug_string, json_type
 from serving.errors import CodecError, ServingError, Unimplemented
 
+MAX_RANK = 64  # dimensions of a decoded tensor
+
 
 ROW_FORMAT = "row"  # request had "instances": answer {"predictions": ...}
 
@@ -288,6 +290,9 @@ def _type_error(value: Any, dtype: np.dtype) -> CodecError:
 
 
 def _to_array(values: list, shape: list[int], dtype: np.dtype) -> np.ndarray:
+    if len(shape) > MAX_RANK:  # numpy's limit (TF's is 254): past it, a ValueError would be a 500
+        raise CodecError(f"JSON Value nests lists {len(shape)} levels deep; a tensor here has at most {MAX_RANK} "
+                         f"dimensions")
     if dtype == STRING:
         array = np.empty(len(values), dtype=object)
         array[:] = values
