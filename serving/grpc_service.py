@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -219,11 +220,27 @@ def typed_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
     return proto
 
 
-def _to_numpy(name: str, proto) -> np.ndarray:
+MAX_REQUEST_ELEMENTS = 2**26  # per input tensor: 256 MiB of float32, far past any model's request
+NOT_REQUEST_DTYPES = (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT)
+
+
+def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The input as numpy, checked as TF's Tensor::FromProto checks it before allocating anything: a shape that is
+    not one, a dtype a request cannot carry, or content that does not fill the shape is TF Serving's "tensor
+    parsing error"; so many elements that decoding would exhaust memory (a 30-byte proto can declare 2 GB, which
+    TF fills by repeating its last value) is refused with the numbers."""
+    parsing_error = InvalidArgument(f"tensor parsing error: {name}")
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if proto.dtype in NOT_REQUEST_DTYPES or proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+        raise parsing_error
+    elements = math.prod(dims)
+    if elements > MAX_REQUEST_ELEMENTS:
+        raise InvalidArgument(f"input '{name}' declares shape {dims}, {elements} elements; a request tensor may "
+                              f"hold at most {MAX_REQUEST_ELEMENTS}")
     try:
         return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as e:
-        raise InvalidArgument(f"input '{name}' is not a valid TensorProto: {e}") from None
+    except (TypeError, ValueError, KeyError, UnicodeDecodeError):
+        raise parsing_error from None
 
 
 def _fill_classifications(result: classification_pb2.ClassificationResult, classes, scores, n: int) -> None:
