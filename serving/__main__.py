@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Ours, not tensorflow_model_server's:
     flag("--host", default="0.0.0.0", help="address both servers bind (TF Serving binds all interfaces)")
     flag("--rest_api_max_body_bytes", type=int, default=256 * 2**20, help="larger REST bodies (also once decompressed) get 413")
+    flag("--allow_remote_config_reload", type=parse_bool, nargs="?", const=True, default=False,
+         help="accept HandleReloadConfigRequest from other machines, not only loopback (a reload loads models from "
+              "any directory the server can read: trusted networks only)")
+    flag("--model_base_path_root", default="", help="reloads may name base paths inside this directory only")
     for name in UNSUPPORTED:
         flag(f"--{name}", dest=f"unsupported_{name}", default=None, help=argparse.SUPPRESS)
     return p
@@ -172,7 +176,8 @@ async def serve(settings: Settings) -> None:
         log.info("Exporting HTTP/REST API at:%s:%d ...", args.host, args.rest_api_port)
     if args.port:
         grpc_server = grpc.aio.server(options=settings.grpc_options)
-        add_services(grpc_server, core, args.enable_serialization_as_tensor_content)
+        add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
+                     Path(args.model_base_path_root) if args.model_base_path_root else None)
         try:
             bound = grpc_server.add_insecure_port(f"{args.host}:{args.port}")
         except RuntimeError:

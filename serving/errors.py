@@ -50,6 +50,11 @@ class Unauthenticated(ServingError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PermissionDenied(ServingError):
+    http_status = 403
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(ServingError):
     http_status = 429
     code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import math
+from pathlib import Path
+from urllib.parse import unquote
 import time
 
 import grpc
@@ -29,7 +32,7 @@ from tensorflow_serving.apis import (
 
 from serving import inference
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, as_serving_error
+from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
@@ -53,7 +56,8 @@ def _answer(api: str):
         @functools.wraps(method)
         async def wrapper(self, request, context):
             started = time.perf_counter()
-            call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": ""}
+            call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": "",
+                    "peer": context.peer()}
             try:
                 response = await method(self, request, call)
             except Exception as e:  # every error becomes a status; the server keeps serving
@@ -174,8 +178,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: ServingCore):
+    """Status, and config reloads: a reload names directories the server loads and runs models from, so it is
+    accepted from this machine only (unless --allow_remote_config_reload), and with --model_base_path_root only
+    for base paths that resolve (symlinks followed) inside that directory."""
+
+    def __init__(self, core: ServingCore, remote_reload: bool = False, base_path_root: Path | None = None):
         self.core = core
+        self.remote_reload = remote_reload
+        self.base_path_root = base_path_root
 
     @_answer("status")
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
@@ -190,6 +200,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         call: dict) -> model_management_pb2.ReloadConfigResponse:
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
+        if not (self.remote_reload or is_loopback(call["peer"])):
+            raise PermissionDenied("HandleReloadConfigRequest is accepted only from this machine (loopback); start "
+                                   "the server with --allow_remote_config_reload to accept it from others")
+        for model in request.config.model_config_list.config:
+            if self.base_path_root and not _inside(Path(model.base_path), self.base_path_root):
+                raise PermissionDenied(f"model {model.name[:100]!r}: its base_path is outside --model_base_path_root")
         if request.config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
                                   "Only ModelConfigList is currently supported")
@@ -255,6 +271,23 @@ def _fill_classifications(result: classification_pb2.ClassificationResult, class
                 item.score = float(scores[i, c])
 
 
-def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False) -> None:
+def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False, remote_reload: bool = False,
+                 base_path_root: Path | None = None) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, tensor_content), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, remote_reload, base_path_root), server)
+
+
+def is_loopback(peer: str) -> bool:
+    """Whether a gRPC peer ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:/path") is on this machine."""
+    kind, _, address = unquote(peer).partition(":")
+    if kind == "unix":
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())

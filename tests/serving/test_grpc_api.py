@@ -2,6 +2,9 @@
 example-client call styles, and REST/gRPC agreement on the same inputs."""
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import grpc
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.grpc_service import server_options
+from serving.grpc_service import is_loopback, server_options
 from serving.inference import serialized_examples
 from serving.local import free_port
 from serving.process import ServerProcess
@@ -262,6 +265,71 @@ def test_reload_config_adds_and_removes_models_while_serving(server, client, hal
         assert "has no base_path" in info.value.details()
     assert client.predict("half_plus_two", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
     assert requests.get(f"{server.url}/v1/models/second", timeout=10).json()["model_version_status"][0]["version"] == "7"
+
+
+def this_machines_address() -> str | None:
+    """An address of this machine that is not loopback (None when it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def reload(target: str, config: model_server_config_pb2.ModelServerConfig) -> grpc.RpcError | None:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
+        except grpc.RpcError as e:
+            return e
+    return None
+
+
+@pytest.mark.parametrize("peer, loopback", [
+    ("ipv4:127.0.0.1:5000", True), ("ipv6:[::1]:5000", True), ("ipv6:%5B::1%5D:5000", True), ("unix:/tmp/s", True),
+    ("ipv4:10.1.2.3:5000", False), ("ipv6:[2001:db8::1]:443", False), ("weird", False),
+])
+def test_loopback_peers_are_recognised(peer, loopback):
+    assert is_loopback(peer) is loopback
+
+
+def test_reloads_come_from_this_machine_and_name_base_paths_inside_the_root(tmp_path, half_plus_two_base):
+    """A reload loads models from any directory the server can read: only this machine may ask (serving is for
+    everyone), and with --model_base_path_root only for directories that resolve inside it."""
+    root, outside = tmp_path / "models", tmp_path / "elsewhere"
+    copy_version(half_plus_two_base, 123, root / "inside" / "1")
+    copy_version(half_plus_two_base, 123, outside / "1")
+    (root / "link").symlink_to(outside)  # inside by name, outside in fact
+    grpc_port = free_port()
+    process = ServerProcess(f"--model_base_path={root / 'inside'}", "--model_name=inside", f"--port={grpc_port}",
+                            f"--model_base_path_root={root}", "--host=0.0.0.0", log_dir=tmp_path)
+    local = f"127.0.0.1:{grpc_port}"
+    try:
+        process.wait_available("inside")
+        for name, base in (("outside", outside), ("link", root / "link")):
+            config = model_server_config_pb2.ModelServerConfig()
+            config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
+            error = reload(local, config)
+            assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED, name
+            assert error.details() == f"model '{name}': its base_path is outside --model_base_path_root"
+        config = model_server_config_pb2.ModelServerConfig()
+        config.model_config_list.config.add(name="again", base_path=str(root / "inside"), model_platform="tensorflow")
+        address = this_machines_address()
+        if address is not None:
+            error = reload(f"{address}:{grpc_port}", config)
+            assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "accepted only from this machine (loopback)" in error.details()
+            with GrpcClient(f"{address}:{grpc_port}") as client:
+                assert client.predict("inside", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+        assert reload(local, config) is None
+        process.wait_available("again")
+    finally:
+        process.stop()
+    if address is None:
+        pytest.skip("checked the root; this machine has no address but loopback to try a remote reload from")
 
 
 def test_context_features_are_merged_into_every_example():
