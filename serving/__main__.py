@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="accept HandleReloadConfigRequest from other machines, not only loopback (a reload loads models from "
               "any directory the server can read: trusted networks only)")
     flag("--model_base_path_root", default="", help="reloads may name base paths inside this directory only")
+    flag("--drain_timeout_s", type=float, default=10.0,
+         help="on SIGTERM: status answers 503, listeners close, requests in flight get this long to finish")
     for name in UNSUPPORTED:
         flag(f"--{name}", dest=f"unsupported_{name}", default=None, help=argparse.SUPPRESS)
     return p
@@ -190,11 +192,18 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("Shutting down")
-    if args.port:
-        await grpc_server.stop(grace=5)
+    log.info("Shutting down: readiness off, no new connections, up to %ss for requests in flight (--drain_timeout_s)",
+             args.drain_timeout_s)
+    draining = []
+    if args.rest_api_port:
+        rest.draining = True
+        draining.append(rest.drain(args.drain_timeout_s))
     for server in servers:
         server.close()
+    if args.port:
+        draining.append(grpc_server.stop(grace=args.drain_timeout_s))
+    await asyncio.gather(*draining)
+    for server in servers:
         await server.wait_closed()
     manager.stop()
     core.close()

@@ -20,7 +20,8 @@ from google.protobuf import json_format
 
 from serving import codec, inference
 from serving.core import ServingCore
-from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, as_serving_error)
+from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, Unavailable,
+                            as_serving_error)
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -45,15 +46,35 @@ class RestApi:
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
         self.enable_cors = enable_cors
+        self.draining = False  # shutting down: status (readiness) answers 503, requests in flight finish
+        self._in_flight = 0
+        self._server: web.Server | None = None
 
     def make_server(self) -> web.Server:
         def request_factory(message, payload, protocol, writer, task):
             return BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=self.max_body_bytes)
 
-        return web.Server(self.handle, request_factory=request_factory, access_log=None)
+        self._server = web.Server(self.handle, request_factory=request_factory, access_log=None)
+        return self._server
+
+    async def drain(self, timeout_s: float) -> None:
+        """After the listener closed: wait for the requests in flight (at most `timeout_s`), then close the
+        connections left, idle keep-alive ones included."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._server is not None:
+            await self._server.shutdown(max(0.0, deadline - time.monotonic()))
 
     async def handle(self, request: BaseRequest) -> web.Response:
+        self._in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle(self, request: BaseRequest) -> web.Response:
         path = request.rel_url.raw_path
         if self.metrics_path is not None and path == self.metrics_path:
             return web.Response(body=self.core.metrics_text(), content_type="text/plain")
@@ -118,6 +139,8 @@ class RestApi:
             if not name:
                 raise InvalidArgument("Missing model name in request.")
             call.model = name
+            if self.draining:  # readiness probes see it first; load balancers stop sending requests here
+                raise Unavailable("Server is shutting down")
             if subresource == "metadata":
                 call.api = "metadata"
                 return self._metadata(self.core.servable(name, version, label))

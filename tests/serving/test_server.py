@@ -1,15 +1,19 @@
-"""serving.Server (the server as a context manager) and the errors a newcomer meets first: a port in use,
-a client with no server to talk to."""
+"""serving.Server (the server as a context manager), the errors a newcomer meets first (a port in use, a
+client with no server to talk to), and a graceful shutdown."""
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
+import requests
 
 import serving
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.local import free_port
+from serving.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -43,3 +47,43 @@ def test_a_client_without_a_server_says_how_to_start_one():
         with client, pytest.raises(ServingClientError) as info:
             client.status("digits")
         assert info.value.status == "UNAVAILABLE" and "make serve" in info.value.message
+
+
+def test_sigterm_drains_requests_in_flight_and_turns_readiness_off_first(tmp_path, half_plus_two_base):
+    """Requests held in the batcher (a 1 s batch timeout) when SIGTERM arrives are all answered; status (what a
+    readiness probe asks) answers 503 meanwhile; new connections are refused; the exit code is 0."""
+    (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 1000000 }")
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
+                           f"--port={grpc_port}", "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
+                           "--drain_timeout_s=10", log_dir=tmp_path)
+    server.wait_available("half_plus_two")
+    readiness = requests.Session()  # a probe's keep-alive connection, open before the signal
+    assert readiness.get(f"{server.url}/v1/models/half_plus_two", timeout=10).status_code == 200
+    answers = []
+
+    def rest(value: float) -> None:
+        with requests.Session() as session:  # a connection of its own, accepted before the signal
+            answers.append(session.post(f"{server.url}/v1/models/half_plus_two:predict",
+                                        json={"instances": [[value]]}, timeout=30).json())
+
+    def grpc_call() -> None:
+        with GrpcClient(f"127.0.0.1:{grpc_port}") as client:
+            answers.append({"predictions": client.predict("half_plus_two", [[2.0]])["y"].tolist()})
+
+    threads = [threading.Thread(target=rest, args=(float(i),)) for i in range(10)] + \
+        [threading.Thread(target=grpc_call) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.4)  # every request is waiting for its batch to fill
+    server.process.terminate()
+    time.sleep(0.1)
+    probe = readiness.get(f"{server.url}/v1/models/half_plus_two", timeout=10)
+    assert probe.status_code == 503 and probe.json() == {"error": "Server is shutting down"}
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/v1/models/half_plus_two", timeout=5)  # a new connection: not accepted
+    for thread in threads:
+        thread.join(timeout=30)
+    assert server.process.wait(timeout=30) == 0
+    expected = sorted([[[0.5 * i + 2.0]] for i in range(10)] + [[[3.0]]] * 4)
+    assert sorted(a["predictions"] for a in answers) == expected  # all 14, none lost
