@@ -71,6 +71,12 @@ class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class RequestTimeout(DeadlineExceeded):
+    """A client that does not finish sending its body in time: HTTP's 408, the connection is closed."""
+
+    http_status = 408
+
+
 class Unavailable(ServingError):
     http_status = 503
     code = grpc.StatusCode.UNAVAILABLE

@@ -20,8 +20,8 @@ from google.protobuf import json_format
 
 from serving import codec, inference
 from serving.core import ServingCore
-from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, Unavailable,
-                            as_serving_error)
+from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
+                            Unavailable, as_serving_error)
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -91,13 +91,23 @@ class RestApi:
             answer, status, call.status = codec.format_error_response(error.message), error.http_status, error.code.name
         self.core.record(call.model, call.version, call.api, "REST", call.status, time.perf_counter() - started)
         headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
-        return web.Response(body=answer, status=status, headers=headers)
+        response = web.Response(body=answer, status=status, headers=headers)
+        if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang
+            response.force_close()  # up, instead of lingering (aiohttp reads on for 10 s to reuse the connection)
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+        return response
 
     async def _read_body(self, request: BaseRequest) -> bytes:
         """The body, decompressed (Content-Encoding gzip, deflate, br) with the limit applied to what it decompresses
         to, so a small compressed body cannot expand past it."""
         try:
-            return await request.read()
+            return await asyncio.wait_for(request.read(), self.timeout_s)
+        except asyncio.TimeoutError:  # a stalled or trickling body must not hold its connection for ever
+            raise RequestTimeout(f"Request body not received within {self.timeout_s * 1000:.0f} ms "
+                                 f"(--rest_api_timeout_in_ms)") from None
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(
                 f"Request body is larger than the limit of {self.max_body_bytes} bytes (--rest_api_max_body_bytes)"

@@ -87,3 +87,25 @@ def test_sigterm_drains_requests_in_flight_and_turns_readiness_off_first(tmp_pat
     assert server.process.wait(timeout=30) == 0
     expected = sorted([[[0.5 * i + 2.0]] for i in range(10)] + [[[3.0]]] * 4)
     assert sorted(a["predictions"] for a in answers) == expected  # all 14, none lost
+
+
+def test_a_body_that_never_arrives_gets_408_and_its_connection_closed(tmp_path, half_plus_two_base):
+    """Content-Length promises 100 bytes, 10 come: the connection is not held for ever (--rest_api_timeout_in_ms)."""
+    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two", "--port=0",
+                           "--rest_api_timeout_in_ms=700", log_dir=tmp_path)
+    try:
+        server.wait_available("half_plus_two")
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as connection:
+            connection.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Length: 100\r\n\r\n" + b'{"instances')
+            started = time.monotonic()
+            answer = b""
+            while chunk := connection.recv(4096):  # until the server closes the connection
+                answer += chunk
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408") and b"Request body not received within 700 ms" in answer
+        assert 0.5 < waited < 5
+        assert requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [[1.0]]},
+                             timeout=10).json() == {"predictions": [[2.5]]}
+    finally:
+        server.stop()
