@@ -64,8 +64,8 @@ class RestApi:
         deadline = time.monotonic() + timeout_s
         while self._in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self._server is not None:
-            await self._server.shutdown(max(0.0, deadline - time.monotonic()))
+        if self._server is not None:  # what is left is idle (or past the deadline): a short grace, not the rest
+            await self._server.shutdown(0.2)
 
     async def handle(self, request: BaseRequest) -> web.Response:
         self._in_flight += 1
