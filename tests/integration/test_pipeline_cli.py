@@ -41,7 +41,7 @@ def workdir(tmp_path_factory):
 
 # Compression on (fast settings); the gate is loose because fine-tuning is only two epochs.
 TUNE = ("tune.algorithm=random", "tune.max_trials=2", "tune.epochs=1")
-FIXTURE_RUN = (*TUNE, "train.epochs=6", "compress.variants=[pruned]", "compress.fine_tune_epochs=2",
+FIXTURE_RUN = (*TUNE, "train.epochs=6", "compress.variants=[pruned, qat]", "compress.fine_tune_epochs=2",
                "compress.tflite=[int8]", "compress.max_accuracy_drop=0.05")
 
 
