@@ -53,9 +53,13 @@ def raw_inputs(dataset: Path, schema: dict, n: int) -> dict[str, np.ndarray]:
         return {"x": x, **{name: arrays["categorical"][:n, j] for j, name in enumerate(names)}}
 
 
+def categorical_features(schema: dict) -> list[dict]:
+    """The categorical columns' entries (name, vocabulary, ...): the last features, each a serving input of its own."""
+    return [f for f in schema["features"] if f.get("dtype") == "category"]
+
+
 def categorical_names(schema: dict) -> list[str]:
-    """The categorical columns: the last features, each a serving input of its own."""
-    return [f["name"] for f in schema["features"] if f.get("dtype") == "category"]
+    return [f["name"] for f in categorical_features(schema)]
 
 
 def read_schema(schema: Path) -> dict:
@@ -72,7 +76,7 @@ def data_spec(schema: dict) -> DataSpec:
     features = schema["features"]
     text = schema.get("text", {})
     return DataSpec(
-        categories=tuple(len(f["vocabulary"]) for f in features if f.get("dtype") == "category"),
+        categories=tuple(len(f["vocabulary"]) for f in categorical_features(schema)),
         n_features=len(features),
         input_shape=tuple(schema["input_shape"]),
         task=schema["task"],

@@ -20,6 +20,8 @@ import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from pipeline.artifacts import categorical_features
+
 INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
 
@@ -29,7 +31,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
     """Write `model` as a SavedModel at `path` with TF Serving's signatures (and Keras metadata: warm starts load
     it); `sample` (one row as a client sends it, by input name) is the warmup request."""
     kind = schema.get("kind", "numeric")
-    categorical = [f for f in schema["features"] if f.get("dtype") == "category"]
+    categorical = categorical_features(schema)
     n = len(schema["features"]) - len(categorical)
     pixels = _image_pixels(schema) if kind == "image" else None
 

@@ -44,7 +44,7 @@ class ServingCore:
     def record(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         """Count one answered request (status: a gRPC code name) and its latency. A name no model has is counted
         under one label: clients choose names, and each distinct label is a series Prometheus keeps for good."""
-        if model and model not in self.manager.model_names():
+        if model and status != "OK" and model not in self.manager.model_names():  # an answered model exists
             model, version = UNKNOWN_MODEL, ""
         self.metrics.request(model, version, api, entrypoint, status, seconds)
 

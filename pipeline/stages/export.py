@@ -16,7 +16,8 @@ import repository
 from models import import_model_code, model_code_files
 import numpy as np
 
-from pipeline.artifacts import SAMPLE_REQUEST, SHIPPED_SAMPLE_REQUEST, SIGNATURES, raw_inputs, read_schema
+from pipeline.artifacts import (SAMPLE_REQUEST, SHIPPED_SAMPLE_REQUEST, SIGNATURES, categorical_names, raw_inputs,
+                                read_schema)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     path = out / "saved_model"
     sample = raw_inputs(inputs["dataset"], schema, 1)  # a test row as a client sends it (an image file, a text...)
     if schema.get("kind", "numeric") == "numeric":  # numbers: the average row, easier to read and edit
-        sample[INPUT] = np.array([[f["mean"] for f in schema["features"] if f.get("dtype") != "category"]], np.float32)
+        numeric = schema["features"][:len(schema["features"]) - len(categorical_names(schema))]
+        sample[INPUT] = np.array([[f["mean"] for f in numeric]], np.float32)
     saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite, sample)
     for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
         (path / "assets.extra").mkdir(exist_ok=True)
