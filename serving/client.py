@@ -15,11 +15,16 @@ dicts of feature values, converted to tf.Example by the server's own rules (serv
 protocols. A model's signatures are read once per client and spec (pushes that change them are
 refused by default, see pipeline/stages/push.py). Every failure the server reports raises
 `ServingClientError` with its status (HTTP status, or gRPC code name) and message.
+
+Both take the same security options: `token` (sent as `Authorization: Bearer`, the server's
+--auth_token_file), `ca_cert` (a PEM file: use TLS and trust this CA; REST also via an https:// URL) and
+`client_cert` ((cert file, key file): mutual TLS).
 """
 from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -152,11 +157,17 @@ def _as_json(value: Any) -> Any:
 
 
 class RestClient(ServingClient):
-    def __init__(self, base_url: str = "http://127.0.0.1:8501", timeout_s: float = 30.0):
+    def __init__(self, base_url: str = "http://127.0.0.1:8501", timeout_s: float = 30.0, *, token: str | None = None,
+                 ca_cert: str | Path | None = None, client_cert: tuple[str | Path, str | Path] | None = None):
         super().__init__()
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        if token is not None:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+        # Passed with each request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE (requests #3829).
+        self._tls = {"verify": str(ca_cert) if ca_cert is not None else True,
+                     "cert": tuple(str(p) for p in client_cert) if client_cert is not None else None}
 
     def close(self) -> None:
         self._session.close()
@@ -194,7 +205,10 @@ class RestClient(ServingClient):
         data = None if body is None else json.dumps(body, allow_nan=True).encode()
         try:
             response = self._session.request(method, self.base_url + path, data=data, timeout=self.timeout_s,
-                                             headers={"Content-Type": "application/json"} if data else None)
+                                             headers={"Content-Type": "application/json"} if data else None,
+                                             **self._tls)
+        except requests.exceptions.SSLError as e:
+            raise ServingClientError("UNAVAILABLE", f"TLS with {self.base_url} failed: {e}") from None
         except requests.ConnectionError:
             raise ServingClientError("UNAVAILABLE", f"no server answers at {self.base_url}. {START_ONE}") from None
         try:
@@ -229,11 +243,20 @@ def _from_json(value: Any) -> Any:
 class GrpcClient(ServingClient):
     """TF Serving's PredictionService and ModelService, with the REST client's methods and results."""
 
-    def __init__(self, target: str = "127.0.0.1:8500", timeout_s: float = 30.0):
+    def __init__(self, target: str = "127.0.0.1:8500", timeout_s: float = 30.0, *, token: str | None = None,
+                 ca_cert: str | Path | None = None, client_cert: tuple[str | Path, str | Path] | None = None):
         super().__init__()
         self._target = target
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                                               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self._metadata = [("authorization", f"Bearer {token}")] if token is not None else None
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        if ca_cert is None and client_cert is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            key_pair = [Path(p).read_bytes() for p in client_cert] if client_cert else [None, None]
+            credentials = grpc.ssl_channel_credentials(Path(ca_cert).read_bytes() if ca_cert else None,
+                                                       private_key=key_pair[1], certificate_chain=key_pair[0])
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.timeout_s = timeout_s
@@ -289,7 +312,7 @@ class GrpcClient(ServingClient):
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout_s)
+            return method(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as e:
             hint = f" (no server answers at {self._target}? {START_ONE})" if e.code() == grpc.StatusCode.UNAVAILABLE else ""
             raise ServingClientError(e.code().name, e.details() + hint) from None

@@ -1,6 +1,7 @@
-"""The request path both front ends (REST, gRPC) share: find the servable, check the request against
-the signature, run it (through the dynamic batcher, or on the thread pool), shape the result, count it.
-Front ends reach models, metrics and config reloads only through this class.
+"""The request path both front ends (REST, gRPC) share: admit the request (credentials, role, the bound on
+requests in flight), find the servable, check the request against the signature, run it (through the dynamic
+batcher, or on the thread pool), shape the result, count it. Front ends reach models, metrics and config
+reloads only through this class.
 
 Model calls never run on the event loop: TF releases the GIL while a graph runs, so the loop keeps
 parsing and answering other requests meanwhile.
@@ -8,13 +9,19 @@ parsing and answering other requests meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from serving import inference
+from serving.audit import AuditLog
+from serving.auth import Access, Token
 from serving.batching import Batcher, BatchingParameters
+from serving.errors import InvalidArgument, ResourceExhausted, ServingError
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
@@ -22,30 +29,84 @@ from serving.servable import Servable, SignatureRunner, Tensors
 
 
 UNKNOWN_MODEL = "(unknown)"  # the metric label of requests for a model this server does not have
+FAILURES_PER_COLLECTION = 1000  # a full collection takes ~30 ms with the models' objects frozen
+MAX_NAME_CHARS = 1000  # model names and labels in requests: TF Serving has no limit, but echoing 100 MB back is a DoS
 
 
 class ServingCore:
     def __init__(self, manager: ModelManager, metrics: Metrics, batching: BatchingParameters | None,
-                 num_threads: int, check_method_names: bool = False):
+                 num_threads: int, check_method_names: bool = False, access: Access | None = None,
+                 audit: AuditLog | None = None, max_in_flight: int = 0):
         self.manager = manager
         self.metrics = metrics
         self.check_method_names = check_method_names
+        self.access = access or Access()
+        self.audit = audit or AuditLog()
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self._failed = 0
         self._batcher = Batcher(batching, on_batch=self._record_batch) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
 
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count a request in flight from its first byte to its answer; past --max_requests_in_flight it is refused
+        at once (429 / RESOURCE_EXHAUSTED), so overload costs a short answer, not memory for a queue without end."""
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            raise ResourceExhausted(f"Too many requests in flight (limit {self.max_in_flight}, "
+                                    f"--max_requests_in_flight); retry later")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def authorize(self, credentials: str | None, action: str, models: list[str], peer: str, target: str) -> Token | None:
+        """The caller's token, checked for `action` on each of `models` (UNAUTHENTICATED / PERMISSION_DENIED); each
+        refusal goes to the audit log. None when no token is needed (auth off, or an open action)."""
+        if self.access.is_open(action):
+            return None
+        token = None
+        try:
+            token = self.access.authenticate(credentials)
+            for model in models or [""]:
+                self.access.authorize(token, action, model)
+        except ServingError as e:
+            self.audit.record("auth_failure", target, e.status_string(), token.id if token else None, peer)
+            raise
+        return token
+
     def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The loaded version a request names (the latest when neither version nor label is given)."""
+        check_name(name, "model name")
+        if label is not None:
+            check_name(label, "version label")
         return self.manager.servable(name, version, label)
 
-    def reload_config(self, config: ModelServerConfig) -> None:
-        """Apply a new ModelServerConfig now (blocking: run it off the event loop)."""
-        self.manager.reload_config(config)
+    def reload_config(self, config: ModelServerConfig, token: Token | None = None, peer: str = "local") -> None:
+        """Apply a new ModelServerConfig now (blocking: run it off the event loop); audited, labels moved included."""
+        target = ",".join(m.name for m in config.model_config_list.config)
+        before = self.manager.labels()
+        token_id = token.id if token else None
+        try:
+            self.manager.reload_config(config)
+        except ServingError as e:
+            self.audit.record("reload", target, e.status_string(), token_id, peer)
+            raise
+        self.audit.record("reload", target, "OK", token_id, peer)
+        self.audit.label_changes(before, self.manager.labels(), token_id, peer)
 
     def record(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         """Count one answered request (status: a gRPC code name) and its latency. A name no model has is counted
-        under one label: clients choose names, and each distinct label is a series Prometheus keeps for good."""
-        if model and status != "OK" and model not in self.manager.model_names():  # an answered model exists
-            model, version = UNKNOWN_MODEL, ""
+        under one label: clients choose names, and each distinct label is a series Prometheus keeps for good.
+        Every so many failures, a full collection: an error raised through an awaited future is a reference cycle
+        holding the request's data, and the server's gc thresholds (serving/__main__.py) make those rare."""
+        if status != "OK":
+            self._failed += 1
+            if self._failed % FAILURES_PER_COLLECTION == 0:
+                gc.collect()
+            if model and model not in self.manager.model_names():  # an answered model exists
+                model, version = UNKNOWN_MODEL, ""
         self.metrics.request(model, version, api, entrypoint, status, seconds)
 
     def metrics_text(self) -> bytes:
@@ -83,6 +144,7 @@ class ServingCore:
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
         """GetModelStatus, as both front ends answer it (REST prints it as JSON)."""
+        check_name(name, "model name")
         response = get_model_status_pb2.GetModelStatusResponse()
         for number, status in self.manager.status(name, version):
             entry = response.model_version_status.add(version=number, state=status.state)
@@ -104,3 +166,9 @@ class ServingCore:
         if self._batcher is not None:
             self._batcher.close()
         self._pool.shutdown(wait=True)
+        self.audit.close()
+
+
+def check_name(name: str, what: str) -> None:
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"{what} of {len(name)} characters: at most {MAX_NAME_CHARS} ('{name[:40]}...')")

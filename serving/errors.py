@@ -110,8 +110,8 @@ def from_code(code: int, message: str) -> ServingError:
 def as_serving_error(error: Exception, where: str) -> ServingError:
     """What an exception raised while answering a request means for the client: a ServingError as it
     is; anything else is a bug here, logged with its traceback (`where` names the request) and answered
-    INTERNAL."""
+    INTERNAL with no detail (exception text can hold paths and data the client should not see)."""
     if isinstance(error, ServingError):
         return error
     log.error("%s failed", where, exc_info=error)
-    return Internal(f"Internal error: {type(error).__name__}: {error}")
+    return Internal(f"Internal error ({type(error).__name__}); the server's log has the details")

@@ -16,6 +16,7 @@ import time
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -59,18 +60,33 @@ def _answer(api: str):
             call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": "",
                     "peer": context.peer()}
             try:
-                response = await method(self, request, call)
+                credentials = dict(context.invocation_metadata() or ()).get("authorization")
+                call["token"] = self.core.authorize(credentials, api, _models(request), call["peer"],
+                                                    f"gRPC {method.__name__}")
+                with self.core.admitted():
+                    response = await method(self, request, call)
             except Exception as e:  # every error becomes a status; the server keeps serving
                 error = as_serving_error(e, f"gRPC {method.__name__}")
-                self.core.record(call["model"], call["version"], api, "GRPC", error.code.name,
-                                 time.perf_counter() - started)
-                await context.abort(error.code, error.message)
-            self.core.record(call["model"], call["version"], api, "GRPC", "OK", time.perf_counter() - started)
-            return response
+                code, message = error.code, error.message
+                del error  # not kept past here: its traceback holds this frame (see rest.py)
+            else:
+                self.core.record(call["model"], call["version"], api, "GRPC", "OK", time.perf_counter() - started)
+                return response
+            self.core.record(call["model"], call["version"], api, "GRPC", code.name, time.perf_counter() - started)
+            await context.abort(code, message)
 
         return wrapper
 
     return decorate
+
+
+def _models(request) -> list[str]:
+    """The models a request would use, for authorization (none for a reload: it needs the admin role)."""
+    if hasattr(request, "model_spec"):
+        return [request.model_spec.name]
+    if hasattr(request, "tasks"):
+        return [task.model_spec.name for task in request.tasks]
+    return []
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -179,8 +195,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """Status, and config reloads: a reload names directories the server loads and runs models from, so it is
-    accepted from this machine only (unless --allow_remote_config_reload), and with --model_base_path_root only
-    for base paths that resolve (symlinks followed) inside that directory."""
+    accepted only from an admin token (with --auth_token_file) or, with auth off, from this machine (unless
+    --allow_remote_config_reload), and with --model_base_path_root only for base paths that resolve (symlinks
+    followed) inside that directory. Every reload is audited."""
 
     def __init__(self, core: ServingCore, remote_reload: bool = False, base_path_root: Path | None = None):
         self.core = core
@@ -200,12 +217,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         call: dict) -> model_management_pb2.ReloadConfigResponse:
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
-        if not (self.remote_reload or is_loopback(call["peer"])):
-            raise PermissionDenied("HandleReloadConfigRequest is accepted only from this machine (loopback); start "
-                                   "the server with --allow_remote_config_reload to accept it from others")
-        for model in request.config.model_config_list.config:
-            if self.base_path_root and not _inside(Path(model.base_path), self.base_path_root):
-                raise PermissionDenied(f"model {model.name[:100]!r}: its base_path is outside --model_base_path_root")
+        refusal = self._refusal(request.config, call["peer"])
+        if refusal is not None:
+            self.core.audit.record("auth_failure", "gRPC HandleReloadConfigRequest", refusal.status_string(),
+                                   call["token"].id if call["token"] else None, call["peer"])
+            raise refusal
         if request.config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
                                   "Only ModelConfigList is currently supported")
@@ -213,8 +229,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             check_server_config(request.config, "ReloadConfigRequest")
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        await asyncio.get_running_loop().run_in_executor(None, self.core.reload_config, request.config)
+        await asyncio.get_running_loop().run_in_executor(None, self.core.reload_config, request.config,
+                                                         call["token"], call["peer"])
         return model_management_pb2.ReloadConfigResponse()
+
+    def _refusal(self, config, peer: str) -> PermissionDenied | None:
+        if not (self.core.access.enabled or self.remote_reload or is_loopback(peer)):
+            return PermissionDenied("HandleReloadConfigRequest is accepted only from this machine (loopback); start "
+                                    "the server with --auth_token_file (admin tokens may reload from anywhere) or "
+                                    "--allow_remote_config_reload to accept it from others")
+        for model in config.model_config_list.config:
+            if self.base_path_root and not _inside(Path(model.base_path), self.base_path_root):
+                return PermissionDenied(f"model {model.name[:100]!r}: its base_path is outside --model_base_path_root")
+        return None
 
 
 TYPED_FIELDS = {  # numpy dtype -> the TensorProto repeated field TF's AsProtoField fills
@@ -255,7 +282,7 @@ def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
                               f"hold at most {MAX_REQUEST_ELEMENTS}")
     try:
         return tf.make_ndarray(proto)
-    except (TypeError, ValueError, KeyError, UnicodeDecodeError):
+    except (TypeError, ValueError, KeyError, UnicodeDecodeError, OverflowError):
         raise parsing_error from None
 
 
@@ -269,6 +296,30 @@ def _fill_classifications(result: classification_pb2.ClassificationResult, class
                 item.label = classes[i, c].decode() if isinstance(classes[i, c], bytes) else str(classes[i, c])
             if scores is not None:
                 item.score = float(scores[i, c])
+
+
+class UndecodableRequests(grpc.aio.ServerInterceptor):
+    """A request whose bytes are not its message (corrupt wire format, a string field that is not UTF-8) is the
+    client's mistake, INVALID_ARGUMENT: grpc would answer the deserializer's exception with UNKNOWN."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        deserialize, behavior = handler.request_deserializer, handler.unary_unary
+
+        def lenient(data: bytes):
+            try:
+                return deserialize(data)
+            except DecodeError as e:
+                return e  # the method below answers it
+
+        async def answer(request, context):
+            if isinstance(request, DecodeError):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Request cannot be parsed: {request}")
+            return await behavior(request, context)
+
+        return handler._replace(request_deserializer=lenient, unary_unary=answer)
 
 
 def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False, remote_reload: bool = False,

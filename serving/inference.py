@@ -18,6 +18,7 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT = "tensorflow/serving/predict"
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
+MAX_STRING_RANK = 32  # TF converts a string ndarray with a numpy iterator of at most 32 dimensions; past it, a segfault
 
 
 def predict_signature(servable: Servable, name: str, check_method: bool) -> str:
@@ -34,7 +35,8 @@ def predict_signature(servable: Servable, name: str, check_method: bool) -> str:
 
 
 def check_predict_request(servable: Servable, signature: str, inputs: Tensors, output_filter: list[str]) -> None:
-    """The request's inputs must be exactly the signature's; the filter must name its outputs."""
+    """The request's inputs must be exactly the signature's, and strings fewer than 33 dimensions (they would crash
+    TF); the filter must name its outputs."""
     sig = servable.signature_defs[signature]
     expected, sent = set(sig.inputs), set(inputs)
     if expected != sent and not (sent < expected and sig.defaults):
@@ -44,6 +46,10 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
             f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
         )
+    for name, value in inputs.items():
+        if value.dtype.kind in "OSU" and value.ndim > MAX_STRING_RANK:
+            raise InvalidArgument(f"input '{name}' is a string tensor of {value.ndim} dimensions; at most "
+                                  f"{MAX_STRING_RANK} are supported")
     seen = set()
     for alias in output_filter:
         if alias not in sig.outputs:

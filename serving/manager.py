@@ -5,7 +5,11 @@ A new version is loaded and warmed up before it takes traffic, and an old one is
 after that, so "latest" never points at nothing. Requests hold a reference to the Servable they
 resolved, so a version unloaded mid-request finishes that request. A version that fails to load
 is reported in its status (state END with the error) and does not affect the others (the version
-it was meant to replace keeps serving); it is tried again only when its directory changes. Versions stay in the status after unloading, as END.
+it was meant to replace keeps serving). Like TF Serving (--max_num_load_retries, --load_retry_interval_micros)
+a failed load is retried, here on the polls after a backoff (the interval, doubled after each failure) so that
+other models never wait for it; a change of the version's directory starts its retries afresh. Versions stay in
+the status after unloading, as END. A version whose directory is removed while it serves the last one of its
+model keeps serving from memory, and its status says so.
 
 Labels follow TF Serving's ServerCore::UpdateModelVersionLabelMap: a config may only point a label
 at a version that is AVAILABLE; a config that does not is refused whole (FAILED_PRECONDITION) and
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -41,9 +46,19 @@ class VersionStatus:
     error_message: str = ""
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """When to try a version that failed to load again."""
+
+    attempts: int
+    mtime: float | None  # its directory's at the failure: a change retries at once
+    retry_at: float | None  # time.monotonic() of the next retry; None when retries are exhausted
+
+
 class ModelManager:
     def __init__(self, config: ModelServerConfig, metrics: Metrics, enable_warmup: bool = True,
-                 session_config: ConfigProto | None = None, allow_labels_for_unavailable: bool = False):
+                 session_config: ConfigProto | None = None, allow_labels_for_unavailable: bool = False,
+                 max_load_retries: int = 5, load_retry_interval_s: float = 60.0):
         self._config = config
         self._allow_labels_for_unavailable = allow_labels_for_unavailable
         self._labels: dict[str, dict[str, int]] = {}
@@ -55,7 +70,9 @@ class ModelManager:
         self._reload_lock = threading.Lock()  # one config change at a time
         self._available: dict[str, dict[int, Servable]] = {}  # replaced, never mutated: lock-free reads
         self._status: dict[str, dict[int, VersionStatus]] = {}
-        self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> directory mtime at failure
+        self._max_load_retries = max_load_retries
+        self._load_retry_interval_s = load_retry_interval_s
+        self._failed: dict[tuple[str, int], LoadFailure] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -92,6 +109,10 @@ class ModelManager:
         if not versions:
             raise NotFound(f"Could not find any versions of model {name}")
         return sorted(versions.items(), reverse=True)
+
+    def labels(self) -> dict[str, dict[str, int]]:
+        """Model -> {label: version} in force (a copy)."""
+        return {name: dict(labels) for name, labels in self._labels.items()}
 
     def model_names(self) -> list[str]:
         return [m.name for m in self._config.model_config_list.config]
@@ -138,6 +159,7 @@ class ModelManager:
                         self._load(name, version, on_disk[version])
                 for version in self._unwanted(set(self._available.get(name, {})), wanted):
                     self._unload(name, version)
+                self._report_removed(name, set(on_disk))
 
     @staticmethod
     def _unwanted(available: set[int], wanted: set[int]) -> list[int]:
@@ -148,9 +170,37 @@ class ModelManager:
             unwanted.discard(max(unwanted))
         return sorted(unwanted)
 
+    def _report_removed(self, name: str, on_disk: set[int]) -> None:
+        """A version kept serving after its directory went away (see `_unwanted`) stays AVAILABLE, as TF Serving
+        clients check the state, with a message saying it serves from memory (gone if the directory returns)."""
+        for version in self._available.get(name, {}):
+            message = "" if version in on_disk else (
+                f"serving from memory: version directory {version} is gone from the base path (removed, or no "
+                f"SavedModel in it any more); it is unloaded once another version is available")
+            if self._status[name][version].error_message != message:
+                if message:
+                    log.warning("Serving %s version %d from memory: its directory is gone", name, version)
+                self._set_status(name, version, VersionStatus("AVAILABLE", "OK", message))
+
     def _should_try(self, name: str, version: int, path: Path) -> bool:
-        failed_at = self._failed.get((name, version))
-        return failed_at is None or path.stat().st_mtime != failed_at
+        failure = self._failed.get((name, version))
+        if failure is None or _mtime(path) != failure.mtime:
+            return True
+        return failure.retry_at is not None and time.monotonic() >= failure.retry_at
+
+    def _record_failure(self, name: str, version: int, path: Path) -> str:
+        """Count one more failed load of a version (the first, if its directory changed since the last) and
+        schedule its retry; returns what its status says about retrying."""
+        mtime = _mtime(path)
+        previous = self._failed.get((name, version))
+        attempts = previous.attempts + 1 if previous and previous.mtime == mtime else 1
+        if attempts > self._max_load_retries:
+            self._failed[(name, version)] = LoadFailure(attempts, mtime, None)
+            return (f"attempt {attempts}, no retries left (--max_num_load_retries={self._max_load_retries}); "
+                    f"tried again when its directory changes")
+        delay = self._load_retry_interval_s * 2 ** (attempts - 1)
+        self._failed[(name, version)] = LoadFailure(attempts, mtime, time.monotonic() + delay)
+        return f"attempt {attempts} of {self._max_load_retries + 1}, next retry in {delay:g} s"
 
     def _set_status(self, name: str, version: int, status: VersionStatus) -> None:
         with self._lock:
@@ -165,9 +215,9 @@ class ModelManager:
             replayed = warmup.replay(servable) if self._warmup else 0
         except Exception as e:  # any load failure is this version's, not the server's
             code = e.code.name if isinstance(e, ServingError) else "UNKNOWN"
-            self._failed[(name, version)] = path.stat().st_mtime
-            self._set_status(name, version, VersionStatus("END", code, f"{type(e).__name__}: {e}"))
-            log.error("Failed to load %s version %d from %s: %s", name, version, path, e)
+            message = f"{load_error(e)} ({self._record_failure(name, version, path)})"
+            self._set_status(name, version, VersionStatus("END", code, message))
+            log.error("Failed to load %s version %d from %s: %s", name, version, path, message)
             return
         seconds = time.perf_counter() - started
         gc.freeze()  # the graph's many Python objects live as long as the version: keep the collector off them
@@ -208,3 +258,19 @@ class ModelManager:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return None
+
+
+def load_error(e: Exception) -> str:
+    """A load failure in one line for a version's status. TensorFlow's messages carry graph-node markers and the
+    Python stack where the failing op was defined: nothing a client can use, and paths outside the base path."""
+    text = str(e).split("Original stack trace")[0]
+    text = re.sub(r"Detected at node .*?\nNode: '[^']*'", "", text, flags=re.S)
+    lines = [line.strip() for line in text.splitlines()]
+    return f"{type(e).__name__}: " + " ".join(line for line in lines if line and not line.startswith(("[[", 'File "')))

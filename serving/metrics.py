@@ -1,7 +1,8 @@
 """Prometheus metrics, served at TF Serving's /monitoring/prometheus/metrics when enabled.
 
 Requests by model, version, API, entry point and status; request latency; batch sizes; model
-version state and load time. Recorded always (cheap); exposed only if the monitoring config asks.
+version state and load time; whether a rewritten --model_config_file could not be applied. Recorded
+always (cheap); exposed only if the monitoring config asks.
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class Metrics:
         self.load_seconds = Histogram("serving_model_load_seconds", "Time to load and warm up a version",
                                       ("model",), buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
                                       registry=self.registry)
+        self.config_file_error = Gauge(
+            "serving_model_config_file_error",
+            "1 while a rewritten --model_config_file cannot be applied (the previous config stays in force)",
+            registry=self.registry)
 
     def request(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         self.requests.labels(model, version, api, entrypoint, status).inc()

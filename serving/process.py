@@ -21,11 +21,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_available(url: str, model: str, version: int | None = None, timeout_s: float = 60,
-                   alive: Callable[[], bool] = lambda: True, describe: Callable[[], str] = str) -> None:
+                   alive: Callable[[], bool] = lambda: True, describe: Callable[[], str] = str,
+                   client_options: dict | None = None) -> None:
     """Poll a TF Serving-compatible server's REST status until `model` is AVAILABLE (any server:
-    ours or tensorflow_model_server); `alive` says whether its process still runs."""
+    ours or tensorflow_model_server); `alive` says whether its process still runs; `client_options`
+    are RestClient's (token, ca_cert, client_cert)."""
     deadline = time.monotonic() + timeout_s
-    with RestClient(url, timeout_s=2) as client:
+    with RestClient(url, timeout_s=2, **(client_options or {})) as client:
         while time.monotonic() < deadline:
             if not alive():
                 raise RuntimeError(f"the server exited:\n{describe()}")
@@ -42,11 +44,15 @@ def wait_available(url: str, model: str, version: int | None = None, timeout_s: 
 class ServerProcess:
     """`python -m serving <flags>` on 127.0.0.1 with a free REST port; `url` is its REST base URL.
     Its output goes to `log` (in `log_dir`). It runs in a process group of its own (a Ctrl-C meant
-    for its parent reaches it through `stop`) and dies with its parent, even one killed by SIGKILL."""
+    for its parent reaches it through `stop`) and dies with its parent, even one killed by SIGKILL.
+    `client_options` (RestClient's token, ca_cert, client_cert) are what waiting for it needs when its
+    flags turn on authentication or TLS (then `url` is https)."""
 
-    def __init__(self, *flags: str, log_dir: Path):
+    def __init__(self, *flags: str, log_dir: Path, client_options: dict | None = None):
         self.rest_port = free_port()
-        self.url = f"http://127.0.0.1:{self.rest_port}"
+        self.client_options = client_options or {}
+        scheme = "https" if any(f.startswith("--ssl_config_file") for f in flags) else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.rest_port}"
         self.log = Path(log_dir) / f"server-{self.rest_port}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-m", "serving", f"--rest_api_port={self.rest_port}", "--host=127.0.0.1", *flags]
@@ -57,10 +63,18 @@ class ServerProcess:
     def wait_available(self, model: str, version: int | None = None, timeout_s: float = 60) -> None:
         """Block until `model` (at `version`, if given) is AVAILABLE; raise with the log if not."""
         wait_available(self.url, model, version, timeout_s, alive=lambda: self.process.poll() is None,
-                       describe=self.log_tail)
+                       describe=self.log_tail, client_options=self.client_options)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text()[-chars:]
+
+    def rss_mib(self) -> float:
+        """Its resident memory (VmRSS) in MiB, 0 once it has exited: what memory checks under load sample."""
+        try:
+            lines = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        except FileNotFoundError:
+            return 0.0
+        return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
 
     def stop(self) -> int:
         """SIGTERM, then wait for a clean exit (SIGKILL to its process group after 20 s); returns the exit code."""

@@ -1,8 +1,8 @@
 """TF Serving's protocol pieces the tensorflow-serving-api wheel does not give: two config messages,
 and the gRPC message size limit.
 
-The wheel has apis/ and config/model_server_config, but not monitoring_config.proto nor
-servables/tensorflow/session_bundle_config.proto (BatchingParameters). They are rebuilt here with
+The wheel has apis/ and config/model_server_config, but not monitoring_config.proto, ssl_config.proto
+nor servables/tensorflow/session_bundle_config.proto (BatchingParameters). They are rebuilt here with
 TF Serving's package, names, field numbers and types, so the same text files parse the same way,
 in a private descriptor pool so they clash with nothing.
 """
@@ -47,12 +47,21 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
     config.field.add(name="prometheus_config", number=1, label=_FIELD.LABEL_OPTIONAL, type=_FIELD.TYPE_MESSAGE,
                      type_name=".tensorflow.serving.PrometheusConfig")
     pool.Add(monitoring)
+
+    ssl = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/config/ssl_config.proto", package="tensorflow.serving", syntax="proto3")
+    message = ssl.message_type.add(name="SSLConfig")
+    for name, number, kind in [("server_key", 1, _FIELD.TYPE_STRING), ("server_cert", 2, _FIELD.TYPE_STRING),
+                               ("custom_ca", 3, _FIELD.TYPE_STRING), ("client_verify", 4, _FIELD.TYPE_BOOL)]:
+        message.field.add(name=name, number=number, label=_FIELD.LABEL_OPTIONAL, type=kind)
+    pool.Add(ssl)
     return pool
 
 
 _POOL = _build_pool()
 BatchingParameters = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 MonitoringConfig = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+SSLConfig = message_factory.GetMessageClass(_POOL.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
 
 
 def parse_text(text: str, message_class, source: str):

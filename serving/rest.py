@@ -9,9 +9,14 @@ status TF Serving maps the error's code to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import re
 import time
-from urllib.parse import unquote_to_bytes
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -21,7 +26,7 @@ from google.protobuf import json_format
 from serving import codec, inference
 from serving.core import ServingCore
 from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
-                            Unavailable, as_serving_error)
+                            ResourceExhausted, Unauthenticated, Unavailable, as_serving_error)
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -35,28 +40,56 @@ NOT_FOUND_PAGE = (  # what TF Serving's libevent answers outside /v1/
 JSON = "application/json"
 CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
                 "Access-Control-Allow-Headers": "Content-Type"}
+ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, ResourceExhausted: {"Retry-After": "1"}}
 INT64_MAX = 2**63 - 1
+LARGE_BODY_BYTES = 1 << 20
+_LIBC = ctypes.CDLL(None)
+
+
+def release_freed_memory() -> None:
+    """Free what a large request left: its reference cycles (a full collection, ~30 ms: an error raised through an
+    awaited future is a cycle holding the request's data, and the server's gc thresholds make full collections
+    rare), then give the memory back to the system (glibc keeps it in its arenas: a 250 MB body left the server
+    2.9 GB larger for good)."""
+    gc.collect()
+    if hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 class RestApi:
     def __init__(self, core: ServingCore, *, timeout_s: float | None, max_body_bytes: int,
-                 metrics_path: str | None, enable_cors: bool):
+                 metrics_path: str | None, enable_cors: bool, idle_timeout_s: float = 30.0,
+                 max_connections: int = 0):
         self.core = core
         self.timeout_s = timeout_s
         self.max_body_bytes = max_body_bytes
         self.metrics_path = metrics_path
         self.enable_cors = enable_cors
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
         self.draining = False  # shutting down: status (readiness) answers 503, requests in flight finish
         self._in_flight = 0
         self._server: web.Server | None = None
+        self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-body")
 
-    def make_server(self) -> web.Server:
+    def make_server(self) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory for loop.create_server. A connection that has not sent a whole request header
+        within `idle_timeout_s` (idle keep-alive, or headers trickling in) is closed; past `max_connections`
+        a new connection gets a 503 and is closed, so idle sockets cannot exhaust the server's descriptors."""
         def request_factory(message, payload, protocol, writer, task):
             return BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=self.max_body_bytes)
 
-        self._server = web.Server(self.handle, request_factory=request_factory, access_log=None)
-        return self._server
+        self._server = web.Server(self.handle, request_factory=request_factory, access_log=None,
+                                  keepalive_timeout=self.idle_timeout_s)
+
+        def protocol_factory() -> asyncio.Protocol:
+            if self.max_connections and len(self._server.connections) >= self.max_connections:
+                return Refuse(codec.format_error_response(
+                    f"Too many connections (limit {self.max_connections}, --rest_api_max_connections); retry later"))
+            return self._server()
+
+        return protocol_factory
 
     async def drain(self, timeout_s: float) -> None:
         """After the listener closed: wait for the requests in flight (at most `timeout_s`), then close the
@@ -76,21 +109,27 @@ class RestApi:
 
     async def _handle(self, request: BaseRequest) -> web.Response:
         path = request.rel_url.raw_path
-        if self.metrics_path is not None and path == self.metrics_path:
-            return web.Response(body=self.core.metrics_text(), content_type="text/plain")
-        if not API_PATH.fullmatch(path):
+        metrics = self.metrics_path is not None and path == self.metrics_path
+        if not metrics and not API_PATH.fullmatch(path):
             return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
         started = time.perf_counter()
         call = Call(request.method, path)
+        headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
         try:
-            body = await self._read_body(request)
-            answer = self._preflight(request) if request.method == "OPTIONS" else await self._answer(call, body)
+            with self.core.admitted():
+                self._authorize(request, call)
+                if metrics:
+                    return web.Response(body=self.core.metrics_text(), content_type="text/plain")
+                body = await self._read_body(request)
+                answer = self._preflight(request) if request.method == "OPTIONS" else await self._answer(call, body)
             status = 200
         except Exception as e:  # every error becomes an answer; the server keeps serving
-            error = as_serving_error(e, f"REST {request.method} {path}")
+            error = as_serving_error(e, f"REST {request.method} {path[:200]}")
             answer, status, call.status = codec.format_error_response(error.message), error.http_status, error.code.name
+            headers.update(ERROR_HEADERS.get(type(error), {}))
+            del error  # it holds this frame (its traceback) and this frame it: a cycle keeping the request's
+            # data (a large document) alive until a full collection, which the server's gc settings make rare
         self.core.record(call.model, call.version, call.api, "REST", call.status, time.perf_counter() - started)
-        headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
         response = web.Response(body=answer, status=status, headers=headers)
         if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang
             response.force_close()  # up, instead of lingering (aiohttp reads on for 10 s to reuse the connection)
@@ -99,6 +138,22 @@ class RestApi:
             if request.transport is not None:
                 request.transport.close()
         return response
+
+    def _authorize(self, request: BaseRequest, call: Call) -> None:
+        """With --auth_token_file: the caller's token, checked against what the URL asks for, before the body is
+        read (so unauthenticated clients cannot make the server read and parse bodies). CORS preflights carry no
+        credentials, by the Fetch standard: they pass."""
+        if not self.core.access.enabled or call.method == "OPTIONS":
+            return
+        action, model = "status", ""
+        if call.method == "POST" and (match := PREDICTION_PATH.fullmatch(call.path)):
+            action, model = match.group(4).lower(), unquote(match.group(1))
+        elif call.method == "GET" and (match := STATUS_PATH.fullmatch(call.path)):
+            action, model = ("metadata" if match.group(4) else "status"), unquote(match.group(1) or "")
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        peer = f"{peername[0]}:{peername[1]}" if peername else ""
+        self.core.authorize(request.headers.get("Authorization"), action, [model], peer,
+                            f"REST {call.method} {call.path[:200]}")
 
     async def _read_body(self, request: BaseRequest) -> bytes:
         """The body, decompressed (Content-Encoding gzip, deflate, br) with the limit applied to what it decompresses
@@ -159,23 +214,47 @@ class RestApi:
         raise malformed
 
     async def _predict(self, call: Call, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
-        document = codec.decode_json(body)
-        signature_name = codec.signature_name(document) or inference.DEFAULT_SIGNATURE
-        servable = self._servable(call, name, version, label)
-        if signature_name not in servable.signature_defs:
-            raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
-        inputs, row_format = codec.parse_predict_request(document, servable.inputs[signature_name])
-        _, outputs = await self.core.predict(servable, signature_name, inputs)
-        return codec.format_predict_response(outputs, row_format)
+        async with self._codec(body) as run:
+            document = await run(codec.decode_json, body)
+            signature_name = codec.signature_name(document) or inference.DEFAULT_SIGNATURE
+            servable = self._servable(call, name, version, label)
+            if signature_name not in servable.signature_defs:
+                raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
+            inputs, row_format = await run(codec.parse_predict_request, document, servable.inputs[signature_name])
+            del document
+            _, outputs = await self.core.predict(servable, signature_name, inputs)
+            return await run(codec.format_predict_response, outputs, row_format)
 
     async def _classify_or_regress(self, call: Call, name: str, version: int | None, label: str | None,
                                    body: bytes) -> bytes:
-        examples, signature_name = codec.parse_examples_request(codec.decode_json(body))
-        servable = self._servable(call, name, version, label)
-        if call.api == "classify":
-            classes, scores = await self.core.classify(servable, signature_name, examples)
-            return codec.format_classify_response(classes, scores)
-        return codec.format_regress_response(await self.core.regress(servable, signature_name, examples))
+        async with self._codec(body) as run:
+            examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
+            servable = self._servable(call, name, version, label)
+            if call.api == "classify":
+                classes, scores = await self.core.classify(servable, signature_name, examples)
+                return await run(codec.format_classify_response, classes, scores)
+            return await run(codec.format_regress_response, await self.core.regress(servable, signature_name, examples))
+
+    @contextlib.asynccontextmanager
+    async def _codec(self, body: bytes):
+        """Where a request's JSON is parsed and its answer formatted: inline for usual bodies; for large ones (a
+        250 MB body takes seconds) on the one large-body thread, so the event loop keeps answering the others and
+        one large document at a time is in memory; afterwards the freed memory goes back to the system."""
+        if len(body) < LARGE_BODY_BYTES:
+            async def inline(work, *args):
+                return work(*args)
+
+            yield inline
+            return
+        loop = asyncio.get_running_loop()
+
+        async def off_loop(work, *args):
+            return await loop.run_in_executor(self._large_bodies, work, *args)
+
+        try:
+            yield off_loop
+        finally:
+            await loop.run_in_executor(self._large_bodies, release_freed_memory)
 
     def _servable(self, call: Call, name: str, version: int | None, label: str | None) -> Servable:
         call.model = name
@@ -196,6 +275,18 @@ class RestApi:
         return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
 
 
+class Refuse(asyncio.Protocol):
+    """A connection over the limit: one 503 with `body`, then closed."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
+        transport.close()
+
+
 class Call:
     """What a request was, for its log line and metrics, filled in as routing learns it."""
 
@@ -207,10 +298,9 @@ class Call:
 def _model_spec(name: str | None, version: str | None, label: str | None, last: str | None):
     """Decode the URL parts the regex captured, with TF Serving's errors for bad ones."""
     if version is not None:
-        number = int(version)
-        if number > INT64_MAX:
+        if len(version.lstrip("0")) > 19 or int(version) > INT64_MAX:  # int() refuses more than 4,300 digits
             raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
-        version = number
+        version = int(version)
     if name is not None:
         name = _decode(name, "model name")
     if label is not None:

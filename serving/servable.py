@@ -91,6 +91,9 @@ class Servable:
             values = run(*(inputs[n] for n in names))
         except tf.errors.OpError as e:
             raise self._explain(e, signature, inputs) from None
+        except UnicodeDecodeError as e:  # an op's error quoting input bytes that are not UTF-8 (ParseExample's does)
+            # cannot become a Python message and loses its code: the bytes are the request's, so the client's mistake
+            raise errors.InvalidArgument(e.object.decode("utf-8", "replace").split("\n\t [[")[0]) from None
         return dict(zip(outputs, values))
 
     def _callable(self, signature: str, names: tuple[str, ...]):

@@ -20,6 +20,7 @@ import argparse
 import json
 import shutil
 import sys
+from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry, RegistryError, rollout
@@ -58,6 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         command.add_argument("--server", help="HOST:PORT of a running server's gRPC API to apply the change to")
         command.add_argument("--base-path-root", help="the repository's path as that server sees it (e.g. /models)")
         command.add_argument("--timeout-s", type=float, default=120.0, help="for the server to load and relabel")
+        command.add_argument("--token-file", help="a file holding an admin token of that server's --auth_token_file")
+        command.add_argument("--ca-cert", help="PEM file of the CA that signed that server's TLS certificate")
     return parser.parse_args(argv)
 
 
@@ -169,11 +172,22 @@ def change_label(registry: Registry, args, model: str, name: str, version: int, 
         previous = registry.set_label(model, name, version, action)
         if args.server:
             rollout.apply(args.server, current, registry.models_config(args.base_path_root), model, name, version,
-                          args.timeout_s)
+                          args.timeout_s, client_options(args))
         path = registry.write_models_config()
     where = f" and on {args.server}" if args.server else ""
     print(f"{model}: {name} -> version {version} (was {previous if previous is not None else 'unset'}){where}; "
           f"{path} rewritten")
+
+
+def client_options(args) -> dict:
+    """GrpcClient's security options from --token-file and --ca-cert (a token is read from a file, never taken
+    on the command line, where other users of the machine could see it)."""
+    options = {}
+    if args.token_file:
+        options["token"] = Path(args.token_file).read_text().strip()
+    if args.ca_cert:
+        options["ca_cert"] = args.ca_cert
+    return options
 
 
 def collect(registry: Registry, args) -> None:

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from pipeline.registry import RegistryError
 
 
-def apply(server: str, current, target, model: str, label: str, version: int, timeout_s: float = 120.0) -> None:
-    """Move `label` of `model` to `version` on the server at `server` (host:port, gRPC), from `current` to `target`."""
+def apply(server: str, current, target, model: str, label: str, version: int, timeout_s: float = 120.0,
+          client_options: dict | None = None) -> None:
+    """Move `label` of `model` to `version` on the server at `server` (host:port, gRPC), from `current` to `target`;
+    `client_options` are GrpcClient's token and TLS options."""
     from serving.client import GrpcClient, ServingClientError
 
-    with GrpcClient(server, timeout_s=min(timeout_s, 60)) as client:
+    with GrpcClient(server, timeout_s=min(timeout_s, 60), **(client_options or {})) as client:
         try:
             serving = {m.name: _serving(client, m.name) for m in target.model_config_list.config}
             client.reload_config(_both(current, target, serving))

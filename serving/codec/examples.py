@@ -47,7 +47,10 @@ def example_from_json(value: Any) -> Any:
     example = example_pb2.Example()
     for name, content in value.items():
         kind, values = _feature_values(name, content if isinstance(content, list) else [content])
-        feature = example.features.feature[name]  # an empty list still adds an (empty) feature
+        try:
+            feature = example.features.feature[name]  # an empty list still adds an (empty) feature
+        except UnicodeEncodeError:  # the body's invalid UTF-8, passed through by the parser: a proto key cannot hold it
+            raise CodecError(f"Feature name {debug_string(name)} is not valid UTF-8") from None
         if kind is not None:
             getattr(feature, f"{kind}_list").value.extend(values)
     return example

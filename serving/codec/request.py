@@ -230,29 +230,31 @@ def _dense_shape(value: Any) -> list[int]:
 def _leaf_values(value: Any, shape: list[int], dtype: np.dtype) -> list:
     """All leaves of `value` converted to `dtype`, with FillTensorProto's checks and messages."""
     values: list = []
-    rank = len(shape)
-
-    def walk(item: Any, level: int) -> None:
-        if not isinstance(item, list):
-            if level != rank:
-                raise CodecError(
-                    f"JSON Value: {debug_string(item)} found at incorrect level: {level + 1} "
-                    f"in the JSON DOM. Expected at level: {rank}"
-                )
-            values.append(_leaf_value(item, dtype))
-            return
-        if level >= rank:
-            raise CodecError(f"Encountered list at unexpected level: {level} expected < {rank}")
-        if len(item) != shape[level]:
-            raise CodecError(
-                f"Encountered list at unexpected size: {len(item)} at level: {level} "
-                f"expected size: {shape[level]}"
-            )
-        for element in item:
-            walk(element, level + 1)
-
-    walk(value, 0)
+    _walk(value, 0, shape, dtype, values)
     return values
+
+
+def _walk(item: Any, level: int, shape: list[int], dtype: np.dtype, values: list) -> None:
+    """Append `item`'s leaves to `values` (a plain function: a recursive closure is a reference cycle per call,
+    garbage only a full collection frees)."""
+    rank = len(shape)
+    if not isinstance(item, list):
+        if level != rank:
+            raise CodecError(
+                f"JSON Value: {debug_string(item)} found at incorrect level: {level + 1} "
+                f"in the JSON DOM. Expected at level: {rank}"
+            )
+        values.append(_leaf_value(item, dtype))
+        return
+    if level >= rank:
+        raise CodecError(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(item) != shape[level]:
+        raise CodecError(
+            f"Encountered list at unexpected size: {len(item)} at level: {level} "
+            f"expected size: {shape[level]}"
+        )
+    for element in item:
+        _walk(element, level + 1, shape, dtype, values)
 
 
 def _leaf_value(value: Any, dtype: np.dtype) -> Any:

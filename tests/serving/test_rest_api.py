@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 import threading
 
 import numpy as np
@@ -241,28 +240,6 @@ def _metric(text: str, series: str) -> float:
     raise AssertionError(f"{series} not in metrics")
 
 
-def test_fuzzed_bodies_get_4xx_never_5xx(server):
-    rng = random.Random(7)
-    seeds = [case[2].encode() if isinstance(case[2], str) else case[2] for case in GOLDEN + ERRORS if case[2]]
-    for _ in range(300):
-        body = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 4)):
-            action = rng.random()
-            position = rng.randrange(len(body) + 1)
-            if action < 0.4 and body:
-                body[min(position, len(body) - 1)] = rng.randrange(256)
-            elif action < 0.7:
-                body[position:position] = bytes(rng.choice([b"[", b"]", b"{", b'"', b",", b"1e999", b"\x00", b"-"]))
-            else:
-                del body[position:position + rng.randint(1, 5)]
-        path = rng.choice([f"{HPT}:predict", f"{HPT}:regress", f"{HPT}:classify", "/v1/models/digits:predict"])
-        response = call(server, "POST", path, bytes(body))
-        assert response.status_code < 500, (bytes(body), response.text)
-        if response.status_code != 200:
-            assert "error" in response.json()
-    assert call(server, "GET", HPT).status_code == 200
-
-
 def test_rest_client_round_trips_and_raises_typed_errors(server, digits):
     with RestClient(server.url) as client:
         y = client.predict("half_plus_two", [1.0, 2.0])["y"]
@@ -291,5 +268,5 @@ def test_any_exception_becomes_a_serving_error_once(caplog):
         except ZeroDivisionError as e:
             bug = as_serving_error(e, "REST POST /v1/models/x:predict")
     assert isinstance(bug, Internal) and (bug.http_status, bug.code.name) == (500, "INTERNAL")
-    assert bug.message == "Internal error: ZeroDivisionError: division by zero"
+    assert bug.message == "Internal error (ZeroDivisionError); the server's log has the details"
     assert "REST POST /v1/models/x:predict failed" in caplog.text and "Traceback" in caplog.text
