@@ -7,7 +7,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run serve bench bench-quick test test-quick clean clean-models
+.PHONY: run serve bench bench-quick fuzz soak test test-quick clean clean-models
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
@@ -40,6 +40,14 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/serving_bench.py --model mid --quick --out /tmp/bench-quick $(ARGS)
+
+# 10,000 malformed REST and gRPC requests against a real server (about 1 minute): benchmarks/results/fuzz.*
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz.py $(ARGS)
+
+# The knee rate, then 5 minutes of open-loop load at half of it, with the server's memory sampled (about 7 minutes)
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 # Everything, slow integration tests included (this is what CI runs), a test module per worker on
 # two processes: most of the suite waits on subprocesses and servers starting.

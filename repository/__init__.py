@@ -69,6 +69,11 @@ def versions(model_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def resolves_inside(path: str | Path, root: str | Path) -> bool:
+    """Whether `path`, symlinks followed, lies in `root` (a server's --model_base_path_root)."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
 def latest(model_dir: str | Path) -> int | None:
     """The newest complete version, or None."""
     return max(versions(model_dir), default=None)

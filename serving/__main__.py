@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--allow_remote_config_reload", type=parse_bool, nargs="?", const=True, default=False,
          help="accept HandleReloadConfigRequest from other machines, not only loopback (a reload loads models from "
               "any directory the server can read: trusted networks only)")
-    flag("--model_base_path_root", default="", help="reloads may name base paths inside this directory only")
+    flag("--model_base_path_root", default="", help="base paths (also in reloads) and their version directories must "
+                                                    "resolve inside this directory")
     flag("--auth_token_file", default="", help="YAML of bearer tokens {id, token, role: predict|admin, models}; "
                                                "re-read on SIGHUP (see SECURITY.md)")
     flag("--auth_allow_status", type=parse_bool, nargs="?", const=True, default=False,
@@ -114,6 +115,7 @@ class Settings:
 
 def parse_settings(argv: list[str]) -> Settings:
     """Parse flags and the files they name; raise SystemExit(2) with every reason."""
+    import repository
     from serving import protos
     from serving.auth import Access
     from serving.model_config import load_model_server_config, single_model_config
@@ -145,6 +147,11 @@ def parse_settings(argv: list[str]) -> Settings:
             model_config = single_model_config(args.model_name, args.model_base_path)
         else:
             raise ValueError("--model_base_path or --model_config_file is required.")
+        outside = [m.name for m in model_config.model_config_list.config if args.model_base_path_root
+                   and not repository.resolves_inside(m.base_path, args.model_base_path_root)]
+        if outside:
+            raise ValueError(f"--model_base_path_root {args.model_base_path_root!r}: the base paths of {outside} "
+                             f"resolve outside it.")
         if args.batching_parameters_file and not args.enable_batching:
             raise ValueError("--batching_parameters_file needs --enable_batching.")
         if args.enable_batching:
@@ -184,7 +191,8 @@ async def serve(settings: Settings) -> None:
                                                          args.tensorflow_inter_op_parallelism),
                            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
                            max_load_retries=args.max_num_load_retries,
-                           load_retry_interval_s=args.load_retry_interval_micros / 1e6)
+                           load_retry_interval_s=args.load_retry_interval_micros / 1e6,
+                           path_root=args.model_base_path_root)
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
@@ -307,6 +315,9 @@ async def watch_config_file(manager, metrics, path: str, every_s: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serving.rest import QuietClientErrors
+
+    logging.getLogger("aiohttp.server").addFilter(QuietClientErrors())
     # Each JSON request allocates thousands of short-lived objects; with TensorFlow's millions of
     # long-lived ones in the heap, default collector settings cost more than parsing (measured 2.5x
     # throughput on a 23 KB request). Loaded models are frozen out of collection (manager.py); collect

@@ -40,9 +40,10 @@ class Token:
     models: frozenset[str] | None  # None: every model
 
     def may(self, action: str, model: str) -> bool:
+        """`model` is "" for what concerns no model (the metrics page, a malformed request)."""
         if action in ADMIN:
             return self.role == "admin"
-        return self.models is None or model in self.models
+        return self.models is None or not model or model in self.models
 
 
 def load_tokens(path: str | Path) -> list[Token]:

@@ -77,6 +77,13 @@ class RequestTimeout(DeadlineExceeded):
     http_status = 408
 
 
+class Cancelled(ServingError):
+    """The client went away before its request was read: nobody gets the answer (nginx's 499), counted as such."""
+
+    http_status = 499
+    code = grpc.StatusCode.CANCELLED
+
+
 class Unavailable(ServingError):
     http_status = 503
     code = grpc.StatusCode.UNAVAILABLE
@@ -98,7 +105,7 @@ class Unknown(ServingError):
 
 
 _BY_CODE = {cls.code.value[0]: cls for cls in (
-    InvalidArgument, FailedPrecondition, NotFound, Unauthenticated, ResourceExhausted, DeadlineExceeded,
+    Cancelled, InvalidArgument, FailedPrecondition, NotFound, Unauthenticated, ResourceExhausted, DeadlineExceeded,
     Unavailable, Unimplemented, Internal, Unknown)}
 
 

@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+import repository
 from serving import inference
 from serving.core import ServingCore
 from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
@@ -239,7 +240,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                                     "the server with --auth_token_file (admin tokens may reload from anywhere) or "
                                     "--allow_remote_config_reload to accept it from others")
         for model in config.model_config_list.config:
-            if self.base_path_root and not _inside(Path(model.base_path), self.base_path_root):
+            if self.base_path_root and not repository.resolves_inside(model.base_path, self.base_path_root):
                 return PermissionDenied(f"model {model.name[:100]!r}: its base_path is outside --model_base_path_root")
         return None
 
@@ -339,6 +340,3 @@ def is_loopback(peer: str) -> bool:
     except ValueError:
         return False
 
-
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())

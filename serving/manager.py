@@ -58,8 +58,10 @@ class LoadFailure:
 class ModelManager:
     def __init__(self, config: ModelServerConfig, metrics: Metrics, enable_warmup: bool = True,
                  session_config: ConfigProto | None = None, allow_labels_for_unavailable: bool = False,
-                 max_load_retries: int = 5, load_retry_interval_s: float = 60.0):
+                 max_load_retries: int = 5, load_retry_interval_s: float = 60.0, path_root: str = ""):
         self._config = config
+        self._path_root = path_root
+        self._escaped: set[Path] = set()  # version directories outside path_root, reported once each
         self._allow_labels_for_unavailable = allow_labels_for_unavailable
         self._labels: dict[str, dict[str, int]] = {}
         self._session_config = session_config
@@ -152,7 +154,7 @@ class ModelManager:
                     for version in list(self._available[name]):
                         self._unload(name, version)
             for name, model in configured.items():
-                on_disk = repository.versions(model.base_path)
+                on_disk = self._versions(name, model.base_path)
                 wanted = aspired_versions(list(on_disk), model)
                 for version in sorted(wanted - set(self._available.get(name, {}))):
                     if self._should_try(name, version, on_disk[version]):
@@ -160,6 +162,19 @@ class ModelManager:
                 for version in self._unwanted(set(self._available.get(name, {})), wanted):
                     self._unload(name, version)
                 self._report_removed(name, set(on_disk))
+
+    def _versions(self, name: str, base_path: str) -> dict[int, Path]:
+        """The complete versions under `base_path`; with --model_base_path_root, those whose directory resolves
+        (symlinks followed) outside it are ignored: a link must not make the server load a model from elsewhere."""
+        found = repository.versions(base_path)
+        if not self._path_root:
+            return found
+        inside = {v: p for v, p in found.items() if repository.resolves_inside(p, self._path_root)}
+        for version in found.keys() - inside.keys():
+            if found[version] not in self._escaped:
+                self._escaped.add(found[version])
+                log.warning("Ignoring %s version %d: its directory resolves outside --model_base_path_root", name, version)
+        return inside
 
     @staticmethod
     def _unwanted(available: set[int], wanted: set[int]) -> list[int]:

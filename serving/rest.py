@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -19,21 +20,23 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
 
 from serving import codec, inference
 from serving.core import ServingCore
-from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
+from serving.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
                             ResourceExhausted, Unauthenticated, Unavailable, as_serving_error)
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
-PREDICTION_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE)
+PREDICTION_PATH = re.compile(  # ASCII: RE2's \d, which TF Serving uses, is 0-9 only
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE | re.ASCII)
 STATUS_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE | re.ASCII)
 NOT_FOUND_PAGE = (  # what TF Serving's libevent answers outside /v1/
     "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 )
@@ -145,7 +148,7 @@ class RestApi:
         credentials, by the Fetch standard: they pass."""
         if not self.core.access.enabled or call.method == "OPTIONS":
             return
-        action, model = "status", ""
+        action, model = ("metrics" if call.path == self.metrics_path else "status"), ""
         if call.method == "POST" and (match := PREDICTION_PATH.fullmatch(call.path)):
             action, model = match.group(4).lower(), unquote(match.group(1))
         elif call.method == "GET" and (match := STATUS_PATH.fullmatch(call.path)):
@@ -167,6 +170,8 @@ class RestApi:
             raise PayloadTooLarge(
                 f"Request body is larger than the limit of {self.max_body_bytes} bytes (--rest_api_max_body_bytes)"
                 + (" once decompressed" if request.headers.get("Content-Encoding") else "")) from None
+        except ConnectionResetError:
+            raise Cancelled("The client closed the connection before sending the whole body") from None
         except RequestPayloadError as e:
             encoding = request.headers.get("Content-Encoding", "")[:40]
             raise InvalidArgument(f"Request body cannot be read as Content-Encoding {encoding!r}: "
@@ -273,6 +278,19 @@ class RestApi:
         spec_json = json_format.MessageToJson(spec, **options)
         signature_json = json_format.MessageToJson(signatures, **options)
         return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
+
+
+class QuietClientErrors(logging.Filter):
+    """aiohttp logs a traceback at ERROR for every request that does not parse as HTTP (it answered 400): the
+    client's mistake, and a way for any client to flood the log. One line at INFO is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "%s: %s", (record.getMessage(), str(error).replace("\n", " ")[:200]), None, None)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 class Refuse(asyncio.Protocol):

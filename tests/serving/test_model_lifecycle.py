@@ -89,6 +89,11 @@ def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two
      "No such file"),
     (["--rest_api_port=1", "--model_base_path=/x", "--enable_batching=maybe"], "expected true or false"),
     (["--port=0", "--rest_api_port=0", "--model_base_path=/x"], "nothing would serve"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--model_base_path_root=/models"],
+     "--model_base_path_root '/models': the base paths of ['default'] resolve outside it"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--auth_allow_status"], "--auth_allow_status needs --auth_token_file"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--auth_token_file=/no/tokens.yaml"], "cannot be read as YAML"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--ssl_config_file=/no/ssl.config"], "No such file"),
 ])
 def test_bad_flags_and_files_fail_at_start_with_exit_2(flags, message, capsys):
     from serving.__main__ import parse_settings

@@ -54,7 +54,9 @@ def secured(tmp_path_factory, half_plus_two_base):
     (work / "ssl.config").write_text(text_format.MessageToString(ssl_config))
     grpc_port = free_port()
     tls = {"ca_cert": ca.cert_file, "client_cert": client_cert}
+    (work / "monitoring.config").write_text("prometheus_config { enable: true }")
     process = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}", f"--auth_token_file={tokens}",
+                            f"--monitoring_config_file={work / 'monitoring.config'}",
                             "--auth_allow_status", f"--audit_log_file={work / 'audit.jsonl'}",
                             f"--ssl_config_file={work / 'ssl.config'}", log_dir=work, client_options=tls)
     process.target, process.work, process.tls, process.ca, process.config = (
@@ -88,9 +90,13 @@ def test_rest_tokens_roles_and_models(secured):
             predictor.predict("other", [1.0])
         assert info.value.status == 403 and info.value.message == "Token 'dashboards' (role predict) may not use model 'other'"
         assert admin.predict("other", [1.0])["y"].tolist() == [2.5]
-    raw = requests.post(f"{secured.url}/v1/models/hpt:predict", data=BODY, verify=str(secured.ca.cert_file),
-                        cert=tuple(map(str, secured.tls["client_cert"])), timeout=10)
+    tls = {"verify": str(secured.ca.cert_file), "cert": tuple(map(str, secured.tls["client_cert"])), "timeout": 10}
+    raw = requests.post(f"{secured.url}/v1/models/hpt:predict", data=BODY, **tls)
     assert raw.status_code == 401 and raw.headers["WWW-Authenticate"] == "Bearer"
+    metrics = f"{secured.url}/monitoring/prometheus/metrics"
+    assert requests.get(metrics, **tls).status_code == 401  # open status (--auth_allow_status) is not open metrics
+    scraped = requests.get(metrics, headers={"Authorization": f"Bearer {PREDICT_TOKEN}"}, **tls)
+    assert scraped.status_code == 200 and "serving_requests_total" in scraped.text
     failures = [e for e in audit(secured) if e["action"] == "auth_failure"]
     assert {(e["token_id"], e["result"].split(":")[0]) for e in failures} >= {(None, "UNAUTHENTICATED"),
                                                                              ("dashboards", "PERMISSION_DENIED")}
@@ -271,3 +277,33 @@ def test_large_failing_bodies_do_not_pile_up_in_memory(limited):
     for _ in range(4):
         send()
     assert rss_mib(limited.process.pid) - before < 40  # each request's ~50 MB of objects was kept before (a cycle)
+
+
+def test_versions_linked_from_outside_the_root_are_ignored(tmp_path, half_plus_two_base, caplog):
+    from serving.manager import ModelManager
+    from serving.metrics import Metrics
+    from serving.model_config import single_model_config
+
+    root = tmp_path / "models"
+    copy_version(half_plus_two_base, 123, root / "hpt" / "1")
+    (root / "hpt" / "2").symlink_to(copy_version(half_plus_two_base, 123, tmp_path / "elsewhere" / "2"))
+    manager = ModelManager(single_model_config("hpt", str(root / "hpt")), Metrics(), enable_warmup=False,
+                           path_root=str(root))
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        manager.start(0)
+    assert [version for version, _ in manager.status("hpt")] == [1]
+    assert "Ignoring hpt version 2: its directory resolves outside --model_base_path_root" in caplog.text
+
+
+def test_requests_that_are_not_http_log_one_line_not_a_traceback(limited):
+    for payload in (b"GARBAGE\r\n\r\n", b"POST /v1/models/hpt:predict HTTP/1.1\r\nContent-Length: 1\r\n\r\n{"):
+        with connect(limited) as s:
+            s.sendall(payload)
+            assert s.recv(4096).startswith(b"HTTP/1.0 400")
+    _eventually(lambda: "Missing 'Host' header" in limited.log_tail())
+    assert "Traceback" not in limited.log.read_text()
+
+
+def test_versions_are_ascii_digits_only(limited):
+    response = requests.post(f"{limited.url}/v1/models/hpt/versions/١٢٣:predict", data=BODY, timeout=10)
+    assert response.status_code == 400 and response.json()["error"].startswith("Malformed request: POST")
