@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--model_base_path", default="", help="directory of integer-named version directories")
     flag("--model_config_file", default="", help="text-format ModelServerConfig (instead of --model_name/base_path)")
     flag("--model_config_file_poll_wait_seconds", type=int, default=0, help="re-read --model_config_file this often")
-    flag("--file_system_poll_wait_seconds", type=int, default=1, help="poll base paths for new versions (0: once)")
+    flag("--file_system_poll_wait_seconds", type=float, default=1,
+         help="poll base paths for new versions (0: once; fractions of a second accepted, unlike TF Serving)")
     flag("--max_num_load_retries", type=int, default=5,
          help="retries of a version that failed to load, on later polls (none when polling only once)")
     flag("--load_retry_interval_micros", type=int, default=60_000_000,

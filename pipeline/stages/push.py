@@ -4,7 +4,8 @@
 Nothing reaches a server polling the repository (ours or tensorflow_model_server) before it is
 checked: the candidate is copied into a hidden staging directory in the model's base path; its
 serving signatures must match the newest version's (a client of the model keeps working); with
-`serve.smoke` the embedded server must serve it from there and answer a predict request; only
+`serve.smoke` the embedded server must serve it from there and answer a predict request (unless
+infra_validate already served this SavedModel, over REST and gRPC, in the same run); only
 then is it renamed into place, and recorded in the registry (pipeline.registry) with its lineage: the
 run, its config, metrics, data, compression variant and infra-validation result, which also travel
 inside the version as `maas.json`. A candidate identical to the newest version (a rerun after a
@@ -67,12 +68,20 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         candidate = area / "1"  # the staging area is a model base path of its own, holding the candidate
         shutil.copytree(inputs["saved_model"], candidate)
         repository.write_lineage(candidate, lineage)
-        smoke = {"smoke_latency_ms": smoke_test(name, area, cfg.serve.timeout_s, out)} if cfg.serve.smoke else {}
+        smoke = {}
+        if cfg.serve.smoke and _infra_validated(inputs["infra_validation"]):
+            print("push: infra_validate served this SavedModel over REST and gRPC in this run; no second smoke test")
+        elif cfg.serve.smoke:
+            smoke = {"smoke_latency_ms": smoke_test(name, area, cfg.serve.timeout_s, out)}
         version, path = repository.publish_prepared(candidate, model_dir)
     with Registry(cfg.push.repository) as registry:  # a crash before this is repaired when it is next opened
         registry.record(name, version, lineage)
     print(f"push: published {path} (run {lineage['run_id']})")
     return _result(out, version, path, published=True, **smoke)
+
+
+def _infra_validated(infra_validation: Path) -> bool:
+    return not json.loads((infra_validation / "report.json").read_text()).get("skipped", False)
 
 
 def _lineage(inputs: dict[str, Path], digest: str) -> dict:

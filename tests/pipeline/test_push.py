@@ -44,7 +44,7 @@ def view(repo: Path, *overrides: str):
 def stage_inputs(run_dir: Path, candidate: Path) -> dict[str, Path]:
     """What push reads, laid out as the runner hands it over: <run dir>/<stage>/<artefact>."""
     files = {"evaluation/metrics.json": '{"accuracy": 0.9}', "compressed/selection.json": '{"selected": "baseline"}',
-             "infra_validation/report.json": '{"p99_ms": 3.0}', "dataset/train.npz": "rows"}
+             "infra_validation/report.json": '{"skipped": true}', "dataset/train.npz": "rows"}
     for name, text in files.items():
         (run_dir / "stage" / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "stage" / name).write_text(text)
@@ -99,6 +99,17 @@ def test_a_candidate_that_does_not_serve_is_never_published(tmp_path, candidates
     with pytest.raises(StageError, match="did not serve, so it was not published"):
         push_run(tmp_path, candidates["64"], "serve.smoke=true", "serve.timeout_s=0.01")
     assert entries(tmp_path / "repo" / "digits") == []
+
+
+def test_no_second_smoke_test_for_a_candidate_infra_validate_served(tmp_path, candidates, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "out").mkdir(parents=True)
+    inputs = stage_inputs(run_dir, candidates["64"])
+    (inputs["infra_validation"] / "report.json").write_text('{"p99_ms": 3.0, "rows": 8}')
+    result = push.run(view(tmp_path / "repo", "serve.smoke=true"), inputs, run_dir / "out")
+    assert result["version"] == 1 and "smoke_latency_ms" not in result
+    assert "infra_validate served this SavedModel over REST and gRPC in this run; no second smoke test" in \
+        capsys.readouterr().out
 
 
 @pytest.mark.slow

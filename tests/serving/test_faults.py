@@ -99,7 +99,7 @@ def faults(tmp_path_factory, half_plus_two_base) -> Faults:
         pusher = subprocess.Popen([sys.executable, str(Path(__file__).parent / "pusher.py"), str(root / "push")],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
     server = ServerProcess(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1", "--port=0",
-                           "--file_system_poll_wait_seconds=1", f"--monitoring_config_file={monitoring}",
+                           "--file_system_poll_wait_seconds=0.25", f"--monitoring_config_file={monitoring}",
                            *RETRY_FLAGS, log_dir=root)
     try:
         for name in ("swap", "slow", "removed"):
