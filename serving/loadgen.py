@@ -46,6 +46,8 @@ def check_target(url: str) -> tuple[str, int, str]:
 async def _request(reader, writer, payload: bytes) -> int:
     writer.write(payload)
     status_line = await reader.readline()
+    if not status_line:  # the server closed the connection without answering
+        raise ConnectionResetError("connection closed before a response")
     length = 0
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.partition(b":")

@@ -53,3 +53,18 @@ def test_a_slow_server_shows_queueing_in_open_loop_latency():
     assert ok["ok"] == 40 and not ok["errors"]
     assert ok["p99_ms"] > 200, ok
     assert failing["errors"] == {"http_503": 5} and failing["ok"] == 0
+
+
+def test_a_server_that_hangs_up_counts_as_errors_not_a_crash():
+    async def hang_up(reader, writer):
+        await reader.read(100)
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await loadgen.open_loop(f"http://127.0.0.1:{port}/x", b"{}", rate=5, seconds=1, connections=2)
+
+    result = asyncio.run(scenario())
+    assert result["ok"] == 0 and sum(result["errors"].values()) == 5, result
