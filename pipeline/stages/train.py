@@ -10,7 +10,7 @@ starting from scratch (online updates).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +28,11 @@ class Config:
     strategy: Strategy = "default"  # tf.distribute: one device, all local devices, workers, parameter servers
     workers: int = 1  # multi_worker, parameter_server: worker processes (local ones when TF_CONFIG is unset)
     ps: int = 1  # parameter_server: parameter server processes
+    partition: Literal["none", "min_size", "fixed", "max_size"] = "none"  # parameter_server: split large variables
+    # (embedding tables) into shards on different ps (model parallel): tf.distribute.experimental.partitioners
+    partition_shards: int = 0  # partition=fixed: shards per variable (at most train.ps); 0 = train.ps
+    partition_min_shard_bytes: int = 256 << 10  # partition=min_size: no shard smaller than this (TF's default)
+    partition_max_shard_bytes: int = 0  # partition=max_size: no shard larger than this (required)
     backup_dir: str = ""  # BackupAndRestore's dir; "" = .backup/<hash of config and inputs> beside the output
     init_from: str = ""  # online update: "latest", a version number or "label:NAME" (registry) in
     # push.repository/push.model_name, or a version directory, to warm-start from instead of from scratch
@@ -52,12 +57,41 @@ class Config:
         elif self.step:
             problem = user.reference_problem(self.step)
             found += [f"step: {problem}"] if problem else []
+        found += self._partition_problems()
         if self.learning_rate <= 0:
             found.append(f"learning_rate: expected a positive number, received {self.learning_rate}.")
         return found
 
+    def _partition_problems(self) -> list[str]:
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [k for k in PARTITION_KEYS.values() if getattr(self, k) != defaults[k]]
+        if self.partition == "none":
+            return [f"{k}: set ({getattr(self, k)}) but train.partition is 'none'; set train.partition too."
+                    for k in changed]
+        if self.strategy != "parameter_server":
+            return [f"partition: {self.partition!r} shards variables across parameter servers; it needs "
+                    f"train.strategy=parameter_server, received {self.strategy!r} (mirrored and multi_worker keep a "
+                    f"whole copy of every variable on each replica)."]
+        wanted = PARTITION_KEYS[self.partition]
+        owner = {key: partition for partition, key in PARTITION_KEYS.items()}
+        found = [f"{k}: applies to train.partition={owner[k]!r}, not {self.partition!r}." for k in changed if k != wanted]
+        if self.partition == "fixed" and self.partition_shards > self.ps:
+            found.append(f"partition_shards: {self.partition_shards} shards over train.ps={self.ps} parameter servers: "
+                         f"TensorFlow would place them round robin, several on one server, which splits no memory "
+                         f"further; expected at most {self.ps}.")
+        if self.partition == "fixed" and self.partition_shards < 0:
+            found.append(f"partition_shards: expected a positive integer (or 0 for train.ps), received "
+                         f"{self.partition_shards}.")
+        if self.partition in ("min_size", "max_size") and getattr(self, wanted) < 1:
+            found.append(f"{wanted}: expected a positive number of bytes, received {getattr(self, wanted)}.")
+        return found
+
+
+PARTITION_KEYS = {"fixed": "partition_shards", "min_size": "partition_min_shard_bytes",
+                  "max_size": "partition_max_shard_bytes"}
 
 CONFIG = ("seed", "model", "data.augment", "train.epochs", "train.batch_size", "train.strategy", "train.workers", "train.ps",
+          "train.partition", "train.partition_shards", "train.partition_min_shard_bytes", "train.partition_max_shard_bytes",
           "train.backup_dir", "train.init_from", "train.loop", "train.step", "train.learning_rate",
           "train.early_stopping_patience")
 # push.* only locate the version train.init_from names; `resolve` turns that into a path, which is keyed.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import get_args
 
@@ -15,10 +16,11 @@ TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task
 JOBS = {"multi_worker": {"chief", "worker"}, "parameter_server": {"chief", "worker", "ps"}}
 
 
-def make_strategy(name: Strategy) -> tf.distribute.Strategy:
+def make_strategy(name: Strategy, partitioner=None) -> tf.distribute.Strategy:
     """`default`: one device. `mirrored`: every local GPU, or every logical CPU device if none.
     `multi_worker` and `parameter_server`: the cluster in TF_CONFIG (this process is the
-    parameter_server coordinator, the chief).
+    parameter_server coordinator, the chief); `partitioner` (parameter_server only, see
+    `variable_partitioner`) splits large variables into shards on different ps.
     """
     if name == "default":
         return tf.distribute.get_strategy()
@@ -29,8 +31,46 @@ def make_strategy(name: Strategy) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "parameter_server":
         return tf.distribute.experimental.ParameterServerStrategy(
-            tf.distribute.cluster_resolver.TFConfigClusterResolver())
+            tf.distribute.cluster_resolver.TFConfigClusterResolver(), variable_partitioner=partitioner)
     raise ValueError(f"unknown strategy {name!r}; expected one of {get_args(Strategy)}")
+
+
+def variable_partitioner(train, ps: int):
+    """TF's partitioner for train.partition (None for "none"): `fixed` N shards per variable; `min_size` and
+    `max_size` as many as the byte bounds ask, at most one per parameter server. TF applies it to every
+    variable, and variables smaller than a shard's bound stay whole."""
+    partitioners = tf.distribute.experimental.partitioners
+    if train.partition == "fixed":
+        return partitioners.FixedShardsPartitioner(train.partition_shards or ps)
+    if train.partition == "min_size":
+        return partitioners.MinSizePartitioner(min_shard_bytes=train.partition_min_shard_bytes, max_shards=ps)
+    if train.partition == "max_size":
+        return partitioners.MaxSizePartitioner(max_shard_bytes=train.partition_max_shard_bytes, max_shards=ps)
+    return None
+
+
+def shard_groups(variables: list) -> dict[str, list]:
+    """Variable name -> its shards in order: a sharded variable's parts are listed one by one, named
+    `<name>/part_<i>:0` (a whole variable is a group of one)."""
+    groups: dict[str, list] = {}
+    for variable in variables:
+        groups.setdefault(re.sub(r"/part_\d+:\d+$", "", variable.name).removesuffix(":0"), []).append(variable)
+    return groups
+
+
+def placement(variables: list) -> list[dict]:
+    """Where each variable lives: its shape and, per shard, the rows it holds and its device (a ShardedVariable
+    is split along its first axis, its shards on different parameter servers)."""
+    report = []
+    for name, shards in shard_groups(variables).items():
+        first, rows = 0, []
+        for shard in shards:
+            size = int(shard.shape[0]) if shard.shape.rank else 1
+            rows.append({"rows": [first, first + size - 1], "device": shard.device})
+            first += size
+        shape = shards[0].shape.as_list()
+        report.append({"name": name, "shape": [first, *shape[1:]] if shape else [], "shards": rows})
+    return report
 
 
 def in_process_strategy(name: Strategy) -> tf.distribute.Strategy:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -32,7 +33,7 @@ from pipeline.stages import train as stage
 from pipeline.training import launcher
 from pipeline.training.custom_loop import default_step, fit_custom, user_step
 from pipeline.training.distribute import (is_chief, make_dataset, make_dataset_creator, make_strategy,
-                                          parse_tf_config)
+                                          parse_tf_config, placement, shard_groups, variable_partitioner)
 
 
 def train(cfg, inputs: dict[str, Path], out: Path) -> dict:
@@ -96,7 +97,8 @@ def run_cluster_task(cfg, inputs: dict[str, Path], out: Path, backup: Path) -> d
         raise StageError(f"TF_CONFIG names task {task['type']}:{task['index']} of a parameter_server cluster; the "
                          f"pipeline runs on the chief (the coordinator) only. Start workers and ps with "
                          f"`python -m pipeline.training.launcher server`.")
-    return fit(cfg, inputs, out, make_strategy(cfg.train.strategy), backup)
+    partitioner = variable_partitioner(cfg.train, ps=len(config["cluster"].get("ps", [])))
+    return fit(cfg, inputs, out, make_strategy(cfg.train.strategy, partitioner), backup)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -123,6 +125,29 @@ def _warm_start(cfg, schema: dict) -> keras.Model:
                          f"the data has {len(schema['features'])}.")
     print(f"train: warm start from {cfg.train.init_from}")
     return model
+
+
+def report_placement(model: keras.Model, out: Path) -> None:
+    """placement.json: every variable's shards and their parameter servers; sharded ones said aloud."""
+    report = placement(model.variables)
+    (out / "placement.json").write_text(json.dumps(report, indent=2))
+    for variable in report:
+        if len(variable["shards"]) > 1:
+            shards = ", ".join(f"rows {s['rows'][0]}-{s['rows'][1]} on {s['device']}" for s in variable["shards"])
+            print(f"train: {variable['name']} {variable['shape']} in {len(variable['shards'])} shards: {shards}")
+
+
+def whole(model: keras.Model) -> keras.Model:
+    """The model with every sharded variable joined back into one (a copy made outside the strategy): what
+    evaluation, export and serving load, on one machine without parameter servers (a saved ShardedVariable
+    keeps its parts, which load_model refuses). The model itself when nothing is sharded."""
+    groups = [shard_groups(layer.weights) for layer in model.layers]
+    if all(len(shards) == 1 for group in groups for shards in group.values()):
+        return model
+    copy = keras.models.clone_model(model)
+    for layer, group in zip(copy.layers, groups):
+        layer.set_weights([np.concatenate([s.numpy() for s in shards]) for shards in group.values()])
+    return copy  # not compiled: the stages after train predict, or compile for their own fine-tuning
 
 
 def _fit(cfg, model: keras.Model, train_split: Split, val: Split, callbacks: list, backup: Path,
@@ -155,6 +180,8 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
         except ValueError as e:
             raise StageError(str(e)) from None
         model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
+    if cfg.train.strategy == "parameter_server":
+        report_placement(model, out)
     print(f"train: {model.name}, {model.count_params()} parameters, strategy "
           f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}, "
           f"loop {cfg.train.loop}" + (f" with step {cfg.train.step}" if cfg.train.step else ""))
@@ -181,7 +208,7 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
         history = _fit(cfg, model, train_split, val, callbacks, backup, augment)
     seconds = time.perf_counter() - started
     (out / "model").mkdir()
-    model.save(out / "model" / "model.keras")
+    whole(model).save(out / "model" / "model.keras")
     HISTORY.in_output(out).write_text(json.dumps(history, indent=2))
     epochs_run = len(history["loss"])
     metric = "val_accuracy" if classify else "val_mae"

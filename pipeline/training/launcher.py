@@ -32,10 +32,18 @@ TAIL_LINES = 20
 class TaskFailed(StageError):
     """A task exited non-zero; says which, how, and its last lines of output."""
 
-    def __init__(self, name: str, code: int, tail: list[str]):
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    def __init__(self, name: str, code: int, tail: list[str], consequence: str = ""):
         lines = "\n".join(f"  {line}" for line in tail)
-        super().__init__(f"{name} {how}; the other tasks were stopped. Its last {len(tail)} lines:\n{lines}")
+        super().__init__(f"{name} {_how(code)}; {consequence}the other tasks were stopped. Its last {len(tail)} "
+                         f"lines:\n{lines}")
+
+
+def _how(code: int) -> str:
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+
+
+PS_LOST = ("TensorFlow cannot go on without a parameter server (the variables it held are gone); run the stage "
+           "again: it resumes after the last epoch it backed up (BackupAndRestore). ")
 
 
 class Task:
@@ -66,7 +74,9 @@ def launch(target: str, arg: str, workers: int, ps: int = 0, log: Callable[[str]
     ps == 0: `workers` processes all run the target (MultiWorkerMirroredStrategy).
     ps > 0: a chief runs the target (the ParameterServerStrategy coordinator) while `workers`
     and `ps` processes serve it (tf.distribute.Server); they are stopped when the chief is done.
-    Raises TaskFailed, after stopping the rest, as soon as any process exits non-zero.
+    A worker that dies is reported and the run goes on: the coordinator reschedules its steps on the
+    others (while one is left). Raises TaskFailed, after stopping the rest, as soon as any other
+    process exits non-zero: the chief, any multi_worker task, or a ps (which TF cannot survive).
     """
     for name, n, least in (("workers", workers, 1), ("ps", ps, 0)):
         if n < least:
@@ -78,11 +88,17 @@ def launch(target: str, arg: str, workers: int, ps: int = 0, log: Callable[[str]
     else:
         cluster, argv = local_cluster(worker=workers), {"worker": run}
     running_target = 1 if ps else workers
+    serving_workers = workers if ps else 0
     with _running(cluster, argv, log) as finished:
         while running_target:
             task, code = finished.get()
+            if code != 0 and task.name.startswith("worker") and serving_workers > 1:
+                serving_workers -= 1
+                log(f"[launcher] {task.name} {_how(code)}; the coordinator reschedules its steps on the "
+                    f"{serving_workers} worker(s) left")
+                continue
             if code != 0:
-                raise TaskFailed(task.name, code, list(task.tail))
+                raise TaskFailed(task.name, code, list(task.tail), PS_LOST if task.name.startswith("ps") else "")
             running_target -= 1
 
 

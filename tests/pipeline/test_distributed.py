@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, load_config, stage_view
@@ -135,6 +136,41 @@ def test_a_failing_worker_stops_the_others_and_is_named(tmp_path, monkeypatch):
     assert_all_exited(pids)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["train.partition=fixed"], "train.partition: 'fixed' shards variables across parameter servers; it needs "
+                                "train.strategy=parameter_server, received 'default'"),
+    (["train.strategy=parameter_server", "train.ps=2", "train.partition=fixed", "train.partition_shards=3"],
+     "train.partition_shards: 3 shards over train.ps=2 parameter servers: TensorFlow would place them round robin"),
+    (["train.partition_shards=2"], "train.partition_shards: set (2) but train.partition is 'none'"),
+    (["train.strategy=parameter_server", "train.partition=min_size", "train.partition_max_shard_bytes=64"],
+     "train.partition_max_shard_bytes: applies to train.partition='max_size', not 'min_size'"),
+    (["train.strategy=parameter_server", "train.partition=max_size"],
+     "train.partition_max_shard_bytes: expected a positive number of bytes, received 0"),
+])
+def test_bad_partition_settings_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert message in str(info.value)
+
+
+def test_a_dead_parameter_server_ends_the_run_and_says_how_to_resume(tmp_path, monkeypatch):
+    (tmp_path / "failing_task.py").write_text(FAILING_TASK)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{ROOT}")
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if line.startswith("[launcher] started ps 0"):
+            os.kill(int(re.search(r"pid (\d+)", line).group(1)), signal.SIGKILL)
+
+    with pytest.raises(launcher.TaskFailed) as info:
+        launcher.launch("failing_task:fail_on_worker_1", "hello", workers=1, ps=1, log=log)
+    assert str(info.value).startswith("ps 0 was killed by SIGKILL; TensorFlow cannot go on without a parameter "
+                                      "server (the variables it held are gone); run the stage again: it resumes "
+                                      "after the last epoch it backed up")
+    assert_all_exited(launched_pids("\n".join(lines)))
+
+
 # -- real training through the CLI: slow -------------------------------------------------------
 
 @pytest.mark.slow
@@ -160,13 +196,46 @@ def test_the_custom_loop_on_two_workers_matches_fit(two_workers, tmp_path):
         assert_training_artefacts(run / "runs" / "latest" / "train", epochs=6)
 
 
+def interactions(path: Path, items: int = 3000, rows: int = 6000) -> Path:
+    """Clicks decided by a latent factor of the item: a categorical column of `items` values, so the model
+    embeds a table of one row per item seen in the train split."""
+    rng = np.random.default_rng(0)
+    factor = rng.normal(size=items)
+    with path.open("w") as f:
+        f.write("hour,item,label\n")
+        for item, hour in zip(rng.integers(items, size=rows), rng.uniform(0, 24, size=rows)):
+            f.write(f"{hour:.2f},i{item},{'click' if factor[item] > 0 else 'skip'}\n")
+    return path
+
+
 @pytest.mark.slow
-def test_parameter_server_trains_digits(tmp_path):
-    result = cli(tmp_path, "train.strategy=parameter_server", "train.workers=2", "train.ps=1",
-                 "train.epochs=10", "evaluate.min_accuracy=0.9")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(launched_pids(result.stdout)) == ["chief 0", "ps 0", "worker 0", "worker 1"]
-    assert evaluated_accuracy(tmp_path) >= 0.9
+def test_parameter_servers_hold_shards_of_the_embedding_and_a_killed_worker_is_survived(tmp_path):
+    source = interactions(tmp_path / "interactions.csv")
+    process = subprocess.Popen(pipeline_command(
+        f"data.source={source}", "data.label=label", "data.categorical=[item]", "data.input_shape=[]",
+        "model.name=mlp", "train.learning_rate=0.01", "train.early_stopping_patience=0", "train.epochs=5",
+        "train.strategy=parameter_server", "train.workers=2", "train.ps=2", "train.partition=min_size",
+        "train.partition_min_shard_bytes=16384", "evaluate.min_accuracy=0.7", "--until", "evaluate"),
+        cwd=tmp_path, env=pipeline_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if line.startswith("[chief 0] Epoch 3/5"):  # mid-training: the coordinator must move its steps
+            os.kill(launched_pids("".join(output))["worker 1"], signal.SIGKILL)
+    output, stderr = "".join(output), process.stderr.read()
+    assert process.wait(timeout=60) == 0, output[-3000:] + stderr[-3000:]
+    assert "[launcher] worker 1 was killed by SIGKILL; the coordinator reschedules its steps on the 1 worker(s) left" \
+        in output
+    assert_all_exited(launched_pids(output))
+    train_dir = tmp_path / "runs" / "latest" / "train"
+    placement = {v["name"]: v for v in json.loads((train_dir / "placement.json").read_text())}
+    table = placement["embedding/embeddings"]
+    assert [s["device"] for s in table["shards"]] == [f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in (0, 1)]
+    rows = table["shape"][0]  # the vocabulary seen in the train split, and row 0 for values out of it
+    assert rows > 2000 and [s["rows"] for s in table["shards"]] == [[0, rows // 2 + rows % 2 - 1], [rows // 2 + rows % 2, rows - 1]]
+    assert len(placement["dense/kernel"]["shards"]) == 1  # smaller than partition_min_shard_bytes: whole
+    assert epochs_logged(train_dir) == [1, 2, 3, 4, 5]
+    assert evaluated_accuracy(tmp_path) >= 0.7  # evaluated on one machine, from the joined table
 
 
 @pytest.mark.slow
