@@ -3,6 +3,7 @@
   examples/data/shapes/<class>/<n>.png  images.yaml: coloured shapes, 32x32 RGB (CIFAR-10's shape), 4 classes
   examples/data/diabetes.csv            tabular_regression.yaml: scikit-learn's bundled diabetes data
   examples/data/topics.csv              text_rnn.yaml: short sentences about one of 4 topics
+  examples/data/interactions.parquet    recommender.yaml: 500,000 clicks of 2,000 users on a catalogue of 130,000 items
 
 python -m examples.make_data [--out examples/data]
 """
@@ -82,6 +83,27 @@ def topics(path: Path, rng: np.random.Generator) -> None:
             writer.writerow([" ".join(sentence).capitalize() + ".", topic])
 
 
+def interactions(path: Path, rng: np.random.Generator, users: int = 2000, items: int = 130_000,
+                 rows: int = 500_000) -> None:
+    """Who clicked what. Items are drawn as in real catalogues, a few popular and a long tail (a Zipf-like law),
+    so the item table is large (one row per item seen: about 100,000) while most items are seen once or twice.
+    A click depends on the user's own tendency, the item's appeal and how the user's and the item's 4 latent
+    factors agree, plus noise: the user table, and the rows of items seen often, have something to learn."""
+    import pyarrow
+    import pyarrow.parquet
+
+    tendency, user_factors = rng.normal(size=users), rng.normal(size=(users, 4))
+    appeal, item_factors = rng.normal(size=items), rng.normal(size=(items, 4))
+    popularity = 1 / (np.arange(items) + 50) ** 0.6
+    user, item = rng.integers(users, size=rows), rng.choice(items, size=rows, p=popularity / popularity.sum())
+    agreement = np.einsum("ij,ij->i", user_factors[user], item_factors[item])
+    score = 1.5 * tendency[user] + appeal[item] + 0.5 * agreement + rng.normal(scale=0.5, size=rows)
+    table = pyarrow.table({"user": [f"u{u}" for u in user], "item": [f"i{i}" for i in item],
+                           "hour": np.round(rng.uniform(0, 24, size=rows), 1),
+                           "label": np.where(score > 0, "click", "skip")})
+    pyarrow.parquet.write_table(table, path, compression="zstd")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
@@ -91,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     shapes(out / "shapes", np.random.default_rng(0))
     diabetes(out / "diabetes.csv")
     topics(out / "topics.csv", np.random.default_rng(1))
-    print(f"wrote {out}/shapes ({len(SHAPES)} x {IMAGES_PER_CLASS} images), diabetes.csv, topics.csv")
+    interactions(out / "interactions.parquet", np.random.default_rng(2))
+    print(f"wrote {out}/shapes ({len(SHAPES)} x {IMAGES_PER_CLASS} images), diabetes.csv, topics.csv, "
+          f"interactions.parquet")
 
 
 if __name__ == "__main__":

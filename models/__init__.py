@@ -18,6 +18,7 @@ MODELS = {
     "cnn": "models.cnn:build",  # small images, e.g. 8x8 digits: data.input_shape [H, W, C]
     "mlp": "models.mlp:build",  # tabular features
     "rnn": "models.rnn:build",  # sequences: data.input_shape [steps, features]; model.cell lstm | gru
+    "recommender": "models.recommender:build",  # interactions: data.categorical columns embedded, e.g. [user, item]
 }
 BUILDER_SIGNATURE = "build(cfg: models.ModelConfig, spec: models.DataSpec) -> tf_keras.Model"
 

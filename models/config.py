@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "cnn"  # cnn | mlp | rnn (models.MODELS), or a builder of yours: package.module:function or
+    name: str = "cnn"  # cnn | mlp | rnn | recommender (models.MODELS), or a builder of yours: package.module:function or
     # path/to/file.py:function, called as build(cfg: ModelConfig, spec: DataSpec) -> tf_keras.Model
     width: int = 32  # conv filters (cnn) or units (mlp, rnn) of the first layer
     depth: int = 2  # conv blocks (cnn), hidden layers (mlp), recurrent layers (rnn)

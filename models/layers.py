@@ -7,26 +7,41 @@ import tf_keras as keras
 from models.config import DataSpec
 
 
-def normalized_input(spec: DataSpec) -> tuple[keras.Input, keras.layers.Layer]:
+def normalized_input(spec: DataSpec, embedding_width: int = 8) -> tuple[keras.Input, keras.layers.Layer]:
     """Flat features in, standardised and reshaped to `spec.input_shape`: serving sends raw rows. Categorical
-    features (the last ones, vocabulary indices) are embedded instead, and the result stays flat.
+    features (the last ones, vocabulary indices) are embedded instead (at most `embedding_width` wide), and the
+    result stays flat.
 
     A feature that (nearly) never varies in the train split would get a huge multiplier 1/std:
     unseen values blow up, and int8 quantization of the normalization constants (one scale for
     all features) loses every other feature. So std is floored at a quarter of the median std.
     """
+    inputs = keras.Input(shape=(spec.n_features,), name="x")
+    if not spec.categories:
+        return inputs, keras.layers.Reshape(spec.input_shape)(_normalization(spec)(inputs))
+    parts = [*([normalized_numeric(spec, inputs)] if spec.n_features > len(spec.categories) else []),
+             *embedded_categories(spec, inputs, embedding_width)]
+    return inputs, keras.layers.Concatenate()(parts) if len(parts) > 1 else parts[0]
+
+
+def normalized_numeric(spec: DataSpec, inputs: keras.layers.Layer) -> keras.layers.Layer:
+    """The numeric features (the first ones) of flat rows, standardised."""
+    return _normalization(spec)(inputs[:, :spec.n_features - len(spec.categories)])
+
+
+def embedded_categories(spec: DataSpec, inputs: keras.layers.Layer, width: int) -> list[keras.layers.Layer]:
+    """One embedding per categorical feature (the last ones): row 0 for values out of the vocabulary."""
+    n_numeric = spec.n_features - len(spec.categories)
+    return [keras.layers.Embedding(size + 1, min(width, size + 1))(inputs[:, n_numeric + j])
+            for j, size in enumerate(spec.categories)]
+
+
+def _normalization(spec: DataSpec) -> keras.layers.Normalization:
     n_numeric = spec.n_features - len(spec.categories)
     std = np.sqrt(spec.variance[:n_numeric])
     varying = std[std > 0]
     floor = 0.25 * float(np.median(varying)) if varying.size else 1.0
-    inputs = keras.Input(shape=(spec.n_features,), name="x")
-    normalize = keras.layers.Normalization(axis=-1, mean=spec.mean[:n_numeric], variance=np.maximum(std, floor) ** 2)
-    if not spec.categories:
-        return inputs, keras.layers.Reshape(spec.input_shape)(normalize(inputs))
-    parts = [normalize(inputs[:, :n_numeric])] if n_numeric else []
-    for j, size in enumerate(spec.categories):
-        parts.append(keras.layers.Embedding(size + 1, min(8, size + 1))(inputs[:, n_numeric + j]))
-    return inputs, keras.layers.Concatenate()(parts) if len(parts) > 1 else parts[0]
+    return keras.layers.Normalization(axis=-1, mean=spec.mean[:n_numeric], variance=np.maximum(std, floor) ** 2)
 
 
 def output_head(spec: DataSpec, hidden: keras.layers.Layer) -> keras.layers.Layer:

@@ -28,7 +28,7 @@ stages, in order:
 {stages}
 
 main keys (all of them: README's configuration reference):
-  data.source         digits, or a .csv / .npz file         model.name   cnn | mlp | rnn
+  data.source         digits, or a .csv / .npz file         model.name   cnn | mlp | rnn | recommender
   train.epochs        passes over the training split        train.strategy  default | mirrored | multi_worker | ...
   compress.variants   [pruned, qat, pqat, cluster, distilled], or [] for none
   push.repository     where versions are published          push.model_name  default: named after data.source

@@ -72,7 +72,7 @@ class Config:
                          f"Rename the column(s) in the file.")
         if self.categorical and self.input_shape:
             found.append(f"input_shape: {list(self.input_shape)} reshapes rows for a cnn or rnn; rows with categorical "
-                         f"columns are flat: set data.input_shape=[] and model.name=mlp (or a builder of yours).")
+                         f"columns are flat: set data.input_shape=[] and model.name=mlp or recommender (or a builder of yours).")
         for name in ("max_tokens", "sequence_length"):
             if getattr(self, name) < 1:
                 found.append(f"{name}: expected a positive integer, received {getattr(self, name)}.")

@@ -169,7 +169,7 @@ def test_bad_config_exits_2_with_every_problem(tmp_path):
     assert result.returncode == 2
     assert "(2 problems)" in result.stderr
     assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in result.stderr
-    assert "model.name: expected one of 'cnn', 'mlp', 'rnn'" in result.stderr
+    assert "model.name: expected one of 'cnn', 'mlp', 'rnn', 'recommender'" in result.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -35,7 +35,7 @@ def test_every_built_in_name_is_a_valid_model_name_with_a_builder():
     from models import user
 
     assert all(callable(user.load(ref)) for ref in MODELS.values())
-    shapes = {"cnn": "[8, 8, 1]", "mlp": "[64]", "rnn": "[8, 8]"}
+    shapes = {"cnn": "[8, 8, 1]", "mlp": "[64]", "rnn": "[8, 8]", "recommender": "[64]"}
     assert all(load_config(None, [f"model.name={name}", f"data.input_shape={shapes[name]}"]).model.name == name
                for name in MODELS)
 
@@ -44,3 +44,15 @@ def test_every_built_in_name_is_a_valid_model_name_with_a_builder():
 def test_wrong_input_shape_is_explained(name, shape, needed):
     with pytest.raises(ValueError, match=f"model '{name}' needs {needed}"):
         build_model(ModelConfig(name=name), spec(shape))
+
+
+def test_the_recommender_embeds_each_categorical_column_and_their_affinity():
+    numeric = spec((1,))
+    two_tables = DataSpec(3, (3,), "classification", 2, numeric.mean, numeric.variance, categories=(20, 500))
+    model = build_model(ModelConfig(name="recommender", width=4, depth=1), two_tables)
+    tables = [layer.embeddings.shape.as_list() for layer in model.layers if layer.__class__.__name__ == "Embedding"]
+    assert tables == [[21, 4], [501, 4]] and model.get_layer("affinity") is not None
+    rows = np.array([[1.5, 3, 499], [0.0, 0, 0]], np.float32)  # index 0: a value out of the vocabulary
+    np.testing.assert_allclose(model(rows).numpy().sum(axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="model 'recommender' embeds categorical columns"):
+        build_model(ModelConfig(name="recommender"), spec((64,)))

@@ -60,7 +60,7 @@ def test_a_module_that_is_not_on_the_path_names_the_module_and_the_path():
 @pytest.mark.parametrize("name, message", [
     ("models.py:2nd", "expected 'package.module:function' or 'path/to/file.py:function', received 'models.py:2nd'"),
     ("missing_dir/net.py:build", "no such file"),
-    ("resnet", "expected one of 'cnn', 'mlp', 'rnn' or a builder of yours as 'package.module:function'"),
+    ("resnet", "expected one of 'cnn', 'mlp', 'rnn', 'recommender' or a builder of yours as 'package.module:function'"),
 ])
 def test_bad_model_names_are_config_errors(name, message):
     with pytest.raises(ConfigError) as caught:

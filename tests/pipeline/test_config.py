@@ -41,7 +41,7 @@ def test_all_problems_are_reported_together_with_suggestions(tmp_path):
     assert f"Config error in {path} and the command line (5 problems):" in message
     assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in message
     assert "train.batch_size: expected an integer, received '64k'." in message
-    assert "model.name: expected one of 'cnn', 'mlp', 'rnn' (did you mean 'cnn'?) or a builder of yours as " in message
+    assert "model.name: expected one of 'cnn', 'mlp', 'rnn', 'recommender' (did you mean 'cnn'?) or a builder of yours as " in message
     assert "train.strategy: expected one of 'default', 'mirrored', 'multi_worker', 'parameter_server' (did you mean 'mirrored'?)" in message
     assert "trian: unknown key. Did you mean 'train'?" in message
 

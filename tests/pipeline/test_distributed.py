@@ -196,15 +196,16 @@ def test_the_custom_loop_on_two_workers_matches_fit(two_workers, tmp_path):
         assert_training_artefacts(run / "runs" / "latest" / "train", epochs=6)
 
 
-def interactions(path: Path, items: int = 3000, rows: int = 6000) -> Path:
-    """Clicks decided by a latent factor of the item: a categorical column of `items` values, so the model
-    embeds a table of one row per item seen in the train split."""
+def interactions(path: Path, users: int = 200, items: int = 3000, rows: int = 6000) -> Path:
+    """Clicks decided by the user's tendency and the item's appeal: two categorical columns, so the
+    recommender embeds a user table and an item table (one row per value seen in the train split)."""
     rng = np.random.default_rng(0)
-    factor = rng.normal(size=items)
+    tendency, appeal = rng.normal(size=users), rng.normal(size=items)
     with path.open("w") as f:
-        f.write("hour,item,label\n")
-        for item, hour in zip(rng.integers(items, size=rows), rng.uniform(0, 24, size=rows)):
-            f.write(f"{hour:.2f},i{item},{'click' if factor[item] > 0 else 'skip'}\n")
+        f.write("user,hour,item,label\n")
+        for user, item, hour in zip(rng.integers(users, size=rows), rng.integers(items, size=rows),
+                                    rng.uniform(0, 24, size=rows)):
+            f.write(f"u{user},{hour:.2f},i{item},{'click' if 2 * tendency[user] + appeal[item] > 0 else 'skip'}\n")
     return path
 
 
@@ -212,10 +213,11 @@ def interactions(path: Path, items: int = 3000, rows: int = 6000) -> Path:
 def test_parameter_servers_hold_shards_of_the_embedding_and_a_killed_worker_is_survived(tmp_path):
     source = interactions(tmp_path / "interactions.csv")
     process = subprocess.Popen(pipeline_command(
-        f"data.source={source}", "data.label=label", "data.categorical=[item]", "data.input_shape=[]",
-        "model.name=mlp", "train.learning_rate=0.01", "train.early_stopping_patience=0", "train.epochs=5",
-        "train.strategy=parameter_server", "train.workers=2", "train.ps=2", "train.partition=min_size",
-        "train.partition_min_shard_bytes=16384", "evaluate.min_accuracy=0.7", "--until", "evaluate"),
+        f"data.source={source}", "data.label=label", "data.categorical=[user, item]", "data.input_shape=[]",
+        "model.name=recommender", "model.width=8", "model.depth=1", "train.learning_rate=0.01",
+        "train.early_stopping_patience=0", "train.epochs=5", "train.strategy=parameter_server", "train.workers=2",
+        "train.ps=2", "train.partition=min_size", "train.partition_min_shard_bytes=16384",
+        "evaluate.min_accuracy=0.7", "--until", "infra_validate"),
         cwd=tmp_path, env=pipeline_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     output = []
     for line in process.stdout:
@@ -229,13 +231,16 @@ def test_parameter_servers_hold_shards_of_the_embedding_and_a_killed_worker_is_s
     assert_all_exited(launched_pids(output))
     train_dir = tmp_path / "runs" / "latest" / "train"
     placement = {v["name"]: v for v in json.loads((train_dir / "placement.json").read_text())}
-    table = placement["embedding/embeddings"]
-    assert [s["device"] for s in table["shards"]] == [f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in (0, 1)]
+    assert len(placement["embedding/embeddings"]["shards"]) == 1  # 201 users x 8 x 4 bytes < 16 KiB: whole
+    table = placement["embedding_1/embeddings"]  # the items
+    assert sorted(s["device"] for s in table["shards"]) == [f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in (0, 1)]
     rows = table["shape"][0]  # the vocabulary seen in the train split, and row 0 for values out of it
     assert rows > 2000 and [s["rows"] for s in table["shards"]] == [[0, rows // 2 + rows % 2 - 1], [rows // 2 + rows % 2, rows - 1]]
-    assert len(placement["dense/kernel"]["shards"]) == 1  # smaller than partition_min_shard_bytes: whole
+    assert all(len(v["shards"]) == 1 for name, v in placement.items() if name.startswith("dense"))
     assert epochs_logged(train_dir) == [1, 2, 3, 4, 5]
     assert evaluated_accuracy(tmp_path) >= 0.7  # evaluated on one machine, from the joined table
+    served = json.loads((tmp_path / "runs" / "latest" / "infra_validate" / "infra_validation" / "report.json").read_text())
+    assert max(served["max_abs_difference"].values()) <= served["tolerance"]  # the server answers as in training
 
 
 @pytest.mark.slow
