@@ -43,7 +43,7 @@ def _how(code: int) -> str:
 
 
 PS_LOST = ("TensorFlow cannot go on without a parameter server (the variables it held are gone); run the stage "
-           "again: it resumes after the last epoch it backed up (BackupAndRestore). ")
+           "again: it resumes after the last epoch it backed up (BackupAndRestore); ")
 
 
 class Task:
