@@ -49,6 +49,22 @@ def variable_partitioner(train, ps: int):
     return None
 
 
+def shard_bound_problem(train, variables: list) -> str | None:
+    """Why train.partition_max_shard_bytes cannot be honoured (None when it can): a shard holds whole rows, so a
+    bound below one row of a variable would leave TensorFlow to break it silently."""
+    if train.partition != "max_size":
+        return None
+    rows = [(math.prod(v.shape[1:]) * v.dtype.size, v) for v in variables if v.shape.rank]
+    if not rows:
+        return None
+    row_bytes, widest = max(rows, key=lambda pair: pair[0])
+    if train.partition_max_shard_bytes >= row_bytes:
+        return None
+    return (f"train.partition_max_shard_bytes: {train.partition_max_shard_bytes} bytes is less than one row of "
+            f"{widest.name} ({row_bytes} bytes: {widest.shape[1:].as_list()} x {widest.dtype.name}); a shard holds "
+            f"whole rows: expected at least {row_bytes}.")
+
+
 def shard_groups(variables: list) -> dict[str, list]:
     """Variable name -> its shards in order: a sharded variable's parts are listed one by one, named
     `<name>/part_<i>:0` (a whole variable is a group of one)."""

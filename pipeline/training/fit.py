@@ -33,7 +33,8 @@ from pipeline.stages import train as stage
 from pipeline.training import launcher
 from pipeline.training.custom_loop import default_step, fit_custom, user_step
 from pipeline.training.distribute import (is_chief, make_dataset, make_dataset_creator, make_strategy,
-                                          parse_tf_config, placement, shard_groups, variable_partitioner)
+                                          parse_tf_config, placement, shard_bound_problem, shard_groups,
+                                          variable_partitioner)
 
 
 def train(cfg, inputs: dict[str, Path], out: Path) -> dict:
@@ -181,6 +182,9 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
             raise StageError(str(e)) from None
         model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
     if cfg.train.strategy == "parameter_server":
+        problem = shard_bound_problem(cfg.train, model.variables)
+        if problem:
+            raise StageError(problem)
         report_placement(model, out)
     print(f"train: {model.name}, {model.count_params()} parameters, strategy "
           f"{cfg.train.strategy} with {strategy.num_replicas_in_sync} replica(s), global batch {cfg.train.batch_size}, "

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pipeline.config import ConfigError, load_config, stage_view
 from pipeline.errors import StageError
 from pipeline.stages import train
 from pipeline.training import launcher
-from pipeline.training.distribute import is_chief, parse_tf_config
+from pipeline.training.distribute import is_chief, parse_tf_config, shard_bound_problem
 from tests.pipeline_cli import assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,6 +152,18 @@ def test_bad_partition_settings_are_config_errors(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     assert message in str(info.value)
+
+
+def test_a_max_shard_size_below_one_row_is_refused_with_the_row_size():
+    import tensorflow as tf
+
+    table = tf.Variable(tf.zeros([1000, 16]), name="embedding/embeddings")
+    too_small = load_config(None, ["train.strategy=parameter_server", "train.partition=max_size",
+                                   "train.partition_max_shard_bytes=32"]).train
+    assert shard_bound_problem(too_small, [table]) == (
+        "train.partition_max_shard_bytes: 32 bytes is less than one row of embedding/embeddings:0 (64 bytes: [16] x "
+        "float32); a shard holds whole rows: expected at least 64.")
+    assert shard_bound_problem(replace(too_small, partition_max_shard_bytes=64), [table]) is None
 
 
 def test_a_dead_parameter_server_ends_the_run_and_says_how_to_resume(tmp_path, monkeypatch):
