@@ -64,6 +64,8 @@ def _answer(api: str):
                 credentials = dict(context.invocation_metadata() or ()).get("authorization")
                 call["token"] = self.core.authorize(credentials, api, _models(request), call["peer"],
                                                     f"gRPC {method.__name__}")
+                if hasattr(request, "model_spec") and not request.HasField("model_spec"):
+                    raise InvalidArgument("Missing ModelSpec")  # TF Serving's first check, before any lookup
                 with self.core.admitted():
                     response = await method(self, request, call)
             except Exception as e:  # every error becomes a status; the server keeps serving
@@ -208,9 +210,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     @_answer("status")
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              call: dict) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        if not spec.name:
-            raise InvalidArgument("Missing ModelSpec")
+        spec = request.model_spec  # an empty name is looked up, as TF Serving does: NOT_FOUND
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
         return self.core.status(spec.name, version)
 

@@ -12,13 +12,16 @@ import requests
 import tensorflow as tf
 from repo_files import copy_version, write_config
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
+    get_model_status_pb2,
     inference_pb2,
     input_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -229,6 +232,29 @@ def test_a_tiny_proto_declaring_gigabytes_is_refused_before_anything_is_allocate
         request.model_spec.name = "half_plus_two"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 1), np.float32)))
         assert prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30).outputs["y"]
+
+
+@pytest.mark.parametrize("rpc, request_class", [
+    ("Predict", predict_pb2.PredictRequest), ("Classify", classification_pb2.ClassificationRequest),
+    ("Regress", regression_pb2.RegressionRequest), ("GetModelMetadata", get_model_metadata_pb2.GetModelMetadataRequest),
+    ("GetModelStatus", get_model_status_pb2.GetModelStatusRequest),
+])
+def test_a_request_without_model_spec_is_tf_servings_missing_modelspec(server, rpc, request_class):
+    """predict_impl.cc, classification_service.cc, regression_service.cc, get_model_metadata_impl.cc and
+    get_model_status_impl.cc check has_model_spec() first; an empty name inside a spec is looked up (NOT_FOUND)."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = (model_service_pb2_grpc.ModelServiceStub if rpc == "GetModelStatus"
+                else prediction_service_pb2_grpc.PredictionServiceStub)(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(stub, rpc)(request_class(), timeout=10)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        empty_name = request_class()
+        empty_name.model_spec.SetInParent()
+        if rpc == "GetModelMetadata":
+            empty_name.metadata_field.append("signature_def")
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(stub, rpc)(empty_name, timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
 
 
 def test_metadata_needs_the_signature_def_field(server):
