@@ -25,16 +25,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from serving.local import rss_mib  # noqa: E402
 from serving.machine import machine  # noqa: E402
 
 STARTED = re.compile(r"\[launcher\] started (\w+ \d+) \(pid (\d+)\)")
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
-    except (OSError, IndexError):
-        return 0.0
 
 
 def run(workdir: Path, overrides: list[str], kill_worker_at_epoch: int | None = None) -> dict:

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import signal
 import socket
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -21,6 +22,15 @@ def free_ports(n: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS) in MiB, 0 once it has exited: what memory checks under load sample."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
 
 
 def die_with_parent() -> None:

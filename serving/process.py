@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.local import die_with_parent, free_port
+from serving.local import die_with_parent, free_port, rss_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,12 +69,8 @@ class ServerProcess:
         return self.log.read_text()[-chars:]
 
     def rss_mib(self) -> float:
-        """Its resident memory (VmRSS) in MiB, 0 once it has exited: what memory checks under load sample."""
-        try:
-            lines = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
-        except FileNotFoundError:
-            return 0.0
-        return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmRSS:")), 0.0)
+        """Its resident memory in MiB, 0 once it has exited."""
+        return rss_mib(self.process.pid)
 
     def stop(self) -> int:
         """SIGTERM, then wait for a clean exit (SIGKILL to its process group after 20 s); returns the exit code."""

@@ -261,11 +261,6 @@ def test_long_names_are_refused_without_being_echoed(limited):
     assert "model name of 5000 characters: at most 1000" in response.json()["error"]
 
 
-def rss_mib(pid: int) -> float:
-    status = open(f"/proc/{pid}/status").read()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
-
-
 def test_large_failing_bodies_do_not_pile_up_in_memory(limited):
     body = '{"instances": [' + "1.5," * 1_000_000 + '"x"]}'  # 5 MB, parsed off the event loop, refused at the end
     def send():
@@ -273,10 +268,10 @@ def test_large_failing_bodies_do_not_pile_up_in_memory(limited):
         assert response.status_code == 400 and "element: 1000000" in response.json()["error"]
 
     send()
-    before = rss_mib(limited.process.pid)
+    before = limited.rss_mib()
     for _ in range(4):
         send()
-    assert rss_mib(limited.process.pid) - before < 40  # each request's ~50 MB of objects was kept before (a cycle)
+    assert limited.rss_mib() - before < 40  # each request's ~50 MB of objects was kept before (a cycle)
 
 
 def test_versions_linked_from_outside_the_root_are_ignored(tmp_path, half_plus_two_base, caplog):
