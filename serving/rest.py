@@ -71,7 +71,6 @@ class RestApi:
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self.draining = False  # shutting down: status (readiness) answers 503, requests in flight finish
-        self._in_flight = 0
         self._server: web.Server | None = None
         self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-body")
 
@@ -83,7 +82,7 @@ class RestApi:
             return BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
                                client_max_size=self.max_body_bytes)
 
-        self._server = web.Server(self.handle, request_factory=request_factory, access_log=None,
+        self._server = web.Server(self._handle, request_factory=request_factory, access_log=None,
                                   keepalive_timeout=self.idle_timeout_s)
 
         def protocol_factory() -> asyncio.Protocol:
@@ -95,20 +94,13 @@ class RestApi:
         return protocol_factory
 
     async def drain(self, timeout_s: float) -> None:
-        """After the listener closed: wait for the requests in flight (at most `timeout_s`), then close the
-        connections left, idle keep-alive ones included."""
+        """After the listener closed: wait for the requests in flight (ServingCore counts them, both front ends; at
+        most `timeout_s`), then close the connections left, idle keep-alive ones included."""
         deadline = time.monotonic() + timeout_s
-        while self._in_flight and time.monotonic() < deadline:
+        while self.core.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if self._server is not None:  # what is left is idle (or past the deadline): a short grace, not the rest
             await self._server.shutdown(0.2)
-
-    async def handle(self, request: BaseRequest) -> web.Response:
-        self._in_flight += 1
-        try:
-            return await self._handle(request)
-        finally:
-            self._in_flight -= 1
 
     async def _handle(self, request: BaseRequest) -> web.Response:
         path = request.rel_url.raw_path
