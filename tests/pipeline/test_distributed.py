@@ -230,7 +230,7 @@ def test_parameter_servers_hold_shards_of_the_embedding_and_a_killed_worker_is_s
         "model.name=recommender", "model.width=8", "model.depth=1", "train.learning_rate=0.01",
         "train.early_stopping_patience=0", "train.epochs=5", "train.strategy=parameter_server", "train.workers=2",
         "train.ps=2", "train.partition=min_size", "train.partition_min_shard_bytes=16384",
-        "evaluate.min_accuracy=0.7", "--until", "infra_validate"),
+        "evaluate.min_accuracy=0.7", "compress.variants=[]", "compress.tflite=[]", "--until", "infra_validate"),
         cwd=tmp_path, env=pipeline_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     output = []
     for line in process.stdout:
