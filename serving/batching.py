@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 Tensors = Mapping[str, np.ndarray]
 RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 OnBatch = Callable[[RunFn, int, int], None]
+OnQueued = Callable[[float], None]
 
 
 class InvalidRequestError(errors.InvalidArgument):
@@ -112,6 +113,7 @@ class _Task:
     inputs: Tensors
     rows: int
     future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -135,15 +137,17 @@ class Batcher:
     threads are shared by all of them, as TF Serving shares one pool across models. A batch of
     one unpadded request passes the caller's arrays to `run` uncopied, so `run` must not
     modify its inputs. `on_batch(run, size, padded_size)` is called before each batch runs, e.g.
-    for a batch-size histogram.
+    for a batch-size histogram; `on_queued(seconds)` with each of its requests' time in the queue.
     """
 
-    def __init__(self, params: BatchingParameters, on_batch: OnBatch | None = None) -> None:
+    def __init__(self, params: BatchingParameters, on_batch: OnBatch | None = None,
+                 on_queued: OnQueued | None = None) -> None:
         if params.pad_variable_length_inputs:
             log.warning("pad_variable_length_inputs is not applied: inputs of different shapes "
                         "are batched separately")
         self.params = params
         self._on_batch = on_batch
+        self._on_queued = on_queued
         self._timeout_s = params.batch_timeout_micros / 1e6
         self._cond = threading.Condition()
         self._queues: dict[tuple[RunFn, Hashable], _Queue] = {}  # round-robin order
@@ -256,6 +260,10 @@ class Batcher:
         rows = sum(task.rows for task in tasks)
         padded = _round_up(rows, self.params.allowed_batch_sizes)
         try:
+            if self._on_queued is not None:
+                dequeued = time.monotonic()
+                for task in tasks:
+                    self._on_queued(dequeued - task.enqueued)
             if self._on_batch is not None:
                 self._on_batch(run, rows, padded)
             outputs = run(_merge(tasks, padded - rows))
