@@ -212,7 +212,7 @@ class RestApi:
 
     async def _predict(self, call: Call, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         async with self._codec(body) as run:
-            document = await run(codec.decode_json, body)
+            document = await run(codec.decode_predict_json, body)
             signature_name = codec.signature_name(document) or inference.DEFAULT_SIGNATURE
             servable = self._servable(call, name, version, label)
             if signature_name not in servable.signature_defs:

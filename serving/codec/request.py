@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from serving.codec.document import signature_name
+from serving.codec.numeric import NumericDocument
 from serving.codec.dtypes import FLOAT_DTYPES, INT_INPUT_RANGES, STRING, TensorSpecLike, dtype_name, input_dtype
 from serving.codec.rapidjson import debug_string, json_type
 from serving.errors import CodecError, ServingError, Unimplemented
@@ -34,6 +35,11 @@ def parse_predict_request(
     (columnar: one value per input, or an object keyed by input name; unknown keys are ignored).
     The format is returned because the response must use the same one.
     """
+    if isinstance(document, NumericDocument):  # decoded in C; the exact path decides what it cannot
+        tensors = document.tensors(signature_inputs)
+        if tensors is not None:
+            return tensors, ROW_FORMAT if document.key == "instances" else COLUMNAR_FORMAT
+        document = document.exact()
     name = signature_name(document)
     if not signature_inputs:
         raise CodecError(f"Failed to get input map for signature: {name or 'DEFAULT'}")
