@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,7 +46,7 @@ class ServingCore:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self._failed = 0
-        self._batcher = Batcher(batching, on_batch=self._record_batch) if batching else None
+        self._batcher = Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
 
     @contextlib.contextmanager
@@ -116,30 +117,40 @@ class ServingCore:
     def _record_batch(self, run: SignatureRunner, size: int, padded: int) -> None:
         self.metrics.batch(run.servable.name, run.servable.version, size, padded)
 
-    async def run(self, servable: Servable, signature: str, inputs: Tensors) -> Tensors:
+    def _record_queued(self, seconds: float) -> None:
+        self.metrics.queued(self._batcher.params.thread_pool_name, seconds)
+
+    async def run(self, servable: Servable, signature: str, inputs: Tensors, api: str) -> Tensors:
+        """Run a signature (`api`: Predict, Classify or Regress), timed as TF Serving's runtime_latency times its
+        Session::Run, which includes the wait in the batching queue."""
+        started = time.perf_counter()
         if self._batcher is not None:
-            return await self._batcher.submit_async(servable.runner(signature), inputs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, servable.run, signature, inputs)
+            self.metrics.batch_input(inputs)
+            outputs = await self._batcher.submit_async(servable.runner(signature), inputs)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, servable.run, signature, inputs)
+        self.metrics.runtime(servable.name, api, time.perf_counter() - started)
+        return outputs
 
     async def predict(self, servable: Servable, signature: str, inputs: Tensors,
                       output_filter: list[str] = ()) -> tuple[str, Tensors]:
         """(the signature used, its outputs), as TF Serving's Predict."""
         signature = inference.predict_signature(servable, signature, self.check_method_names)
         inference.check_predict_request(servable, signature, inputs, list(output_filter))
-        outputs = await self.run(servable, signature, inputs)
+        outputs = await self.run(servable, signature, inputs, "Predict")
         return signature, inference.filter_outputs(outputs, list(output_filter))
 
     async def classify(self, servable: Servable, signature: str,
                        examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) for serialized tf.Examples, as TF Serving's Classify."""
         signature = inference.classify_signature(servable, signature, self.check_method_names)
-        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)})
+        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)}, "Classify")
         return inference.classification_result(outputs, len(examples))
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
         """One value per serialized tf.Example, as TF Serving's Regress."""
         signature = inference.regress_signature(servable, signature, self.check_method_names)
-        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)})
+        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)}, "Regress")
         return inference.regression_result(outputs, len(examples))
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:

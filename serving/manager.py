@@ -9,7 +9,8 @@ it was meant to replace keeps serving). Like TF Serving (--max_num_load_retries,
 a failed load is retried, here on the polls after a backoff (the interval, doubled after each failure) so that
 other models never wait for it; a change of the version's directory starts its retries afresh. Versions stay in
 the status after unloading, as END. A version whose directory is removed while it serves the last one of its
-model keeps serving from memory, and its status says so.
+model keeps serving from memory, and its status says so. A base path that does not exist or holds no versions is
+logged in TF Serving's words once per change (the model's status is NOT_FOUND until a version appears, as there).
 
 Labels follow TF Serving's ServerCore::UpdateModelVersionLabelMap: a config may only point a label
 at a version that is AVAILABLE; a config that does not is refused whole (FAILED_PRECONDITION) and
@@ -75,6 +76,7 @@ class ModelManager:
         self._max_load_retries = max_load_retries
         self._load_retry_interval_s = load_retry_interval_s
         self._failed: dict[tuple[str, int], LoadFailure] = {}
+        self._base_path_problems: dict[str, str] = {}  # model -> why it has no versions on disk ("" if it has)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -153,8 +155,10 @@ class ModelManager:
                 if name not in configured:
                     for version in list(self._available[name]):
                         self._unload(name, version)
+            problems = {}
             for name, model in configured.items():
                 on_disk = self._versions(name, model.base_path)
+                problems[name] = self._check_base_path(name, model.base_path, on_disk)
                 wanted = aspired_versions(list(on_disk), model)
                 for version in sorted(wanted - set(self._available.get(name, {}))):
                     if self._should_try(name, version, on_disk[version]):
@@ -162,6 +166,21 @@ class ModelManager:
                 for version in self._unwanted(set(self._available.get(name, {})), wanted):
                     self._unload(name, version)
                 self._report_removed(name, set(on_disk))
+            self._base_path_problems = problems
+
+    def _check_base_path(self, name: str, base_path: str, on_disk: dict[int, Path]) -> str:
+        """Why a model has no versions to load, logged in TF Serving's words (file_system_storage_path_source.cc)
+        when it changes, not on every poll as TF Serving does; "" when it has versions."""
+        if on_disk:
+            return ""
+        missing = not Path(base_path).exists()
+        problem = (f"FileSystemStoragePathSource encountered a filesystem access error: Could not find base path "
+                   f"{base_path} for servable {name} with error NOT_FOUND: {base_path} not found" if missing else
+                   f"No versions of servable {name} found under base path {base_path}. Did you forget to name your "
+                   f"leaf directory as a number (eg. '/1/')?")
+        if problem != self._base_path_problems.get(name):
+            log.log(logging.ERROR if missing else logging.WARNING, "%s", problem)
+        return problem
 
     def _versions(self, name: str, base_path: str) -> dict[int, Path]:
         """The complete versions under `base_path`; with --model_base_path_root, those whose directory resolves
@@ -226,8 +245,8 @@ class ModelManager:
         self._set_status(name, version, VersionStatus("LOADING"))
         started = time.perf_counter()
         try:
-            servable = Servable(name, version, path, self._session_config)
-            replayed = warmup.replay(servable) if self._warmup else 0
+            servable = self._read(name, version, path)
+            replayed = self._warm_up(servable) if self._warmup else 0
         except Exception as e:  # any load failure is this version's, not the server's
             code = e.code.name if isinstance(e, ServingError) else "UNKNOWN"
             message = f"{load_error(e)} ({self._record_failure(name, version, path)})"
@@ -242,6 +261,23 @@ class ModelManager:
         self._set_status(name, version, VersionStatus("AVAILABLE"))
         self._metrics.model_loaded(name, seconds)
         log.info("Loaded %s version %d in %.2fs (%d warmup requests)", name, version, seconds, replayed)
+
+    def _read(self, name: str, version: int, path: Path) -> Servable:
+        """Load the SavedModel, each attempt counted as TF's LoadSavedModel counts it (/tensorflow/cc/saved_model/)."""
+        started, ok = time.perf_counter(), False
+        try:
+            servable = Servable(name, version, path, self._session_config)
+            ok = True
+            return servable
+        finally:
+            self._metrics.saved_model_read(str(path), time.perf_counter() - started, ok)
+
+    def _warm_up(self, servable: Servable) -> int:
+        started = time.perf_counter()
+        replayed = warmup.replay(servable)
+        if replayed:
+            self._metrics.warmed_up(str(servable.path), time.perf_counter() - started, replayed)
+        return replayed
 
     def _unload(self, name: str, version: int) -> None:
         self._set_status(name, version, VersionStatus("UNLOADING"))

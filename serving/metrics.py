@@ -1,20 +1,114 @@
 """Prometheus metrics, served at TF Serving's /monitoring/prometheus/metrics when enabled.
 
-Requests by model, version, API, entry point and status; request latency; batch sizes; model
-version state and load time; whether a rewritten --model_config_file could not be applied. Recorded
-always (cheap); exposed only if the monitoring config asks.
+Two families side by side, recorded always (cheap), exposed only if the monitoring config asks:
+- TF Serving's own, so dashboards made for it work unchanged: the names, labels, units (microseconds) and
+  buckets of its monitoring::Counter and Sampler metrics (servables/tensorflow/util.cc, batching/
+  batching_session.cc and batching_util.h, saved_model_warmup_util.cc, TF's cc/saved_model/loader.cc),
+  written as its exporter writes them (util/prometheus_exporter.cc): a `# TYPE` line and no `# HELP`,
+  counters without `_total`, `{}` on a metric without labels, `le` printed with 6 significant digits.
+  prometheus_client cannot write that (it appends `_total` to counters), so `TFMetric` writes these lines.
+- Ours (serving_*, prometheus_client): requests by model, version, API, entry point and status; request
+  latency; batch sizes; model version state and load time; whether a rewritten --model_config_file could not
+  be applied.
 """
 from __future__ import annotations
+
+import bisect
+import re
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# TF Serving's API label: REST requests carry the URL's method ("" for GETs, all counted, as http_server.cc
+# counts them); gRPC counts Predict, Classify and Regress only (prediction_service_impl.cc).
+TF_API = {("REST", "predict"): "predict", ("REST", "classify"): "classify", ("REST", "regress"): "regress",
+          ("GRPC", "predict"): "Predict", ("GRPC", "classify"): "Classify", ("GRPC", "regress"): "Regress"}
+
+
+def exponential(scale: float, growth: float, count: int) -> tuple[float, ...]:
+    """TF's monitoring::Buckets::Exponential: `count` limits from `scale`, each `growth` times the one before."""
+    limits = [scale]
+    for _ in range(count - 1):
+        limits.append(limits[-1] * growth)
+    return tuple(limits)
+
+
+class TFMetric:
+    """One metric of TF's monitoring library: a Counter, or with `buckets` a Sampler (a histogram whose last
+    bucket, +Inf, TF adds). As in TF, a sample falls in the first bucket whose limit is above it: a value equal to
+    a limit counts in the next bucket up (tensorflow/core/lib/histogram: upper_bound)."""
+
+    def __init__(self, path: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] | None = None):
+        self.name = re.sub(r"[^a-zA-Z0-9_]", ":", path)  # "/tensorflow/serving/x" -> ":tensorflow:serving:x"
+        self.labels = labels
+        self.buckets = buckets
+        self._cells: dict[tuple[str, ...], list[int]] = {}  # label values -> [count] or [per bucket..., sum]
+        self._lock = threading.Lock()
+
+    def add(self, value: int, *label_values: str) -> None:
+        """Increment a counter by `value`, or record one sample of `value` (ints: TF records microseconds)."""
+        with self._lock:
+            if self.buckets is None:
+                cell = self._cells.setdefault(label_values, [0])
+                cell[0] += value
+            else:
+                cell = self._cells.setdefault(label_values, [0] * (len(self.buckets) + 2))
+                cell[bisect.bisect_right(self.buckets, value)] += 1
+                cell[-1] += value
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            cells = {values: list(cell) for values, cell in self._cells.items()}
+        lines = [f"# TYPE {self.name} {'counter' if self.buckets is None else 'histogram'}"]
+        for values, cell in cells.items():
+            labels = [f'{name}="{_escape(value)}"' for name, value in zip(self.labels, values)]
+            if self.buckets is None:
+                lines.append(f"{self.name}{{{','.join(labels)}}} {cell[0]}")
+                continue
+            cumulative = 0
+            for limit, count in zip([f"{b:.6g}" for b in self.buckets] + ["+Inf"], cell):
+                cumulative += count
+                bucket = ",".join([*labels, f'le="{limit}"'])
+                lines.append(f"{self.name}_bucket{{{bucket}}} {cumulative}")
+            lines.append(f"{self.name}_sum{{{','.join(labels)}}} {cell[-1]}")
+            lines.append(f"{self.name}_count{{{','.join(labels)}}} {cumulative}")
+        return lines
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _micros(seconds: float) -> int:
+    return int(seconds * 1e6)
 
 
 class Metrics:
     def __init__(self):
+        latency_us, sizes = exponential(10, 1.8, 33), exponential(1, 2, 14)  # ~20 minutes; 1 to 8192 rows
+        self.request_count = TFMetric("/tensorflow/serving/request_count", ("model_name", "status"))
+        self.request_latency = TFMetric("/tensorflow/serving/request_latency", ("model_name", "API", "entrypoint"),
+                                        latency_us)
+        self.runtime_latency = TFMetric("/tensorflow/serving/runtime_latency", ("model_name", "API", "runtime"),
+                                        latency_us)
+        self.queuing_latency = TFMetric("/tensorflow/serving/batching_session/queuing_latency", ("thread_pool_name",),
+                                        exponential(100, 1.2, 52))
+        self.wrapped_run_count = TFMetric("/tensorflow/serving/batching_session/wrapped_run_count")
+        self.input_batch_size = TFMetric("/tensorflow/serving/batching_session/input_batch_size", (), sizes)
+        self.padding_size = TFMetric("/tensorflow/serving/batching_session/padding_size", ("execution_batch_size",),
+                                     sizes)
+        self.processed_batch_size = TFMetric("/tensorflow/serving/batching_session/processed_batch_size", (), sizes)
+        self.load_attempt_count = TFMetric("/tensorflow/cc/saved_model/load_attempt_count", ("model_path", "status"))
+        self.load_latency = TFMetric("/tensorflow/cc/saved_model/load_latency", ("model_path",))
+        self.warmup_latency = TFMetric("/tensorflow/serving/model_warmup_latency", ("model_path", "status"),
+                                       latency_us)
+        self.warmup_records = TFMetric("/tensorflow/serving/model_warmup_records_read", ("model_path", "status"))
+        # in name order, as the exporter walks a std::map of names
+        self.tf = sorted((m for m in vars(self).values() if isinstance(m, TFMetric)), key=lambda m: m.name)
+
         self.registry = CollectorRegistry()
         labels = ("model", "version", "api", "entrypoint", "status")
         self.requests = Counter("serving_requests", "Requests handled", labels, registry=self.registry)
@@ -38,17 +132,48 @@ class Metrics:
         self.requests.labels(model, version, api, entrypoint, status).inc()
         if status == "OK":
             self.latency.labels(model, version, api, entrypoint).observe(seconds)
+        tf_api = TF_API.get((entrypoint, api), "" if entrypoint == "REST" else None)
+        if tf_api is not None:
+            self.request_count.add(1, model, status)
+            if status == "OK":
+                self.request_latency.add(_micros(seconds), model, tf_api, entrypoint)
+
+    def runtime(self, model: str, api: str, seconds: float) -> None:
+        """One model call of Predict, Classify or Regress (TF Serving's runtime "TF1": its Session::Run)."""
+        self.runtime_latency.add(_micros(seconds), model, api, "TF1")
+
+    def batch_input(self, inputs: dict) -> None:
+        """A request entering the batcher: one sample per input tensor, as BatchingSession::ComputeTaskSize."""
+        for value in inputs.values():
+            self.input_batch_size.add(len(value))
+
+    def queued(self, thread_pool_name: str, seconds: float) -> None:
+        self.queuing_latency.add(_micros(seconds), thread_pool_name)
 
     def batch(self, model: str, version: int, size: int, padded: int) -> None:
         self.batch_size.labels(model, str(version)).observe(size)
         self.padded_batch_size.labels(model, str(version)).observe(padded)
+        self.wrapped_run_count.add(1)
+        self.padding_size.add(padded - size, str(padded))
+        self.processed_batch_size.add(padded)
 
     def version_state(self, model: str, version: int, state: str) -> None:
         for s in STATES:
             self.state.labels(model, str(version), s).set(1 if s == state else 0)
 
+    def saved_model_read(self, path: str, seconds: float, ok: bool) -> None:
+        """One attempt to load a SavedModel, counted as TF's LoadSavedModel counts it."""
+        self.load_attempt_count.add(1, path, "success" if ok else "fail")
+        self.load_latency.add(_micros(seconds), path)
+
+    def warmed_up(self, path: str, seconds: float, records: int) -> None:
+        """A warmup that succeeded (TF Serving records only those: a failed record returns before the metric)."""
+        self.warmup_latency.add(_micros(seconds), path, "OK")
+        self.warmup_records.add(records, path, "OK")
+
     def model_loaded(self, model: str, seconds: float) -> None:
         self.load_seconds.labels(model).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        tf_lines = "".join(line + "\n" for metric in self.tf for line in metric.lines())
+        return tf_lines.encode() + generate_latest(self.registry)
