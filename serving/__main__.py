@@ -194,32 +194,16 @@ async def serve(settings: Settings) -> None:
                            max_load_retries=args.max_num_load_retries,
                            load_retry_interval_s=args.load_retry_interval_micros / 1e6,
                            path_root=args.model_base_path_root)
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
-    except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
-        raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
-    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
-        asyncio.create_task(watch_config_file(manager, metrics, args.model_config_file,
-                                              args.model_config_file_poll_wait_seconds))
     core = ServingCore(manager, metrics, settings.batching, args.rest_api_num_threads,
                        check_method_names=args.enable_signature_method_name_check, access=settings.access,
                        audit=AuditLog(args.audit_log_file), max_in_flight=args.max_requests_in_flight)
-    warn_if_exposed(args)
-    servers = []
-    if args.rest_api_port:
-        rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
-                       max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
-                       enable_cors=args.rest_api_enable_cors_support, idle_timeout_s=args.rest_api_idle_timeout_s,
-                       max_connections=args.rest_api_max_connections)
-        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
-        try:
-            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port, ssl=tls))
-        except OSError as e:
-            raise SystemExit(port_in_use("--rest_api_port", args.host, args.rest_api_port, e.strerror)) from None
-        log.info("Exporting HTTP%s/REST API at:%s:%d ...", "S" if tls else "", args.host, args.rest_api_port)
+    loop = asyncio.get_running_loop()
+    # Both ports are taken before the models load (seconds to minutes), so a port in use fails at once; they answer
+    # only once the models are loaded, as TF Serving's do. Its words (server.cc, main.cc), then ours.
     if args.port:
-        grpc_server = grpc.aio.server(options=settings.grpc_options, interceptors=[UndecodableRequests()])
+        # not SO_REUSEPORT (gRPC's default): with it a second server on the port shares it silently
+        options = list(dict([("grpc.so_reuseport", 0), *settings.grpc_options]).items())
+        grpc_server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
         add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
                      Path(args.model_base_path_root) if args.model_base_path_root else None)
         try:
@@ -229,9 +213,35 @@ async def serve(settings: Settings) -> None:
         except RuntimeError:
             bound = 0
         if not bound:
-            raise SystemExit(port_in_use("--port", args.host, args.port, "could not bind"))
+            raise SystemExit("Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC server "
+                             f"at {address} {port_in_use('--port', args.port, 'cannot bind')}")
+    servers = []
+    if args.rest_api_port:
+        rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
+                       max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
+                       enable_cors=args.rest_api_enable_cors_support, idle_timeout_s=args.rest_api_idle_timeout_s,
+                       max_connections=args.rest_api_max_connections)
+        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
+        try:
+            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port, ssl=tls,
+                                                    start_serving=False))
+        except OSError as e:
+            raise SystemExit(f"Failed to start HTTP Server at {args.host}:{args.rest_api_port} "
+                             f"{port_in_use('--rest_api_port', args.rest_api_port, os.strerror(e.errno))}") from None
+    try:
+        await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
+    except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
+        raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
+    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
+        asyncio.create_task(watch_config_file(manager, metrics, args.model_config_file,
+                                              args.model_config_file_poll_wait_seconds))
+    warn_if_exposed(args)
+    if args.port:
         await grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
+    for server in servers:
+        await server.start_serving()
+        log.info("Exporting HTTP%s/REST API at:%s:%d ...", "S" if tls else "", args.host, args.rest_api_port)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -284,9 +294,8 @@ def reload_tokens(core) -> None:
     core.audit.record("token_reload", core.access.token_file, "OK", None, "local")
 
 
-def port_in_use(flag: str, host: str, port: int, reason: str | None) -> str:
-    return (f"{flag}={port}: cannot listen on {host}:{port} ({reason}); another server is probably using it: "
-            f"stop it, or choose another port.")
+def port_in_use(flag: str, port: int, reason: str | None) -> str:
+    return f"({flag}={port}: {reason}); another server is probably using it: stop it, or choose another port."
 
 
 async def watch_config_file(manager, metrics, path: str, every_s: int) -> None:
