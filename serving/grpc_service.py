@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 import repository
 from serving import inference
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
+from serving.errors import InvalidArgument, PermissionDenied, Unimplemented, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
@@ -100,6 +100,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.to_proto = tf.make_tensor_proto if tensor_content else typed_tensor_proto
 
     def _servable(self, spec: model_pb2.ModelSpec, call: dict) -> Servable:
+        if not spec.name:  # server_core.cc ServableRequestFromModelSpec
+            raise InvalidArgument("ModelSpec has no name specified.")
         choice = spec.WhichOneof("version_choice")
         servable = self.core.servable(
             spec.name,
@@ -111,9 +113,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @staticmethod
     def _spec(response_spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
+        """util.cc MakeModelSpec: an empty signature name is answered as the default one."""
         response_spec.name = servable.name
         response_spec.version.value = servable.version
-        response_spec.signature_name = signature
+        response_spec.signature_name = signature or inference.DEFAULT_SIGNATURE
 
     @_answer("predict")
     async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
@@ -131,6 +134,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Classify(self, request: classification_pb2.ClassificationRequest,
                        call: dict) -> classification_pb2.ClassificationResponse:
         servable = self._servable(request.model_spec, call)
+        # classifier.cc checks the signature before it reads the input
+        inference.classify_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
         examples = inference.serialized_examples(request.input)
         classes, scores = await self.core.classify(servable, request.model_spec.signature_name, examples)
         response = classification_pb2.ClassificationResponse()
@@ -142,6 +147,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Regress(self, request: regression_pb2.RegressionRequest,
                       call: dict) -> regression_pb2.RegressionResponse:
         servable = self._servable(request.model_spec, call)
+        # regressor.cc checks the signature before it reads the input
+        inference.regress_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
         examples = inference.serialized_examples(request.input)
         values = await self.core.regress(servable, request.model_spec.signature_name, examples)
         response = regression_pb2.RegressionResponse()
@@ -152,34 +159,41 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_answer("multi_inference")
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
                              call: dict) -> inference_pb2.MultiInferenceResponse:
-        if not request.tasks:
-            raise InvalidArgument("MultiInferenceRequest must contain at least one task.")
-        names = {task.model_spec.name for task in request.tasks}
-        if "" in names:
-            raise InvalidArgument("Found ModelSpec with an empty model name.")
-        if len(names) > 1:
-            raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-        call["model"] = names.pop()
-        servable = self._servable(request.tasks[0].model_spec, call)
-        signatures = [task.model_spec.signature_name or inference.DEFAULT_SIGNATURE for task in request.tasks]
-        for i, signature in enumerate(signatures):
-            if signature in signatures[:i]:
+        """multi_inference_helper.cc and multi_inference.cc, in their order: the first task's model is looked up
+        (no task: no name), then each task is checked in turn, then the input is read; Regress and Classify run
+        per task where TF Serving runs one session for all."""
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        call["model"] = spec.name
+        servable = self._servable(spec, call)
+        signatures = []
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise InvalidArgument("Found ModelSpec with an empty model name.")
+            if task.model_spec.name != servable.name:
+                raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            signature = task.model_spec.signature_name or inference.DEFAULT_SIGNATURE
+            if signature in signatures:
                 raise InvalidArgument(f"Duplicate evaluation of signature: {signature}")
+            signatures.append(signature)
             if signature not in servable.signature_defs:
                 raise InvalidArgument(f"Requested signature not found in model graph: {signature}")
+            if task.method_name == inference.CLASSIFY:
+                inference.classify_signature(servable, signature, self.core.check_method_names)
+            elif task.method_name == inference.REGRESS:
+                inference.regress_signature(servable, signature, self.core.check_method_names)
+            else:
+                raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
         examples = inference.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
         for task, signature in zip(request.tasks, signatures):
             result = response.results.add()
-            self._spec(result.model_spec, servable, task.model_spec.signature_name)
+            self._spec(result.model_spec, servable, signature)
             if task.method_name == inference.CLASSIFY:
                 classes, scores = await self.core.classify(servable, signature, examples)
                 _fill_classifications(result.classification_result, classes, scores, len(examples))
-            elif task.method_name == inference.REGRESS:
+            else:
                 values = await self.core.regress(servable, signature, examples)
                 result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
-            else:
-                raise InvalidArgument(f"Unrecognized signature method_name: {task.method_name}")
         return response
 
     @_answer("metadata")
@@ -266,13 +280,15 @@ def typed_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
 
 MAX_REQUEST_ELEMENTS = 2**26  # per input tensor: 256 MiB of float32, far past any model's request
 NOT_REQUEST_DTYPES = (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT)
+COMPLEX_DTYPES = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)  # two numbers a value in scomplex_val/dcomplex_val
 
 
 def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
     """The input as numpy, checked as TF's Tensor::FromProto checks it before allocating anything: a shape that is
     not one, a dtype a request cannot carry, or content that does not fill the shape is TF Serving's "tensor
     parsing error"; so many elements that decoding would exhaust memory (a 30-byte proto can declare 2 GB, which
-    TF fills by repeating its last value) is refused with the numbers."""
+    TF fills by repeating its last value) is refused with the numbers. Values past the shape are ignored, as
+    TF's FromProtoField ignores them (make_ndarray would refuse)."""
     parsing_error = InvalidArgument(f"tensor parsing error: {name}")
     dims = [d.size for d in proto.tensor_shape.dim]
     if proto.dtype in NOT_REQUEST_DTYPES or proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
@@ -281,6 +297,12 @@ def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
     if elements > MAX_REQUEST_ELEMENTS:
         raise InvalidArgument(f"input '{name}' declares shape {dims}, {elements} elements; a request tensor may "
                               f"hold at most {MAX_REQUEST_ELEMENTS}")
+    limit = elements * (2 if proto.dtype in COMPLEX_DTYPES else 1)
+    surplus = [field.name for field, values in proto.ListFields() if field.name.endswith("_val") and len(values) > limit]
+    if surplus and not proto.tensor_content:
+        proto = tensor_pb2.TensorProto.FromString(proto.SerializeToString())  # the request's own proto is not changed
+        for field in surplus:
+            del getattr(proto, field)[limit:]
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError, KeyError, UnicodeDecodeError, OverflowError):

@@ -3,16 +3,18 @@
 Ported in substance from TF Serving's predict_util.cc, classifier.cc and regressor.cc: which
 signature is used, which inputs and outputs it must have, and how outputs become results. The
 running itself is the caller's (batched or not); these functions only decide and shape.
-Method names are checked only with --enable_signature_method_name_check, TF Serving's default.
+Method names are checked only with --enable_signature_method_name_check (off by default, as in TF Serving).
 """
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import input_pb2
 
 from serving.errors import FailedPrecondition, Internal, InvalidArgument
-from serving.servable import Servable, Tensors
+from serving.servable import Servable, SignatureDef, Tensors
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT = "tensorflow/serving/predict"
@@ -36,7 +38,8 @@ def predict_signature(servable: Servable, name: str, check_method: bool) -> str:
 
 def check_predict_request(servable: Servable, signature: str, inputs: Tensors, output_filter: list[str]) -> None:
     """The request's inputs must be exactly the signature's, and strings fewer than 33 dimensions (they would crash
-    TF); the filter must name its outputs."""
+    TF); the filter must name its outputs; each input must have its signature's dtype, refused in the words of TF
+    Serving's session (FunctionCallFrame::SetArgs)."""
     sig = servable.signature_defs[signature]
     expected, sent = set(sig.inputs), set(inputs)
     if expected != sent and not (sent < expected and sig.defaults):
@@ -60,45 +63,64 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
         if alias in seen:
             raise InvalidArgument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
+    specs = servable.inputs[signature]
+    feeds = sorted((info.name, alias) for alias, info in sig.inputs.items())  # DirectSession numbers feeds by name
+    for index, (_, alias) in enumerate(feeds):
+        if alias in inputs and specs[alias].dtype_problem(inputs[alias]):
+            raise InvalidArgument(f"Expects arg[{index}] to be {data_type_string(specs[alias].dtype)} but "
+                                  f"{data_type_string(inputs[alias].dtype)} is provided")
+
+
+def data_type_string(dtype) -> str:
+    """TF's DataTypeString, which its errors use: the DataType's name in lower case ("float", not "float32")."""
+    return types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum).removeprefix("DT_").lower()
 
 
 def filter_outputs(outputs: Tensors, output_filter: list[str]) -> Tensors:
     return {k: outputs[k] for k in output_filter} if output_filter else outputs
 
 
-def _example_signature(servable: Servable, name: str, method: str, kind: str, check_method: bool) -> str:
-    name = name or DEFAULT_SIGNATURE
-    signature = servable.signature_defs.get(name)
+def _example_signature(servable: Servable, name: str, method: str, kind: str, check_method: bool) -> SignatureDef:
+    """The named signature, after the checks classifier.cc and regressor.cc make before looking at outputs."""
+    signature = servable.signature_defs.get(name or DEFAULT_SIGNATURE)
     if signature is None:
-        raise InvalidArgument(f"No signature was found with the name: {name}")
+        raise InvalidArgument(f"No signature was found with the name: {name or DEFAULT_SIGNATURE}")
     if check_method and signature.method_name != method:
         raise InvalidArgument(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise InvalidArgument("Expected one input Tensor.")
+    return signature
+
+
+def _check_inputs_named(signature: SignatureDef, kind: str) -> None:
     if "inputs" not in signature.inputs:
         raise InvalidArgument(f"No {kind} inputs found in SignatureDef: {signature}")
-    return name
 
 
 def classify_signature(servable: Servable, name: str, check_method: bool) -> str:
-    name = _example_signature(servable, name, CLASSIFY, "classification", check_method)
-    outputs = servable.signature_defs[name].outputs
-    if len(outputs) not in (1, 2):
-        raise InvalidArgument(f"Expected one or two output Tensors, found {len(outputs)}")
-    if "classes" not in outputs and "scores" not in outputs:
+    """classifier.cc PreProcessClassification's checks, in its order: method, one input, one or two outputs, the
+    input's name, then the outputs' names."""
+    signature = _example_signature(servable, name, CLASSIFY, "classification", check_method)
+    if len(signature.outputs) not in (1, 2):
+        raise InvalidArgument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    _check_inputs_named(signature, "classification")
+    if "classes" not in signature.outputs and "scores" not in signature.outputs:
         raise InvalidArgument(
             'Expected classification signature outputs to contain at least one of "classes" or "scores". '
-            f"Signature was: {servable.signature_defs[name]}"
+            f"Signature was: {signature}"
         )
-    return name
+    return name or DEFAULT_SIGNATURE
 
 
 def regress_signature(servable: Servable, name: str, check_method: bool) -> str:
-    name = _example_signature(servable, name, REGRESS, "regression", check_method)
-    outputs = servable.signature_defs[name].outputs
-    if len(outputs) != 1 or "outputs" not in outputs:
-        raise InvalidArgument(f"Expected one output Tensor named 'outputs', found {sorted(outputs)}.")
-    return name
+    """regressor.cc PreProcessRegression's checks, in its order: method, one input, one output, their names."""
+    signature = _example_signature(servable, name, REGRESS, "regression", check_method)
+    if len(signature.outputs) != 1:
+        raise InvalidArgument("Expected one output Tensor.")
+    _check_inputs_named(signature, "regression")
+    if "outputs" not in signature.outputs:
+        raise InvalidArgument(f"No regression outputs found in SignatureDef: {signature}")
+    return name or DEFAULT_SIGNATURE
 
 
 def classification_result(outputs: Tensors, n_examples: int) -> tuple[np.ndarray | None, np.ndarray | None]:

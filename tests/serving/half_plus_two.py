@@ -1,6 +1,7 @@
 """Rebuild TF Serving's `half_plus_two` test SavedModel (y = 0.5 * x + 2), the fixture its own
 REST and gRPC tests use, with the same graph, tensor names and signatures (TF1 graph builder,
-as tensorflow_serving/servables/tensorflow/testdata/saved_model_half_plus_two.py does).
+as tensorflow_serving/servables/tensorflow/testdata/saved_model_half_plus_two.py does), plus three
+malformed signatures for the error paths of Classify and Regress.
 """
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def build(export_dir: Path, offset: float = 2.0) -> Path:
             "regress_x2_to_y3": _signature({"inputs": x2}, {"outputs": y3}, regress),
             "classify_x_to_y": _signature({"inputs": serialized}, {"scores": y}, classify),
             "serving_default": _signature({"x": x}, {"y": y}, predict),
+            # Not in TF Serving's model: signatures Classify and Regress refuse, each failing one check of
+            # classifier.cc / regressor.cc before the next (the first two also misname their input)
+            "regress_x_to_y_and_y2": _signature({"x": serialized}, {"y": y, "y2": y2}, regress),
+            "classify_x_to_y_y2_y3": _signature({"x": serialized}, {"y": y, "y2": y2, "y3": y3}, classify),
+            "regress_x_to_misnamed_output": _signature({"inputs": serialized}, {"y": y}, regress),
         }
         session.run(v1.global_variables_initializer())
         builder = v1.saved_model.builder.SavedModelBuilder(str(export_dir))

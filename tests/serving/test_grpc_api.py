@@ -184,14 +184,15 @@ def test_errors_use_tf_servings_status_codes(client, request_call, code, message
 
 
 def test_an_input_of_another_dtype_is_refused_by_the_server(server):
-    """The project's clients cast to the signature's dtypes; a raw request that does not is refused."""
+    """The project's clients cast to the signature's dtypes; a raw request that does not is refused in the words of
+    TF Serving's session (FunctionCallFrame::SetArgs)."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_two"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 1), np.int32)))
     with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as info:
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input 'x' has dtype int32, expected float32" in info.value.details()
+    assert info.value.details() == "Expects arg[0] to be float but int32 is provided"
 
 
 def raw_predict(server, tensor: tensor_pb2.TensorProto) -> grpc.RpcError:
@@ -222,6 +223,21 @@ def test_tensor_protos_that_do_not_parse_are_tf_servings_parsing_error(server, t
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details() == "tensor parsing error: x"
 
 
+@pytest.mark.parametrize("tensor, y", [
+    (float_tensor([1, 1], float_val=[1.0, 2.0]), [[2.5]]),  # values past the shape are ignored
+    (float_tensor([3, 1], float_val=[1.0, 2.0]), [[2.5], [3.0], [3.0]]),  # the last value fills the shape
+    (float_tensor([2, 1]), [[2.0], [2.0]]),  # no values: zeros
+], ids=["more", "fewer", "none"])
+def test_typed_values_that_do_not_fill_the_shape_are_read_as_tf_does(server, tensor, y):
+    """tensor.cc FromProtoField: TF Serving answers these, it does not refuse them."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tensor)
+    with grpc.insecure_channel(server.target) as channel:
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert tf.make_ndarray(response.outputs["y"]).tolist() == y
+
+
 def test_a_tiny_proto_declaring_gigabytes_is_refused_before_anything_is_allocated(server):
     error = raw_predict(server, float_tensor([1, 500_000_000], float_val=[1.0]))  # 2 GB as TF would fill it
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -241,7 +257,8 @@ def test_a_tiny_proto_declaring_gigabytes_is_refused_before_anything_is_allocate
 ])
 def test_a_request_without_model_spec_is_tf_servings_missing_modelspec(server, rpc, request_class):
     """predict_impl.cc, classification_service.cc, regression_service.cc, get_model_metadata_impl.cc and
-    get_model_status_impl.cc check has_model_spec() first; an empty name inside a spec is looked up (NOT_FOUND)."""
+    get_model_status_impl.cc check has_model_spec() first; an empty name inside a spec is server_core.cc's
+    INVALID_ARGUMENT, except for status, which looks it up (NOT_FOUND)."""
     with grpc.insecure_channel(server.target) as channel:
         stub = (model_service_pb2_grpc.ModelServiceStub if rpc == "GetModelStatus"
                 else prediction_service_pb2_grpc.PredictionServiceStub)(channel)
@@ -254,7 +271,72 @@ def test_a_request_without_model_spec_is_tf_servings_missing_modelspec(server, r
             empty_name.metadata_field.append("signature_def")
         with pytest.raises(grpc.RpcError) as info:
             getattr(stub, rpc)(empty_name, timeout=10)
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND, info.value.details()
+        expected = ((grpc.StatusCode.NOT_FOUND, "Could not find any versions of model ") if rpc == "GetModelStatus"
+                    else (grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified."))
+        assert (info.value.code(), info.value.details()) == expected
+
+
+NO_REGRESSION_OUTPUTS = "No regression outputs found in SignatureDef: inputs {"
+
+
+@pytest.mark.parametrize("rpc, signature, with_input, message", [
+    ("Regress", "nope", False, "No signature was found with the name: nope"),  # the signature before the input
+    ("Classify", "classify_x_to_y", False, "Input is empty."),
+    ("Regress", "classify_x_to_y", True, NO_REGRESSION_OUTPUTS),  # no method check by default, as in TF Serving
+    ("Regress", "regress_x_to_y_and_y2", True, "Expected one output Tensor."),  # before the input's name
+    ("Regress", "regress_x_to_misnamed_output", True, NO_REGRESSION_OUTPUTS),
+    ("Classify", "classify_x_to_y_y2_y3", True, "Expected one or two output Tensors, found 3"),
+    ("Classify", "regress_x_to_y_and_y2", True, "No classification inputs found in SignatureDef: inputs {"),
+    ("Classify", "regress_x_to_misnamed_output", True,
+     'Expected classification signature outputs to contain at least one of "classes" or "scores". Signature was: '),
+])
+def test_classify_and_regress_check_signatures_in_tf_servings_order(server, rpc, signature, with_input, message):
+    """classifier.cc PreProcessClassification and regressor.cc PreProcessRegression, before the input is read."""
+    request = (classification_pb2.ClassificationRequest if rpc == "Classify" else regression_pb2.RegressionRequest)()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = signature
+    if with_input:
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as info:
+        getattr(prediction_service_pb2_grpc.PredictionServiceStub(channel), rpc)(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(message), info.value.details()
+
+
+REGRESS, CLASSIFY = "tensorflow/serving/regress", "tensorflow/serving/classify"
+
+
+@pytest.mark.parametrize("tasks, with_input, code, message", [
+    ([], True, "INVALID_ARGUMENT", "ModelSpec has no name specified."),  # the first task's model is looked up first
+    ([("nope", "regress_x_to_y", REGRESS), ("half_plus_two", "regress_x_to_y", REGRESS)], True, "NOT_FOUND",
+     "Servable not found for request: Latest(nope)"),
+    ([("half_plus_two", "regress_x_to_y", REGRESS), ("", "regress_x_to_y2", REGRESS)], True, "INVALID_ARGUMENT",
+     "Found ModelSpec with an empty model name."),
+    ([("half_plus_two", "regress_x_to_y", REGRESS), ("digits", "regress_x_to_y2", REGRESS)], True, "INVALID_ARGUMENT",
+     "All ModelSpecs in a MultiInferenceRequest must access the same model name."),
+    ([("half_plus_two", "regress_x_to_y", REGRESS), ("half_plus_two", "regress_x_to_y", REGRESS)], True,
+     "INVALID_ARGUMENT", "Duplicate evaluation of signature: regress_x_to_y"),
+    ([("half_plus_two", "nope", REGRESS)], True, "INVALID_ARGUMENT", "Requested signature not found in model graph: nope"),
+    ([("half_plus_two", "serving_default", "tensorflow/serving/predict")], True, "UNIMPLEMENTED",
+     "Unsupported signature method_name: tensorflow/serving/predict"),
+    ([("half_plus_two", "regress_x_to_y_and_y2", REGRESS)], True, "INVALID_ARGUMENT", "Expected one output Tensor."),
+    # every task is checked before the input is read, each in turn
+    ([("half_plus_two", "regress_x_to_y", REGRESS), ("half_plus_two", "classify_x_to_y", "other")], False,
+     "UNIMPLEMENTED", "Unsupported signature method_name: other"),
+    ([("half_plus_two", "regress_x_to_y", REGRESS), ("half_plus_two", "classify_x_to_y", CLASSIFY)], False,
+     "INVALID_ARGUMENT", "Input is empty."),
+])
+def test_multi_inference_checks_in_tf_servings_order(server, tasks, with_input, code, message):
+    """multi_inference_helper.cc, then multi_inference.cc TensorFlowMultiInferenceRunner::Infer, task by task."""
+    request = inference_pb2.MultiInferenceRequest()
+    for model, signature, method in tasks:
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = model, signature
+    if with_input:
+        request.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(request, timeout=10)
+    assert (info.value.code().name, info.value.details()) == (code, message)
 
 
 def test_metadata_needs_the_signature_def_field(server):
