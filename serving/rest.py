@@ -2,7 +2,8 @@
 
 Routing follows TF Serving's http_rest_api_util.cc: paths are matched case-insensitively, the
 method suffix is then compared exactly (`:PREDICT` is a malformed request, 400), anything
-outside /v1/ is libevent's 404 page. The body is parsed before the model is looked up, so a
+outside /v1/ is libevent's 404 page. Routes are matched against the path with its query string,
+as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed request. The body is parsed before the model is looked up, so a
 malformed body is a 400 even for an unknown model. Errors are {"error": message} with the
 status TF Serving maps the error's code to.
 """
@@ -41,6 +42,7 @@ NOT_FOUND_PAGE = (  # what TF Serving's libevent answers outside /v1/
     "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 )
 JSON = "application/json"
+LIBEVENT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"  # libevent's default, on answers TF Serving gives no type
 CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET",
                 "Access-Control-Allow-Headers": "Content-Type"}
 ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, ResourceExhausted: {"Retry-After": "1"}}
@@ -103,8 +105,8 @@ class RestApi:
             await self._server.shutdown(0.2)
 
     async def _handle(self, request: BaseRequest) -> web.Response:
-        path = request.rel_url.raw_path
-        metrics = self.metrics_path is not None and path == self.metrics_path
+        path = request.raw_path  # with its query string: net_http's uri_path(), which TF Serving routes by
+        metrics = self.metrics_path is not None and request.rel_url.raw_path == self.metrics_path
         if not metrics and not API_PATH.fullmatch(path):
             return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
         started = time.perf_counter()
@@ -114,7 +116,7 @@ class RestApi:
             with self.core.admitted():
                 self._authorize(request, call)
                 if metrics:
-                    return web.Response(body=self.core.metrics_text(), content_type="text/plain")
+                    return self._metrics(path)
                 body = await self._read_body(request)
                 answer = self._preflight(request) if request.method == "OPTIONS" else await self._answer(call, body)
             status = 200
@@ -124,6 +126,8 @@ class RestApi:
             headers.update(ERROR_HEADERS.get(type(error), {}))
             del error  # it holds this frame (its traceback) and this frame it: a cycle keeping the request's
             # data (a large document) alive until a full collection, which the server's gc settings make rare
+        if request.method == "OPTIONS":  # http_server.cc answers a preflight itself: no body, no type of its own
+            answer, headers["Content-Type"] = b"", LIBEVENT_CONTENT_TYPE
         self.core.record(call.model, call.version, call.api, "REST", call.status, time.perf_counter() - started)
         response = web.Response(body=answer, status=status, headers=headers)
         if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang
@@ -175,6 +179,14 @@ class RestApi:
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
                                    f"(--rest_api_timeout_in_ms)") from None
+
+    def _metrics(self, path: str) -> web.Response:
+        """http_server.cc ProcessPrometheusRequest: found by the path alone, then refused unless the path with its
+        query string is the metrics path (a scraper's ?query gets a 400)."""
+        if path != self.metrics_path:
+            return web.Response(status=400, body=f"Unexpected path: {path}. Should be {self.metrics_path}".encode(),
+                                content_type="text/plain")
+        return web.Response(body=self.core.metrics_text(), content_type="text/plain")
 
     def _preflight(self, request: BaseRequest) -> bytes:
         if re.search(r"https?://", request.headers.get("Origin", "")):

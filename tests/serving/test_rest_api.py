@@ -123,6 +123,17 @@ ERRORS = [
     ("POST", f"{HPT}:regress", '{"signature_name": "nope", "examples": [{"x": 1.0}]}', 400,
      "No signature was found with the name: nope"),
     ("POST", f"{HPT}:classify", '{"examples": [{"x": 1.0}]}', 400, "No classification inputs found in SignatureDef"),
+    # classifier.cc / regressor.cc check the number of outputs before the input's name
+    ("POST", f"{HPT}:classify", '{"signature_name": "classify_x_to_y_y2_y3", "examples": [{"x": 1.0}]}', 400,
+     "Expected one or two output Tensors, found 3"),
+    ("POST", f"{HPT}:regress", '{"signature_name": "regress_x_to_y_and_y2", "examples": [{"x": 1.0}]}', 400,
+     "Expected one output Tensor."),
+    ("POST", f"{HPT}:regress", '{"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}', 400,
+     "No regression outputs found in SignatureDef: inputs {"),
+    # routes match net_http's uri_path(), the path with its query string (evhttp_request.cc)
+    ("POST", f"{HPT}:predict?x=1", '{"instances": [1.0]}', 400, "Malformed request: POST /v1/models/half_plus_two:predict?x=1"),
+    ("GET", f"{HPT}/metadata?x=1", None, 400, "Malformed request: GET /v1/models/half_plus_two/metadata?x=1"),
+    ("GET", f"{HPT}?x=1", None, 404, "Could not find any versions of model half_plus_two?x=1"),
     ("POST", "/v1/models/digits:predict", '{"instances": [[1.0, 2.0]]}', 400,
      "input 'x' received float32 [1, 2], the signature expects float32 [-1, 64]"),
     ("POST", f"{HPT}:predict", '{"instances": ' + "[" * 70 + "1.0" + "]" * 70 + "}", 400,
@@ -142,6 +153,30 @@ def test_errors_have_tf_servings_status_and_an_error_body(server, method, path, 
     error = response.json()["error"]
     assert message in error
     assert error, "the error must say what went wrong"
+
+
+def test_an_overflowing_version_is_absl_simpleatois_failure(server):
+    response = call(server, "POST", f"{HPT}/versions/99999999999999999999:predict", '{"instances": [1.0]}')
+    assert (response.status_code, response.headers["Content-Type"], response.text) == (
+        400, "application/json", '{\n    "error": "Failed to convert version: 99999999999999999999 to numeric."\n}')
+
+
+@pytest.mark.parametrize("origin, status", [("http://example.com", 200), ("https://a", 200), (None, 400), ("a.com", 400)])
+def test_a_cors_preflight_is_answered_with_no_body(server, origin, status):
+    """http_server.cc answers OPTIONS itself (an Origin with http(s):// or FAILED_PRECONDITION), with no body and
+    no type of its own: libevent's default."""
+    headers = {"Origin": origin} if origin else {}
+    response = requests.options(f"{server.url}{HPT}:predict", headers=headers, timeout=10)
+    assert (response.status_code, response.content) == (status, b"")
+    assert response.headers["Content-Type"] == "text/html; charset=ISO-8859-1"
+    assert "Access-Control-Allow-Origin" not in response.headers  # --rest_api_enable_cors_support is off
+
+
+def test_metrics_with_a_query_string_is_refused_as_tf_serving_does(server):
+    """http_server.cc ProcessPrometheusRequest compares the path with its query string to the metrics path."""
+    response = call(server, "GET", "/monitoring/prometheus/metrics?x=1")
+    assert (response.status_code, response.headers["Content-Type"], response.text) == (
+        400, "text/plain", "Unexpected path: /monitoring/prometheus/metrics?x=1. Should be /monitoring/prometheus/metrics")
 
 
 def test_outside_v1_is_libevents_404_page(server):
@@ -191,7 +226,8 @@ def test_metadata_has_tf_servings_shape(server):
     assert metadata["model_spec"] == {"name": "half_plus_two", "signature_name": "", "version": "123"}
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
     assert set(signatures) == {"regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3", "classify_x_to_y",
-                               "serving_default"}
+                               "serving_default",  # TF Serving's five, then half_plus_two.py's malformed three
+                               "regress_x_to_y_and_y2", "classify_x_to_y_y2_y3", "regress_x_to_misnamed_output"}
     x = signatures["serving_default"]["inputs"]["x"]
     assert x["dtype"] == "DT_FLOAT" and x["name"] == "x:0"
     assert x["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}, {"size": "1", "name": ""}]
