@@ -9,6 +9,8 @@ go through the exact per-value path, `float32_token`.
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -21,6 +23,12 @@ def splice(text: bytes, tokens: list[bytes]) -> bytes:
     merged = [b""] * (2 * len(pieces) - 1)
     merged[0::2], merged[1::2] = pieces, tokens
     return b"".join(merged)
+
+
+def per_value_text(array: np.ndarray, token: Callable[[float], bytes]) -> bytes:
+    """`array` as compact JSON with each value written by `token`."""
+    tokens = [token(v) for v in array.reshape(-1).tolist()]
+    return splice(orjson.dumps(np.full(array.shape, np.nan), option=orjson.OPT_SERIALIZE_NUMPY), tokens)
 
 
 def float64_token(value: float) -> bytes:
@@ -56,8 +64,31 @@ def _with_point(text: str) -> bytes:
     return text.encode()
 
 
+_FLOAT32 = struct.Struct("f")
+
+
+def _to_float32(value: float) -> float:
+    return _FLOAT32.unpack(_FLOAT32.pack(value))[0]  # C's cast: round to nearest, ties to even
+
+
 def _parses_to_float32(text: str, value: float) -> bool:
-    """Whether decimal `text` rounds to float32 `value` (correctly, ties to even, like absl::SimpleAtof)."""
+    """Whether decimal `text` rounds to float32 `value` (correctly, ties to even, like absl::SimpleAtof).
+
+    Rounding is monotonic and the decimal lies between the doubles either side of its nearest double,
+    so when those three round to the same float32, so does the decimal; else (near a float32 tie, or
+    at the top of its range) the exact comparison decides.
+    """
+    double = float(text)
+    try:
+        single = _to_float32(double)
+        if _to_float32(math.nextafter(double, -math.inf)) == single == _to_float32(math.nextafter(double, math.inf)):
+            return single == value
+    except OverflowError:
+        pass
+    return _parses_to_float32_exactly(text, value)
+
+
+def _parses_to_float32_exactly(text: str, value: float) -> bool:
     decimal, magnitude = abs(Fraction(text)), abs(Fraction(value))
     single = np.float32(abs(value))
     below = Fraction(float(np.nextafter(single, np.float32(0))))
@@ -93,14 +124,19 @@ def _scale(magnitudes: np.ndarray, exponents: np.ndarray) -> np.ndarray:
     return magnitudes * _MULTIPLY[index] / _DIVIDE[index]
 
 
+_PER_VALUE_BELOW = 48  # values: up to here one at a time (~2 us each) beats the vectorised path (~130 us)
+
+
 def float32_text(values: np.ndarray) -> bytes:
-    """`_numbers_text` for float32: numpy and orjson do the work for almost every value.
+    """`_numbers_text` for float32: for more than a few values numpy and orjson do the work for almost every value.
 
     `_decimal_digits` picks each value's digits and decimal exponent. Values "%g" writes without
     exponent (1e-4 <= |x| < 1e6, or < 1e9 when 9 digits are needed) are exactly what orjson
     prints for the double nearest those digits; the others get "d.ddde±XX" built from digit
     characters.
     """
+    if values.size <= _PER_VALUE_BELOW:
+        return per_value_text(values, float32_token)
     single = values.reshape(-1)
     sure, digits, exp10, plain = _decimal_digits(single)
     with np.errstate(invalid="ignore"):

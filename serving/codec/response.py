@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from serving.codec.dtypes import INT_OUTPUT_DTYPES, dtype_name, is_string
-from serving.codec.floats import float32_text, float64_token, splice
+from serving.codec.floats import float32_text, float64_token, per_value_text
 from serving.codec.rapidjson import indent, json_string
 from serving.codec.request import COLUMNAR_FORMAT, ROW_FORMAT
 from serving.errors import CodecError
@@ -120,8 +120,7 @@ def _numbers_text(array: np.ndarray) -> bytes:
     if dtype == np.float32:
         return float32_text(array)
     if dtype == np.float64:
-        tokens = [float64_token(v) for v in array.reshape(-1).tolist()]
-        return splice(orjson.dumps(np.full(array.shape, np.nan), option=orjson.OPT_SERIALIZE_NUMPY), tokens)
+        return per_value_text(array, float64_token)
     if dtype in INT_OUTPUT_DTYPES or dtype == np.bool_:
         return orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
     if array.size:

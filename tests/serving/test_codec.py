@@ -504,6 +504,22 @@ def test_vectorised_float32_text_matches_exact_path(seed):
     assert response._tokens("x", values, 0) == [floats.float32_token(float(v)) for v in values]
 
 
+def test_float32_round_trip_shortcut_agrees_with_exact_arithmetic():
+    """The per-value path decides "does this text read back as that float32" from three double roundings;
+    exact fractions must agree, also on float32 ties (odd integers from 2**24 on) and decimals a hair from
+    them, which double rounding would get wrong."""
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 2**32, 4000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    cases = [(text % v, v) for v in bits[np.isfinite(bits)].tolist() for text in ("%.6g", "%.5g")]
+    ties = rng.integers(2**23, 2**25, 500) * 2 + 1
+    near_ties = [str(t) for t in ties.tolist()] + [f"{t}.000000001" for t in ties.tolist()]
+    near_ties += [f"{t - 1}.999999999" for t in ties.tolist()]  # these read as the tie itself in double
+    cases += [(t, v) for t in near_ties for v in (float(np.float32(float(t) - 1)), float(np.float32(float(t) + 1)))]
+    cases += [("3.40282e+38", float(np.finfo(np.float32).max)), ("3.4028236e38", float(np.finfo(np.float32).max))]
+    for text, value in cases:
+        assert floats._parses_to_float32(text, value) == floats._parses_to_float32_exactly(text, value), (text, value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Classify and regress
 # ---------------------------------------------------------------------------------------------
