@@ -34,20 +34,12 @@ class TensorSpec:
         dims = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
         return cls(tf.dtypes.as_dtype(info.dtype), dims)
 
-    def describe(self) -> str:
-        return f"{self.dtype.name} {'unknown shape' if self.shape is None else list(self.shape)}"
-
     def dtype_problem(self, value: np.ndarray) -> str | None:
         if self.dtype == tf.string:
             ok = value.dtype == object or value.dtype.kind in "SU"
         else:
             ok = value.dtype == self.dtype.as_numpy_dtype
         return None if ok else f"has dtype {value.dtype}, expected {self.dtype.name}"
-
-    def fits(self, shape: tuple[int, ...]) -> bool:
-        if self.shape is None:
-            return True
-        return len(shape) == len(self.shape) and all(d in (-1, s) for d, s in zip(self.shape, shape))
 
 
 def session_config(intra_op_threads: int, inter_op_threads: int) -> config_pb2.ConfigProto:
@@ -90,7 +82,7 @@ class Servable:
         try:
             values = run(*(inputs[n] for n in names))
         except tf.errors.OpError as e:
-            raise self._explain(e, signature, inputs) from None
+            raise errors.from_code(e.error_code, e.message) from None  # TF Serving passes the session's error on
         except UnicodeDecodeError as e:  # an op's error quoting input bytes that are not UTF-8 (ParseExample's does)
             # cannot become a Python message and loses its code: the bytes are the request's, so the client's mistake
             raise errors.InvalidArgument(e.object.decode("utf-8", "replace").split("\n\t [[")[0]) from None
@@ -108,16 +100,6 @@ class Servable:
                 found = self._callables.setdefault(key, (self._session._make_callable_from_options(options), outputs))
         return found
 
-    def _explain(self, error: tf.errors.OpError, signature: str, inputs: Tensors) -> errors.ServingError:
-        """TF's error, with its status code, plus which input did not fit the signature."""
-        message = error.message.split("\n\t [[")[0]
-        misfits = [
-            f"input '{n}' received {v.dtype} {list(v.shape)}, the signature expects {self.inputs[signature][n].describe()}"
-            for n, v in inputs.items() if not self.inputs[signature][n].fits(v.shape)
-        ]
-        if misfits:
-            message += " (" + "; ".join(misfits) + ")"
-        return errors.from_code(error.error_code, message)
 
 
 @dataclass(frozen=True, eq=False)

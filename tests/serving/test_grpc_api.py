@@ -167,7 +167,7 @@ ERRORS = [  # (call, expected gRPC code, substring of the message)
     (lambda c: c.predict("half_plus_two", {"x": np.ones((1, 1), np.float32)}, output_filter=["w"]),
      "INVALID_ARGUMENT", "output tensor alias not found in signature: w Outputs expected to be in the set {y}."),
     (lambda c: c.predict("digits", {"x": np.ones((2, 3), np.float32)}), "INVALID_ARGUMENT",
-     "input 'x' received float32 [2, 3], the signature expects float32 [-1, 64]"),
+     "Incompatible shapes: [2,3] vs. [1,64]\n\t [[{{function_node "),  # the session's error, as TF Serving passes it on
     (lambda c: c.classify("half_plus_two", [], signature_name="classify_x_to_y"), "INVALID_ARGUMENT", "Input is empty."),
     (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="nope"), "INVALID_ARGUMENT",
      "No signature was found with the name: nope"),

@@ -135,7 +135,7 @@ ERRORS = [
     ("GET", f"{HPT}/metadata?x=1", None, 400, "Malformed request: GET /v1/models/half_plus_two/metadata?x=1"),
     ("GET", f"{HPT}?x=1", None, 404, "Could not find any versions of model half_plus_two?x=1"),
     ("POST", "/v1/models/digits:predict", '{"instances": [[1.0, 2.0]]}', 400,
-     "input 'x' received float32 [1, 2], the signature expects float32 [-1, 64]"),
+     "Incompatible shapes: [1,2] vs. [1,64]\n\t [[{{function_node "),  # the session's error, as TF Serving passes it on
     ("POST", f"{HPT}:predict", '{"instances": ' + "[" * 70 + "1.0" + "]" * 70 + "}", 400,
      "JSON Value nests lists 70 levels deep; a tensor here has at most 64 dimensions"),  # was numpy's 500
     ("POST", f"{HPT}:predict", '{"instances": [' + "9" * 5000 + "]}", 400,
