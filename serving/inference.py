@@ -71,9 +71,19 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
                                   f"{data_type_string(inputs[alias].dtype)} is provided")
 
 
+def data_type_name(dtype) -> str:
+    """TF's DataType_Name: "DT_FLOAT" for float32."""
+    return types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum)
+
+
 def data_type_string(dtype) -> str:
     """TF's DataTypeString, which its errors use: the DataType's name in lower case ("float", not "float32")."""
-    return types_pb2.DataType.Name(tf.as_dtype(dtype).as_datatype_enum).removeprefix("DT_").lower()
+    return data_type_name(dtype).removeprefix("DT_").lower()
+
+
+def shape_string(shape: tuple[int, ...]) -> str:
+    """TensorShape::DebugString: "[2,3]"."""
+    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def filter_outputs(outputs: Tensors, output_filter: list[str]) -> Tensors:
@@ -130,10 +140,9 @@ def classification_result(outputs: Tensors, n_examples: int) -> tuple[np.ndarray
         if value is None:
             continue
         if value.ndim != 2:
-            raise InvalidArgument(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
-        ok = value.dtype == object if dtype == "DT_STRING" else value.dtype == np.float32
-        if not ok:
-            raise InvalidArgument(f"Expected {name} Tensor of {dtype}. Got: {value.dtype}")
+            raise InvalidArgument(f"Expected Tensor shape: [batch_size num_classes] but got {shape_string(value.shape)}")
+        if data_type_name(value.dtype) != dtype:
+            raise InvalidArgument(f"Expected {name} Tensor of {dtype}. Got: {data_type_name(value.dtype)}")
         if value.shape[0] != n_examples:
             raise InvalidArgument(f"Expected {name} output batch size of {n_examples}. Got: {value.shape[0]}")
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
@@ -144,15 +153,15 @@ def classification_result(outputs: Tensors, n_examples: int) -> tuple[np.ndarray
 
 
 def regression_result(outputs: Tensors, n_examples: int) -> np.ndarray:
+    """[n] float32 values, validated as TF Serving's PostProcessRegressionResult does, in its order."""
     values = outputs["outputs"]
     if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-        raise InvalidArgument(
-            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {list(values.shape)}"
-        )
-    if values.dtype != np.float32:
-        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {values.dtype}")
+        raise InvalidArgument("Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                              f"{shape_string(values.shape)}")
     if values.shape[0] != n_examples:
         raise InvalidArgument(f"Input batch size did not match output batch size: {n_examples} vs. {values.shape[0]}")
+    if values.dtype != np.float32:
+        raise InvalidArgument(f"Expected output Tensor of DT_FLOAT.  Got: {data_type_name(values.dtype)}")
     return values.reshape(-1)
 
 

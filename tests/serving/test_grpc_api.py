@@ -27,8 +27,9 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.client import GrpcClient, RestClient, ServingClientError
+from serving.errors import InvalidArgument
 from serving.grpc_service import is_loopback, server_options
-from serving.inference import serialized_examples
+from serving.inference import classification_result, regression_result, serialized_examples
 from serving.local import free_port
 from serving.process import ServerProcess
 
@@ -301,6 +302,24 @@ def test_classify_and_regress_check_signatures_in_tf_servings_order(server, rpc,
         getattr(prediction_service_pb2_grpc.PredictionServiceStub(channel), rpc)(request, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(message), info.value.details()
+
+
+@pytest.mark.parametrize("check, outputs, message", [
+    ("classify", {"scores": np.zeros((2, 3, 1), np.float32)},
+     "Expected Tensor shape: [batch_size num_classes] but got [2,3,1]"),
+    ("classify", {"scores": np.zeros((2, 3), np.int32)}, "Expected scores Tensor of DT_FLOAT. Got: DT_INT32"),
+    ("classify", {"classes": np.zeros((2, 3), np.float32)}, "Expected classes Tensor of DT_STRING. Got: DT_FLOAT"),
+    ("regress", {"outputs": np.zeros((2, 2), np.float32)},
+     "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got [2,2]"),
+    ("regress", {"outputs": np.zeros(3, np.int32)}, "Input batch size did not match output batch size: 2 vs. 3"),
+    ("regress", {"outputs": np.zeros(2, np.float64)}, "Expected output Tensor of DT_FLOAT.  Got: DT_DOUBLE"),
+])
+def test_model_outputs_are_checked_in_tf_servings_order_and_words(check, outputs, message):
+    """classifier.cc PostProcessClassificationResult, regressor.cc PostProcessRegressionResult."""
+    result = classification_result if check == "classify" else regression_result
+    with pytest.raises(InvalidArgument) as error:
+        result(outputs, 2)
+    assert str(error.value) == message
 
 
 REGRESS, CLASSIFY = "tensorflow/serving/regress", "tensorflow/serving/classify"
