@@ -194,6 +194,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             else:
                 values = await self.core.regress(servable, signature, examples)
                 result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
+        self.core.metrics.examples(servable.name, len(examples))
         return response
 
     @_answer("metadata")

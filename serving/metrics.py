@@ -94,6 +94,8 @@ class Metrics:
                                         latency_us)
         self.runtime_latency = TFMetric("/tensorflow/serving/runtime_latency", ("model_name", "API", "runtime"),
                                         latency_us)
+        self.example_counts = TFMetric("/tensorflow/serving/request_example_counts", ("model",), exponential(1, 2, 15))
+        self.example_count_total = TFMetric("/tensorflow/serving/request_example_count_total", ("model",))
         self.queuing_latency = TFMetric("/tensorflow/serving/batching_session/queuing_latency", ("thread_pool_name",),
                                         exponential(100, 1.2, 52))
         self.wrapped_run_count = TFMetric("/tensorflow/serving/batching_session/wrapped_run_count")
@@ -141,6 +143,11 @@ class Metrics:
     def runtime(self, model: str, api: str, seconds: float) -> None:
         """One model call of Predict, Classify or Regress (TF Serving's runtime "TF1": its Session::Run)."""
         self.runtime_latency.add(_micros(seconds), model, api, "TF1")
+
+    def examples(self, model: str, count: int) -> None:
+        """tf.Examples of one MultiInference request (TF Serving's RecordRequestExampleCount, called there only)."""
+        self.example_counts.add(count, model)
+        self.example_count_total.add(count, model)
 
     def batch_input(self, inputs: dict) -> None:
         """A request entering the batcher: one sample per input tensor, as BatchingSession::ComputeTaskSize."""

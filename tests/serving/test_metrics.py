@@ -6,11 +6,12 @@ import re
 import shutil
 import time
 
+import grpc
 import pytest
 import requests
 import tensorflow as tf
 from repo_files import write_config
-from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.apis import inference_pb2, model_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from serving.client import GrpcClient
 from serving.local import free_port
@@ -98,6 +99,15 @@ def test_tf_serving_metrics_and_a_base_path_without_versions(tmp_path, half_plus
         with GrpcClient(f"127.0.0.1:{grpc_port}") as client:
             assert client.predict("hpt", [[1.0], [2.0], [3.0]])["y"].tolist() == [[2.5], [3.0], [3.5]]
         text = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=10).text
+        multi = inference_pb2.MultiInferenceRequest()
+        for signature in ("regress_x_to_y", "regress_x_to_y2"):
+            multi.tasks.add(method_name="tensorflow/serving/regress").model_spec.CopyFrom(
+                model_pb2.ModelSpec(name="hpt", signature_name=signature))
+        for x in (1.0, 2.0, 3.0):
+            multi.input.example_list.examples.add().features.feature["x"].float_list.value.append(x)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(multi, timeout=10)
+        after_multi_inference = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=10).text
     finally:
         server.stop()
     path = hpt / "1"
@@ -120,6 +130,9 @@ def test_tf_serving_metrics_and_a_base_path_without_versions(tmp_path, half_plus
         f':tensorflow:serving:model_warmup_latency_count{{model_path="{path}",status="OK"}} 1',
     ]:
         assert line in text.splitlines(), line
+    for line in [':tensorflow:serving:request_example_counts_sum{model="hpt"} 3',
+                 ':tensorflow:serving:request_example_count_total{model="hpt"} 3']:  # MultiInference only
+        assert line in after_multi_inference.splitlines(), line
     ok_gets = re.search(r':tensorflow:serving:request_latency_count\{model_name="hpt",API="",entrypoint="REST"\} (\d+)',
                         text)
     assert ok_gets and int(ok_gets[1]) >= 1  # status GETs, counted under the empty API as TF Serving counts them
