@@ -23,7 +23,7 @@ log = logging.getLogger("serving")
 VERSION = "maas-serving 0.1.0 (TensorFlow Serving 2.21 API)"
 UNSUPPORTED = (  # tensorflow_model_server flags this server rejects rather than silently ignores
     "grpc_socket_path", "enable_per_model_batching_parameters", "num_load_threads", "num_unload_threads",
-    "flush_filesystem_caches", "tensorflow_session_parallelism",
+    "flush_filesystem_caches",
     "tensorflow_session_config_file", "use_alts_credentials", "platform_config_file",
     "per_process_gpu_memory_fraction", "saved_model_tags", "num_request_iterations_for_warmup",
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="a new label (or one keeping its version) may name a version not loaded yet; needed to start with labels")
     flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: TF decides)")
     flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: TF decides)")
+    flag("--tensorflow_session_parallelism", type=int, default=0,
+         help="both of the above when neither is set (0: TF decides; benchmarks/results/threads.md)")
     flag("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
     flag("--enable_serialization_as_tensor_content", type=parse_bool, nargs="?", const=True, default=False)
     flag("--grpc_max_threads", type=int, default=4 * cpus, help="accepted for compatibility; grpc.aio needs no pool")
@@ -112,6 +114,7 @@ class Settings:
     grpc_options: list
     access: object
     ssl_config: object | None
+    session_config: object
 
 
 def parse_settings(argv: list[str]) -> Settings:
@@ -123,6 +126,7 @@ def parse_settings(argv: list[str]) -> Settings:
     from serving.tls import load_ssl_config
     from serving.batching import BatchingParameters
     from serving.grpc_service import server_options
+    from serving.servable import session_config
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -133,13 +137,15 @@ def parse_settings(argv: list[str]) -> Settings:
     problems = [f"--{name} is a tensorflow_model_server flag this server does not support." for name in used]
     if not args.port and not args.rest_api_port:
         problems.append("neither --port nor --rest_api_port is set: nothing would serve.")
-    model_config = batching = metrics_path = grpc_options = access = ssl_config = None
+    model_config = batching = metrics_path = grpc_options = access = ssl_config = session = None
     if args.auth_allow_status and not args.auth_token_file:
         problems.append("--auth_allow_status needs --auth_token_file (without tokens everything is open).")
     try:
         access = Access(args.auth_token_file, args.auth_allow_status)
         ssl_config = load_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         grpc_options = server_options(args.grpc_channel_arguments)
+        session = session_config(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism,
+                                 args.tensorflow_session_parallelism)
         if args.model_config_file and args.model_base_path:
             raise ValueError("use either --model_config_file or --model_name/--model_base_path, not both.")
         if args.model_config_file:
@@ -169,7 +175,7 @@ def parse_settings(argv: list[str]) -> Settings:
         parser.print_usage(sys.stderr)
         print("python -m serving: error:\n  " + "\n  ".join(problems), file=sys.stderr)
         raise SystemExit(2)
-    return Settings(args, model_config, batching, metrics_path, grpc_options, access, ssl_config)
+    return Settings(args, model_config, batching, metrics_path, grpc_options, access, ssl_config, session)
 
 
 async def serve(settings: Settings) -> None:
@@ -182,14 +188,12 @@ async def serve(settings: Settings) -> None:
     from serving.manager import ModelManager
     from serving.metrics import Metrics
     from serving.rest import RestApi
-    from serving.servable import session_config
     from serving.tls import grpc_credentials, rest_context
 
     args = settings.args
     metrics = Metrics()
     manager = ModelManager(settings.model_config, metrics, enable_warmup=args.enable_model_warmup,
-                           session_config=session_config(args.tensorflow_intra_op_parallelism,
-                                                         args.tensorflow_inter_op_parallelism),
+                           session_config=settings.session_config,
                            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
                            max_load_retries=args.max_num_load_retries,
                            load_retry_interval_s=args.load_retry_interval_micros / 1e6,

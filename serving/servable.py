@@ -42,8 +42,15 @@ class TensorSpec:
         return None if ok else f"has dtype {value.dtype}, expected {self.dtype.name}"
 
 
-def session_config(intra_op_threads: int, inter_op_threads: int) -> config_pb2.ConfigProto:
-    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism (0: TF decides)."""
+def session_config(intra_op_threads: int, inter_op_threads: int, session_parallelism: int = 0) -> config_pb2.ConfigProto:
+    """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, or, when neither is set,
+    --tensorflow_session_parallelism for both (0: TF decides); all three at once is an error (server.cc)."""
+    if intra_op_threads > 0 and inter_op_threads > 0 and session_parallelism > 0:
+        raise ValueError("Either configure server_options.tensorflow_session_parallelism or "
+                         "(server_options.tensorflow_intra_op_parallelism, server_options.tensorflow_inter_op_parallelism) "
+                         "separately. You cannot configure all.")
+    if intra_op_threads <= 0 and inter_op_threads <= 0:
+        intra_op_threads = inter_op_threads = session_parallelism
     return config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                                   inter_op_parallelism_threads=inter_op_threads)
 

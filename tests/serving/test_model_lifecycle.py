@@ -94,6 +94,8 @@ def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two
     (["--rest_api_port=1", "--model_base_path=/x", "--auth_allow_status"], "--auth_allow_status needs --auth_token_file"),
     (["--rest_api_port=1", "--model_base_path=/x", "--auth_token_file=/no/tokens.yaml"], "cannot be read as YAML"),
     (["--rest_api_port=1", "--model_base_path=/x", "--ssl_config_file=/no/ssl.config"], "No such file"),
+    (["--rest_api_port=1", "--model_base_path=/x", "--tensorflow_session_parallelism=2",
+      "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1"], "You cannot configure all."),
 ])
 def test_bad_flags_and_files_fail_at_start_with_exit_2(flags, message, capsys):
     from serving.__main__ import parse_settings
@@ -102,3 +104,14 @@ def test_bad_flags_and_files_fail_at_start_with_exit_2(flags, message, capsys):
         parse_settings(flags)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, threads", [
+    ([], (0, 0)), (["--tensorflow_session_parallelism=2"], (2, 2)),
+    (["--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1"], (1, 0)),  # as server.cc
+])
+def test_session_threads_follow_tf_servings_flags(flags, threads):
+    from serving.__main__ import parse_settings
+
+    config = parse_settings(["--rest_api_port=1", "--model_base_path=/x", *flags]).session_config
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == threads
