@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--enable_signature_method_name_check", type=parse_bool, nargs="?", const=True, default=False)
     flag("--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False,
          help="a new label (or one keeping its version) may name a version not loaded yet; needed to start with labels")
-    flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0: TF decides)")
-    flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0: TF decides)")
+    flag("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads")
+    flag("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads")
     flag("--tensorflow_session_parallelism", type=int, default=0,
-         help="both of the above when neither is set (0: TF decides; benchmarks/results/threads.md)")
+         help="both of the above when neither is set (none set: 1 intra, 1 inter per core; benchmarks/results/threads.md)")
     flag("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
     flag("--enable_serialization_as_tensor_content", type=parse_bool, nargs="?", const=True, default=False)
     flag("--grpc_max_threads", type=int, default=4 * cpus, help="accepted for compatibility; grpc.aio needs no pool")

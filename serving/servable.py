@@ -8,6 +8,7 @@ signature keeps Python's per-call work small; TF releases the GIL while it runs.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,18 @@ class TensorSpec:
 
 def session_config(intra_op_threads: int, inter_op_threads: int, session_parallelism: int = 0) -> config_pb2.ConfigProto:
     """TF Serving's --tensorflow_intra_op_parallelism / --tensorflow_inter_op_parallelism, or, when neither is set,
-    --tensorflow_session_parallelism for both (0: TF decides); all three at once is an error (server.cc)."""
+    --tensorflow_session_parallelism for both; all three at once is an error (server.cc). With none set, one thread
+    per op and one op per core, not TF's choice (a thread per core for each): measured 1.7x its throughput for
+    concurrent unbatched requests and the same at batch 1 and batch 64 (benchmarks/results/threads.md)."""
     if intra_op_threads > 0 and inter_op_threads > 0 and session_parallelism > 0:
         raise ValueError("Either configure server_options.tensorflow_session_parallelism or "
                          "(server_options.tensorflow_intra_op_parallelism, server_options.tensorflow_inter_op_parallelism) "
                          "separately. You cannot configure all.")
     if intra_op_threads <= 0 and inter_op_threads <= 0:
-        intra_op_threads = inter_op_threads = session_parallelism
+        if session_parallelism > 0:
+            intra_op_threads = inter_op_threads = session_parallelism
+        else:
+            intra_op_threads, inter_op_threads = 1, len(os.sched_getaffinity(0))
     return config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
                                   inter_op_parallelism_threads=inter_op_threads)
 

@@ -2,6 +2,7 @@
 flags checked at start. Versions swapped, broken and removed under load are in test_faults.py."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -107,7 +108,8 @@ def test_bad_flags_and_files_fail_at_start_with_exit_2(flags, message, capsys):
 
 
 @pytest.mark.parametrize("flags, threads", [
-    ([], (0, 0)), (["--tensorflow_session_parallelism=2"], (2, 2)),
+    ([], (1, len(os.sched_getaffinity(0)))),  # ours: one thread per op, one op per core (benchmarks/results/threads.md)
+    (["--tensorflow_session_parallelism=2"], (2, 2)),
     (["--tensorflow_session_parallelism=2", "--tensorflow_intra_op_parallelism=1"], (1, 0)),  # as server.cc
 ])
 def test_session_threads_follow_tf_servings_flags(flags, threads):
