@@ -279,20 +279,18 @@ class Batcher:
 def _describe(inputs: Tensors, max_batch_size: int) -> tuple[int, Hashable]:
     """Returns the request's row count and the key of the queue it may share batches in;
     rejects what TF Serving's ComputeTensorBatchSize and Queue::Schedule reject."""
-    if not inputs:
-        raise InvalidRequestError("Batching Run() must have at least one input tensor; "
-                                  "received none")
+    if not inputs:  # the three messages are batching_util.h's ComputeTensorBatchSize's
+        raise InvalidRequestError("Batching Run() must have at least one input tensor")
     sizes = {}
     for name, value in inputs.items():
-        if not isinstance(value, np.ndarray) or value.ndim == 0:
-            raise InvalidRequestError(
-                f"input {name!r} must be a numpy array with a leading batch dimension; "
-                f"received {type(value).__name__} of shape {np.shape(value)}")
+        if not isinstance(value, np.ndarray):
+            raise InvalidRequestError(f"input {name!r} must be a numpy array; received {type(value).__name__}")
+        if value.ndim == 0:
+            raise InvalidRequestError("Batching Run() input tensors must have at least one dimension")
         sizes[name] = value.shape[0]
     rows = next(iter(sizes.values()))
     if any(size != rows for size in sizes.values()):
-        raise InvalidRequestError("Batching Run() input tensors must have equal 0th-dimension "
-                                  f"size; received {sizes}")
+        raise InvalidRequestError("Batching Run() input tensors must have equal 0th-dimension size")
     if rows == 0:
         raise InvalidRequestError("Batching Run() input tensors must have at least one row; "
                                   "received 0")

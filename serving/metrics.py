@@ -150,9 +150,11 @@ class Metrics:
         self.example_count_total.add(count, model)
 
     def batch_input(self, inputs: dict) -> None:
-        """A request entering the batcher: one sample per input tensor, as BatchingSession::ComputeTaskSize."""
+        """A request entering the batcher: one sample per input tensor, as BatchingSession::ComputeTaskSize (a
+        scalar has no batch size: the batcher refuses it)."""
         for value in inputs.values():
-            self.input_batch_size.add(len(value))
+            if value.ndim:
+                self.input_batch_size.add(len(value))
 
     def queued(self, thread_pool_name: str, seconds: float) -> None:
         self.queuing_latency.add(_micros(seconds), thread_pool_name)

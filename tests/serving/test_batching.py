@@ -186,6 +186,7 @@ def test_outputs_must_keep_the_batch_dimension(output, message):
     ({}, "at least one input tensor"),
     ({"x": np.zeros((2, 3)), "y": np.zeros((3,))}, "equal 0th-dimension size"),
     ({"x": np.zeros((0, 3))}, "at least one row"),
+    ({"x": np.array(1.0)}, "input tensors must have at least one dimension"),
     ({"x": [[1.0, 2.0]]}, "must be a numpy array"),
 ])
 def test_invalid_requests_are_rejected_before_queueing(request_, message):

@@ -74,6 +74,8 @@ REGRESSIONS = [
     ("rest-feature-name-not-utf8",
      RestCase("POST", f"{HPT}:regress".encode(), b'{"signature_name": "regress_x_to_y", "examples": [{"\xff": 1.0}]}'),
      400, 'Feature name "\ufffd" is not valid UTF-8'),  # 500: UnicodeEncodeError setting the proto map key
+    ("rest-scalar-input-with-batching", RestCase("POST", f"{HPT}:predict".encode(), b'{"inputs": 1.0}'), 400,
+     "Batching Run() input tensors must have at least one dimension"),  # 500: len() of a scalar in a metric
 ]
 
 
