@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -268,13 +268,21 @@ TYPED_FIELDS = {  # numpy dtype -> the TensorProto repeated field TF's AsProtoFi
 }
 
 
+DATA_TYPES = {dtype: tf.as_dtype(dtype).as_datatype_enum for dtype in TYPED_FIELDS}
+CONTENT_DTYPES = {  # DataType -> numpy dtype, for tensor_content read in place
+    tf.as_dtype(dtype).as_datatype_enum: np.dtype(dtype)
+    for dtype in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                  np.uint32, np.uint64, np.bool_)
+}
+
+
 def typed_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
     """A TensorProto with values in the typed repeated field, as TF Serving writes outputs."""
     field = TYPED_FIELDS.get(value.dtype)
     if field is None:
         return tf.make_tensor_proto(value)
-    proto = tensor_pb2.TensorProto(dtype=tf.as_dtype(value.dtype).as_datatype_enum,
-                                   tensor_shape=tf.TensorShape(value.shape).as_proto())
+    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape])
+    proto = tensor_pb2.TensorProto(dtype=DATA_TYPES[value.dtype], tensor_shape=shape)
     getattr(proto, field).extend(value.ravel().tolist())
     return proto
 
@@ -304,6 +312,12 @@ def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
         proto = tensor_pb2.TensorProto.FromString(proto.SerializeToString())  # the request's own proto is not changed
         for field in surplus:
             del getattr(proto, field)[limit:]
+    content_dtype = CONTENT_DTYPES.get(proto.dtype)
+    if content_dtype is not None and proto.tensor_content:  # the usual client's encoding, read without a copy
+        content = proto.tensor_content
+        if len(content) != elements * content_dtype.itemsize:  # TF's Helper<T>::Decode wants it exact
+            raise parsing_error
+        return np.frombuffer(content, content_dtype).reshape(dims)
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError, KeyError, UnicodeDecodeError, OverflowError):
