@@ -3,26 +3,35 @@
     python benchmarks/serving_bench.py [--model mid] [--seconds 8] [--quick]
 
 Measured side by side on this machine, in one run (the host drifts, so only ratios within a run
-mean anything):
-  limit      the SavedModel's serving function called in-process: batch 1 sequential (latency), and
-             the best batch size with one thread per core (throughput)
-  ours       `python -m serving` REST with and without batching, gRPC with batching
+mean anything), twice: "pinned" (the server, and the in-process limit, on core 0; load generators on the
+other cores, with `sched_setaffinity`, as `taskset` would) and "shared" (everything on every core):
+  limit      the SavedModel's serving signature called in-process through the same session the server runs
+             (prepared callables): batch 1 sequential (latency), and the best batch size with one calling
+             thread per core (throughput)
+  ours       `python -m serving` REST with batching (--enable_batching and no parameters file: the adaptive
+             defaults) and without, gRPC with batching
   flask      Flask + gunicorn (2 workers) with the model loaded once per worker
   naive      Flask loading the model on every request (the tutorial pattern)
+  floor      aiohttp and grpc.aio servers answering a fixed response (floor_servers.py): the stacks' own cost per
+             request, from which the ceiling a handler on them can reach follows (ratio *_ceiling_vs_limit)
   tf_serving tensorflow_model_server with the same model and batching file, when it is on PATH
-Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections, and
+Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections (and 1
+connection, with and without batching in turn for 4 rounds, medians: latency at low load), and
 serving/loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
-the knee: the highest rate whose p99 stays under --p99-bound-ms. The client shares the 2 cores
-with the server and its CPU share is reported. Only 127.0.0.1. Writes
+the knee: the highest rate whose p99 stays under --p99-bound-ms. The client's CPU share is reported.
+Only 127.0.0.1. Writes
 benchmarks/results/serving_<model>.json, .md and a latency-vs-throughput plot (_latency.png).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -46,8 +55,10 @@ from serving.loadgen import knee  # noqa: E402
 from serving.local import free_port  # noqa: E402
 from serving.machine import machine  # noqa: E402
 from serving.process import ServerProcess, wait_available  # noqa: E402
+from serving.servable import Servable, session_config  # noqa: E402
 
 CONNECTIONS = 32
+LOW_LOAD_ROUNDS = 4  # alternating 1-connection runs per server, medians reported
 WRK_REPORT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -64,35 +75,46 @@ end
 
 # -- the in-process limit ------------------------------------------------------------------------
 
+def measure_limit(model_dir: Path, name: str, seconds: float) -> dict:
+    """in_process_limit in a fresh process on this process's CPUs: TF sizes its thread pools once per process."""
+    output = subprocess.run([sys.executable, __file__, "--seconds", str(seconds), "--limit-of", str(model_dir), name],
+                            capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def in_process_limit(model_dir: Path, name: str, seconds: float) -> dict:
-    function = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    one = tf.constant(models.sample(name, 1))
+    """The model's own speed on the CPUs this process may use, through the server's Servable (one TF session, the
+    server's default thread counts)."""
+    servable = Servable(name, 1, model_dir, session_config(0, 0))
+    one = {"x": models.sample(name, 1)}
     for _ in range(20):
-        function(x=one)
+        servable.run("serving_default", one)
     latencies = []
     deadline = time.perf_counter() + seconds / 2
     while time.perf_counter() < deadline:
         started = time.perf_counter()
-        function(x=one)
+        servable.run("serving_default", one)
         latencies.append((time.perf_counter() - started) * 1000)
     result = {"batch1_p50_ms": float(np.percentile(latencies, 50)), "batch1_p99_ms": float(np.percentile(latencies, 99)),
-              "batch1_per_s": 1000 / float(np.mean(latencies)), "by_batch": {}}
+              "batch1_per_s": 1000 / float(np.mean(latencies)), "threads": len(os.sched_getaffinity(0)), "by_batch": {}}
     for batch in (1, 8, 16, 32, 64):
-        result["by_batch"][batch] = _threaded_throughput(function, tf.constant(models.sample(name, batch)),
-                                                         os.cpu_count(), seconds / 2)
+        x = {"x": models.sample(name, batch)}
+        result["by_batch"][batch] = threaded_throughput(lambda: servable.run("serving_default", x), batch,
+                                                         result["threads"], seconds / 2)
     best = max(result["by_batch"], key=result["by_batch"].get)
     result.update(best_batch=best, items_per_s=result["by_batch"][best])
     return result
 
 
-def _threaded_throughput(function, x, threads: int, seconds: float) -> float:
-    function(x=x)
+def threaded_throughput(call, batch: int, threads: int, seconds: float) -> float:
+    """Rows per second of `call` (a batch of `batch` rows) called back to back from `threads` threads."""
+    call()
     counts = [0] * threads
     deadline = time.perf_counter() + seconds
 
     def work(i):
         while time.perf_counter() < deadline:
-            function(x=x)
+            call()
             counts[i] += 1
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -100,7 +122,26 @@ def _threaded_throughput(function, x, threads: int, seconds: float) -> float:
         w.start()
     for w in workers:
         w.join()
-    return sum(counts) * int(x.shape[0]) / seconds
+    return sum(counts) * batch / seconds
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: set[int]):
+    """Run this process (every thread, and what it starts meanwhile) on `cpus`; all CPUs again afterwards."""
+    every = set(range(os.cpu_count()))
+
+    def pin(allowed: set[int]) -> None:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(task), allowed)
+            except ProcessLookupError:  # a thread that just ended
+                pass
+
+    pin(cpus)
+    try:
+        yield
+    finally:
+        pin(every)
 
 
 # -- load generators -------------------------------------------------------------------------------
@@ -201,14 +242,16 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 
 # -- servers ---------------------------------------------------------------------------------------
 
-def start_ours(repo: Path, name: str, workdir: Path, batching: bool, grpc_port: int = 0) -> ServerProcess:
+def start_ours(repo: Path, name: str, workdir: Path, batching: str | None, grpc_port: int = 0) -> ServerProcess:
+    """`batching`: None for none, "" for --enable_batching with its defaults, else a BatchingParameters text."""
     flags = [f"--model_name={name}", f"--model_base_path={repo / name}", f"--port={grpc_port}",
              "--file_system_poll_wait_seconds=0"]
+    if batching is not None:
+        flags.append("--enable_batching")
     if batching:
         params = workdir / "batching.txt"
-        params.write_text("max_batch_size { value: 32 } batch_timeout_micros { value: 1000 } "
-                          f"num_batch_threads {{ value: {os.cpu_count()} }}")
-        flags += ["--enable_batching", f"--batching_parameters_file={params}"]
+        params.write_text(batching)
+        flags.append(f"--batching_parameters_file={params}")
     server = ServerProcess(*flags, log_dir=workdir)
     server.wait_available(name)
     return server
@@ -241,14 +284,38 @@ class ExternalServer:
 
 
 def start_tf_serving(repo: Path, name: str, workdir: Path) -> ExternalServer:
-    """The real tensorflow_model_server on the same model and batching parameters as ours."""
+    """The real tensorflow_model_server on the same model, batching with its defaults as ours does."""
     port = free_port()
     command = ["tensorflow_model_server", f"--port={free_port()}", f"--rest_api_port={port}", f"--model_name={name}",
-               f"--model_base_path={repo / name}", "--enable_batching",
-               f"--batching_parameters_file={workdir / 'batching.txt'}"]
+               f"--model_base_path={repo / name}", "--enable_batching"]
     server = ExternalServer(command, port, workdir / "tf_serving.log")
     wait_available(server.url, name, alive=lambda: server.process.poll() is None)
     return server
+
+
+class FloorServer:
+    """floor_servers.py (REST or gRPC) listening on a port of 127.0.0.1."""
+
+    def __init__(self, kind: str, workdir: Path):
+        self.port = free_port()
+        self.url, self.target = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.port}"
+        self.log = (workdir / f"floor-{kind}.log").open("w")
+        self.process = subprocess.Popen([sys.executable, str(HERE / "floor_servers.py"), kind, str(self.port)],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"floor_servers.py {kind} did not start, see {self.log.name}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
 
 
 def start_gunicorn(model_dir: Path, workdir: Path, naive: bool) -> ExternalServer:
@@ -263,6 +330,12 @@ def start_gunicorn(model_dir: Path, workdir: Path, naive: bool) -> ExternalServe
 
 # -- the run ---------------------------------------------------------------------------------------
 
+LAYOUTS = {  # name: (server and limit CPUs, load generator CPUs)
+    "pinned": ({0}, set(range(1, os.cpu_count()))),
+    "shared": (set(range(os.cpu_count())), set(range(os.cpu_count()))),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mid", choices=sorted(models.MODELS))
@@ -270,81 +343,115 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3-second measurements, no naive peer")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--p99-bound-ms", type=float, default=100.0, help="latency bound that defines the knee")
+    parser.add_argument("--limit-of", nargs=2, metavar=("MODEL_DIR", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seconds = 3.0 if args.quick else args.seconds
+    if args.limit_of:
+        print(json.dumps(in_process_limit(Path(args.limit_of[0]), args.limit_of[1], seconds)))
+        return 0
     if not 1 <= seconds <= 60:
         parser.error(f"--seconds must be within 1..60 (a bounded run), received {seconds}")
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
         parser.error(f"{' and '.join(missing)} not found: apt-get install wrk nghttp2-client")
+    if os.cpu_count() < 2:
+        parser.error("the pinned layout needs 2 CPUs or more (server on one, load generators on the others)")
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     repo = workdir / "repo"
     model_dir = models.build(args.model, repo)
     x1 = models.sample(args.model, 1)
     body = workdir / "body.json"
     body.write_text(json.dumps({"instances": np.round(x1.astype(np.float64), 3).tolist()}))
-    url = f"/v1/models/{args.model}:predict"
     results = {"machine": machine(), "model": args.model, "seconds": seconds, "request_bytes": body.stat().st_size,
-               "connections": CONNECTIONS}
-
-    print(f"[1/6] in-process limit of {model_dir}", flush=True)
-    results["limit"] = in_process_limit(model_dir, args.model, seconds)
-
-    print("[2/6] ours, REST, batching", flush=True)
-    grpc_port = free_port()
-    server = start_ours(repo, args.model, workdir, batching=True, grpc_port=grpc_port)
-    try:
-        results["rest_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
-        results["rest_low_load"] = wrk(server.url + url, body, 1, seconds, workdir)
-        results["rest_open_loop"] = sweep(server.url + url, body, results["rest_batching"]["per_s"], seconds / 2)
-        print("[3/6] ours, gRPC, batching", flush=True)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = args.model
-        request.inputs["x"].CopyFrom(tf.make_tensor_proto(x1))
-        results["grpc_batching"] = h2load_grpc(f"127.0.0.1:{grpc_port}", request, CONNECTIONS, seconds, workdir)
-    finally:
-        server.stop()
-
-    print("[4/6] ours, REST, no batching", flush=True)
-    server = start_ours(repo, args.model, workdir, batching=False)
-    try:
-        results["rest_no_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
-        results["rest_low_load_no_batching"] = wrk(server.url + url, body, 1, seconds, workdir)
-    finally:
-        server.stop()
-
-    print("[5/6] Flask + gunicorn, model loaded once", flush=True)
-    peer = start_gunicorn(model_dir, workdir, naive=False)
-    try:
-        results["flask_once"] = wrk(peer.url + url, body, CONNECTIONS, seconds, workdir)
-    finally:
-        peer.stop()
+               "connections": CONNECTIONS, "p99_bound_ms": args.p99_bound_ms, "layouts": {}, "ratios": {}}
+    for layout, cpus in LAYOUTS.items():
+        measured = measure_layout(layout, cpus, repo, model_dir, args.model, body, seconds, workdir)
+        results["layouts"][layout] = measured
+        results["ratios"][layout] = ratios(measured)
+        results["ratios"][layout]["knee_per_s"] = knee(measured["rest_open_loop"], args.p99_bound_ms)
     if not args.quick:
-        print("[6/6] Flask, model loaded per request", flush=True)
+        print("[+] Flask, model loaded per request", flush=True)
         peer = start_gunicorn(model_dir, workdir, naive=True)
         try:
-            results["flask_naive"] = wrk(peer.url + url, body, 2, seconds, workdir)
+            results["flask_naive"] = wrk(peer.url + predict_url(args.model), body, 2, seconds, workdir)
         finally:
             peer.stop()
-
-    if shutil.which("tensorflow_model_server"):
-        print("[+] tensorflow_model_server, REST, batching", flush=True)
-        server = start_tf_serving(repo, args.model, workdir)
-        try:
-            results["tf_serving_rest_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
-        finally:
-            server.stop()
-    else:
-        print("tensorflow_model_server is not on PATH: that peer is skipped", flush=True)
-
-    results["ratios"] = ratios(results)
-    results["ratios"]["knee_per_s"] = knee(results["rest_open_loop"], args.p99_bound_ms)
-    results["p99_bound_ms"] = args.p99_bound_ms
+        results["ratios"]["shared"]["rest_vs_naive"] = (results["layouts"]["shared"]["rest_batching"]["per_s"]
+                                                        / max(results["flask_naive"]["per_s"], 1e-9))
     write(results, args.out / f"serving_{args.model}")
-    plot(results["rest_open_loop"], args.out / f"serving_{args.model}_latency.png",
-         f"ours, REST with batching, {args.model}")
+    plot(results["layouts"]["shared"]["rest_open_loop"], args.out / f"serving_{args.model}_latency.png",
+         f"ours, REST with batching, {args.model}, all cores shared")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def predict_url(model: str) -> str:
+    return f"/v1/models/{model}:predict"
+
+
+def measure_layout(layout: str, cpus: tuple[set[int], set[int]], repo: Path, model_dir: Path, model: str, body: Path,
+                   seconds: float, workdir: Path) -> dict:
+    """Everything measured with the server (and the in-process limit) on cpus[0] and the load on cpus[1]."""
+    server_cpus, client_cpus = cpus
+    url = predict_url(model)
+    step = lambda text: print(f"[{layout}: server on CPUs {sorted(server_cpus)}] {text}", flush=True)  # noqa: E731
+    r = {"server_cpus": sorted(server_cpus), "client_cpus": sorted(client_cpus)}
+
+    step(f"in-process limit of {model_dir}")
+    with on_cpus(server_cpus):
+        r["limit"] = measure_limit(model_dir, model, seconds)
+    step("ours, REST and gRPC, with batching (its defaults) and without")
+    grpc_port = free_port()
+    with on_cpus(server_cpus):  # the servers' threads inherit these CPUs
+        batching = start_ours(repo, model, workdir, batching="", grpc_port=grpc_port)
+        plain = start_ours(repo, model, workdir, batching=None)
+    try:
+        with on_cpus(client_cpus):
+            r["rest_batching"] = wrk(batching.url + url, body, CONNECTIONS, seconds, workdir)
+            r["rest_open_loop"] = sweep(batching.url + url, body, r["rest_batching"]["per_s"], seconds / 2)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model
+            request.inputs["x"].CopyFrom(tf.make_tensor_proto(models.sample(model, 1)))
+            r["grpc_batching"] = h2load_grpc(f"127.0.0.1:{grpc_port}", request, CONNECTIONS, seconds, workdir)
+            r["rest_no_batching"] = wrk(plain.url + url, body, CONNECTIONS, seconds, workdir)
+            rounds: dict[str, list[dict]] = {"rest_low_load": [], "rest_low_load_no_batching": []}
+            for _ in range(LOW_LOAD_ROUNDS):  # one connection, the two servers in turn: their difference is small
+                rounds["rest_low_load"].append(wrk(batching.url + url, body, 1, seconds / 2, workdir))
+                rounds["rest_low_load_no_batching"].append(wrk(plain.url + url, body, 1, seconds / 2, workdir))
+            for key, runs in rounds.items():
+                r[key] = {field: statistics.median(run[field] for run in runs)
+                          for field in ("per_s", "p50_ms", "p99_ms", "client_cpu_share")} | {"rounds": runs}
+    finally:
+        batching.stop()
+        plain.stop()
+    step("Flask + gunicorn, model loaded once")
+    with on_cpus(server_cpus):
+        peer = start_gunicorn(model_dir, workdir, naive=False)
+    try:
+        with on_cpus(client_cpus):
+            r["flask_once"] = wrk(peer.url + url, body, CONNECTIONS, seconds, workdir)
+    finally:
+        peer.stop()
+    step("the stacks' floor: aiohttp and grpc.aio answering a fixed response")
+    for kind in ("rest", "grpc"):
+        with on_cpus(server_cpus):
+            floor = FloorServer(kind, workdir)
+        try:
+            with on_cpus(client_cpus):
+                r[f"floor_{kind}"] = (wrk(floor.url + url, body, CONNECTIONS, seconds, workdir) if kind == "rest" else
+                                      h2load_grpc(floor.target, request, CONNECTIONS, seconds, workdir))
+        finally:
+            floor.stop()
+    if shutil.which("tensorflow_model_server"):
+        step("tensorflow_model_server, REST, batching")
+        with on_cpus(server_cpus):
+            server = start_tf_serving(repo, model, workdir)
+        try:
+            with on_cpus(client_cpus):
+                r["tf_serving_rest_batching"] = wrk(server.url + url, body, CONNECTIONS, seconds, workdir)
+        finally:
+            server.stop()
+    return r
 
 
 def ratios(r: dict) -> dict:
@@ -355,10 +462,11 @@ def ratios(r: dict) -> dict:
         "rest_vs_flask": r["rest_batching"]["per_s"] / r["flask_once"]["per_s"],
         "batching_on_vs_off": r["rest_batching"]["per_s"] / r["rest_no_batching"]["per_s"],
         "p99_overhead_low_load_ms": r["rest_low_load_no_batching"]["p99_ms"] - r["limit"]["batch1_p99_ms"],
-        "p99_overhead_low_load_batching_ms": r["rest_low_load"]["p99_ms"] - r["limit"]["batch1_p99_ms"],
+        "batching_low_load_p50_cost_ms": r["rest_low_load"]["p50_ms"] - r["rest_low_load_no_batching"]["p50_ms"],
+        "batching_low_load_p99_cost_ms": r["rest_low_load"]["p99_ms"] - r["rest_low_load_no_batching"]["p99_ms"],
     }
-    if "flask_naive" in r:
-        out["rest_vs_naive"] = r["rest_batching"]["per_s"] / max(r["flask_naive"]["per_s"], 1e-9)
+    for api in ("rest", "grpc"):  # the most a handler on this stack could reach: the model's time plus the stack's
+        out[f"{api}_ceiling_vs_limit"] = 1 / (1 + limit / r[f"floor_{api}"]["per_s"])
     if "tf_serving_rest_batching" in r:
         out["rest_vs_tf_serving"] = r["rest_batching"]["per_s"] / r["tf_serving_rest_batching"]["per_s"]
     return out
@@ -367,44 +475,55 @@ def ratios(r: dict) -> dict:
 def write(results: dict, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    m, r, q = results["machine"], results["ratios"], results
-    rows = [
-        ("in-process limit (best batch %d, %d threads)" % (q["limit"]["best_batch"], m["cores"]),
-         q["limit"]["items_per_s"], "", "", ""),
-        ("in-process batch 1, sequential", q["limit"]["batch1_per_s"], q["limit"]["batch1_p50_ms"],
-         q["limit"]["batch1_p99_ms"], ""),
-        ("ours REST, batching", q["rest_batching"]["per_s"], q["rest_batching"]["p50_ms"], q["rest_batching"]["p99_ms"],
-         q["rest_batching"]["client_cpu_share"]),
-        ("ours REST, no batching", q["rest_no_batching"]["per_s"], q["rest_no_batching"]["p50_ms"],
-         q["rest_no_batching"]["p99_ms"], q["rest_no_batching"]["client_cpu_share"]),
-        ("ours REST, batching, 1 connection", q["rest_low_load"]["per_s"], q["rest_low_load"]["p50_ms"],
-         q["rest_low_load"]["p99_ms"], q["rest_low_load"]["client_cpu_share"]),
-        ("ours REST, no batching, 1 connection", q["rest_low_load_no_batching"]["per_s"],
-         q["rest_low_load_no_batching"]["p50_ms"], q["rest_low_load_no_batching"]["p99_ms"],
-         q["rest_low_load_no_batching"]["client_cpu_share"]),
-        ("ours gRPC, batching", q["grpc_batching"]["per_s"], q["grpc_batching"]["mean_ms"], "",
-         q["grpc_batching"]["client_cpu_share"]),
-        ("Flask + gunicorn, model once", q["flask_once"]["per_s"], q["flask_once"]["p50_ms"], q["flask_once"]["p99_ms"],
-         q["flask_once"]["client_cpu_share"]),
-    ]
-    if "flask_naive" in q:
-        rows.append(("Flask, model per request", q["flask_naive"]["per_s"], q["flask_naive"]["p50_ms"],
-                     q["flask_naive"]["p99_ms"], q["flask_naive"]["client_cpu_share"]))
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+    m = results["machine"]
     lines = [f"# Serving benchmark: {results['model']} ({results['request_bytes']} B JSON request)", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; "
-             f"{results['seconds']:.0f} s per measurement, {results['connections']} connections (closed loop).", "",
-             "| what | per s | p50 ms (gRPC: mean) | p99 ms | client CPU share |", "|---|---:|---:|---:|---:|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    lines += ["", f"Open loop, REST with batching (latency from the scheduled send time; knee = highest rate "
-              f"with p99 under {results['p99_bound_ms']:.0f} ms and no errors):", "",
-              "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | errors | client CPU share |",
-              "|---:|---:|---:|---:|---:|---|---:|"]
-    lines += [f"| {p['offered_per_s']:.0f} | {p['achieved_per_s']:.0f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | "
-              f"{p['p99_ms']:.1f} | {p['errors'] or ''} | {p['client_cpu_share']:.2f} |" for p in q["rest_open_loop"]]
-    lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in r.items()]
+             f"{results['seconds']:.0f} s per measurement, {results['connections']} connections (closed loop). "
+             "Pinned: the server and the in-process limit on CPU 0, the load generators on the others; shared: "
+             "everything on every CPU."]
+    for layout, q in results["layouts"].items():
+        lines += ["", f"## {layout}", "", "| what | per s | p50 ms (gRPC: mean) | p99 ms | client CPU share |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in _rows(q)]
+        lines += ["", f"Open loop, REST with batching (latency from the scheduled send time; knee = highest rate "
+                  f"with p99 under {results['p99_bound_ms']:.0f} ms and no errors):", "",
+                  "| offered/s | achieved/s | p50 ms | p90 ms | p99 ms | errors | client CPU share |",
+                  "|---:|---:|---:|---:|---:|---|---:|"]
+        lines += [f"| {p['offered_per_s']:.0f} | {p['achieved_per_s']:.0f} | {p['p50_ms']:.1f} | {p['p90_ms']:.1f} | "
+                  f"{p['p99_ms']:.1f} | {p['errors'] or ''} | {p['client_cpu_share']:.2f} |" for p in q["rest_open_loop"]]
+    if "flask_naive" in results:
+        naive = results["flask_naive"]
+        lines += ["", f"Flask loading the model per request (shared): {naive['per_s']:.2f}/s, p50 {naive['p50_ms']:.0f} ms."]
+    layouts = list(results["ratios"])
+    names = list(dict.fromkeys(k for r in results["ratios"].values() for k in r))
+    lines += ["", "## Ratios", "", "| ratio | " + " | ".join(layouts) + " |", "|---|" + "---:|" * len(layouts)]
+    lines += [f"| {name} | " + " | ".join(_cell(results["ratios"][layout].get(name, "")) for layout in layouts) + " |"
+              for name in names]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _rows(q: dict) -> list[tuple]:
+    limit = q["limit"]
+    rows = [(f"in-process limit (best batch {limit['best_batch']}, {limit['threads']} threads)", limit["items_per_s"],
+             "", "", ""),
+            ("in-process batch 1, sequential", limit["batch1_per_s"], limit["batch1_p50_ms"], limit["batch1_p99_ms"], "")]
+    for key, label in [("rest_batching", "ours REST, batching"), ("rest_no_batching", "ours REST, no batching"),
+                       ("rest_low_load", "ours REST, batching, 1 connection"),
+                       ("rest_low_load_no_batching", "ours REST, no batching, 1 connection"),
+                       ("grpc_batching", "ours gRPC, batching"), ("flask_once", "Flask + gunicorn, model once"),
+                       ("floor_rest", "aiohttp, fixed answer (the stack's floor)"),
+                       ("floor_grpc", "grpc.aio, fixed answer (the stack's floor)"),
+                       ("tf_serving_rest_batching", "tensorflow_model_server REST, batching")]:
+        if key in q:
+            v = q[key]
+            rows.append((label, v["per_s"], v.get("p50_ms", v.get("mean_ms")), v.get("p99_ms", ""),
+                         v["client_cpu_share"]))
+    return rows
+
+
+def _cell(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no rate held p99 <= {args.p99_bound_ms} ms with no errors: nothing to soak at")
         rate = knee["knee_per_s"] / 2
         print(f"[2/2] {args.minutes} min at {rate:.0f}/s, half the knee ({knee['knee_per_s']:.0f}/s)", flush=True)
-        server = start_ours(version_dir.parents[1], args.model, Path(work), batching=True)
+        server = start_ours(version_dir.parents[1], args.model, Path(work), batching=BATCHING.text())
         try:
             windows, samples = soak(server, f"{server.url}/v1/models/{args.model}:predict", body, rate, args.minutes)
         finally:

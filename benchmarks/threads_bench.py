@@ -18,8 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,27 +32,16 @@ def measure(model_dir: Path, name: str, intra: int, inter: int, seconds: float) 
     """Run in a child process: rows per second for each load shape."""
     import bench_models as models
     from serving.servable import Servable, session_config
+    from serving_bench import threaded_throughput
 
     servable = Servable(name, 1, model_dir, session_config(intra, inter))
     cores = len(os.sched_getaffinity(0))
 
     def rate(batch: int, callers: int) -> float:
         x = {"x": models.sample(name, batch)}
-        for _ in range(3):
+        for _ in range(2):
             servable.run("serving_default", x)
-        counts, deadline = [0] * callers, time.perf_counter() + seconds
-
-        def call(i: int) -> None:
-            while time.perf_counter() < deadline:
-                servable.run("serving_default", x)
-                counts[i] += 1
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return sum(counts) * batch / seconds
+        return threaded_throughput(lambda: servable.run("serving_default", x), batch, callers, seconds)
 
     result = {"batch1_one_caller": rate(1, 1), "batch1_per_core": rate(1, cores)}
     for batch in BATCHES:
