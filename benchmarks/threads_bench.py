@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write(results: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
     lines = [
