@@ -323,11 +323,10 @@ def test_sweep_lists_its_plan_and_refuses_bad_input(half_plus_two_base, tmp_path
 @pytest.mark.slow
 def test_sweep_writes_the_best_candidate_with_its_table(half_plus_two_base, tmp_path):
     model = copy_version(half_plus_two_base, 123, tmp_path / "repo" / "hpt" / "1").parent
-    candidates = [sweep.Candidate(8, 1000, 2), sweep.Candidate(32, 2000, 1)]
+    candidates = [sweep.Candidate(8, 1000, 2)]  # one: each candidate is a server start
     lines = []
     result = sweep.sweep(model, candidates, seconds=0.5, p99_ms=200, log=lines.append)
-    assert [line for line in lines if line.startswith("[")] == \
-        ["[1/3] no batching", "[2/3] 8, 1000, 2", "[3/3] 32, 2000, 1"]
+    assert [line for line in lines if line.startswith("[")] == ["[1/2] no batching", "[2/2] 8, 1000, 2"]
     assert result["no_batching"]["knee_per_s"] > 0 and all(r["knee_per_s"] > 0 for r in result["candidates"])
     path = tmp_path / "repo" / "batching_parameters.txt"
     sweep.write(result, path)
@@ -336,6 +335,6 @@ def test_sweep_writes_the_best_candidate_with_its_table(half_plus_two_base, tmp_
     assert sweep.Candidate(written.max_batch_size, written.batch_timeout_micros, written.num_batch_threads) == \
         sweep.Candidate(**result["chosen"])
     table = [line for line in text.splitlines() if line.startswith("# ")]
-    for row in ("# no batching", "# 8, 1000, 2", "# 32, 2000, 1", "# Machine: ", "# Chosen: "):
+    for row in ("# no batching", "# 8, 1000, 2", "# Machine: ", "# Chosen: "):
         assert any(line.startswith(row) for line in table), (row, text)
     assert f"{result['chosen_vs_no_batching']:.2f}x the no-batching knee" in text
