@@ -3,9 +3,9 @@
 Routing follows TF Serving's http_rest_api_util.cc: paths are matched case-insensitively, the
 method suffix is then compared exactly (`:PREDICT` is a malformed request, 400), anything
 outside /v1/ is libevent's 404 page. Routes are matched against the path with its query string,
-as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed request. The body is parsed before the model is looked up, so a
-malformed body is a 400 even for an unknown model. Errors are {"error": message} with the
-status TF Serving maps the error's code to.
+as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed request. The body
+is parsed before the model is looked up, so a malformed body is a 400 even for an unknown model.
+Errors are {"error": message} with the status TF Serving maps the error's code to.
 """
 from __future__ import annotations
 

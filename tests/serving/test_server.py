@@ -28,24 +28,30 @@ def test_a_server_in_a_with_block(half_plus_two_base):
     assert process.poll() is not None  # stopped on exit
 
 
-@pytest.mark.parametrize("flag, other, message", [
+PORT_IN_USE = [  # (flag, the other port's flag, the one line expected)
     ("--rest_api_port", "--port=0", "Failed to start HTTP Server at 127.0.0.1:{port} (--rest_api_port={port}: "
                                     "Address already in use)"),
     ("--port", "--rest_api_port=0", "Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC "
                                     "server at 127.0.0.1:{port} (--port={port}: cannot bind)"),
-])
-def test_a_port_in_use_is_one_line_before_any_model_loads(half_plus_two_base, flag, other, message):
-    """TF Serving's words (server.cc, main.cc), then ours; the ports are taken before the models load."""
+]
+
+
+def test_a_port_in_use_is_one_line_before_any_model_loads(half_plus_two_base):
+    """TF Serving's words (server.cc, main.cc), then ours; the ports are taken before the models load. Both servers
+    start at once (each is mostly TF's import)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "serving", f"{flag}={port}", other, "--host=127.0.0.1",
-                                 f"--model_base_path={half_plus_two_base}"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(message.format(port=port)) and last.endswith("stop it, or choose another port.")
-    assert "Traceback" not in result.stderr and "Loaded" not in result.stderr
+        servers = [subprocess.Popen([sys.executable, "-m", "serving", f"{flag}={port}", other, "--host=127.0.0.1",
+                                     f"--model_base_path={half_plus_two_base}"], stderr=subprocess.PIPE, text=True)
+                   for flag, other, _ in PORT_IN_USE]
+        errors = [server.communicate(timeout=120)[1] for server in servers]
+    for server, stderr, (_, _, message) in zip(servers, errors, PORT_IN_USE):
+        assert server.returncode == 1, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith(message.format(port=port)) and last.endswith("stop it, or choose another port.")
+        assert "Traceback" not in stderr and "Loaded" not in stderr
 
 
 def test_a_client_without_a_server_says_how_to_start_one():
