@@ -13,6 +13,7 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import input_pb2
 
+from serving.codec.dtypes import shape_string
 from serving.errors import FailedPrecondition, Internal, InvalidArgument
 from serving.servable import Servable, SignatureDef, Tensors
 
@@ -79,11 +80,6 @@ def data_type_name(dtype) -> str:
 def data_type_string(dtype) -> str:
     """TF's DataTypeString, which its errors use: the DataType's name in lower case ("float", not "float32")."""
     return data_type_name(dtype).removeprefix("DT_").lower()
-
-
-def shape_string(shape: tuple[int, ...]) -> str:
-    """TensorShape::DebugString: "[2,3]"."""
-    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def filter_outputs(outputs: Tensors, output_filter: list[str]) -> Tensors:

@@ -1,4 +1,5 @@
-"""dtypes in TF Serving's JSON: their names in messages, and the JSON values each accepts."""
+"""dtypes in TF Serving's JSON: their names in messages, and the JSON values each accepts; shapes as its
+messages print them."""
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -66,6 +67,11 @@ def is_string(dtype: np.dtype) -> bool:
 
 def dtype_name(dtype: np.dtype) -> str:
     return "string" if is_string(dtype) else _DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def shape_string(shape: tuple[int, ...] | list[int]) -> str:
+    """TensorShape::DebugString: "[2,3]"."""
+    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def input_dtype(spec: TensorSpecLike) -> np.dtype:

@@ -11,8 +11,9 @@ import numpy as np
 import orjson
 
 from serving.codec.document import signature_name
+from serving.codec.dtypes import (FLOAT_DTYPES, INT_INPUT_RANGES, STRING, TensorSpecLike, dtype_name, input_dtype,
+                                  shape_string)
 from serving.codec.numeric import NumericDocument
-from serving.codec.dtypes import FLOAT_DTYPES, INT_INPUT_RANGES, STRING, TensorSpecLike, dtype_name, input_dtype
 from serving.codec.rapidjson import debug_string, json_type
 from serving.errors import CodecError, ServingError, Unimplemented
 
@@ -111,15 +112,11 @@ class _Rows:
         elif math.prod(self.shape) != len(values):
             raise CodecError(f"Expecting tensor size: {math.prod(self.shape)} but got: {len(values)}")
         elif self.shape != shape:
-            raise CodecError(f"Expecting shape {_shape_string(self.shape)} but got: {_shape_string(shape)}")
+            raise CodecError(f"Expecting shape {shape_string(self.shape)} but got: {shape_string(shape)}")
         self.values.extend(values)
 
     def tensor(self, batch: int) -> np.ndarray:
         return _to_array(self.values, [batch, *self.shape], self.dtype)
-
-
-def _shape_string(shape: list[int]) -> str:
-    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def _plain_instances_exactly(instances: list, name: str, dtype: np.dtype) -> dict[str, np.ndarray]:
