@@ -306,15 +306,15 @@ def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
     if elements > MAX_REQUEST_ELEMENTS:
         raise InvalidArgument(f"input '{name}' declares shape {dims}, {elements} elements; a request tensor may "
                               f"hold at most {MAX_REQUEST_ELEMENTS}")
+    content = proto.tensor_content  # a copy of the bytes on each read: read once
     limit = elements * (2 if proto.dtype in COMPLEX_DTYPES else 1)
     surplus = [field.name for field, values in proto.ListFields() if field.name.endswith("_val") and len(values) > limit]
-    if surplus and not proto.tensor_content:
+    if surplus and not content:
         proto = tensor_pb2.TensorProto.FromString(proto.SerializeToString())  # the request's own proto is not changed
         for field in surplus:
             del getattr(proto, field)[limit:]
     content_dtype = CONTENT_DTYPES.get(proto.dtype)
-    if content_dtype is not None and proto.tensor_content:  # the usual client's encoding, read without a copy
-        content = proto.tensor_content
+    if content_dtype is not None and content:  # the usual client's encoding, read without a copy
         if len(content) != elements * content_dtype.itemsize:  # TF's Helper<T>::Decode wants it exact
             raise parsing_error
         return np.frombuffer(content, content_dtype).reshape(dims)
