@@ -114,7 +114,6 @@ class Servable:
         return found
 
 
-
 @dataclass(frozen=True, eq=False)
 class SignatureRunner:
     """`servable.run(signature, inputs)` as one object: what the batcher groups requests by."""
