@@ -63,12 +63,32 @@ def categorical_names(schema: dict) -> list[str]:
 
 
 def read_schema(schema: Path) -> dict:
-    return json.loads((schema / "schema.json").read_text())
+    return read_json(SCHEMA, schema)
 
 
-def write_schema(schema: Path, content: dict) -> None:
-    schema.mkdir(parents=True, exist_ok=True)
-    (schema / "schema.json").write_text(json.dumps(content, indent=2))
+def write_examples(out: Path, arrays: dict[str, np.ndarray], meta: dict, encoded: dict[str, np.ndarray] | None) -> None:
+    """Ingest's artefact: every row read (`arrays`: x, label, row, problem, split[, categorical]), what they are
+    (`meta`: source, task, kind, feature names, ...), and for images the files as clients send them (`encoded`)."""
+    EXAMPLES.in_output(out).parent.mkdir(parents=True)
+    np.savez(EXAMPLES.in_output(out), **arrays)
+    write_json(EXAMPLES_META, out, meta)
+    if encoded is not None:
+        np.savez(ENCODED.in_output(out), **encoded)
+
+
+def read_examples(examples: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, meta) as ingest wrote them."""
+    with np.load(EXAMPLES.in_artefact(examples)) as arrays:
+        return dict(arrays), read_json(EXAMPLES_META, examples)
+
+
+def read_encoded(examples: Path) -> dict[str, np.ndarray] | None:
+    """The image files as clients send them (pipeline.images packs them), None for data that is not images."""
+    path = ENCODED.in_artefact(examples)
+    if not path.is_file():
+        return None
+    with np.load(path) as arrays:
+        return dict(arrays)
 
 
 def data_spec(schema: dict) -> DataSpec:
@@ -110,7 +130,8 @@ def dir_fingerprint(path: Path) -> str:
 
 @dataclass(frozen=True)
 class RunFile:
-    """A file a stage writes in its output dir that others read from a run directory."""
+    """A file (or directory) a stage writes in its output dir that another stage, the report or the API reads.
+    An artefact's files start with the artefact's name: `EVALUATION` is `evaluation/metrics.json`."""
 
     stage: str
     path: str
@@ -122,14 +143,26 @@ class RunFile:
         """Where the writing stage puts it, in its own output dir."""
         return out / self.path
 
+    def in_artefact(self, artefact: Path) -> Path:
+        """Where it lies in the artefact directory a reading stage was handed."""
+        return artefact.joinpath(*Path(self.path).parts[1:])
 
+
+EXAMPLES = RunFile("ingest", "examples/examples.npz")
+EXAMPLES_META = RunFile("ingest", "examples/meta.json")
+ENCODED = RunFile("ingest", "examples/encoded.npz")  # image files as clients send them
 SCHEMA = RunFile("validate", "schema/schema.json")
 REJECTS = RunFile("validate", "rejects.csv")
-TRIALS = RunFile("tune", "trials.json")
-EVALUATION = RunFile("evaluate", "evaluation/metrics.json")
 DATASET = RunFile("validate", "dataset")
+BEST_HYPERPARAMETERS = RunFile("tune", "hyperparameters/best.json")
+TRIALS = RunFile("tune", "trials.json")
+TRAINED_MODEL = RunFile("train", "model/model.keras")
 HISTORY = RunFile("train", "history.json")
+EVALUATION = RunFile("evaluate", "evaluation/metrics.json")
 CONFUSION = RunFile("evaluate", "evaluation/confusion_matrix.json")
+COMPRESSED_MODEL = RunFile("compress", "compressed/model.keras")
+COMPRESSED_TFLITE = RunFile("compress", "compressed/tflite")  # the .tflite files shipped with the selected variant
+SELECTION = RunFile("compress", "compressed/selection.json")  # which variant the compressed model is
 COMPRESSION_REPORT = RunFile("compress", "report.json")
 COMPRESSION_PLOT = RunFile("compress", "compression.png")
 SIGNATURES = RunFile("export", "signatures.json")
@@ -137,10 +170,54 @@ SAMPLE_REQUEST = RunFile("export", "sample_request.json")
 SHIPPED_SAMPLE_REQUEST = "assets.extra/sample_request.json"  # the same, inside the SavedModel: push's smoke test
 INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
 PUSHED = RunFile("push", "pushed.json")
-SELECTION = "selection.json"  # in the compressed artefact: which variant it holds
 
 
-def run_dir_of(artefact: Path) -> Path:
-    """The run directory an input artefact belongs to: the runner hands inputs to stages as
-    <run dir>/<producing stage>/<artefact>, a link into the cache."""
-    return artefact.parent.parent
+def write_json(file: RunFile, out: Path, value) -> None:
+    """Write a stage's JSON output file `file` in its output dir (its artefact directory made if need be)."""
+    path = file.in_output(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+
+
+def read_json(file: RunFile, artefact: Path):
+    """Read JSON file `file` from the artefact directory a stage was handed."""
+    return json.loads(file.in_artefact(artefact).read_text())
+
+
+def read_best_hyperparameters(hyperparameters: Path) -> dict:
+    """The tune stage's best values by name (learning_rate, width, ...): empty when nothing was searched."""
+    return read_json(BEST_HYPERPARAMETERS, hyperparameters)
+
+
+def read_evaluation(evaluation: Path) -> dict:
+    """The trained model's held-out test metrics (accuracy, loss, ... or mae, ...)."""
+    return read_json(EVALUATION, evaluation)
+
+
+def read_selection(compressed: Path) -> str:
+    """The variant the compressed artefact holds: "baseline" (the trained model) or a variant's name."""
+    return read_json(SELECTION, compressed)["selected"]
+
+
+def read_infra_validation(infra_validation: Path) -> dict:
+    """What infra_validate measured serving the candidate, or {"skipped": true}."""
+    return read_json(INFRA_VALIDATION, infra_validation)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a stage may know of the run it is part of (lineage), without knowing where the runner keeps it."""
+
+    run_id: str
+    config: dict  # the run's whole resolved config
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the runner hands a stage: its input artefacts by name (`inputs["model"]`, a directory) and its run."""
+
+    artefacts: dict[str, Path]
+    run: RunInfo
+
+    def __getitem__(self, name: str) -> Path:
+        return self.artefacts[name]

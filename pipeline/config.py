@@ -1,5 +1,5 @@
-"""Load a pipeline config: a YAML file plus `a.b=value` overrides, into frozen dataclasses; and
-the typed view of it each stage is given.
+"""Load a pipeline config: a YAML file plus `a.b=value` overrides, into the frozen dataclasses of
+pipeline.specs.
 
 Every problem (unknown key, wrong type, value out of range) is collected before failing, so
 one run shows them all, each with the key, what was received and what was expected.
@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import re
 import types
 import typing
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,30 +19,13 @@ import yaml
 
 import repository
 from models import MODELS, user
-from models.config import ModelConfig, input_shape_problem
+from models.config import input_shape_problem
 from pipeline.errors import ConfigError
-from pipeline.stages import compress, evaluate, export, infra_validate, ingest, push, train, tune, validate
-from pipeline.stages.push import ServeConfig
+from pipeline.specs import PipelineConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "digits.yaml"
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    output_dir: str = "runs"  # where runs (and the stage cache, in .cache/) go
-    seed: int = 42  # the split, weight initialisation and shuffling: the same seed, the same run
-    data: ingest.Config = field(default_factory=ingest.Config)
-    validate: validate.Config = field(default_factory=validate.Config)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tune: tune.Config = field(default_factory=tune.Config)
-    train: train.Config = field(default_factory=train.Config)
-    evaluate: evaluate.Config = field(default_factory=evaluate.Config)
-    compress: compress.Config = field(default_factory=compress.Config)
-    export: export.Config = field(default_factory=export.Config)
-    infra_validate: infra_validate.Config = field(default_factory=infra_validate.Config)
-    push: push.Config = field(default_factory=push.Config)
-    serve: ServeConfig = field(default_factory=ServeConfig)
+RENAMED = {"serve.smoke": "push.smoke_test", "serve.timeout_s": "push.smoke_test_timeout_s"}  # old key -> new
 
 
 def resolve_config_path(name_or_path: str | None) -> Path:
@@ -72,6 +52,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
         raise ConfigError(str(path), [f"expected a mapping of keys at the top, received {type(raw).__name__}."])
     for item in overrides:
         _apply_override(raw, item, problems)
+    _renamed_keys(raw, problems)
     cfg = _with_derived_values(from_dict(PipelineConfig, raw, problems), problems)
     problems += _model_name_problems(cfg.model.name)
     problems += _model_and_data_problems(cfg) if not problems else []
@@ -84,6 +65,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
                   f"{path} and the command line" if from_overrides else str(path))
         raise ConfigError(source, problems)
     return cfg
+
+
+def _renamed_keys(raw: dict, problems: list[str]) -> None:
+    """A key an older config used: named with its new name, and taken out so it is not also an unknown key."""
+    for old, new in RENAMED.items():
+        section, _, leaf = old.partition(".")
+        if isinstance(raw.get(section), dict) and leaf in raw[section]:
+            problems.append(f"{old}: renamed to {new}; write {new}={yaml.safe_dump(raw[section].pop(leaf)).split()[0]}.")
+            if not raw[section]:
+                del raw[section]
 
 
 def _model_name_problems(name: str) -> list[str]:
@@ -137,10 +128,6 @@ def config_from_dict(raw: dict, source: str) -> PipelineConfig:
     if problems:
         raise ConfigError(source, problems)
     return cfg
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 def all_keys(cls: type = PipelineConfig, prefix: str = "") -> list[str]:
@@ -266,93 +253,3 @@ def _convert(value: Any, hint: Any) -> tuple[Any, str | None]:
             return str(value), None
         return (value, None) if isinstance(value, str) else (None, "a string")
     raise TypeError(f"config type {hint!r} is not supported by pipeline.config")
-
-
-# -- what a stage sees ------------------------------------------------------------------------
-#
-# A stage declares the fields it reads (`CONFIG`, e.g. ("seed", "model", "train.epochs")) and
-# those it reads without their changing its output (`RUNTIME`, e.g. ("train.verbose",)). It is
-# given a frozen view holding exactly those, typed as in the config; reading anything else is an
-# AttributeError. The cache key hashes `keyed(view)`: the declared fields minus the runtime ones.
-
-
-def stage_view(cfg: PipelineConfig, stage: types.ModuleType) -> Any:
-    """What `stage` is given: the view of its CONFIG and RUNTIME fields, passed through its `resolve`
-    (if it has one) to make a value concrete before hashing, e.g. train.init_from=latest -> a path.
-    `resolve` may raise StageError."""
-    view = make_view(cfg, stage.CONFIG, getattr(stage, "RUNTIME", ()))
-    resolve = getattr(stage, "resolve", None)
-    return resolve(view) if resolve else view
-
-
-def make_view(cfg: PipelineConfig, reads: Sequence[str], runtime: Sequence[str] = ()) -> Any:
-    """The frozen view of `cfg` holding the fields named in `reads` and `runtime` (a section name means all its fields)."""
-    return view_from_dict(view_class(reads, runtime), to_dict(cfg))
-
-
-def view_class(reads: Sequence[str], runtime: Sequence[str] = ()) -> type:
-    """The frozen dataclass of a view (rebuild one elsewhere with `view_from_dict`)."""
-    marks = {path: False for path in _expand(reads)} | {path: True for path in _expand(runtime)}
-    return _view_class(tuple(sorted(marks.items())))
-
-
-def view_from_dict(cls: type, values: dict) -> Any:
-    """Rebuild a view of class `cls` from a dict holding (at least) its fields, e.g. `to_dict(view)`."""
-    hints = typing.get_type_hints(cls)
-    fields = {}
-    for f in dataclasses.fields(cls):
-        value = values[f.name]
-        fields[f.name] = view_from_dict(hints[f.name], value) if dataclasses.is_dataclass(hints[f.name]) else \
-            _as_declared(value, hints[f.name])
-    return cls(**fields)
-
-
-def keyed(view: Any) -> dict:
-    """The view's fields that decide a stage's output: what its cache key hashes."""
-    values = {}
-    for f in dataclasses.fields(view):
-        if f.metadata.get("runtime"):
-            continue
-        value = getattr(view, f.name)
-        values[f.name] = keyed(value) if dataclasses.is_dataclass(value) else value
-    return values
-
-
-def _expand(paths: Sequence[str]) -> list[str]:
-    expanded = []
-    hints = typing.get_type_hints(PipelineConfig)
-    for path in paths:
-        section, _, name = path.partition(".")
-        if section not in hints or (name and name not in typing.get_type_hints(hints[section])):
-            raise ValueError(f"a stage declares config field {path!r}, which the config does not have")
-        if not name and dataclasses.is_dataclass(hints[section]):
-            expanded += [f"{section}.{f.name}" for f in dataclasses.fields(hints[section])]
-        else:
-            expanded.append(path)
-    return expanded
-
-
-@functools.cache
-def _view_class(marks: tuple[tuple[str, bool], ...]) -> type:
-    """A frozen dataclass for these (field path, runtime) marks, with one nested class per section."""
-    hints = typing.get_type_hints(PipelineConfig)
-    sections: dict[str, list] = {}
-    top = []
-    for path, runtime in marks:
-        section, _, name = path.partition(".")
-        meta = {"runtime": runtime}
-        if name:
-            field_type = typing.get_type_hints(hints[section])[name]
-            sections.setdefault(section, []).append((name, field_type, dataclasses.field(metadata=meta)))
-        else:
-            top.append((section, hints[section], dataclasses.field(metadata=meta)))
-    for section, fields in sections.items():
-        runtime = all(f.metadata["runtime"] for _, _, f in fields)
-        cls = dataclasses.make_dataclass(f"{section.capitalize()}View", fields, frozen=True)
-        top.append((section, cls, dataclasses.field(metadata={"runtime": runtime})))
-    return dataclasses.make_dataclass("StageView", top, frozen=True)
-
-
-def _as_declared(value: Any, hint: Any) -> Any:
-    """A JSON list back to the tuple a config field holds."""
-    return tuple(value) if typing.get_origin(hint) is tuple and isinstance(value, list) else value

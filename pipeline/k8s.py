@@ -3,7 +3,7 @@
 On the cluster the pipeline trains distributed and pushes the model into the repository on the runs volume.
 
 `--kind job` (default): a PersistentVolumeClaim, a headless Service and an Indexed Job; `--kind tfjob`: the
-claim and a Kubeflow TFJob. What each manifest holds is described in pipeline/training/manifests.py.
+claim and a Kubeflow TFJob. What each manifest holds is described in pipeline/k8s_manifests.py.
 Options and overrides may come in any order. Bad input is one line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 
 from pipeline.config import CONFIG_DIR, load_config, resolve_config_path
 from pipeline.errors import CommandLineError, ConfigError
-from pipeline.training.manifests import KINDS, MOUNT, Pods, runs_claim
+from pipeline.k8s_manifests import KINDS, MOUNT, Pods, runs_claim
 
 IMAGE = "maas-pipeline:latest"  # what Dockerfile documents building
 GPU_IMAGE = "maas-pipeline:latest-gpu"  # Dockerfile.gpu; the default with --gpus

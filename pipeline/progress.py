@@ -104,5 +104,5 @@ def reporting(reporter: Reporter) -> Iterator[Reporter]:
 
 
 def epoch(done: int, total: int, logs: dict[str, float]) -> None:
-    """An epoch of the stage that is training has finished (called by pipeline.training.fit)."""
+    """An epoch of the stage that is training has finished (called by pipeline.training.trainer)."""
     _current.epoch(done, total, logs)

@@ -36,20 +36,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, TextIO
 
-from pipeline.artifacts import dir_fingerprint, file_digest
+from pipeline.artifacts import Inputs, RunInfo, dir_fingerprint, file_digest
 from pipeline.cleanup import remove_stale_staging, staging_name
-from pipeline.config import PipelineConfig, keyed, stage_view, to_dict
 from pipeline.errors import CommandLineError, Interrupted, StageError, StageFailed
 from pipeline.progress import LineReporter, Reporter, reporting
+from pipeline.specs import PipelineConfig
 from pipeline.stages import STAGES
+from pipeline.views import keyed, make_view, to_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("pipeline", "models", "serving", "repository")
-# Not followed when fingerprinting code: the config loader (the values a stage reads are in its key
-# already), the list of stages, like the runner itself, and the packages' __init__ modules (re-exports
-# of the API: pipeline.run, serving.Server). Following them would make every stage depend on every
-# other stage's code.
-INFRASTRUCTURE = ("pipeline", "pipeline.config", "pipeline.stages", "serving")
+# Not followed when fingerprinting code: the two packages' __init__ modules, re-exports of their APIs
+# (pipeline.run, serving.Server): following them would make every stage depend on every other stage's code.
+API_REEXPORTS = ("pipeline", "serving")
 MANIFEST = "manifest.json"
 
 
@@ -70,6 +69,22 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+def stage_view(cfg: PipelineConfig, stage: ModuleType) -> Any:
+    """What `stage` is given: the view of the fields its spec reads, passed through its `resolve` (if it has one)
+    to make a value concrete before hashing, e.g. train.init_from=latest -> a path. `resolve` may raise
+    StageError."""
+    view = make_view(cfg, stage.SPEC)
+    resolve = getattr(stage, "resolve", None)
+    return resolve(view) if resolve else view
+
+
+def stale_reason(stage: ModuleType, view: Any, record: StageRecord) -> str | None:
+    """Why the cached result of a stage with side effects no longer holds in the world it changed (its
+    `check_cached`, e.g. push's version was deleted), or None: then the cache entry stands."""
+    check = getattr(stage, "check_cached", None)
+    return check(view, record.metrics) if check else None
+
+
 def stages_until(until: str | None) -> list[str]:
     names = list(STAGES)
     if until is None:
@@ -87,6 +102,7 @@ class Runner:
             raise CommandLineError(f"--force {unknown[0]!r}: unknown stage; stages are {', '.join(STAGES)}")
         self.cfg = cfg
         self.force = set(force)
+        self.stale: set[str] = set()  # stages whose cache entry no longer held (stale_reason): run, then replaced
         self.overrides = list(overrides)  # as given (the config has them applied): for the manifest and report
         self.root = Path(cfg.output_dir)
         self.resuming = run_id is not None
@@ -105,7 +121,7 @@ class Runner:
         """The cache key, or None while an input has not been produced yet."""
         stage = STAGES[name]
         inputs = {}
-        for artefact in stage.INPUTS:
+        for artefact in stage.SPEC.inputs:
             producer = producer_of(artefact)
             record = self.records.get(producer)
             if record is None or artefact not in record.outputs:
@@ -128,7 +144,8 @@ class Runner:
         states = []
         for name in stages_until(until):
             try:
-                key = self.stage_key(name, stage_view(self.cfg, STAGES[name]))
+                view = stage_view(self.cfg, STAGES[name])
+                key = self.stage_key(name, view)
             except StageError as e:
                 states.append((name, f"will fail: {e}"))
                 continue
@@ -140,7 +157,9 @@ class Runner:
             else:
                 record = StageRecord(**json.loads((entry / MANIFEST).read_text())["record"])
                 self.records[name] = record
-                states.append((name, f"cached (key {key[:12]}, from run {record.produced_by})"))
+                stale = stale_reason(STAGES[name], view, record)
+                states.append((name, f"will run again (key {key[:12]}): {stale}" if stale else
+                               f"cached (key {key[:12]}, from run {record.produced_by})"))
         return states
 
     # -- running --------------------------------------------------------------------------
@@ -169,7 +188,7 @@ class Runner:
             record = self._resumed(name)
             if record is None:
                 view, key = self._prepare(name)
-                record = self._cached(name, key)
+                record = self._cached(name, view, key, reporter)
             if record is None:
                 reporter.stage_started(i, len(names), name)
                 record = self._execute(name, view, key, stage_output)
@@ -201,11 +220,16 @@ class Runner:
             self._write_manifest("failed")
             raise StageFailed(name, str(e), None, expected=True) from e
 
-    def _cached(self, name: str, key: str) -> StageRecord | None:
+    def _cached(self, name: str, view: Any, key: str, reporter: Reporter) -> StageRecord | None:
         entry = self.cache_entry(name, key)
         if name in self.force or not (entry / MANIFEST).is_file():
             return None
         record = StageRecord(**json.loads((entry / MANIFEST).read_text())["record"])
+        stale = stale_reason(STAGES[name], view, record)
+        if stale:
+            reporter.message(f"{name}: its cached result no longer holds ({stale}); running it again")
+            self.stale.add(name)
+            return None
         link(self.run_dir / name, Path("..") / ".cache" / name / key)
         return StageRecord(**{**asdict(record), "status": "cached", "wall_s": 0.0})
 
@@ -214,14 +238,15 @@ class Runner:
         entry = self.cache_entry(name, key)
         staging = entry.parent / staging_name(".tmp-", key, secrets.token_hex(2))
         staging.mkdir(parents=True)
-        inputs = {a: self.run_dir / producer_of(a) / a for a in stage.INPUTS}
+        inputs = Inputs({a: self.run_dir / producer_of(a) / a for a in stage.SPEC.inputs},
+                        RunInfo(self.run_id, to_dict(self.cfg)))
         started = time.perf_counter()
         with (staging / "log.txt").open("w") as log_file:
             try:
                 echo = [sys.stdout if stage_output == "stdout" else stage_output]
                 with contextlib.redirect_stdout(Tee(log_file, *filter(None, echo))):
                     metrics = stage.run(view, inputs, staging) or {}
-                missing = [o for o in stage.OUTPUTS if not (staging / o).is_dir()]
+                missing = [o for o in stage.SPEC.outputs if not (staging / o).is_dir()]
                 if missing:
                     raise RuntimeError(f"stage did not write its declared outputs {missing}")
             except Exception as e:  # any failure: keep what it wrote, say where
@@ -239,11 +264,11 @@ class Runner:
             wall_s=round(time.perf_counter() - started, 3),
             metrics=json.loads(json.dumps(metrics, default=str)),
             produced_by=self.run_id,
-            outputs={o: dir_fingerprint(staging / o) for o in stage.OUTPUTS},
+            outputs={o: dir_fingerprint(staging / o) for o in stage.SPEC.outputs},
         )
         manifest = {"record": asdict(record), "config": to_dict(view), "versions": package_versions()}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if name in self.force and entry.exists():  # forced: what it computed replaces the cached entry
+        if (name in self.force or name in self.stale) and entry.exists():  # what it computed replaces the entry
             replace_directory(entry, staging)
         else:
             try:
@@ -313,7 +338,7 @@ def replace_directory(target: Path, new: Path) -> None:
 
 def producer_of(artefact: str) -> str:
     for name, stage in STAGES.items():
-        if artefact in stage.OUTPUTS:
+        if artefact in stage.SPEC.outputs:
             return name
     raise KeyError(f"no stage produces the artefact {artefact!r}")
 
@@ -368,7 +393,7 @@ def project_sources(module: ModuleType) -> dict[str, str]:
     pending = [module.__name__]
     while pending:
         name = pending.pop()
-        if name in seen or name in INFRASTRUCTURE:
+        if name in seen or name in API_REEXPORTS:
             continue
         path = project_module_file(name)
         if path is None:  # `from module import function`: not a module

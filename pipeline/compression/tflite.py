@@ -14,7 +14,7 @@ import tf_keras as keras
 from ai_edge_litert.interpreter import Interpreter
 from tensorflow.lite.python import convert as tflite_convert
 
-from pipeline.compression import PTQ
+from pipeline.specs import PTQ
 
 
 class ConversionFailed(Exception):

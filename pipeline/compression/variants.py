@@ -25,7 +25,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 )
 
 from models import DataSpec, build_model
-from models.fit import fit_settings
+from models.compile_settings import compile_settings
 from pipeline.artifacts import Split
 
 COMPRESSIBLE = (keras.layers.Dense, keras.layers.Conv2D)  # what all three TFMOT techniques handle here
@@ -230,7 +230,7 @@ def train_variants(names: tuple[str, ...], trained: keras.Model, train: Split, s
 def fine_tune(model: keras.Model, task: str, learning_rate: float, fit: dict,
               callbacks: list | None = None) -> keras.Model:
     """A few epochs of training with the compression wrappers in place, then the wrappers stripped."""
-    model.compile(**fit_settings(task, learning_rate))
+    model.compile(**compile_settings(task, learning_rate))
     model.fit(**fit, callbacks=callbacks or [])
     return strip(model)
 

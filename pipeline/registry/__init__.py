@@ -60,13 +60,21 @@ def now() -> str:
 
 
 class Registry:
-    def __init__(self, repository_dir: str | Path, timeout_s: float = 5.0, create: bool = True):
+    def __init__(self, repository_dir: str | Path, timeout_s: float = 5.0, create: bool = True,
+                 read_only: bool = False):
+        """Open (or, with `create`, make) the registry of `repository_dir`, migrated and reconciled with the
+        directories; `read_only` opens an existing one to read and changes nothing, not even that (planning)."""
         self.repository = Path(repository_dir)
         self.path = self.repository / DB_NAME
-        if not create and not self.path.is_file():
+        if (read_only or not create) and not self.path.is_file():
             raise RegistryError(f"no registry at {self.path}: nothing was pushed to {self.repository} yet.")
-        self.repository.mkdir(parents=True, exist_ok=True)
         self._timeout_s = timeout_s
+        if read_only:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", timeout=timeout_s, uri=True,
+                                       isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            return
+        self.repository.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         with self.transaction():

@@ -12,70 +12,35 @@ Regression models are exported as trained (variants are judged by accuracy), wit
 """
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from models import import_model_code, model_code_files
-from pipeline.artifacts import COMPRESSION_PLOT, COMPRESSION_REPORT, SELECTION, data_spec, read_schema, read_split
-from pipeline.compression import PTQ, QUANTIZED, VARIANTS
+from pipeline import specs
+from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, COMPRESSION_PLOT, COMPRESSION_REPORT, SELECTION,
+                                TRAINED_MODEL, Inputs, data_spec, read_schema, read_split, write_json)
 from pipeline.errors import StageError
+from pipeline.specs import QUANTIZED
+from pipeline.views import CompressView
 
 
-@dataclass(frozen=True)
-class Config:
-    variants: tuple[str, ...] = ()  # any of pruned, qat, pqat, cluster, distilled; empty = export as trained
-    tflite: tuple[str, ...] = ("float", "dynamic", "float16", "int8")  # post-training quantization kinds
-    target_sparsity: float = 0.8  # pruned and pqat
-    fine_tune_epochs: int = 4  # pruned, qat, pqat, cluster: training with the compression wrappers in place
-    clusters: int = 16  # cluster: distinct weight values per layer
-    student_width: int = 8  # distilled: model.width of the student
-    distill_epochs: int = 20  # distilled: the student is trained from scratch, on the teacher's soft labels
-    distill_temperature: float = 4.0  # distilled: softens the teacher's probabilities
-    distill_alpha: float = 0.1  # weight of the hard labels; the rest is the teacher's soft labels
-    max_accuracy_drop: float = 0.01  # gate: accuracy points a variant may lose against the trained model
-    select: str = "smallest_within"  # smallest_within (SavedModel gzip size), or a variant name
-    representative_rows: int = 200  # int8 calibration rows from the train split
-
-    def problems(self) -> list[str]:
-        found = [f"variants: unknown variant {v!r}; expected any of {', '.join(VARIANTS)}."
-                 for v in self.variants if v not in VARIANTS]
-        found += [f"tflite: unknown kind {k!r}; expected any of {', '.join(PTQ)}."
-                  for k in self.tflite if k not in PTQ]
-        if not 0 < self.target_sparsity < 1:
-            found.append(f"target_sparsity: expected a number in (0, 1), received {self.target_sparsity}.")
-        if self.select not in ("smallest_within", "baseline", *VARIANTS):
-            found.append(f"select: expected smallest_within, baseline or one of {', '.join(VARIANTS)}, "
-                         f"received {self.select!r}.")
-        if not -1 <= self.max_accuracy_drop <= 1:
-            found.append(f"max_accuracy_drop: expected a number in [-1, 1], received {self.max_accuracy_drop}.")
-        for name in ("fine_tune_epochs", "clusters", "student_width", "distill_epochs", "representative_rows"):
-            if getattr(self, name) < 1:
-                found.append(f"{name}: expected a positive integer, received {getattr(self, name)}.")
-        return found
+SPEC = specs.COMPRESS
 
 
-CONFIG = ("seed", "compress", "model", "train.batch_size", "train.learning_rate", "train.strategy")
-INPUTS = ("model", "dataset", "schema")
-OUTPUTS = ("compressed",)
-
-
-def external_inputs(cfg) -> list[Path]:
+def external_inputs(cfg: CompressView) -> list[Path]:
     """A user builder's file: its classes are rebuilt from it when the model loads."""
     return model_code_files(cfg.model.name)
 
 
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    target = out / "compressed"
-    (target / "tflite").mkdir(parents=True)
+def run(cfg: CompressView, inputs: Inputs, out: Path) -> dict:
+    COMPRESSED_TFLITE.in_output(out).mkdir(parents=True)
     schema = read_schema(inputs["schema"])
     if not cfg.compress.variants or schema["task"] != "classification":
         if cfg.compress.variants:
             print("compress: skipped: variants are judged by accuracy, and this is a regression model; it is "
                   "exported as trained (set compress.variants=[] to silence this).")
-        shutil.copy(inputs["model"] / "model.keras", target / "model.keras")
-        (target / SELECTION).write_text(json.dumps({"selected": "baseline"}))
+        shutil.copy(TRAINED_MODEL.in_artefact(inputs["model"]), COMPRESSED_MODEL.in_output(out))
+        write_json(SELECTION, out, {"selected": "baseline"})
         return {"selected": "baseline"}
     import tf_keras as keras
 
@@ -86,7 +51,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     c = cfg.compress
     keras.utils.set_random_seed(cfg.seed)
     import_model_code(cfg.model.name)
-    trained = keras.models.load_model(inputs["model"] / "model.keras")
+    trained = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]))
     data = {split: read_split(inputs["dataset"], split) for split in ("train", "val", "test")}
     representative = data["train"].x[: c.representative_rows]
     baseline_tflite, skipped = {}, {}
@@ -106,16 +71,16 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
                       out)
     selected = _select(c, report, skipped)
     model = variants.savable(({"baseline": trained} | compressed)[selected])
-    model.save(target / "model.keras")
-    (target / SELECTION).write_text(json.dumps({"selected": selected}))
+    model.save(COMPRESSED_MODEL.in_output(out))
+    write_json(SELECTION, out, {"selected": selected})
     shipped = [n for n, r in report.items() if n.startswith(selected + "+") and r["status"] == "ok"]
     for name in shipped:
-        shutil.copy(out / "tflite" / f"{name}.tflite", target / "tflite" / f"{name}.tflite")
+        shutil.copy(out / "tflite" / f"{name}.tflite", COMPRESSED_TFLITE.in_output(out) / f"{name}.tflite")
     test = data["test"]
     held_out = float((model.predict(test.x, batch_size=256, verbose=0).argmax(axis=1) == test.y).mean())
-    COMPRESSION_REPORT.in_output(out).write_text(json.dumps({
+    write_json(COMPRESSION_REPORT, out, {
         "measured_on": "val", "baseline": "baseline", "selected": selected, "shipped_tflite": shipped,
-        "selected_test_accuracy": held_out, "skipped": skipped, "variants": report}, indent=2))
+        "selected_test_accuracy": held_out, "skipped": skipped, "variants": report})
     print(summary.table(report, selected))
     print(f"compress: selected {selected} (validation accuracy {report[selected]['accuracy']:.4f}); "
           f"held-out test accuracy {held_out:.4f}; shipped .tflite: {', '.join(shipped) or 'none'}")
@@ -124,7 +89,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
             "savedmodel_gzip_bytes": report[selected]["savedmodel_gzip_bytes"]}
 
 
-def _measure(c: Config, keras_variants: dict, kinds: tuple[str, ...], baseline_tflite: dict[str, bytes], val,
+def _measure(c, keras_variants: dict, kinds: tuple[str, ...], baseline_tflite: dict[str, bytes], val,
              representative, out: Path) -> dict[str, dict]:
     """Each variant and its .tflite files measured on the validation split, with its accuracy drop against
     the trained model and whether it passes the gate (status "ok", or "failed: <why>")."""
@@ -154,7 +119,7 @@ def _measure(c: Config, keras_variants: dict, kinds: tuple[str, ...], baseline_t
     return report
 
 
-def _select(c: Config, report: dict[str, dict], skipped: dict[str, str]) -> str:
+def _select(c, report: dict[str, dict], skipped: dict[str, str]) -> str:
     """The keras variant to serve; the gate fails the stage when none qualifies."""
     from pipeline.compression import summary
 

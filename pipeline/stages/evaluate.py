@@ -1,46 +1,32 @@
 """Measure the trained model on the held-out test split, and gate the run on it."""
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models import import_model_code, model_code_files
-from pipeline.artifacts import CONFUSION, EVALUATION, read_schema, read_split
+from pipeline import specs
+from pipeline.artifacts import CONFUSION, EVALUATION, TRAINED_MODEL, Inputs, read_schema, read_split, write_json
 from pipeline.errors import StageError
+from pipeline.views import EvaluateView
 
 
-@dataclass(frozen=True)
-class Config:
-    min_accuracy: float = 0.9  # classification gate: the run fails before export below this
-    max_mae: float | None = None  # regression gate; null = no gate
-    beat_mean: bool = True  # regression gate: fail unless the model beats predicting the train split's mean
-
-    def problems(self) -> list[str]:
-        if not 0 <= self.min_accuracy <= 1:
-            return [f"min_accuracy: expected a number in [0, 1], received {self.min_accuracy}."]
-        return []
+SPEC = specs.EVALUATE
 
 
-CONFIG = ("evaluate", "model.name")
-INPUTS = ("model", "dataset", "schema")
-OUTPUTS = ("evaluation",)
-
-
-def external_inputs(cfg) -> list[Path]:
+def external_inputs(cfg: EvaluateView) -> list[Path]:
     """A user builder's file: its classes are rebuilt from it when the model loads."""
     return model_code_files(cfg.model.name)
 
 
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+def run(cfg: EvaluateView, inputs: Inputs, out: Path) -> dict:
     import tf_keras as keras
 
     schema = read_schema(inputs["schema"])
     test = read_split(inputs["dataset"], "test")
     import_model_code(cfg.model.name)
-    model = keras.models.load_model(inputs["model"] / "model.keras")
+    model = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]))
     predictions = model.predict(test.x, batch_size=256, verbose=0)
     (out / "evaluation").mkdir()
     if schema["task"] == "classification":
@@ -64,7 +50,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
                 f"mean ({metrics['mean_baseline_mae']:.4f}): the model learnt nothing useful. Train longer "
                 f"(train.epochs), change the model, or set evaluate.beat_mean=false."
             )
-    EVALUATION.in_output(out).write_text(json.dumps(metrics, indent=2))
+    write_json(EVALUATION, out, metrics)
     return metrics
 
 
@@ -74,7 +60,7 @@ def _classification(probabilities: np.ndarray, y: np.ndarray, classes: list[str]
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
-    CONFUSION.in_output(out).write_text(json.dumps({"classes": classes, "matrix": confusion.tolist()}))
+    write_json(CONFUSION, out, {"classes": classes, "matrix": confusion.tolist()})
     print("evaluate: confusion matrix (rows = true class, columns = predicted)")
     print("      " + " ".join(f"{c:>4}" for c in classes))
     for name, row in zip(classes, confusion):

@@ -9,34 +9,27 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import repository
 from models import import_model_code, model_code_files
 import numpy as np
 
-from pipeline.artifacts import (SAMPLE_REQUEST, SHIPPED_SAMPLE_REQUEST, SIGNATURES, categorical_names, raw_inputs,
-                                read_schema)
+from pipeline import specs
+from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, SAMPLE_REQUEST, SHIPPED_SAMPLE_REQUEST, SIGNATURES,
+                                Inputs, categorical_names, raw_inputs, read_schema, write_json)
+from pipeline.views import ExportView
 
 
-@dataclass(frozen=True)
-class Config:
-    warmup: bool = True  # write assets.extra/tf_serving_warmup_requests (TF Serving replays it on load)
-    reject_nonfinite: bool = True  # a request with NaN or Infinity in `x` fails (400) instead of being answered
+SPEC = specs.EXPORT
 
 
-CONFIG = ("export", "model.name")
-INPUTS = ("compressed", "schema", "dataset")
-OUTPUTS = ("saved_model",)
-
-
-def external_inputs(cfg) -> list[Path]:
+def external_inputs(cfg: ExportView) -> list[Path]:
     """A user builder's file: its classes are rebuilt from it when the model loads."""
     return model_code_files(cfg.model.name)
 
 
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
     import tf_keras as keras
 
     from pipeline import saved_model
@@ -46,18 +39,18 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     schema = read_schema(inputs["schema"])
     import_model_code(cfg.model.name)
     with tfmot_scope():  # a QAT variant keeps its quantization wrappers
-        model = keras.models.load_model(inputs["compressed"] / "model.keras")
+        model = keras.models.load_model(COMPRESSED_MODEL.in_artefact(inputs["compressed"]))
     path = out / "saved_model"
     sample = raw_inputs(inputs["dataset"], schema, 1)  # a test row as a client sends it (an image file, a text...)
     if schema.get("kind", "numeric") == "numeric":  # numbers: the average row, easier to read and edit
         numeric = schema["features"][:len(schema["features"]) - len(categorical_names(schema))]
         sample[INPUT] = np.array([[f["mean"] for f in numeric]], np.float32)
     saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite, sample)
-    for tflite in sorted((inputs["compressed"] / "tflite").glob("*.tflite")):  # for edge use, beside the model
+    for tflite in sorted(COMPRESSED_TFLITE.in_artefact(inputs["compressed"]).glob("*.tflite")):  # for edge use, beside the model
         (path / "assets.extra").mkdir(exist_ok=True)
         shutil.copy(tflite, path / "assets.extra" / tflite.name)
     described = repository.signatures(path)
-    SIGNATURES.in_output(out).write_text(json.dumps(described, indent=2))
+    write_json(SIGNATURES, out, described)
     row = {name: _as_json(value[0]) for name, value in sample.items()}
     request = json.dumps({"instances": [row if len(row) > 1 else row[INPUT]]})  # for curl -d @..., and push's smoke test
     SAMPLE_REQUEST.in_output(out).write_text(request)

@@ -7,48 +7,26 @@ The run fails when p99 is above `max_p99_ms`, with the numbers. The result goes 
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import raw_inputs, read_schema
+from pipeline import specs
+from pipeline.artifacts import INFRA_VALIDATION, Inputs, raw_inputs, read_schema, write_json
 from pipeline.errors import StageError
+from pipeline.views import InfraValidateView
 
 NAME = "candidate"
 
 
-@dataclass(frozen=True)
-class Config:
-    enabled: bool = True  # false: push without serving the candidate first
-    rows: int = 64  # test rows sent over each protocol and compared with the in-process model
-    requests: int = 100  # single-row REST requests timed for the latency figures
-    max_p99_ms: float = 100.0  # gate: the run fails above this
-    tolerance: float = 1e-5  # relative; served and in-process outputs must agree within it (and 1e-6 absolute)
-    timeout_s: float = 120.0  # for the server to load the candidate
-
-    def problems(self) -> list[str]:
-        found = [f"{name}: expected a positive integer, received {getattr(self, name)}."
-                 for name in ("rows", "requests") if getattr(self, name) < 1]
-        found += [f"{name}: expected a positive number, received {getattr(self, name)}."
-                  for name in ("max_p99_ms", "tolerance", "timeout_s") if getattr(self, name) <= 0]
-        return found
+SPEC = specs.INFRA_VALIDATE
 
 
-CONFIG = ("infra_validate.enabled", "infra_validate.rows", "infra_validate.requests", "infra_validate.max_p99_ms",
-          "infra_validate.tolerance")
-RUNTIME = ("infra_validate.timeout_s",)
-INPUTS = ("saved_model", "dataset", "schema")
-OUTPUTS = ("infra_validation",)
-
-
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+def run(cfg: InfraValidateView, inputs: Inputs, out: Path) -> dict:
     c = cfg.infra_validate
-    (out / "infra_validation").mkdir()
     if not c.enabled:
         result = {"skipped": True}
     else:
@@ -56,7 +34,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         with tempfile.TemporaryDirectory(dir=out) as base:
             shutil.copytree(inputs["saved_model"], Path(base) / "1")
             result = _validate(c, Path(base), rows, _in_process(inputs["saved_model"], rows), out)
-    (out / "infra_validation" / "report.json").write_text(json.dumps(result, indent=2))
+    write_json(INFRA_VALIDATION, out, result)
     return result
 
 

@@ -7,88 +7,22 @@ ingest never drops a row. A column that is mostly not numbers is a wrong file, a
 from __future__ import annotations
 
 import csv
-import json
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from pipeline import images
-from pipeline.artifacts import SPLITS
+from pipeline import images, specs
+from pipeline.artifacts import SPLITS, Inputs, write_examples
 from pipeline.errors import StageError
+from pipeline.specs import DataConfig
+from pipeline.views import IngestView
+
+SPEC = specs.INGEST
 
 
-@dataclass(frozen=True)
-class Config:
-    source: str = "digits"  # "digits" (bundled with scikit-learn), a .csv / .parquet / .npz file, or a directory
-    # of images with one sub-folder per class (pipeline.images)
-    task: Literal["auto", "classification", "regression"] = "auto"  # auto: decided from the labels, and said why
-    label: str = "label"  # the CSV label column
-    features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
-    categorical: tuple[str, ...] = ()  # CSV columns of categories (strings): the model looks them up in vocabularies
-    # adapted on the train split, and clients send the strings as inputs named after the columns
-    input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
-    classes: tuple[str, ...] = ()  # classification: the labels expected; a row labelled otherwise is rejected with
-    # the reason (empty = the labels found)
-    text_column: str = ""  # CSV: a column of free text, the model's one input (a string; the model vectorizes it)
-    max_tokens: int = 10000  # text: vocabulary size, adapted on the train split (TextVectorization)
-    sequence_length: int = 32  # text: tokens per example the model reads (padded or cut)
-    image_size: tuple[int, ...] = (32, 32)  # images: [height, width] every image is resized to
-    channels: int = 3  # images: 1 (grey) or 3 (RGB); an image holding another count is rejected with the reason
-    augment: tuple[str, ...] = ()  # images, at training only: flip (left-right), crop (random, after 4-pixel padding)
-    val_fraction: float = 0.15  # rows held out to stop early and to choose a compressed variant
-    test_fraction: float = 0.15  # rows held out for the final figures (evaluate)
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.source != "digits":
-            path = Path(self.source)
-            if path.is_dir():
-                pass
-            elif path.suffix not in TABLES + (".npz",):
-                found.append(f"source: expected 'digits', a .csv, .parquet or .npz file or a directory of class "
-                             f"folders, received {self.source!r}.")
-            elif not path.is_file():
-                found.append(f"source: no such file {str(path.resolve())!r}.")
-        for name in ("val_fraction", "test_fraction"):
-            if not 0 < getattr(self, name) < 0.5:
-                found.append(f"{name}: expected a number in (0, 0.5), received {getattr(self, name)}.")
-        if any(d < 1 for d in self.input_shape):
-            found.append(f"input_shape: expected positive sizes, received {list(self.input_shape)}.")
-        if len(self.image_size) != 2 or any(d < 1 for d in self.image_size):
-            found.append(f"image_size: expected [height, width], positive, received {list(self.image_size)}.")
-        if self.channels not in (1, 3):
-            found.append(f"channels: expected 1 (grey) or 3 (RGB), received {self.channels}.")
-        unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
-        if unknown:
-            found.append(f"augment: expected any of {list(AUGMENTATIONS)}, received {unknown}.")
-        bad = [c for c in self.categorical if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", c) or c == "x"]
-        if bad:
-            found.append(f"categorical: {bad} cannot name serving inputs (each categorical column is one); expected "
-                         f"letters, digits and _ starting with a letter, and not 'x' (the numeric features). "
-                         f"Rename the column(s) in the file.")
-        if self.categorical and self.input_shape:
-            found.append(f"input_shape: {list(self.input_shape)} reshapes rows for a cnn or rnn; rows with categorical "
-                         f"columns are flat: set data.input_shape=[] and model.name=mlp or recommender (or a builder of yours).")
-        for name in ("max_tokens", "sequence_length"):
-            if getattr(self, name) < 1:
-                found.append(f"{name}: expected a positive integer, received {getattr(self, name)}.")
-        return found
-
-
-AUGMENTATIONS = ("flip", "crop")
-TABLES = (".csv", ".parquet")
-CONFIG = ("seed", "data.source", "data.task", "data.label", "data.features", "data.categorical", "data.input_shape",
-          "data.text_column",
-          "data.image_size", "data.channels", "data.val_fraction", "data.test_fraction")
-INPUTS = ()
-OUTPUTS = ("examples",)
-
-
-def external_inputs(cfg) -> list[Path]:
+def external_inputs(cfg: IngestView) -> list[Path]:
     """Files whose content is part of this stage's cache key."""
     source = Path(cfg.data.source)
     if cfg.data.source == "digits":
@@ -96,8 +30,8 @@ def external_inputs(cfg) -> list[Path]:
     return sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
 
 
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    data: Config = cfg.data
+def run(cfg: IngestView, inputs: Inputs, out: Path) -> dict:
+    data = cfg.data
     if data.source == "digits":
         table = _read_digits()
     elif Path(data.source).is_dir():
@@ -121,12 +55,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         task, why = infer_task(labels)
         print(f"ingest: data.task=auto: {task}, because {why}. Set data.task to decide otherwise.")
     split = _split(len(x), data.val_fraction, data.test_fraction, cfg.seed)
-    out_dir = out / "examples"
-    out_dir.mkdir(parents=True)
     categorical = {} if table.categorical is None else {"categorical": table.categorical}
-    np.savez(out_dir / "examples.npz", x=x, label=labels, row=rows, problem=problems, split=split, **categorical)
-    if table.encoded is not None:  # the files as clients will send them: for export's samples and infra_validate
-        np.savez(out_dir / "encoded.npz", **images.pack(table.encoded))
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     meta = {
         "source": data.source,
@@ -137,7 +66,8 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         "input_shape": list(input_shape),
         "rows": counts,
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    write_examples(out, dict(x=x, label=labels, row=rows, problem=problems, split=split, **categorical), meta,
+                   None if table.encoded is None else images.pack(table.encoded))  # files as clients will send them
     print(f"ingest: {len(x)} {kind} rows x {len(feature_names)} features from {data.source} -> {counts}")
     return {"rows": len(x), "features": len(feature_names), "unreadable_rows": int((problems != "").sum())}
 
@@ -186,7 +116,7 @@ def _read_digits():
     return Table(digits.data.astype(np.float32), labels, np.arange(n), np.full(n, ""), names, (8, 8, 1))
 
 
-def _read_images(root: Path, data: Config):
+def _read_images(root: Path, data: DataConfig):
     files = images.class_files(root)
     if not files:
         raise StageError(f"data.source {str(root)!r} holds no class folders; expected one sub-folder of images per "
@@ -226,7 +156,7 @@ def _read_npz(path: Path):
     return Table(flat, y.astype(str), np.arange(n), np.full(n, ""), names, tuple(x.shape[1:]))
 
 
-def _records(path: Path, data: Config) -> tuple[list[str], list[list[str]]]:
+def _records(path: Path, data: DataConfig) -> tuple[list[str], list[list[str]]]:
     """The header and the data rows as text, from a CSV or a Parquet file, the label column checked."""
     records = _parquet_records(path) if path.suffix == ".parquet" else _csv_records(path)
     if not records:
@@ -261,7 +191,7 @@ def _parquet_records(path: Path) -> list[list[str]]:
     return [table.column_names, *map(list, zip(*columns))]
 
 
-def _read_text_table(path: Path, data: Config) -> Table:
+def _read_text_table(path: Path, data: DataConfig) -> Table:
     """One column of free text: each row's text is the model's input, as a string."""
     header, body = _records(path, data)
     if data.text_column not in header:
@@ -283,7 +213,7 @@ def _read_text_table(path: Path, data: Config) -> Table:
     return Table(texts.astype(str), labels.astype(str), rows, problems.astype(str), [data.text_column], (), "text")
 
 
-def _read_table(path: Path, data: Config) -> Table:
+def _read_table(path: Path, data: DataConfig) -> Table:
     header, body = _records(path, data)
     chosen = list(data.features) or [h for h in header if h != data.label]
     categorical = list(data.categorical)

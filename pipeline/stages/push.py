@@ -4,7 +4,7 @@
 Nothing reaches a server polling the repository (ours or tensorflow_model_server) before it is
 checked: the candidate is copied into a hidden staging directory in the model's base path; its
 serving signatures must match the newest version's (a client of the model keeps working); with
-`serve.smoke` the embedded server must serve it from there and answer a predict request (unless
+`push.smoke_test` the embedded server must serve it from there and answer a predict request (unless
 infra_validate already served this SavedModel, over REST and gRPC, in the same run); only
 then is it renamed into place, and recorded in the registry (pipeline.registry) with its lineage: the
 run, its config, metrics, data, compression variant and infra-validation result, which also travel
@@ -17,42 +17,21 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import repository
-from pipeline.artifacts import PUSHED, SELECTION, SHIPPED_SAMPLE_REQUEST, dir_fingerprint, run_dir_of
+from pipeline import specs
+from pipeline.artifacts import (PUSHED, SHIPPED_SAMPLE_REQUEST, Inputs, dir_fingerprint, read_evaluation,
+                                read_infra_validation, read_selection, write_json)
 from pipeline.errors import StageError
 from pipeline.registry import Registry
+from pipeline.views import PushView
 
 
-@dataclass(frozen=True)
-class Config:
-    repository: str = "model_repository"  # the model base path's parent, as in --model_base_path
-    model_name: str = ""  # "" = named after data.source: "digits", or the data file's name without its suffix
-    allow_signature_change: bool = False  # publish even if clients of the newest version would break
-
-    def problems(self) -> list[str]:
-        problem = self.model_name and repository.name_problem(self.model_name)
-        return [f"model_name: {problem}"] if problem else []
+SPEC = specs.PUSH
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    smoke: bool = False  # before publishing, serve the candidate and send it one predict request
-    timeout_s: float = 120.0  # for the server to report the version AVAILABLE
-
-    def problems(self) -> list[str]:
-        return [] if self.timeout_s > 0 else [f"timeout_s: expected a positive number, received {self.timeout_s}."]
-
-
-CONFIG = ("push", "serve.smoke")
-RUNTIME = ("serve.timeout_s",)
-INPUTS = ("saved_model", "infra_validation", "evaluation", "compressed", "dataset")
-OUTPUTS = ()
-
-
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
+def run(cfg: PushView, inputs: Inputs, out: Path) -> dict:
     name = cfg.push.model_name
     model_dir = Path(cfg.push.repository) / name
     digest = dir_fingerprint(inputs["saved_model"])
@@ -61,7 +40,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         newest_dir = model_dir / str(newest)
         if repository.lineage(newest_dir).get("content") == digest:
             print(f"push: version {newest} of {name!r} already is this model; not publishing it again")
-            return _result(out, newest, newest_dir, published=False)
+            return _result(out, newest, newest_dir, digest, published=False)
         _check_compatible(cfg.push, newest, newest_dir, inputs["saved_model"])
     lineage = _lineage(inputs, digest)
     with repository.staging(model_dir) as area:
@@ -69,42 +48,48 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         shutil.copytree(inputs["saved_model"], candidate)
         repository.write_lineage(candidate, lineage)
         smoke = {}
-        if cfg.serve.smoke and _infra_validated(inputs["infra_validation"]):
+        if cfg.push.smoke_test and not read_infra_validation(inputs["infra_validation"]).get("skipped", False):
             print("push: infra_validate served this SavedModel over REST and gRPC in this run; no second smoke test")
-        elif cfg.serve.smoke:
-            smoke = {"smoke_latency_ms": smoke_test(name, area, cfg.serve.timeout_s, out)}
+        elif cfg.push.smoke_test:
+            smoke = {"smoke_latency_ms": smoke_test(name, area, cfg.push.smoke_test_timeout_s, out)}
         version, path = repository.publish_prepared(candidate, model_dir)
     with Registry(cfg.push.repository) as registry:  # a crash before this is repaired when it is next opened
         registry.record(name, version, lineage)
     print(f"push: published {path} (run {lineage['run_id']})")
-    return _result(out, version, path, published=True, **smoke)
+    return _result(out, version, path, digest, published=True, **smoke)
 
 
-def _infra_validated(infra_validation: Path) -> bool:
-    return not json.loads((infra_validation / "report.json").read_text()).get("skipped", False)
+def check_cached(cfg: PushView, metrics: dict) -> str | None:
+    """Push changes the world, so its cache entry is only as good as the world: why the version a cached push
+    published no longer holds its model (deleted, say, by `registry gc`), or None when it does."""
+    path = Path(metrics["path"])
+    if not (path / "saved_model.pb").is_file():
+        return f"version {metrics['version']} it published is gone from {path.parent}"
+    if repository.lineage(path).get("content") != metrics["content"]:
+        return f"version {metrics['version']} in {path.parent} no longer holds the model it published"
+    return None
 
 
-def _lineage(inputs: dict[str, Path], digest: str) -> dict:
+def _lineage(inputs: Inputs, digest: str) -> dict:
     """What the registry records of a version: where it came from and how good it is."""
-    run_dir = run_dir_of(inputs["saved_model"])
-    config_text = (run_dir / "config.json").read_text()
+    config_text = json.dumps(inputs.run.config, indent=2)  # as the run's config.json holds it
     return {
         "content": digest,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "run_id": run_dir.name,
-        "config": json.loads(config_text),
+        "run_id": inputs.run.run_id,
+        "config": inputs.run.config,
         "config_hash": hashlib.sha256(config_text.encode()).hexdigest(),
-        "metrics": json.loads((inputs["evaluation"] / "metrics.json").read_text()),
+        "metrics": read_evaluation(inputs["evaluation"]),
         "data_fingerprint": dir_fingerprint(inputs["dataset"]),
-        "variant": json.loads((inputs["compressed"] / SELECTION).read_text())["selected"],
+        "variant": read_selection(inputs["compressed"]),
         "saved_model_bytes": sum(f.stat().st_size for f in inputs["saved_model"].rglob("*") if f.is_file()),
-        "infra_validation": json.loads((inputs["infra_validation"] / "report.json").read_text()),
+        "infra_validation": read_infra_validation(inputs["infra_validation"]),
     }
 
 
-def _result(out: Path, version: int, path: Path, **more) -> dict:
-    result = {"version": version, "path": str(path.resolve()), **more}
-    PUSHED.in_output(out).write_text(json.dumps(result))
+def _result(out: Path, version: int, path: Path, content: str, **more) -> dict:
+    result = {"version": version, "path": str(path.resolve()), "content": content, **more}
+    write_json(PUSHED, out, result)
     return result
 
 
@@ -149,12 +134,12 @@ def smoke_test(model_name: str, base_path: Path, timeout_s: float, out: Path) ->
             raise RuntimeError(f"predict answered {response.status_code}: {response.text[:300]}")
         outputs = response.json()
     except (RuntimeError, TimeoutError, ServingClientError, requests.RequestException) as e:
-        raise StageError(f"serve.smoke: the candidate of {model_name!r} did not serve, so it was not published: {e}") \
-            from None
+        raise StageError(f"push.smoke_test: the candidate of {model_name!r} did not serve, so it was not published: "
+                         f"{e}") from None
     finally:
         server.stop()
     rows = {name: len(value) for name, value in outputs.items()}
     if set(rows.values()) != {1}:
-        raise StageError(f"serve.smoke: expected 1 row of each output for 1 row in, received {rows}.")
+        raise StageError(f"push.smoke_test: expected 1 row of each output for 1 row in, received {rows}.")
     print(f"push: smoke test passed, the candidate answered in {latency_ms:.1f} ms")
     return round(latency_ms, 2)

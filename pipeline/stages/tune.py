@@ -6,54 +6,29 @@ and train sees no overrides. Trials run inside the training strategy's scope.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from models import model_code_files
-from pipeline.artifacts import TRIALS, data_spec, read_schema, read_split
+from pipeline import specs
+from pipeline.artifacts import BEST_HYPERPARAMETERS, TRIALS, Inputs, data_spec, read_schema, read_split, write_json
+from pipeline.specs import MODEL_KEYS
+from pipeline.views import TuneView
 
-MODEL_KEYS = ("width", "depth", "dropout")
-
-
-@dataclass(frozen=True)
-class Config:
-    algorithm: Literal["none", "random", "hyperband", "bayesian"] = "none"  # none: train as configured
-    max_trials: int = 6  # random, bayesian
-    epochs: int = 5  # per trial (hyperband: the most any trial gets)
-    learning_rate: tuple[float, ...] = ()  # choices; empty = train.learning_rate
-    width: tuple[int, ...] = ()  # choices for model.width
-    depth: tuple[int, ...] = ()  # choices for model.depth
-    dropout: tuple[float, ...] = ()  # choices for model.dropout
-
-    def problems(self) -> list[str]:
-        found = [f"{name}: expected a positive integer, received {getattr(self, name)}."
-                 for name in ("max_trials", "epochs") if getattr(self, name) < 1]
-        if self.algorithm != "none" and not any(getattr(self, k) for k in ("learning_rate", *MODEL_KEYS)):
-            found.append("algorithm: a search needs choices, e.g. tune.learning_rate=[0.001, 0.01]; "
-                         "all of learning_rate, width, depth, dropout are empty.")
-        return found
+SPEC = specs.TUNE
 
 
-CONFIG = ("seed", "tune", "model", "train.learning_rate", "train.batch_size", "train.strategy")
-INPUTS = ("dataset", "schema")
-OUTPUTS = ("hyperparameters",)
-
-
-def external_inputs(cfg) -> list[Path]:
+def external_inputs(cfg: TuneView) -> list[Path]:
     """A user builder's file: trials build the model with it."""
     return model_code_files(cfg.model.name)
 
 
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    (out / "hyperparameters").mkdir()
-    best_file = out / "hyperparameters" / "best.json"
+def run(cfg: TuneView, inputs: Inputs, out: Path) -> dict:
     if cfg.tune.algorithm == "none":
-        best_file.write_text("{}")
+        write_json(BEST_HYPERPARAMETERS, out, {})
         return {"trials": 0}
     from models import build_model
-    from models.fit import fit_settings
+    from models.compile_settings import compile_settings
     from pipeline.training.distribute import in_process_strategy, make_dataset
     from pipeline.training.keras_tuner_compat import keras_tuner
 
@@ -66,7 +41,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
         chosen = {k: hp.Choice(k, v) for k, v in space.items()}
         model = build_model(replace(cfg.model, **{k: chosen[k] for k in MODEL_KEYS if k in chosen}), spec)
         learning_rate = chosen.get("learning_rate", cfg.train.learning_rate)
-        model.compile(**fit_settings(schema["task"], learning_rate))
+        model.compile(**compile_settings(schema["task"], learning_rate))
         return model
 
     objective = "val_accuracy" if schema["task"] == "classification" else "val_loss"
@@ -82,7 +57,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     trials = [{"hyperparameters": t.hyperparameters.values, "score": t.score}
               for t in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials))]
     best = trials[0]["hyperparameters"]
-    best_file.write_text(json.dumps(best, indent=2))
-    TRIALS.in_output(out).write_text(json.dumps(trials, indent=2))
+    write_json(BEST_HYPERPARAMETERS, out, best)
+    write_json(TRIALS, out, trials)
     print(f"tune: {len(trials)} trials, best {objective} {trials[0]['score']:.4f} with {best}")
     return {"trials": len(trials), f"best_{objective}": trials[0]["score"], "best": best}

@@ -6,35 +6,22 @@ them fail the stage, since then the data (or its declared schema) is wrong, not 
 from __future__ import annotations
 
 import csv
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import images
-from pipeline.artifacts import ENCODED_TEST, REJECTS, SPLITS, write_schema, write_split
+from pipeline import images, specs
+from pipeline.artifacts import (ENCODED_TEST, REJECTS, SCHEMA, SPLITS, Inputs, read_encoded, read_examples,
+                                write_json, write_split)
 from pipeline.errors import StageError
+from pipeline.views import ValidateView
 
 
-@dataclass(frozen=True)
-class Config:
-    max_reject_fraction: float = 0.05  # fail when more rows than this are rejected
-
-    def problems(self) -> list[str]:
-        if not 0 <= self.max_reject_fraction <= 1:
-            return [f"max_reject_fraction: expected a number in [0, 1], received {self.max_reject_fraction}."]
-        return []
+SPEC = specs.VALIDATE
 
 
-CONFIG = ("validate", "data.classes", "data.max_tokens", "data.sequence_length")
-INPUTS = ("examples",)
-OUTPUTS = ("dataset", "schema")
-
-
-def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
-    meta = json.loads((inputs["examples"] / "meta.json").read_text())
-    raw = np.load(inputs["examples"] / "examples.npz")
+def run(cfg: ValidateView, inputs: Inputs, out: Path) -> dict:
+    raw, meta = read_examples(inputs["examples"])
     x, labels, split = raw["x"], raw["label"], raw["split"]
     text = meta["kind"] == "text"
     reasons = _reject_reasons(x, labels, raw["problem"], meta, cfg.data.classes)
@@ -51,7 +38,7 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     keep = ~rejected
     classes, y = _targets(labels[keep], meta["task"])
     x, split = x[keep], split[keep]
-    categories = raw["categorical"][keep] if "categorical" in raw.files else None
+    categories = raw["categorical"][keep] if "categorical" in raw else None
     vocabularies = {}
     if categories is not None:  # learnt from the train split only; a value first seen later is index 0
         vocabularies = {name: _vocabulary(categories[split == 0, j]) for j, name in enumerate(meta["categorical"])}
@@ -61,15 +48,14 @@ def run(cfg, inputs: dict[str, Path], out: Path) -> dict:
     for i, name in enumerate(SPLITS):
         strings = {} if categories is None else {"categorical": categories[split == i]}
         write_split(dataset, name, x[split == i], y[split == i], **strings)
-    encoded = inputs["examples"] / "encoded.npz"
-    if encoded.is_file():  # image files as sent by clients, for the test rows kept
+    encoded = read_encoded(inputs["examples"])
+    if encoded is not None:  # image files as sent by clients, for the test rows kept
         test_rows = np.flatnonzero(keep)[split == SPLITS.index("test")]
-        with np.load(encoded) as arrays:
-            files = images.unpack(arrays)
+        files = images.unpack(encoded)
         np.savez(dataset / ENCODED_TEST, **images.pack([files[i] for i in test_rows]))
     schema = _text_schema(meta, x[split == 0], cfg.data) if text else \
         _schema(meta, x[split == 0], raw["x"], vocabularies)
-    write_schema(out / "schema", schema | _label_schema(meta, classes, y, split, int(rejected.sum())))
+    write_json(SCHEMA, out, schema | _label_schema(meta, classes, y, split, int(rejected.sum())))
     print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
     return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
 

@@ -1,5 +1,2 @@
-"""Training helpers the train and tune stages use: strategies, the local launcher, the fit loop,
-Kubernetes manifests, the keras-tuner alias. Importing this package is cheap: no TensorFlow."""
-from typing import Literal
-
-Strategy = Literal["default", "mirrored", "multi_worker", "parameter_server"]
+"""What the train and tune stages use: strategies (distribute), the local launcher, the trainer and the
+worker entry point a launched task runs, the custom loop, the keras-tuner alias."""

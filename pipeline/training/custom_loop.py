@@ -22,7 +22,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models import user
-from models.fit import per_example_loss, train_metric
+from models.compile_settings import per_example_loss, train_metric
 from pipeline.artifacts import Split
 from pipeline.training.distribute import make_dataset
 

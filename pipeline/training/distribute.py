@@ -10,7 +10,7 @@ from typing import get_args
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.training import Strategy
+from pipeline.specs import Strategy
 
 TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}'
 JOBS = {"multi_worker": {"chief", "worker"}, "parameter_server": {"chief", "worker", "ps"}}

@@ -1,6 +1,6 @@
 """Start local TensorFlow tasks on 127.0.0.1, each with its own TF_CONFIG, like torchrun for TF.
 
-`launch("pipeline.training.fit:run_task", spec, workers=2)` runs `run_task(spec)` in two
+`launch("pipeline.training.worker:run_task", spec, workers=2)` runs `run_task(spec)` in two
 processes that form one MultiWorkerMirroredStrategy cluster; with `ps=1` a chief runs it as
 the ParameterServerStrategy coordinator of worker and ps servers. Each process's output is
 streamed with a "[worker i] " prefix. If a task fails the others are stopped, and no task outlives its

@@ -206,7 +206,7 @@ MIRRORED = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from pipeline.run import main
+from pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -38,7 +38,7 @@ def test_breast_cancer_int8_is_as_accurate_as_float(tmp_path):
 
     source = write_csv(tmp_path / "breast_cancer.csv", load_breast_cancer)
     result = run_pipeline(tmp_path, f"data.source={source}", *TABULAR, "train.epochs=10", "compress.variants=[cluster]",
-                          "compress.tflite=[int8]", "compress.fine_tune_epochs=2", "serve.smoke=false")
+                          "compress.tflite=[int8]", "compress.fine_tune_epochs=2", "push.smoke_test=false")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "data.task=auto: classification, because the labels take 2 distinct values" in result.stdout
     report = json.loads((tmp_path / "runs" / "latest" / "compress" / "report.json").read_text())
@@ -63,7 +63,7 @@ def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
             city = list(cities)[i % 4]
             writer.writerow([f"{rng.normal():.3f}", city, cities[city]])
     result = run_pipeline(tmp_path, f"data.source={source}", "data.categorical=[city]", *TABULAR, "train.epochs=15",
-                          "compress.variants=[]", "infra_validate.enabled=false", "serve.smoke=true")
+                          "compress.variants=[]", "infra_validate.enabled=false", "push.smoke_test=true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert stage(tmp_path, "evaluate")["metrics"]["accuracy"] == 1.0
     import tf_keras as keras

@@ -123,7 +123,7 @@ def test_a_subclassed_model_later_stages_cannot_reload_is_refused_before_trainin
 
 
 def test_the_users_files_are_in_the_cache_key_of_every_stage_that_runs_their_code():
-    from pipeline.config import stage_view
+    from pipeline.runner import stage_view
     from pipeline.stages import compress, evaluate, export, train, tune
 
     cfg = load_config("custom_model")

@@ -44,10 +44,14 @@ def test_a_failed_stage_raises_and_still_gets_a_report_with_its_log(tmp_path):
     assert "Stage <b>ingest</b> failed" in report and "Last 40 lines of" in report and "Traceback" in report
 
 
-def test_pipeline_run_stays_callable_once_the_cli_module_is_imported(tmp_path):
-    import pipeline.run as cli_module
+def test_pipeline_run_is_the_api_function_and_the_entry_point_module_is_not_for_importing(tmp_path):
+    import pipeline.api
+    import pipeline.cli  # noqa: F401 -- the command line imported beside the API changes nothing
 
-    assert pipeline.run is cli_module and callable(pipeline.run)
+    assert pipeline.run is pipeline.api.run
+    with pytest.raises(ImportError, match="entry point of `python -m pipeline.run`; in Python call pipeline.run"):
+        import pipeline.run  # noqa: F401
+    assert pipeline.run is pipeline.api.run
     result = pipeline.run(overrides=[f"output_dir={tmp_path}"], until="ingest", reporter=SilentReporter(),
                           stage_output=None)
     assert result.stages["ingest"].status == "ran"

@@ -11,13 +11,14 @@ import tf_keras as keras
 import repository
 
 from models import DataSpec, ModelConfig, build_model
-from pipeline.artifacts import data_spec, read_schema, read_split
-from pipeline.compression import VARIANTS, tflite
+from pipeline.artifacts import TRAINED_MODEL, Inputs, RunInfo, data_spec, read_schema, read_split
+from pipeline.compression import tflite
 from pipeline.compression import variants as tfmot_variants
-from pipeline.config import ConfigError, load_config, stage_view
+from pipeline.config import ConfigError, load_config
 from pipeline.errors import StageError
 from pipeline.progress import SilentReporter
-from pipeline.runner import Runner
+from pipeline.runner import Runner, stage_view
+from pipeline.specs import VARIANTS, CompressConfig
 from pipeline.stages import compress, export
 from serving.client import RestClient
 from serving.process import ServerProcess
@@ -33,15 +34,15 @@ def trained(tmp_path_factory):
     cfg = load_config(None, [f"output_dir={root / 'runs'}", "train.epochs=8", "train.verbose=0"])
     Runner(cfg).run("evaluate", reporter=SilentReporter())
     run = root / "runs" / "latest"
-    return cfg, {"model": run / "train" / "model", "dataset": run / "validate" / "dataset",
-                 "schema": run / "validate" / "schema"}
+    return cfg, Inputs({"model": run / "train" / "model", "dataset": run / "validate" / "dataset",
+                        "schema": run / "validate" / "schema"}, RunInfo("test", {}))
 
 
 def run_compress(trained, tmp_path, **overrides):
     cfg, inputs = trained
     settings = dict(variants=VARIANTS, tflite=("float", "int8"), fine_tune_epochs=3, student_width=8,
                     distill_epochs=8, max_accuracy_drop=0.1)  # few epochs: the gate's logic, not the accuracy, is tested
-    view = stage_view(replace(cfg, compress=compress.Config(**{**settings, **overrides})), compress)
+    view = stage_view(replace(cfg, compress=CompressConfig(**{**settings, **overrides})), compress)
     out = tmp_path / "out"
     out.mkdir(parents=True)
     metrics = compress.run(view, inputs, out)
@@ -81,7 +82,7 @@ def test_every_variant_is_produced_measured_and_the_smallest_within_the_gate_sel
 
 def test_int8_tflite_runs_in_litert_and_agrees_with_the_float_model(trained):
     cfg, inputs = trained
-    model = keras.models.load_model(inputs["model"] / "model.keras")
+    model = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]))
     train = np.load(inputs["dataset"] / "train.npz")
     test = np.load(inputs["dataset"] / "test.npz")
     int8 = tflite.to_tflite(model, "int8", train["x"][:100])
@@ -131,8 +132,8 @@ def test_every_variant_can_be_exported_and_served_as_in_process(trained, tmp_pat
     the compress stage saves the one it selects, goes through export and publishing, and serves what it
     computes in process."""
     cfg, inputs = trained
-    settings = stage_view(replace(cfg, compress=compress.Config(fine_tune_epochs=1, distill_epochs=1)), compress)
-    trained_model = keras.models.load_model(inputs["model"] / "model.keras")
+    settings = stage_view(replace(cfg, compress=CompressConfig(fine_tune_epochs=1, distill_epochs=1)), compress)
+    trained_model = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]))
     train = read_split(inputs["dataset"], "train")
     made = tfmot_variants.train_variants(VARIANTS, trained_model, train, data_spec(read_schema(inputs["schema"])),
                                          settings, tf.distribute.get_strategy())
@@ -145,8 +146,8 @@ def test_every_variant_can_be_exported_and_served_as_in_process(trained, tmp_pat
         expected[name] = model.predict(rows, verbose=0)
         exported = tmp_path / name / "export"
         exported.mkdir()
-        export.run(stage_view(cfg, export), {"compressed": compressed, "schema": inputs["schema"],
-                                             "dataset": inputs["dataset"]}, exported)
+        export_inputs = {"compressed": compressed, "schema": inputs["schema"], "dataset": inputs["dataset"]}
+        export.run(stage_view(cfg, export), Inputs(export_inputs, inputs.run), exported)
         repository.publish(exported / "saved_model", tmp_path / "repo" / name)
         models.append((name, tmp_path / "repo" / name, ""))
     server = ServerProcess(f"--model_config_file={write_config(tmp_path / 'models.config', models)}", "--port=0",

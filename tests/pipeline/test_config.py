@@ -88,7 +88,7 @@ def test_checking_a_config_imports_no_tensorflow(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.run; from pipeline.config import load_config; from pipeline.stages import STAGES; "
+    code = ("import sys, pipeline.cli; from pipeline.config import load_config; from pipeline.stages import STAGES; "
             "from pipeline.runner import Runner, code_fingerprint; "
             f"Runner(load_config(None, ['output_dir={tmp_path}'])).plan(); [code_fingerprint(s) for s in STAGES.values()]; "
             "print(sorted({'tensorflow', 'tf_keras', 'keras_tuner'} & set(sys.modules)))")

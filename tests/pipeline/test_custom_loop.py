@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from models.fit import fit_settings
+from models.compile_settings import compile_settings
 from models.user import UserCodeError
 from pipeline.artifacts import Split
 from pipeline.training.custom_loop import default_step, fit_custom, user_step
@@ -23,7 +23,7 @@ def tiny_model(seed: int = 1) -> keras.Model:
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(3, activation="softmax")])
-    model.compile(**fit_settings("classification", 0.01))
+    model.compile(**compile_settings("classification", 0.01))
     return model
 
 
@@ -102,13 +102,13 @@ ACROSS_REPLICAS = """
 import numpy as np, tensorflow as tf, tf_keras as keras
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from models.fit import fit_settings
+from models.compile_settings import compile_settings
 from pipeline.training.custom_loop import default_step
 
 def model():
     keras.utils.set_random_seed(1)
     m = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")])
-    m.compile(**fit_settings("classification", 0.01))
+    m.compile(**compile_settings("classification", 0.01))
     return m
 
 rng = np.random.default_rng(0)

@@ -6,21 +6,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from pipeline.artifacts import Inputs, RunInfo
 from pipeline.errors import StageError
+from pipeline.specs import DataConfig, ValidateConfig
 from pipeline.stages import ingest, validate
 
 
 def ingest_and_validate(tmp_path, max_reject_fraction=0.5, seed=0, **data):
     cfg = SimpleNamespace(
         seed=seed,
-        data=ingest.Config(**data),
-        validate=validate.Config(max_reject_fraction=max_reject_fraction),
+        data=DataConfig(**data),
+        validate=ValidateConfig(max_reject_fraction=max_reject_fraction),
     )
     raw, checked = tmp_path / "ingest", tmp_path / "validate"
     raw.mkdir(parents=True)
     checked.mkdir()
-    ingest.run(cfg, {}, raw)
-    validate.run(cfg, {"examples": raw / "examples"}, checked)
+    run = RunInfo("test", {})
+    ingest.run(cfg, Inputs({}, run), raw)
+    validate.run(cfg, Inputs({"examples": raw / "examples"}, run), checked)
     return raw, checked
 
 

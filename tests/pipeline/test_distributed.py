@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import ConfigError, load_config, stage_view
+from pipeline.artifacts import Inputs, RunInfo
+from pipeline.config import ConfigError, load_config
+from pipeline.runner import stage_view
 from pipeline.errors import StageError
 from pipeline.stages import train
 from pipeline.training import launcher
@@ -109,7 +111,7 @@ def test_the_stage_reports_a_bad_tf_config_before_training(tmp_path, monkeypatch
     untuned.mkdir()
     (untuned / "best.json").write_text("{}")
     with pytest.raises(StageError, match="TF_CONFIG needs a 'cluster' mapping and a 'task' mapping"):
-        train.run(cfg, {"hyperparameters": untuned}, tmp_path / "out")
+        train.run(cfg, Inputs({"hyperparameters": untuned}, RunInfo("test", {})), tmp_path / "out")
 
 
 FAILING_TASK = """

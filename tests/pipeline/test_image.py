@@ -12,7 +12,7 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from pipeline import k8s
-from pipeline.training.manifests import UID
+from pipeline.k8s_manifests import UID
 from tests.pipeline_cli import ROOT
 
 IMAGES = {"Dockerfile": (k8s.IMAGE, "."), "Dockerfile.gpu": (k8s.GPU_IMAGE, ".[gpu]")}  # tag, what pip installs

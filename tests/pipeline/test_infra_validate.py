@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import load_config, stage_view
+from pipeline.artifacts import Inputs, RunInfo
+from pipeline.config import load_config
+from pipeline.runner import stage_view
 from pipeline.errors import StageError
 from pipeline.stages import infra_validate
 
@@ -16,8 +18,8 @@ def validate(digits, tmp_path, *overrides):
     cfg = stage_view(load_config(None, ["infra_validate.rows=16", "infra_validate.requests=30", *overrides]),
                      infra_validate)
     validated = digits.workdir / "runs" / "latest" / "validate"
-    return infra_validate.run(cfg, {"saved_model": digits.base / "1", "dataset": validated / "dataset",
-                                    "schema": validated / "schema"}, tmp_path)
+    inputs = {"saved_model": digits.base / "1", "dataset": validated / "dataset", "schema": validated / "schema"}
+    return infra_validate.run(cfg, Inputs(inputs, RunInfo("test", {})), tmp_path)
 
 
 def test_served_predictions_equal_in_process_ones_and_latency_is_measured(digits, tmp_path):

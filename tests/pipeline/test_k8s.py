@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline import k8s
-from pipeline.training.manifests import MOUNT
+from pipeline.k8s_manifests import MOUNT
 from tests.pipeline_cli import ROOT, pipeline_env
 
 BUILT_IN = {"PersistentVolumeClaim", "Service", "Job"}  # schemas in kubernetes_validate; TFJob is a custom resource

@@ -1,7 +1,7 @@
 """The push stage on real exported SavedModels: nothing reaches the repository unchecked, nothing twice,
 nothing that breaks the clients of the served version, and no smoke-test server outlives the pipeline."""
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +15,10 @@ import pytest
 import repository
 from models import ModelConfig, build_model
 from pipeline import saved_model
-from pipeline.config import load_config, stage_view
+from pipeline.artifacts import Inputs, RunInfo
+from pipeline.config import load_config
 from pipeline.errors import StageError
+from pipeline.runner import stage_view
 from pipeline.stages import push
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,22 +40,22 @@ def export(path: Path, n_features: int, seed: int = 0) -> Path:
 
 
 def view(repo: Path, *overrides: str):
-    return stage_view(load_config(None, [f"push.repository={repo}", "serve.smoke=false", *overrides]), push)
+    return stage_view(load_config(None, [f"push.repository={repo}", "push.smoke_test=false", *overrides]), push)
 
 
-def stage_inputs(run_dir: Path, candidate: Path) -> dict[str, Path]:
-    """What push reads, laid out as the runner hands it over: <run dir>/<stage>/<artefact>."""
+def stage_inputs(run_dir: Path, candidate: Path) -> Inputs:
+    """What push reads, laid out as the runner hands it over: <run dir>/<stage>/<artefact>, and the run."""
     files = {"evaluation/metrics.json": '{"accuracy": 0.9}', "compressed/selection.json": '{"selected": "baseline"}',
              "infra_validation/report.json": '{"skipped": true}', "dataset/train.npz": "rows"}
     for name, text in files.items():
         (run_dir / "stage" / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "stage" / name).write_text(text)
-    (run_dir / "config.json").write_text(json.dumps({"seed": 42}))
     (run_dir / "export").mkdir(exist_ok=True)
     if not (run_dir / "export" / "saved_model").exists():
         (run_dir / "export" / "saved_model").symlink_to(candidate)
-    return {"saved_model": run_dir / "export" / "saved_model",
-            **{a: run_dir / "stage" / a for a in ("evaluation", "compressed", "infra_validation", "dataset")}}
+    artefacts = {"saved_model": run_dir / "export" / "saved_model",
+                 **{a: run_dir / "stage" / a for a in ("evaluation", "compressed", "infra_validation", "dataset")}}
+    return Inputs(artefacts, RunInfo(run_dir.name, {"seed": 42}))
 
 
 def push_run(tmp_path: Path, candidate: Path, *overrides: str) -> dict:
@@ -95,9 +97,20 @@ def test_the_same_model_is_not_published_twice(tmp_path, candidates):
         repository.lineage(tmp_path / "repo" / "digits" / "1")["content"]
 
 
+def test_a_cached_push_holds_only_while_its_version_holds_its_model(tmp_path, candidates):
+    result = push_run(tmp_path, candidates["64"])
+    cfg = view(tmp_path / "repo")
+    assert push.check_cached(cfg, result) is None
+    version_dir = Path(result["path"])
+    repository.write_lineage(version_dir, {**repository.lineage(version_dir), "content": "another model"})
+    assert push.check_cached(cfg, result) == f"version 1 in {version_dir.parent} no longer holds the model it published"
+    shutil.rmtree(version_dir)  # as `registry gc` deletes it
+    assert push.check_cached(cfg, result) == f"version 1 it published is gone from {version_dir.parent}"
+
+
 def test_a_candidate_that_does_not_serve_is_never_published(tmp_path, candidates):
     with pytest.raises(StageError, match="did not serve, so it was not published"):
-        push_run(tmp_path, candidates["64"], "serve.smoke=true", "serve.timeout_s=0.01")
+        push_run(tmp_path, candidates["64"], "push.smoke_test=true", "push.smoke_test_timeout_s=0.01")
     assert entries(tmp_path / "repo" / "digits") == []
 
 
@@ -106,7 +119,7 @@ def test_no_second_smoke_test_for_a_candidate_infra_validate_served(tmp_path, ca
     (run_dir / "out").mkdir(parents=True)
     inputs = stage_inputs(run_dir, candidates["64"])
     (inputs["infra_validation"] / "report.json").write_text('{"p99_ms": 3.0, "rows": 8}')
-    result = push.run(view(tmp_path / "repo", "serve.smoke=true"), inputs, run_dir / "out")
+    result = push.run(view(tmp_path / "repo", "push.smoke_test=true"), inputs, run_dir / "out")
     assert result["version"] == 1 and "smoke_latency_ms" not in result
     assert "infra_validate served this SavedModel over REST and gRPC in this run; no second smoke test" in \
         capsys.readouterr().out
@@ -118,7 +131,7 @@ def test_concurrent_pushes_each_smoke_test_their_own_candidate(tmp_path, candida
 
     def push_one(candidate):
         try:
-            results.append(push_run(tmp_path, candidate, "serve.smoke=true"))
+            results.append(push_run(tmp_path, candidate, "push.smoke_test=true"))
         except Exception as e:  # noqa: BLE001 -- collected and asserted below
             errors.append(e)
 
@@ -135,10 +148,11 @@ def test_concurrent_pushes_each_smoke_test_their_own_candidate(tmp_path, candida
 PUSH_WITH_SMOKE = """
 import sys
 from pathlib import Path
-from pipeline.config import load_config, stage_view
+from pipeline.config import load_config
+from pipeline.runner import stage_view
 from pipeline.stages import push
 from tests.pipeline.test_push import stage_inputs
-cfg = stage_view(load_config(None, [f"push.repository={sys.argv[1]}", "serve.smoke=true"]), push)
+cfg = stage_view(load_config(None, [f"push.repository={sys.argv[1]}", "push.smoke_test=true"]), push)
 push.run(cfg, stage_inputs(Path(sys.argv[3]), Path(sys.argv[2])), Path(sys.argv[3]))
 """
 

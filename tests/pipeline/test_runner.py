@@ -12,11 +12,12 @@ import pytest
 
 from pipeline.artifacts import dir_fingerprint
 from pipeline.cleanup import collect_garbage
-from pipeline.config import keyed, load_config, stage_view
+from pipeline.config import load_config
 from pipeline.errors import CommandLineError, StageError, StageFailed
 from pipeline.progress import SilentReporter
-from pipeline.runner import Runner, project_sources
+from pipeline.runner import Runner, project_sources, stage_view
 from pipeline.stages import STAGES, train, validate
+from pipeline.views import keyed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,8 +53,8 @@ def test_changing_a_train_key_keeps_the_data_stages_cached(tmp_path):
 
 
 def test_code_fingerprint_follows_project_imports():
-    assert {"pipeline.stages.train", "pipeline.training.fit", "models.cnn", "models.layers",
-            "pipeline.training.distribute"} <= set(project_sources(train))
+    assert {"pipeline.stages.train", "pipeline.training.trainer", "pipeline.training.worker", "models.cnn",
+            "models.layers", "pipeline.training.distribute", "pipeline.specs", "pipeline.views"} <= set(project_sources(train))
     assert "models.cnn" not in project_sources(validate)
     assert "pipeline.artifacts" in project_sources(validate)
 
@@ -78,7 +79,7 @@ def test_editing_serving_code_keeps_train_cached_and_editing_a_model_does_not(tm
 
     before = fingerprint()
     for module in ("serving/client.py", "serving/rest.py", "serving/process.py", "serving/codec/response.py",
-                   "pipeline/stages/push.py", "pipeline/report.py"):
+                   "pipeline/stages/push.py", "pipeline/report.py", "pipeline/config.py", "pipeline/runner.py"):
         with (tmp_path / module).open("a") as f:
             f.write("\n# edited\n")
     assert fingerprint() == before
@@ -89,7 +90,7 @@ def test_editing_serving_code_keeps_train_cached_and_editing_a_model_does_not(tm
 
 def test_push_settings_and_display_settings_do_not_retrain(tmp_path):
     Runner(config(tmp_path, "train.epochs=1")).run("train", reporter=SilentReporter())
-    for change in ("push.model_name=other", "push.repository=elsewhere", "train.verbose=0", "serve.timeout_s=5"):
+    for change in ("push.model_name=other", "push.repository=elsewhere", "train.verbose=0", "push.smoke_test_timeout_s=5"):
         assert states(Runner(config(tmp_path, "train.epochs=1", change)), "train")["train"] == "cached", change
     assert states(Runner(config(tmp_path, "train.epochs=2")), "train")["train"] == "will"
 
@@ -105,6 +106,36 @@ def test_init_from_keys_train_on_the_version_it_resolves_to(tmp_path):
     assert "push" not in keyed(view)
     with pytest.raises(StageError, match="train.init_from=latest: .* holds no version"):
         stage_view(config(tmp_path, f"push.repository={tmp_path / 'empty'}", "train.init_from=latest"), train)
+
+
+def test_planning_reads_the_registry_without_writing_it_even_while_another_process_holds_its_write_lock(tmp_path):
+    import sqlite3
+
+    import repository
+    from pipeline.registry import Registry
+
+    model_dir = tmp_path / "repo" / "digits"
+    for version in ("1", "2"):
+        (model_dir / version).mkdir(parents=True)
+        (model_dir / version / "saved_model.pb").write_bytes(b"model")
+        (model_dir / version / "keras_metadata.pb").write_bytes(b"model")
+    repository.write_lineage(model_dir / "1", {"run_id": "r1", "content": "one"})
+    with Registry(tmp_path / "repo") as registry, registry.transaction():
+        registry.set_label("digits", "stable", 1, "label")
+    repository.write_lineage(model_dir / "2", {"run_id": "r2", "content": "two"})  # a read-write open records it
+    database = tmp_path / "repo" / "registry.sqlite"
+    before = database.read_bytes()
+    writer = sqlite3.connect(database, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process is writing the registry: planning must not wait for it
+    try:
+        cfg = config(tmp_path, f"push.repository={tmp_path / 'repo'}", "train.init_from=label:stable")
+        assert stage_view(cfg, train).train.init_from == str((model_dir / "1").resolve())
+        assert Runner(cfg).plan("train")[-1][1].startswith("will run")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert database.read_bytes() == before
+    assert sorted(p.name for p in database.parent.iterdir()) == ["digits", "registry.sqlite"]
 
 
 def test_a_stage_sees_only_the_fields_it_declares():

@@ -4,9 +4,11 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, stage_view
+from pipeline.artifacts import Inputs, RunInfo
+from pipeline.config import ConfigError, load_config
 from pipeline.progress import SilentReporter
-from pipeline.runner import Runner
+from pipeline.runner import Runner, stage_view
+from pipeline.specs import TuneConfig
 from pipeline.stages import train, tune
 
 
@@ -16,14 +18,14 @@ def data(tmp_path_factory):
     cfg = load_config(None, [f"output_dir={root / 'runs'}"])
     Runner(cfg).run("validate", reporter=SilentReporter())
     run = root / "runs" / "latest"
-    return cfg, {"dataset": run / "validate" / "dataset", "schema": run / "validate" / "schema"}
+    return cfg, Inputs({"dataset": run / "validate" / "dataset", "schema": run / "validate" / "schema"}, RunInfo("test", {}))
 
 
 @pytest.mark.slow
 def test_random_search_picks_the_clearly_better_learning_rate(data, tmp_path):
     cfg, inputs = data
-    view = stage_view(replace(cfg, tune=tune.Config(algorithm="random", max_trials=2, epochs=2,
-                                                    learning_rate=(1e-6, 3e-3))), tune)
+    view = stage_view(replace(cfg, tune=TuneConfig(algorithm="random", max_trials=2, epochs=2,
+                                                  learning_rate=(1e-6, 3e-3))), tune)
     metrics = tune.run(view, inputs, tmp_path)
     best = json.loads((tmp_path / "hyperparameters" / "best.json").read_text())
     assert best == {"learning_rate": 3e-3}
@@ -34,7 +36,7 @@ def test_random_search_picks_the_clearly_better_learning_rate(data, tmp_path):
 
 def test_without_a_search_train_sees_no_overrides(data, tmp_path):
     cfg, inputs = data
-    assert tune.run(stage_view(replace(cfg, tune=tune.Config()), tune), inputs, tmp_path) == {"trials": 0}
+    assert tune.run(stage_view(replace(cfg, tune=TuneConfig()), tune), inputs, tmp_path) == {"trials": 0}
     view = stage_view(cfg, train)
     assert train.with_tuned(view, tmp_path / "hyperparameters") == view
 

@@ -1,7 +1,8 @@
 """Build (or warm-start), train and save the model under a tf.distribute strategy: the train stage's work.
 
 `multi_worker` and `parameter_server` without TF_CONFIG run as a local cluster started by
-pipeline.training.launcher: each task process calls `run_task`. A coordinator in the stage's own
+pipeline.training.launcher: each task process runs pipeline.training.worker, which reads the task file
+written here and calls `run_cluster_task`. A coordinator in the stage's own
 process would leave its eager context tied to the stopped servers for the stages that follow
 (every later tf.function tries to register on them), so the parameter_server coordinator is a
 launched chief too. Every task backs up each epoch (BackupAndRestore) under a path fixed by the
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,22 +22,24 @@ import tensorflow as tf
 import tf_keras as keras
 
 from models import build_model, import_model_code
-from models.fit import fit_settings
+from models.compile_settings import compile_settings
 from models.user import UserCodeError
-from pipeline.artifacts import HISTORY, Split, data_spec, read_schema, read_split
-from pipeline.config import keyed, to_dict, view_class, view_from_dict
 from pipeline import progress
-from pipeline.images import augmenter
+from pipeline.artifacts import HISTORY, Split, data_spec, read_schema, read_split
 from pipeline.errors import StageError
-from pipeline.stages import train as stage
+from pipeline.images import augmenter
 from pipeline.training import launcher
 from pipeline.training.custom_loop import default_step, fit_custom, user_step
 from pipeline.training.distribute import (is_chief, make_dataset, make_dataset_creator, make_strategy,
                                           parse_tf_config, placement, shard_bound_problem, shard_groups,
                                           variable_partitioner)
+from pipeline.views import TrainView, keyed, to_dict, view_from_dict
+
+TASK_FILE = "task.json"  # what a launched task is to do: written by `train`, read by the worker
+METRICS_FILE = "metrics.json"  # what the chief of a launched cluster hands back to `train`
 
 
-def train(cfg, inputs: dict[str, Path], out: Path) -> dict:
+def train(cfg: TrainView, inputs: dict[str, Path], out: Path) -> dict:
     """Train as the configured strategy says: here, as one task of a cluster, or by launching one."""
     backup = backup_dir(cfg, inputs, out)
     strategy = cfg.train.strategy
@@ -45,15 +47,22 @@ def train(cfg, inputs: dict[str, Path], out: Path) -> dict:
         return fit(cfg, inputs, out, make_strategy(strategy), backup)
     if "TF_CONFIG" in os.environ:
         return run_cluster_task(cfg, inputs, out, backup)
-    task = out / "task.json"
+    task = out / TASK_FILE
     task.write_text(json.dumps({"config": to_dict(cfg), "inputs": {k: str(v) for k, v in inputs.items()},
                                 "out": str(out), "backup": str(backup)}, indent=2))
     ps = cfg.train.ps if strategy == "parameter_server" else 0
-    launcher.launch("pipeline.training.fit:run_task", str(task), workers=cfg.train.workers, ps=ps)
-    return json.loads((out / "metrics.json").read_text())
+    launcher.launch("pipeline.training.worker:run_task", str(task), workers=cfg.train.workers, ps=ps)
+    return json.loads((out / METRICS_FILE).read_text())
 
 
-def backup_dir(cfg, inputs: dict[str, Path], out: Path) -> Path:
+def read_task(task_file: Path) -> tuple[TrainView, dict[str, Path], Path, Path]:
+    """(config view, inputs, output dir, backup dir) of a task file `train` wrote."""
+    task = json.loads(task_file.read_text())
+    return (view_from_dict(TrainView, task["config"]), {k: Path(v) for k, v in task["inputs"].items()},
+            Path(task["out"]), Path(task["backup"]))
+
+
+def backup_dir(cfg: TrainView, inputs: dict[str, Path], out: Path) -> Path:
     """Where BackupAndRestore keeps epochs: the same for every attempt at the same stage.
 
     The runner gives each attempt a new `out` in the same parent, and the resolved inputs are
@@ -66,24 +75,7 @@ def backup_dir(cfg, inputs: dict[str, Path], out: Path) -> Path:
     return out.parent / ".backup" / digest
 
 
-def run_task(task_file: str) -> None:
-    """One local process of a cluster started by `train` through pipeline.training.launcher.
-
-    Only the chief writes to the stage's output; the other workers save into a temporary dir,
-    as TensorFlow requires every worker to take part in saving.
-    """
-    task = json.loads(Path(task_file).read_text())
-    cfg = view_from_dict(view_class(stage.CONFIG, stage.RUNTIME), task["config"])
-    inputs = {k: Path(v) for k, v in task["inputs"].items()}
-    chief = is_chief(json.loads(os.environ["TF_CONFIG"]))
-    with tempfile.TemporaryDirectory() as temp:
-        out = Path(task["out"]) if chief else Path(temp)
-        metrics = run_cluster_task(cfg, inputs, out, Path(task["backup"]))
-    if chief:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-
-
-def run_cluster_task(cfg, inputs: dict[str, Path], out: Path, backup: Path) -> dict:
+def run_cluster_task(cfg: TrainView, inputs: dict[str, Path], out: Path, backup: Path) -> dict:
     """Train as the task TF_CONFIG names: set by pipeline.training.launcher, or per pod by pipeline.k8s.
 
     On a cluster each pod runs its own pipeline, so every task's `out` is its own; the chief's
@@ -117,7 +109,7 @@ class EpochLog(keras.callbacks.Callback):
         progress.epoch(epoch + 1, self.params.get("epochs", 0), values)
 
 
-def _warm_start(cfg, schema: dict) -> keras.Model:
+def _warm_start(cfg: TrainView, schema: dict) -> keras.Model:
     """The served model, weights and architecture, to continue training on new data."""
     import_model_code(cfg.model.name)
     model = keras.models.load_model(cfg.train.init_from)
@@ -151,7 +143,7 @@ def whole(model: keras.Model) -> keras.Model:
     return copy  # not compiled: the stages after train predict, or compile for their own fine-tuning
 
 
-def _fit(cfg, model: keras.Model, train_split: Split, val: Split, callbacks: list, backup: Path,
+def _fit(cfg: TrainView, model: keras.Model, train_split: Split, val: Split, callbacks: list, backup: Path,
          augment: Callable | None) -> dict:
     """model.fit, backed up each epoch (BackupAndRestore goes first: an epoch is in the log only once it is
     backed up); the history."""
@@ -169,7 +161,7 @@ def _fit(cfg, model: keras.Model, train_split: Split, val: Split, callbacks: lis
                      callbacks=[keras.callbacks.BackupAndRestore(str(backup)), *callbacks]).history
 
 
-def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strategy, backup: Path) -> dict:
+def fit(cfg: TrainView, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strategy, backup: Path) -> dict:
     """Build, train and save the model in `out` under `strategy`; the stage's metrics."""
     keras.utils.set_random_seed(cfg.seed)
     schema = read_schema(inputs["schema"])
@@ -180,7 +172,7 @@ def fit(cfg, inputs: dict[str, Path], out: Path, strategy: tf.distribute.Strateg
             model = _warm_start(cfg, schema) if cfg.train.init_from else build_model(cfg.model, data_spec(schema))
         except ValueError as e:
             raise StageError(str(e)) from None
-        model.compile(**fit_settings(schema["task"], cfg.train.learning_rate))
+        model.compile(**compile_settings(schema["task"], cfg.train.learning_rate))
     if cfg.train.strategy == "parameter_server":
         problem = shard_bound_problem(cfg.train, model.variables)
         if problem:

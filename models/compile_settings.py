@@ -1,10 +1,11 @@
-"""How a model is trained, by task: one place for train (fit and the custom loop), tune and compress."""
+"""How a model is compiled, by task (optimizer, loss, metrics; the loss and metric also as objects for a custom
+loop): one place for train (fit and the custom loop), tune and compress."""
 from __future__ import annotations
 
 import tf_keras as keras
 
 
-def fit_settings(task: str, learning_rate: float) -> dict:
+def compile_settings(task: str, learning_rate: float) -> dict:
     """Optimizer, loss and metrics for `model.compile`."""
     classify = task == "classification"
     return {"optimizer": keras.optimizers.Adam(learning_rate),

@@ -28,7 +28,7 @@ JOB_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 TFJOB_INDEX = "metadata.labels['training.kubeflow.org/replica-index']"  # set by the training operator
 
 # Run as `sh -c POD_SCRIPT pipeline ARGS...`. The chief's second run is a new process without TF_CONFIG:
-# a process that joined the cluster stays tied to it (pipeline.training.fit), and it trains no more.
+# a process that joined the cluster stays tied to it (pipeline.training.trainer), and it trains no more.
 POD_SCRIPT = """\
 set -e
 # every pod trains, as the task its TF_CONFIG names
