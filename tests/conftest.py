@@ -1,7 +1,11 @@
-"""Shared test set-up: Keras 2 for TensorFlow (must precede any TensorFlow import), and a digits model
-trained, exported and pushed by the pipeline itself, and TF Serving's half_plus_two test model, shared by
-every test that needs them."""
+"""Shared test set-up: Keras 2 for TensorFlow (must precede any TensorFlow import), one digits pipeline run per
+test run (the real CLI, tuning and compression included) shared by every xdist worker, and TF Serving's
+half_plus_two test model."""
+import contextlib
+import dataclasses
+import fcntl
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,30 +20,57 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.pipeline_cli import DIGITS_RUN, run_pipeline  # noqa: E402
+
 
 @dataclass
 class Digits:
-    workdir: Path  # holds runs/ and model_repository/, as after `make run`
+    """A digits run as `python -m pipeline.run` leaves it (DIGITS_RUN): read it; to change it, change a copy."""
+
+    workdir: Path  # holds runs/ and model_repository/, as after `make run`; the paths in its config are relative
     run_id: str
     base: Path  # the model base path, with version 1
     x_test: np.ndarray
     y_test: np.ndarray
 
+    def copy(self, to: Path) -> "Digits":
+        """The same run in `to`, to change at will (runs there reuse its cache)."""
+        shutil.copytree(self.workdir, to, symlinks=True)
+        return dataclasses.replace(self, workdir=to, base=to / self.base.relative_to(self.workdir))
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """One process at a time (xdist workers are processes), as pytest-xdist documents for shared fixtures."""
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory) -> Digits:
-    """A small digits model trained and exported by the pipeline itself, as version 1."""
-    from pipeline.config import load_config
-    from pipeline.progress import SilentReporter
-    from pipeline.runner import Runner
+def shared_dir(tmp_path_factory, worker_id) -> Path:
+    """A directory every xdist worker of this test run sees (its own temporary directory without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
 
-    workdir = tmp_path_factory.mktemp("digits")
-    cfg = load_config(None, [f"output_dir={workdir / 'runs'}", f"push.repository={workdir / 'model_repository'}",
-                             "train.epochs=3", "evaluate.min_accuracy=0.5", "train.verbose=0", "compress.variants=[]"])
-    runner = Runner(cfg)
-    runner.run(reporter=SilentReporter())
+
+@pytest.fixture(scope="session")
+def digits(shared_dir) -> Digits:
+    """The digits pipeline run by the real CLI once per test run: the first worker to need it runs it under a
+    file lock, the others wait for it and reuse it."""
+    workdir = shared_dir / "digits"
+    with locked(shared_dir / "digits.lock"):
+        if not (workdir / "runs" / "latest" / "push" / "pushed.json").is_file():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir()
+            result = run_pipeline(workdir, *DIGITS_RUN)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_id = os.readlink(workdir / "runs" / "latest")
     test = np.load(workdir / "runs" / "latest" / "validate" / "dataset" / "test.npz")
-    return Digits(workdir, runner.run_id, workdir / "model_repository" / "digits", test["x"], test["y"])
+    return Digits(workdir, run_id, workdir / "model_repository" / "digits", test["x"], test["y"])
 
 
 @pytest.fixture(scope="session")

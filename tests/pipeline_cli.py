@@ -5,6 +5,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TUNE = ("tune.algorithm=random", "tune.max_trials=2", "tune.epochs=1")
+# The shared digits run (tests/conftest.py): every stage at work, tuning and compression (fast settings; the gate
+# is loose because fine-tuning is only two epochs) included.
+DIGITS_RUN = (*TUNE, "train.epochs=6", "compress.variants=[pruned, qat]", "compress.fine_tune_epochs=2",
+              "compress.tflite=[int8]", "compress.max_accuracy_drop=0.05")
 
 
 def pipeline_command(*args: str, code: str | None = None) -> list[str]:

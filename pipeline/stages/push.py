@@ -62,7 +62,7 @@ def run(cfg: PushView, inputs: Inputs, out: Path) -> dict:
 def check_cached(cfg: PushView, metrics: dict) -> str | None:
     """Push changes the world, so its cache entry is only as good as the world: why the version a cached push
     published no longer holds its model (deleted, say, by `registry gc`), or None when it does."""
-    path = Path(metrics["path"])
+    path = Path(cfg.push.repository) / cfg.push.model_name / str(metrics["version"])
     if not (path / "saved_model.pb").is_file():
         return f"version {metrics['version']} it published is gone from {path.parent}"
     if repository.lineage(path).get("content") != metrics["content"]:

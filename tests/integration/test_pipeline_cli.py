@@ -15,7 +15,9 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tests.pipeline_cli import assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
+import repository
+from pipeline.cli import main
+from tests.pipeline_cli import DIGITS_RUN, TUNE, assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -32,17 +34,9 @@ def statuses(workdir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pipeline")
-    result = cli(path, *FIXTURE_RUN)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return path
-
-
-# Compression on (fast settings); the gate is loose because fine-tuning is only two epochs.
-TUNE = ("tune.algorithm=random", "tune.max_trials=2", "tune.epochs=1")
-FIXTURE_RUN = (*TUNE, "train.epochs=6", "compress.variants=[pruned, qat]", "compress.fine_tune_epochs=2",
-               "compress.tflite=[int8]", "compress.max_accuracy_drop=0.05")
+def workdir(digits, tmp_path_factory):
+    """The shared digits run (DIGITS_RUN), copied: these tests run more pipelines in it."""
+    return digits.copy(tmp_path_factory.mktemp("pipeline") / "work").workdir
 
 
 def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
@@ -140,14 +134,14 @@ def test_the_pushed_version_is_in_the_registry_with_its_lineage(workdir):
     labelled = subprocess.run([sys.executable, "-m", "pipeline.registry", "label", "digits", "stable", "1"],
                               cwd=workdir, env=pipeline_env(), capture_output=True, text=True)
     assert labelled.returncode == 0, labelled.stderr[-2000:]
-    planned = cli(workdir, *FIXTURE_RUN, "train.init_from=label:stable", "--list")
+    planned = cli(workdir, *DIGITS_RUN, "train.init_from=label:stable", "--list")
     assert planned.returncode == 0 and "train           will run" in planned.stdout, planned.stderr[-2000:]
-    missing = cli(workdir, *FIXTURE_RUN, "train.init_from=label:canary", "--list")
+    missing = cli(workdir, *DIGITS_RUN, "train.init_from=label:canary", "--list")
     assert "train           will fail: train.init_from=label:canary: model 'digits' has no label 'canary'" in missing.stdout
 
 
 def test_same_run_twice_is_fully_cached(workdir):
-    result = cli(workdir, *FIXTURE_RUN)
+    result = cli(workdir, *DIGITS_RUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(statuses(workdir).values()) == {"cached"}
     assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == [".last_version", "1"]
@@ -164,19 +158,34 @@ def test_changing_epochs_reruns_train_and_what_follows(workdir):
     assert (workdir / "model_repository" / "digits" / "2" / "saved_model.pb").is_file()
 
 
-def test_bad_config_exits_2_with_every_problem(tmp_path):
-    result = cli(tmp_path, "train.epoch=3", "model.name=resnet")
-    assert result.returncode == 2
-    assert "(2 problems)" in result.stderr
-    assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in result.stderr
-    assert "model.name: expected one of 'cnn', 'mlp', 'rnn', 'recommender'" in result.stderr
+def test_a_cached_push_whose_version_was_deleted_publishes_again(workdir):
+    newest = max(repository.versions(workdir / "model_repository" / "digits"))
+    shutil.rmtree(workdir / "model_repository" / "digits" / "1")  # as `registry gc` deletes a version
+    result = cli(workdir, *DIGITS_RUN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("push: its cached result no longer holds (version 1 it published is gone from "
+            "model_repository/digits); running it again") in result.stdout
+    assert statuses(workdir) == {**{name: "cached" for name in statuses(workdir)}, "push": "ran"}
+    pushed = json.loads((workdir / "runs" / "latest" / "push" / "pushed.json").read_text())
+    assert pushed["version"] == newest + 1 and (Path(pushed["path"]) / "saved_model.pb").is_file()
+    again = cli(workdir, *DIGITS_RUN)  # and now the cache holds again
+    assert again.returncode == 0 and set(statuses(workdir).values()) == {"cached"}, again.stderr[-2000:]
+
+
+def test_bad_config_exits_2_with_every_problem(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train.epoch=3", "model.name=resnet"]) == 2
+    stderr = capsys.readouterr().err
+    assert "(2 problems)" in stderr
+    assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in stderr
+    assert "model.name: expected one of 'cnn', 'mlp', 'rnn', 'recommender'" in stderr
     assert not (tmp_path / "runs").exists()
 
 
-def test_missing_data_file_exits_2(tmp_path):
-    result = cli(tmp_path, "data.source=nope.csv")
-    assert result.returncode == 2
-    assert "data.source: no such file" in result.stderr
+def test_missing_data_file_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data.source=nope.csv"]) == 2
+    assert "data.source: no such file" in capsys.readouterr().err
 
 
 def test_a_failed_gate_exits_1_and_publishes_nothing(tmp_path):

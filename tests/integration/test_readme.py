@@ -53,6 +53,7 @@ def test_the_readme_has_commands_for_each_part():
 
 
 def test_every_readme_command_works(digits, tmp_path):
+    digits = digits.copy(tmp_path / "work")  # the README's commands label, publish and collect in it
     rest_port, grpc_port = free_ports(2)
     production = tmp_path / "production"  # where bundles are built from the pushed model_repository
     production.mkdir()
