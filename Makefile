@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
 .PHONY: run serve bench bench-quick fuzz soak test test-quick clean clean-models
@@ -22,14 +21,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m pipeline.run $(ARGS)
 
-# The embedded TF Serving-compatible server on what `make run` pushed (REST :8501, gRPC :8500);
-# another model: make serve MODEL=breast_cancer
+# The embedded TF Serving-compatible server on what `make run` pushed (REST :8501, gRPC :8500): every model of the
+# registry's models.config, with its labels, re-read each second; a repository without one: MODEL's latest version
+# (make serve MODEL=breast_cancer)
 REST_PORT ?= 8501
 GRPC_PORT ?= 8500
 MODEL ?= digits
 REPOSITORY ?= $(CURDIR)/model_repository
+MODELS = $(if $(wildcard $(REPOSITORY)/models.config),--model_config_file=$(REPOSITORY)/models.config \
+	--model_config_file_poll_wait_seconds=1 --allow_version_labels_for_unavailable_models,\
+	--model_name=$(MODEL) --model_base_path=$(REPOSITORY)/$(MODEL))
 serve: $(STAMP)
-	$(BIN)/python -m serving --rest_api_port=$(REST_PORT) --port=$(GRPC_PORT) --model_name=$(MODEL) --model_base_path=$(REPOSITORY)/$(MODEL)
+	$(BIN)/python -m serving --rest_api_port=$(REST_PORT) --port=$(GRPC_PORT) $(MODELS)
 
 # Serving throughput and latency against the in-process limit and a Flask peer (needs wrk, h2load).
 bench: $(STAMP)

@@ -9,8 +9,8 @@ import os
 # TFMOT only works with Keras 2: tf.keras must resolve to tf_keras, and that is decided when
 # TensorFlow is first imported. Every entry point imports this package first.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import serving.quiet_tensorflow  # noqa: E402,F401 -- TensorFlow without the lines it prints on a machine without a GPU
 from pipeline.api import RunResult, load_run, plan, resume, run  # noqa: E402
 from pipeline.errors import ConfigError, PipelineError, StageFailed  # noqa: E402
 

@@ -26,6 +26,7 @@ from pipeline.report import write_report
 from pipeline.runner import MANIFEST, Runner, StageRecord
 
 Overrides = Mapping[str, object] | Iterable[str] | None
+PYTHON_OVERRIDES = "the overrides given to pipeline.run"  # where a config error in them came from
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,13 @@ class RunResult:
 
 def run(config: str | Path | None = "digits", overrides: Overrides = None, until: str | None = None,
         force: Iterable[str] = (), reporter: Reporter | None = None,
-        stage_output: TextIO | None | Literal["stdout"] = "stdout") -> RunResult:
+        stage_output: TextIO | None | Literal["stdout"] = "stdout", overrides_from: str = PYTHON_OVERRIDES) -> RunResult:
     """Run the pipeline: `config` is a name in pipeline/configs or a YAML path; `overrides` is
     {"train.epochs": 5} or ["train.epochs=5"]; `until` stops after a stage; `force` re-runs stages.
-    `reporter` shows progress (default: a line per stage); what stages print goes to `stage_output`."""
+    `reporter` shows progress (default: a line per stage); what stages print goes to `stage_output`.
+    `overrides_from` is where a config error says the overrides came from."""
     given = override_list(overrides)
-    runner = Runner(load_config(config, given), force=tuple(force), overrides=tuple(given))
+    runner = Runner(load_config(config, given, overrides_from), force=tuple(force), overrides=tuple(given))
     return _run(runner, until, reporter, stage_output)
 
 
@@ -66,12 +68,12 @@ def resume(run_ref: str | Path, output_dir: str | Path | None = None, until: str
 
 
 def plan(config: str | Path | None = "digits", overrides: Overrides = None, until: str | None = None,
-         force: Iterable[str] = (), resume: str | Path | None = None,
-         output_dir: str | Path | None = None) -> list[tuple[str, str]]:
+         force: Iterable[str] = (), resume: str | Path | None = None, output_dir: str | Path | None = None,
+         overrides_from: str = PYTHON_OVERRIDES) -> list[tuple[str, str]]:
     """(stage, state) for each stage: what a run (or the resumed run `resume`) would reuse and execute."""
     if resume is not None:
         return _resumed_runner(resume, output_dir, force).plan(until)
-    return Runner(load_config(config, override_list(overrides)), force=tuple(force)).plan(until)
+    return Runner(load_config(config, override_list(overrides), overrides_from), force=tuple(force)).plan(until)
 
 
 def load_run(run_ref: str | Path, output_dir: str | Path | None = None) -> RunResult:

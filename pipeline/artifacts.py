@@ -38,8 +38,8 @@ def write_split(dataset: Path, split: str, x: np.ndarray, y: np.ndarray, **extra
 ENCODED_TEST = "test_encoded.npz"  # in the dataset, for image folders: the test rows' files as clients send them
 
 
-def raw_inputs(dataset: Path, schema: dict, n: int) -> dict[str, np.ndarray]:
-    """The first `n` test rows as a client sends them to the served model, by input name: `x` holds rows of
+def raw_inputs(dataset: Path, schema: dict, n: int | None = None) -> dict[str, np.ndarray]:
+    """The first `n` test rows (all by default) as a client sends them to the served model, by input name: `x` holds rows of
     numbers, texts, or encoded image files (bytes, whose pixels the SavedModel computes itself), and each
     categorical column its strings."""
     if schema.get("kind") == "image":
@@ -101,8 +101,8 @@ def data_spec(schema: dict) -> DataSpec:
         input_shape=tuple(schema["input_shape"]),
         task=schema["task"],
         n_outputs=len(schema.get("classes", [None])),
-        mean=np.array([f["mean"] for f in features], dtype=np.float32),
-        variance=np.array([f["std"] ** 2 for f in features], dtype=np.float32),
+        mean=np.array([f.get("mean", 0.0) for f in features], dtype=np.float32),  # a category's index: as it is
+        variance=np.array([f.get("std", 1.0) ** 2 for f in features], dtype=np.float32),
         target_mean=schema.get("label_stats", {}).get("train_mean", 0.0),
         target_std=schema.get("label_stats", {}).get("train_std", 1.0),
         kind=schema.get("kind", "numeric"),
@@ -166,6 +166,7 @@ SELECTION = RunFile("compress", "compressed/selection.json")  # which variant th
 COMPRESSION_REPORT = RunFile("compress", "report.json")
 COMPRESSION_PLOT = RunFile("compress", "compression.png")
 SIGNATURES = RunFile("export", "signatures.json")
+SAVED_MODEL_EVALUATION = RunFile("export", "saved_model_evaluation/metrics.json")  # the SavedModel's own test figures
 SAMPLE_REQUEST = RunFile("export", "sample_request.json")
 SHIPPED_SAMPLE_REQUEST = "assets.extra/sample_request.json"  # the same, inside the SavedModel: push's smoke test
 INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
@@ -192,6 +193,11 @@ def read_best_hyperparameters(hyperparameters: Path) -> dict:
 def read_evaluation(evaluation: Path) -> dict:
     """The trained model's held-out test metrics (accuracy, loss, ... or mae, ...)."""
     return read_json(EVALUATION, evaluation)
+
+
+def read_saved_model_evaluation(saved_model_evaluation: Path) -> dict:
+    """The exported SavedModel's held-out test metrics: the figures of exactly the model a version holds."""
+    return read_json(SAVED_MODEL_EVALUATION, saved_model_evaluation)
 
 
 def read_selection(compressed: Path) -> str:

@@ -1,7 +1,7 @@
-"""The command line, `python -m pipeline.run [--config digits] [key.sub=value ...]`: run the pipeline.
+"""`python -m pipeline.run [--config digits] [key.sub=value ...]`: run the pipeline.
 
-A thin layer over pipeline.api: it parses flags, picks how progress is shown and prints the outcome.
-`main(argv)` is the whole command, callable in-process; pipeline/run.py is its `python -m` entry point.
+The command line, a thin layer over pipeline.api: it parses flags, picks how progress is shown and prints the
+outcome. `main(argv)` is the whole command, callable in-process; pipeline/run.py is its `python -m` entry point.
 Exit codes: 0 success, 1 a stage failed (which, why, where its partial logs are), 2 bad config
 or command line (every problem listed), 128 + N stopped by signal N (SIGTERM: 143, Ctrl-C: 130).
 """
@@ -10,19 +10,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
+import repository
 from pipeline import api
 from pipeline.artifacts import SAMPLE_REQUEST
 from pipeline.cleanup import collect_garbage
 from pipeline.config import load_config
 from pipeline.errors import CommandLineError, Interrupted, PipelineError, StageFailed
+from pipeline.metrics import format_metrics
 from pipeline.progress import LineReporter, LiveReporter, SilentReporter
-from pipeline.runner import format_metrics
 from pipeline.stages import STAGES
 
+COMMAND_LINE = "the command line"  # where a config error says the overrides came from
 EXAMPLES = """\
 stages, in order:
 {stages}
@@ -45,7 +49,8 @@ examples:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    stages = "\n".join(f"  {name:<15} {(module.__doc__ or '').strip().splitlines()[0]}" for name, module in STAGES.items())
+    stages = "\n".join(textwrap.fill(first_sentence(module.__doc__ or ""), width=110, initial_indent=f"  {name:<15} ",
+                                      subsequent_indent=" " * 18) for name, module in STAGES.items())
     parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__.splitlines()[0],
                                      epilog=EXAMPLES.format(stages=stages),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +70,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)  # overrides before or after the options
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a docstring, however its lines are broken."""
+    words = " ".join(text.split())
+    end = words.find(". ")
+    return words if end < 0 else words[:end + 1]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -76,14 +88,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"entries, {removed['bytes_freed'] / 2**20:.1f} MiB")
             return 0
         if args.list:
-            for name, state in api.plan(args.config, args.overrides, args.until, args.force, args.resume, output_dir):
+            for name, state in api.plan(args.config, args.overrides, args.until, args.force, args.resume, output_dir,
+                                        COMMAND_LINE):
                 print(f"{name:<15} {state}")
             return 0
         with _display(args) as (reporter, stage_output):
             if args.resume:
                 result = api.resume(args.resume, output_dir, args.until, args.force, reporter, stage_output)
             else:
-                result = api.run(args.config, args.overrides, args.until, args.force, reporter, stage_output)
+                result = api.run(args.config, args.overrides, args.until, args.force, reporter, stage_output,
+                                 COMMAND_LINE)
     except PipelineError as e:
         print(f"\n{e}" if isinstance(e, StageFailed) else e, file=sys.stderr)
         if isinstance(e, StageFailed) and not e.expected:
@@ -137,9 +151,22 @@ def print_summary(result: api.RunResult) -> None:
         print(f"{r.name:<15} {r.status:<8} {r.wall_s:>7.1f}s  {format_metrics(r.metrics)}")
     print(f"\nRun {result.run_id}: report {result.report.resolve()}")
     if result.model_path is not None:
-        name = result.model_path.parent.name
-        print(f"Model: {result.model_path} (version {result.version}, TF Serving layout)")
-        print(f"Serve it:  python -m serving --rest_api_port=8501 --model_name={name} "
-              f"--model_base_path={result.model_path.parent.resolve()}")
-        print(f"Query it:  curl -d @{SAMPLE_REQUEST.of_run(result.run_dir)} "
-              f"http://localhost:8501/v1/models/{name}:predict")
+        print_serving(result)
+
+
+def print_serving(result: api.RunResult) -> None:
+    """Where the model went and commands that serve and query it, as they can be typed here: this interpreter,
+    and a test row with its true label."""
+    base, name = result.model_path.parent, result.model_path.parent.name
+    newest = repository.latest(base)
+    published = "published" if result.stages["push"].metrics.get("published", True) else "already published"
+    print(f"Model: {result.model_path} (version {result.version}, {published}; TF Serving layout)")
+    if newest is not None and newest != result.version:
+        print(f"Note: version {newest} of {name!r} is newer; a server of {base} serves it, not version "
+              f"{result.version} (label this one to serve it: python -m pipeline.registry label {name} stable "
+              f"{result.version}, then serve the registry's models.config).")
+    print(f"Serve it:  {shlex.quote(sys.executable)} -m serving --rest_api_port=8501 --model_name={name} "
+          f"--model_base_path={base.resolve()}")
+    label = result.stages["export"].metrics.get("sample_label")
+    print(f"Query it:  curl -d @{SAMPLE_REQUEST.of_run(result.run_dir)} http://localhost:8501/v1/models/{name}:predict"
+          + (f"   # a test row; its true label: {label}" if label is not None else ""))

@@ -38,8 +38,10 @@ def resolve_config_path(name_or_path: str | None) -> Path:
     return path
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
-    """Read YAML at `path` (default digits.yaml), apply `key.sub=value` overrides, type-check."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (),
+                overrides_from: str = "the command line") -> PipelineConfig:
+    """Read YAML at `path` (default digits.yaml), apply `key.sub=value` overrides, type-check. A problem in an
+    override is said to come from `overrides_from` (the command line, or the overrides given to pipeline.run)."""
     path = resolve_config_path(None if path is None else str(path))
     problems: list[str] = []
     try:
@@ -61,8 +63,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
         from_overrides = [p for p in problems if p.startswith("'") or any(
             key == k or k.startswith(key + ".") or key.startswith(k + ".")
             for k in overridden for key in [p.partition(":")[0]])]
-        source = ("the command line" if len(from_overrides) == len(problems) else
-                  f"{path} and the command line" if from_overrides else str(path))
+        source = (overrides_from if len(from_overrides) == len(problems) else
+                  f"{path} and {overrides_from}" if from_overrides else str(path))
         raise ConfigError(source, problems)
     return cfg
 

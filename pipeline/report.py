@@ -13,13 +13,16 @@ import csv
 import html
 import io
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from pipeline.artifacts import (COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, EVALUATION, HISTORY,
-                                INFRA_VALIDATION, PUSHED, REJECTS, SAMPLE_REQUEST, SCHEMA, SIGNATURES, TRIALS,
-                                RunFile)
+                                INFRA_VALIDATION, PUSHED, REJECTS, SAVED_MODEL_EVALUATION, SCHEMA,
+                                SHIPPED_SAMPLE_REQUEST, SIGNATURES, TRIALS, RunFile)
 from pipeline.errors import StageFailed
-from pipeline.runner import MANIFEST, StageRecord, format_metrics
+from pipeline.metrics import format_metrics
+from pipeline.runner import MANIFEST, StageRecord
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -27,7 +30,7 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margi
 table{border-collapse:collapse;font-size:13px;margin:.5em 0} td,th{padding:2px 8px;text-align:right;
 border-bottom:1px solid #eee} th{background:#f5f5f5} td.l,th.l{text-align:left}
 .scroll{overflow-x:auto} pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px}
-.failed{color:#b00} .ok{color:#070} img{max-width:100%}
+.failed{color:#b00} .ok{color:#070} img{max-width:100%} pre.command{white-space:pre-wrap;overflow-wrap:anywhere}
 """
 LOG_TAIL_LINES = 40
 
@@ -120,12 +123,21 @@ def _data(run_dir: Path) -> str:
         parts.append(f"<p>Text column <code>{html.escape(schema['features'][0]['name'])}</code>: a vocabulary of "
                      f"{len(schema['text']['vocabulary'])} tokens adapted on the train split, "
                      f"{schema['text']['sequence_length']} tokens per example.</p>")
-    shown = features if len(features) <= 40 else features[:20] + features[-20:]
+    numeric = [f for f in features if f.get("dtype") != "category"]
+    shown = numeric if len(numeric) <= 40 else numeric[:20] + numeric[-20:]
     parts.append(_table(["feature", "min", "max", "mean", "std", "missing"],
                         [[html.escape(f["name"]), *(_number(f[k]) for k in ("min", "max", "mean", "std", "missing"))]
                          for f in shown]) if shown else "")
-    if len(shown) < len(features):
-        parts.append(f"<p>({len(features) - len(shown)} features in the middle left out; all are in schema.json.)</p>")
+    if len(shown) < len(numeric):
+        parts.append(f"<p>({len(numeric) - len(shown)} features in the middle left out; all are in schema.json.)</p>")
+    categories = [f for f in features if f.get("dtype") == "category"]
+    if categories:
+        parts.append(_table(["categorical feature", "values (train split)", "rows of each", "unseen in train", "missing"],
+                            [[html.escape(f["name"]), _number(len(f["vocabulary"])),
+                              html.escape(", ".join(f"{v} {n}" for v, n in list(f["counts"].items())[:8])
+                                          + (", ..." if len(f["counts"]) > 8 else "")),
+                              _number(f["unseen_in_train"]), _number(f["missing"])] for f in categories],
+                            left="l-l"))
     if "label_distribution" in schema:
         distribution = schema["label_distribution"]
         parts.append(_table(["split", *schema["classes"]],
@@ -158,13 +170,11 @@ def _training(run_dir: Path) -> str:
     history = _read(HISTORY, run_dir)
     if history is None:
         return ""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a Figure object: no pyplot, no global backend (a notebook keeps its own)
 
     metrics = [m for m in ("loss", "accuracy", "mae") if m in history]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(metrics), 3.5))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         ax.plot(range(1, len(history[metric]) + 1), history[metric], label="train")
         ax.plot(range(1, len(history.get(f"val_{metric}", [])) + 1), history.get(f"val_{metric}", []),
@@ -174,15 +184,16 @@ def _training(run_dir: Path) -> str:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
     return _image(buffer.getvalue(), "training curves")
 
 
 def _evaluation(run_dir: Path) -> str:
     parts = []
-    metrics = _read(EVALUATION, run_dir)
-    if metrics is not None:
-        parts.append("<p>" + ", ".join(f"{k} {_number(v)}" for k, v in metrics.items()) + "</p>")
+    for title, run_file in (("The trained model", EVALUATION),
+                            ("The exported SavedModel, as published (what the registry records)", SAVED_MODEL_EVALUATION)):
+        metrics = _read(run_file, run_dir)
+        if metrics is not None:
+            parts.append(f"<p>{title}: " + ", ".join(f"{k} {_number(v)}" for k, v in metrics.items()) + ".</p>")
     confusion = _read(CONFUSION, run_dir)
     if confusion is not None:
         classes, matrix = confusion["classes"], confusion["matrix"]
@@ -236,11 +247,13 @@ def _serving(run_dir: Path) -> str:
         if "smoke_latency_ms" in pushed:
             parts.append(f"<p>Smoke test before publishing: answered in {pushed['smoke_latency_ms']:.1f} ms.</p>")
         parts.append(f"<p>Published: <code>{html.escape(str(path))}</code> (version {pushed['version']}"
-                     f"{'' if pushed.get('published', True) else ', already published before'}).</p>")
-        sample = SAMPLE_REQUEST.of_run(run_dir).resolve()
-        parts.append("<pre>" + html.escape(
-            f"python -m serving --rest_api_port=8501 --model_name={path.parent.name} --model_base_path={path.parent}\n"
-            f"curl -d @{sample} http://localhost:8501/v1/models/{path.parent.name}:predict") + "</pre>")
+                     f"{'' if pushed.get('published', True) else ', already published before'}). Serve it and "
+                     f"send it the test row it ships with:</p>")
+        parts.append("<pre class=command>" + html.escape(
+            f"{shlex.quote(sys.executable)} -m serving --rest_api_port=8501 --model_name={path.parent.name} \\\n"
+            f"    --model_base_path={path.parent}\n"
+            f"curl -d @{path / SHIPPED_SAMPLE_REQUEST} \\\n"
+            f"    http://localhost:8501/v1/models/{path.parent.name}:predict") + "</pre>")
     return "".join(parts)
 
 

@@ -6,7 +6,7 @@ Layout under `output_dir`:
   <run_id>/<stage>        a link to the cache entry the run used
   <run_id>/<stage>.failed the partial output and log of a stage that failed
   <run_id>/manifest.json  the run: each stage's status, key, metrics and time
-  latest                  a link to the newest run
+  latest                  a link to the newest run that succeeded
 
 A stage's key is SHA-256 of its code (its module and the project modules it imports), the config
 fields it declares (its view, minus runtime-only fields), the fingerprints of its input artefacts
@@ -39,6 +39,7 @@ from typing import Any, Literal, TextIO
 from pipeline.artifacts import Inputs, RunInfo, dir_fingerprint, file_digest
 from pipeline.cleanup import remove_stale_staging, staging_name
 from pipeline.errors import CommandLineError, Interrupted, StageError, StageFailed
+from pipeline.metrics import format_metrics
 from pipeline.progress import LineReporter, Reporter, reporting
 from pipeline.specs import PipelineConfig
 from pipeline.stages import STAGES
@@ -175,7 +176,6 @@ class Runner:
             reporter.message(f"removed {stale}, left by a run that was killed")
         if not self.resuming:
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
-        link(self.root / "latest", Path(self.run_id))
         try:
             with signals_interrupt(), reporting(reporter):
                 return self._run(stages_until(until), reporter, stage_output)
@@ -200,6 +200,7 @@ class Runner:
             self.records[name] = record
             self._write_manifest("running")
         self._write_manifest("succeeded")
+        link(self.root / "latest", Path(self.run_id))  # what a failed or interrupted run leaves alone
         return list(self.records.values())
 
     def _resumed(self, name: str) -> StageRecord | None:
@@ -344,19 +345,24 @@ def producer_of(artefact: str) -> str:
 
 
 class Tee:
-    """Write to the terminal and to the stage's log file at once."""
+    """Write to the terminal and to the stage's log file at once. A logging handler made while a stage ran (TensorFlow
+    makes its logger on first use, on what sys.stdout is then) keeps this object after the stage and its log file
+    are done: what it writes later goes to the streams still open, never to a closed one (a Jupyter kernel printed
+    "--- Logging error --- ValueError: I/O operation on closed file" for each such line)."""
 
     def __init__(self, *streams):
         self.streams = streams
 
     def write(self, text: str) -> int:
         for s in self.streams:
-            s.write(text)
+            if not s.closed:
+                s.write(text)
         return len(text)
 
     def flush(self) -> None:
         for s in self.streams:
-            s.flush()
+            if not s.closed:
+                s.flush()
 
     def isatty(self) -> bool:
         return False
@@ -436,8 +442,3 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
-
-
-def format_metrics(metrics: dict) -> str:
-    shown = [f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-    return " ".join(shown)

@@ -329,7 +329,7 @@ COMPRESS = StageSpec(
 EXPORT = StageSpec(
     "export",
     reads=("export", "model.name"),
-    inputs=("compressed", "schema", "dataset"), outputs=("saved_model",))
+    inputs=("compressed", "schema", "dataset"), outputs=("saved_model", "saved_model_evaluation"))
 INFRA_VALIDATE = StageSpec(
     "infra_validate",
     reads=("infra_validate.enabled", "infra_validate.rows", "infra_validate.requests", "infra_validate.max_p99_ms",
@@ -340,4 +340,4 @@ PUSH = StageSpec(
     "push",
     reads=("push.repository", "push.model_name", "push.allow_signature_change", "push.smoke_test"),
     runtime=("push.smoke_test_timeout_s",),
-    inputs=("saved_model", "infra_validation", "evaluation", "compressed", "dataset"))
+    inputs=("saved_model", "saved_model_evaluation", "infra_validation", "evaluation", "compressed", "dataset"))

@@ -1,5 +1,6 @@
 """Embedded model server compatible with TensorFlow Serving (`python -m serving`), its clients, and
 `serving.Server`, the server as a context manager for notebooks and scripts."""
+from serving import quiet_tensorflow  # noqa: F401 -- TensorFlow without the lines it prints on a machine without a GPU
 
 
 def __getattr__(name: str):

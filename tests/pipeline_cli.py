@@ -29,6 +29,12 @@ def run_pipeline(workdir: Path, *args: str, code: str | None = None, timeout_s: 
                           capture_output=True, text=True, timeout=timeout_s)
 
 
+def newest_run(runs: Path) -> Path:
+    """The run started last under `runs`, whatever became of it (`runs/latest` is the newest that succeeded)."""
+    return max((p for p in runs.iterdir() if (p / "config.json").is_file() and not p.is_symlink()),
+               key=lambda p: (p / "config.json").stat().st_mtime_ns)
+
+
 def assert_training_artefacts(train_dir: Path, epochs: int) -> None:
     """What the train stage leaves, by either loop (fit or custom): the model, the history with fit's keys,
     the epoch log, per-epoch weights and TensorBoard's train and validation logs."""

@@ -25,31 +25,50 @@ def plot(report: dict[str, dict], path: Path) -> None:
     """Accuracy against gzip size and against batch-1 latency: a colour per variant, a marker per format
     (legends), and names written only on the Pareto front (no other point is both smaller or faster
     and at least as accurate), so the labels that matter do not overlap the rest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure  # a Figure object: no pyplot, no global backend (a notebook keeps its own)
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
     variants = sorted({name.split("+")[0] for name in report})
-    colours = dict(zip(variants, plt.get_cmap("tab10").colors))
+    colours = dict(zip(variants, colormaps["tab10"].colors))
     points = {name: (r.get("tflite_gzip_bytes", r.get("savedmodel_gzip_bytes")) / 1024, r["latency_ms_b1"],
                      r["accuracy"]) for name, r in report.items()}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     for axis, (ax, label) in enumerate(zip(axes, ("gzip size, KiB", "batch-1 CPU latency, ms"))):
         front = _pareto_front({name: (p[axis], p[2]) for name, p in points.items()})
         for name, p in points.items():
             variant, _, kind = name.partition("+")
             ax.scatter(p[axis], p[2], marker=MARKERS[kind or "keras"], color=colours[variant], s=40)
-            if name in front:
-                ax.annotate(name, (p[axis], p[2]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set(xlabel=label, ylabel="validation accuracy", xscale="log")
-    handles = [plt.Line2D([], [], color=colours[v], marker="o", linestyle="", label=v) for v in variants]
-    handles += [plt.Line2D([], [], color="grey", marker=m, linestyle="", label=k if k != "keras" else "SavedModel")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # 20, 50, 100: not 2x10^1 beside 3x10^1 ...
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
+        _label(ax, {name: (points[name][axis], points[name][2]) for name in front})
+    handles = [Line2D([], [], color=colours[v], marker="o", linestyle="", label=v) for v in variants]
+    handles += [Line2D([], [], color="grey", marker=m, linestyle="", label=k if k != "keras" else "SavedModel")
                 for k, m in MARKERS.items()]
     fig.legend(handles=handles, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.87, 1))
     fig.savefig(path, dpi=80)
-    plt.close(fig)
+
+
+def _label(ax, points: dict[str, tuple[float, float]], size: float = 7) -> None:
+    """Write each name beside its point, moved up or down as far as needed for no two names to overlap (a greedy
+    placement in display units: names are short, and few)."""
+    ax.autoscale_view()
+    placed: list[tuple[float, float, float, float]] = []  # x0, y0, x1, y1 of each name written, in points
+    to_points = 72 / ax.figure.dpi
+    for name, (x, y) in sorted(points.items(), key=lambda item: item[1]):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        width, height = 0.6 * size * len(name), size * 1.2
+        for dy in (3, -3 - height, 3 + height, -3 - 2 * height, 3 + 2 * height, -3 - 3 * height, 3 + 3 * height):
+            box = (px + 4, py + dy, px + 4 + width, py + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(name, (x, y), fontsize=size, xytext=(4, dy), textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if abs(dy) > 3 + height else None)
 
 
 def _pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:

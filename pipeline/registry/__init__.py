@@ -1,8 +1,8 @@
 """The model registry: what each published version is, which labels point where, and how they got there.
 
 A SQLite file beside the model repository (`<repository>/registry.sqlite`, outside every model's base
-path) holds one row per version (run, config hash, metrics, data fingerprint, compression variant,
-size, infra-validation result), the labels of each model and the history of every label change.
+path) holds one row per version (run, config hash, the test metrics of exactly the model in the version and of
+the trained model it came from, data fingerprint, compression variant, size, infra-validation result), the labels of each model and the history of every label change.
 The version directory is the truth about what exists: push writes the record into the version as
 `maas.json` before the version appears, then into the database; a crash between the two is repaired
 when the registry is next opened (versions without a row are recorded from their `maas.json`, rows
@@ -39,10 +39,15 @@ MIGRATIONS = (  # one entry per schema version; never edit a released one, appen
     CREATE TABLE label_history (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, label TEXT NOT NULL,
         previous INTEGER, version INTEGER NOT NULL, changed TEXT NOT NULL, action TEXT NOT NULL);
     """,
+    # `metrics` are the version's own (its SavedModel on the test split); the trained model's, before compression
+    # chose a variant, are kept beside them.
+    """
+    ALTER TABLE versions ADD COLUMN trained_metrics TEXT NOT NULL DEFAULT '{}';
+    """,
 )
-JSON_COLUMNS = ("metrics", "infra_validation", "config")
-RECORD_COLUMNS = ("created", "run_id", "config_hash", "metrics", "data_fingerprint", "variant", "saved_model_bytes",
-                  "infra_validation", "config", "content")
+JSON_COLUMNS = ("metrics", "trained_metrics", "infra_validation", "config")
+RECORD_COLUMNS = ("created", "run_id", "config_hash", "metrics", "trained_metrics", "data_fingerprint", "variant",
+                  "saved_model_bytes", "infra_validation", "config", "content")
 
 
 class RegistryError(PipelineError):

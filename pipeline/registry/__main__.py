@@ -29,30 +29,38 @@ from pipeline.registry import Registry, RegistryError, rollout
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.registry", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--repository", help="the model repository (default: push.repository of --config)")
-    parser.add_argument("--config", help="a pipeline config name or YAML path, for the default --repository")
+    everywhere = argparse.ArgumentParser(add_help=False)  # given before the command or after it
+    for parent, default in ((parser, None), (everywhere, argparse.SUPPRESS)):  # SUPPRESS: a command's parser
+        parent.add_argument("--repository", default=default,                  # keeps a value given before it
+                            help="the model repository (default: push.repository of --config)")
+        parent.add_argument("--config", default=default,
+                            help="a pipeline config name or YAML path, for the default --repository")
     commands = parser.add_subparsers(dest="command", required=True)
-    listing = commands.add_parser("list", help="the versions of every model, or of one")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[everywhere])
+
+    listing = command("list", "the versions of every model, or of one")
     listing.add_argument("model", nargs="?")
-    show = commands.add_parser("show", help="one version's record")
+    show = command("show", "one version's record")
     show.add_argument("model")
     show.add_argument("version", help="a version number or a label")
-    diff = commands.add_parser("diff", help="compare two versions")
+    diff = command("diff", "compare two versions")
     diff.add_argument("model")
     diff.add_argument("a")
     diff.add_argument("b")
-    label = commands.add_parser("label", help="point a label at a version")
+    label = command("label", "point a label at a version")
     label.add_argument("model")
     label.add_argument("label")
     label.add_argument("version")
-    promote = commands.add_parser("promote", help="move one label to where another points")
+    promote = command("promote", "move one label to where another points")
     promote.add_argument("model")
     promote.add_argument("--from", dest="source", default="canary")
     promote.add_argument("--to", dest="target", default="stable")
-    rollback = commands.add_parser("rollback", help="move a label back to its previous version")
+    rollback = command("rollback", "move a label back to its previous version")
     rollback.add_argument("model")
     rollback.add_argument("--label", default="stable")
-    gc = commands.add_parser("gc", help="delete old versions")
+    gc = command("gc", "delete old versions")
     gc.add_argument("model")
     gc.add_argument("--keep", type=int, required=True, help="newest versions to keep (labelled and served ones always stay)")
     for command in (label, promote, rollback, gc):
@@ -109,28 +117,33 @@ def show(registry: Registry, args) -> None:
 
 
 def diff(registry: Registry, args) -> None:
+    """Two versions side by side, whole values, each line that differs marked with a `*`."""
     a, b = registry.get(args.model, args.a), registry.get(args.model, args.b)
-    print(f"{'':<40} {'version ' + str(a['version']):>20} {'version ' + str(b['version']):>20}")
-    for key in ("created", "run_id", "variant", "data_fingerprint", "saved_model_bytes"):
-        _row(key, a.get(key), b.get(key))
-    for section in ("metrics", "infra_validation"):
-        for key in sorted(a[section].keys() | b[section].keys()):
-            _row(f"{section}.{key}", a[section].get(key), b[section].get(key))
+    rows = [(key, a.get(key), b.get(key)) for key in ("created", "run_id", "variant", "data_fingerprint",
+                                                       "saved_model_bytes")]
+    for section in ("metrics", "trained_metrics", "infra_validation"):
+        rows += [(f"{section}.{key}", a[section].get(key), b[section].get(key))
+                 for key in sorted(a[section].keys() | b[section].keys())]
     flat_a, flat_b = _flatten(a["config"]), _flatten(b["config"])
     changed = sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
+    config = [(key, flat_a.get(key), flat_b.get(key)) for key in changed]
+    header = ("", f"version {a['version']}", f"version {b['version']}")
+    texts = [(key, _text(x), _text(y)) for key, x, y in [*rows, *config]]
+    widths = [max(len(row[i]) for row in [header, *texts]) for i in range(3)]
+
+    def line(key: str, x: str, y: str) -> str:
+        return f"{'*' if x != y else ' '} {key:<{widths[0]}}  {x:<{widths[1]}}  {y}"
+
+    print(f"  {'':<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]}")
+    for row in texts[:len(rows)]:
+        print(line(*row))
     print(f"\nconfig: {len(changed)} key(s) differ" + (":" if changed else ""))
-    for key in changed:
-        _row(key, flat_a.get(key), flat_b.get(key))
+    for row in texts[len(rows):]:
+        print(line(*row))
 
 
-def _row(key: str, a, b) -> None:
-    mark = "" if a == b else "  *"
-    print(f"{key:<40} {_short(a):>20} {_short(b):>20}{mark}")
-
-
-def _short(value) -> str:
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 20 else text[:17] + "..."
+def _text(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:

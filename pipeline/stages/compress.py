@@ -21,6 +21,7 @@ from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, COMPRESSION
                                 TRAINED_MODEL, Inputs, data_spec, read_schema, read_split, write_json)
 from pipeline.errors import StageError
 from pipeline.specs import QUANTIZED
+from pipeline.training.batch import with_batch_for
 from pipeline.views import CompressView
 
 
@@ -48,6 +49,7 @@ def run(cfg: CompressView, inputs: Inputs, out: Path) -> dict:
     from pipeline.compression.tflite import ConversionFailed, to_tflite
     from pipeline.training.distribute import in_process_strategy
 
+    cfg = with_batch_for(cfg, schema["rows"]["train"], "compress")
     c = cfg.compress
     keras.utils.set_random_seed(cfg.seed)
     import_model_code(cfg.model.name)

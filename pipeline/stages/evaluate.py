@@ -1,6 +1,7 @@
 """Measure the trained model on the held-out test split, and gate the run on it."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from models import import_model_code, model_code_files
 from pipeline import specs
 from pipeline.artifacts import CONFUSION, EVALUATION, TRAINED_MODEL, Inputs, read_schema, read_split, write_json
 from pipeline.errors import StageError
+from pipeline.metrics import classification_metrics, confusion_matrix, regression_metrics
 from pipeline.views import EvaluateView
 
 
@@ -26,7 +28,7 @@ def run(cfg: EvaluateView, inputs: Inputs, out: Path) -> dict:
     schema = read_schema(inputs["schema"])
     test = read_split(inputs["dataset"], "test")
     import_model_code(cfg.model.name)
-    model = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]))
+    model = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]), compile=False)
     predictions = model.predict(test.x, batch_size=256, verbose=0)
     (out / "evaluation").mkdir()
     if schema["task"] == "classification":
@@ -34,11 +36,10 @@ def run(cfg: EvaluateView, inputs: Inputs, out: Path) -> dict:
         if metrics["accuracy"] < cfg.evaluate.min_accuracy:
             raise StageError(
                 f"test accuracy {metrics['accuracy']:.4f} on {len(test.y)} rows is below the gate "
-                f"evaluate.min_accuracy={cfg.evaluate.min_accuracy}. Train longer (train.epochs), "
-                f"change the model, or lower the gate."
+                f"evaluate.min_accuracy={cfg.evaluate.min_accuracy}. {_gate_advice(schema['rows'], cfg.evaluate.min_accuracy)}"
             )
     else:
-        metrics = _regression(predictions[:, 0], test.y, schema["label_stats"]["train_mean"])
+        metrics = regression_metrics(predictions[:, 0], test.y, schema["label_stats"]["train_mean"])
         if cfg.evaluate.max_mae is not None and metrics["mae"] > cfg.evaluate.max_mae:
             raise StageError(
                 f"test MAE {metrics['mae']:.4f} on {len(test.y)} rows is above the gate "
@@ -54,21 +55,31 @@ def run(cfg: EvaluateView, inputs: Inputs, out: Path) -> dict:
     return metrics
 
 
+SMALL_TEST_ROWS = 100  # below this, a gate of a few points is decided by a handful of rows
+
+
+def _gate_advice(rows: dict[str, int], min_accuracy: float) -> str:
+    """What to do about a failed accuracy gate; when the data is small, the likely cause, with its numbers."""
+    test, train = rows["test"], rows["train"]
+    if test >= SMALL_TEST_ROWS:
+        return "Train longer (train.epochs), change the model, or lower the gate."
+    allowed = math.floor(round((1 - min_accuracy) * test, 6))
+    return (f"The data is small: {train} train rows, and {test} test rows, where one row is {100 / test:.1f} points "
+            f"and the gate allows {allowed} wrong answer(s). A small table needs more epochs than the default "
+            f"(train.epochs=100, say), or a gate that fits its size.")
+
+
 def _classification(probabilities: np.ndarray, y: np.ndarray, classes: list[str], out: Path) -> dict:
-    predicted = probabilities.argmax(axis=1)
-    n = len(classes)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    np.add.at(confusion, (y, predicted), 1)
-    picked = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    confusion = confusion_matrix(probabilities, y, len(classes))
     write_json(CONFUSION, out, {"classes": classes, "matrix": confusion.tolist()})
     print("evaluate: confusion matrix (rows = true class, columns = predicted)")
-    print("      " + " ".join(f"{c:>4}" for c in classes))
-    for name, row in zip(classes, confusion):
-        print(f"{name:>5} " + " ".join(f"{v:>4}" for v in row))
-    return {"accuracy": float((predicted == y).mean()), "loss": float(-np.log(picked).mean()), "test_rows": len(y)}
+    print(confusion_table(classes, confusion))
+    return classification_metrics(probabilities, y)
 
 
-def _regression(predicted: np.ndarray, y: np.ndarray, train_mean: float) -> dict:
-    error = predicted - y
-    return {"mae": float(np.abs(error).mean()), "mse": float((error**2).mean()),
-            "mean_baseline_mae": float(np.abs(train_mean - y).mean()), "test_rows": len(y)}
+def confusion_table(classes: list[str], confusion: np.ndarray) -> str:
+    """The matrix as text, its columns as wide as the widest class name or count."""
+    width = max(len(str(c)) for c in [*classes, *confusion.ravel().tolist()])
+    lines = [" " * width + " " + " ".join(f"{c:>{width}}" for c in classes)]
+    lines += [f"{name:>{width}} " + " ".join(f"{v:>{width}}" for v in row) for name, row in zip(classes, confusion)]
+    return "\n".join(lines)

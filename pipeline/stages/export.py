@@ -16,8 +16,10 @@ from models import import_model_code, model_code_files
 import numpy as np
 
 from pipeline import specs
-from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, SAMPLE_REQUEST, SHIPPED_SAMPLE_REQUEST, SIGNATURES,
-                                Inputs, categorical_names, raw_inputs, read_schema, write_json)
+from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, SAMPLE_REQUEST, SAVED_MODEL_EVALUATION,
+                                SHIPPED_SAMPLE_REQUEST, SIGNATURES, Inputs, raw_inputs, read_schema, read_split,
+                                write_json)
+from pipeline.metrics import classification_metrics, format_metrics, regression_metrics
 from pipeline.views import ExportView
 
 
@@ -38,15 +40,13 @@ def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
 
     schema = read_schema(inputs["schema"])
     import_model_code(cfg.model.name)
-    with tfmot_scope():  # a QAT variant keeps its quantization wrappers
-        model = keras.models.load_model(COMPRESSED_MODEL.in_artefact(inputs["compressed"]))
+    with tfmot_scope():  # a QAT variant keeps its quantization wrappers; served, so not compiled (no training state)
+        model = keras.models.load_model(COMPRESSED_MODEL.in_artefact(inputs["compressed"]), compile=False)
     path = out / "saved_model"
-    sample = raw_inputs(inputs["dataset"], schema, 1)  # a test row as a client sends it (an image file, a text...)
-    if schema.get("kind", "numeric") == "numeric":  # numbers: the average row, easier to read and edit
-        numeric = schema["features"][:len(schema["features"]) - len(categorical_names(schema))]
-        sample[INPUT] = np.array([[f["mean"] for f in numeric]], np.float32)
+    test = raw_inputs(inputs["dataset"], schema)  # every test row as a client sends it (an image file, a text...)
+    sample = {name: value[:1] for name, value in test.items()}  # the warmup request, and the sample for curl
     saved_model.save(model, schema, path, cfg.export.warmup, cfg.export.reject_nonfinite, sample)
-    for tflite in sorted(COMPRESSED_TFLITE.in_artefact(inputs["compressed"]).glob("*.tflite")):  # for edge use, beside the model
+    for tflite in sorted(COMPRESSED_TFLITE.in_artefact(inputs["compressed"]).glob("*.tflite")):  # for edge use
         (path / "assets.extra").mkdir(exist_ok=True)
         shutil.copy(tflite, path / "assets.extra" / tflite.name)
     described = repository.signatures(path)
@@ -56,12 +56,32 @@ def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
     SAMPLE_REQUEST.in_output(out).write_text(request)
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / SHIPPED_SAMPLE_REQUEST).write_text(request)
+    y = read_split(inputs["dataset"], "test").y
+    held_out = _held_out(path, schema, test, y)
+    write_json(SAVED_MODEL_EVALUATION, out, held_out)
+    print(f"export: the SavedModel on the {len(y)} test rows, as a client sends them: {format_metrics(held_out)}")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return {"saved_model_bytes": size, "signatures": described}
+    label = schema["classes"][y[0]] if schema["task"] == "classification" else f"{y[0]:.6g}"
+    return {"saved_model_bytes": size, "signatures": described, "sample_label": label,
+            **{k if k.startswith("test_") else f"test_{k}": v for k, v in held_out.items()}}
+
+
+def _held_out(path: Path, schema: dict, rows: dict[str, np.ndarray], y: np.ndarray) -> dict:
+    """The figures of exactly the model a version will hold: the SavedModel's serving signature on the test split."""
+    import tensorflow as tf
+
+    predict = tf.saved_model.load(str(path)).signatures["serving_default"]
+    batches = [predict(**{name: tf.constant(value[i:i + 256]) for name, value in rows.items()})
+               for i in range(0, len(y), 256)]
+    if schema["task"] == "classification":
+        return classification_metrics(np.concatenate([b["probabilities"].numpy() for b in batches]), y)
+    return regression_metrics(np.concatenate([b["value"].numpy() for b in batches]), y,
+                              schema["label_stats"]["train_mean"])
 
 
 def _as_json(value):
-    """A request value as TF Serving's REST API takes it: numbers rounded for people, bytes as {"b64": ...}."""
+    """A request value as TF Serving's REST API takes it: numbers as float32 prints them (6 digits), bytes as
+    {"b64": ...}."""
     if isinstance(value, bytes):
         return {"b64": base64.b64encode(value).decode()}
-    return [round(float(v), 3) for v in value] if isinstance(value, np.ndarray) else str(value)
+    return [float(f"{v:.6g}") for v in value] if isinstance(value, np.ndarray) else str(value)

@@ -54,13 +54,15 @@ def run(cfg: IngestView, inputs: Inputs, out: Path) -> dict:
     if task == "auto":
         task, why = infer_task(labels)
         print(f"ingest: data.task=auto: {task}, because {why}. Set data.task to decide otherwise.")
-    split = _split(len(x), data.val_fraction, data.test_fraction, cfg.seed)
+    split = _split(labels if task == "classification" else None, len(x), data.val_fraction, data.test_fraction,
+                   cfg.seed)
     categorical = {} if table.categorical is None else {"categorical": table.categorical}
     counts = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
     meta = {
         "source": data.source,
         "task": task,
         "kind": kind,
+        "labels_from": _labels_from(data),
         "feature_names": feature_names,
         "categorical": list(data.categorical) if table.categorical is not None else [],
         "input_shape": list(input_shape),
@@ -68,7 +70,11 @@ def run(cfg: IngestView, inputs: Inputs, out: Path) -> dict:
     }
     write_examples(out, dict(x=x, label=labels, row=rows, problem=problems, split=split, **categorical), meta,
                    None if table.encoded is None else images.pack(table.encoded))  # files as clients will send them
-    print(f"ingest: {len(x)} {kind} rows x {len(feature_names)} features from {data.source} -> {counts}")
+    n_categorical = len(meta["categorical"])
+    features = (f"{len(feature_names) - n_categorical} numeric + {n_categorical} categorical features" if n_categorical
+                else f"{len(feature_names)} features")
+    described = f"{len(x)} rows" if kind == "numeric" else f"{len(x)} {kind} rows"
+    print(f"ingest: {described} x {features} from {data.source} -> {counts}")
     return {"rows": len(x), "features": len(feature_names), "unreadable_rows": int((problems != "").sum())}
 
 
@@ -87,6 +93,17 @@ class Table(NamedTuple):
 
 
 MAX_CLASSES = 20  # whole-number labels with more distinct values than this are taken as a quantity
+
+
+def _labels_from(data: DataConfig) -> str:
+    """Where the labels were read, for messages about them."""
+    if data.source == "digits":
+        return "the digits' targets"
+    if Path(data.source).is_dir():
+        return f"the class folders of {data.source}"
+    if data.source.endswith(".npz"):
+        return f"y of {data.source}"
+    return f"the label column {data.label!r}"
 
 
 def infer_task(labels: np.ndarray) -> tuple[str, str]:
@@ -246,10 +263,8 @@ def _read_table(path: Path, data: DataConfig) -> Table:
                 reasons.append(f"missing '{name}'" if not cell else f"'{name}' is {cell!r}, not a number")
                 if cell:
                     bad_cells[name].append(cell)
-        for j, (name, column) in enumerate(zip(categorical, category_columns)):
-            categories[i, j] = record[column].strip()
-            if not categories[i, j]:
-                reasons.append(f"missing '{name}'")
+        for j, column in enumerate(category_columns):  # an empty cell is a missing category, kept: the model
+            categories[i, j] = record[column].strip()   # reads it as it reads a value it never saw, as served
         problems[i] = "; ".join(reasons)
     _check_numeric_columns(path, bad_cells, len(body))
     rows = np.arange(2, len(body) + 2)  # line numbers in the file, header is line 1
@@ -270,11 +285,18 @@ def _check_numeric_columns(path: Path, bad_cells: dict[str, list[str]], n_rows: 
             )
 
 
-def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """0 = train, 1 = val, 2 = test; the same seed always gives the same split."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+def _split(labels: np.ndarray | None, n: int, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """0 = train, 1 = val, 2 = test; the same seed always gives the same split. For classification (`labels`) the
+    rows of each class are split apart (stratified), so every class of 3 rows or more is in every split and in
+    the same proportions."""
+    rng = np.random.default_rng(seed)
     split = np.zeros(n, dtype=np.int8)
-    split[order[:n_test]] = 2
-    split[order[n_test : n_test + n_val]] = 1
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == value) for value in np.unique(labels)]
+    for rows in groups:
+        order = rng.permutation(rows)
+        n_test, n_val = round(len(rows) * test_fraction), round(len(rows) * val_fraction)
+        if labels is not None and len(rows) >= 3:
+            n_test, n_val = max(n_test, 1), max(n_val, 1)
+        split[order[:n_test]] = 2
+        split[order[n_test : n_test + n_val]] = 1
     return split

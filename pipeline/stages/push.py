@@ -22,7 +22,7 @@ from pathlib import Path
 import repository
 from pipeline import specs
 from pipeline.artifacts import (PUSHED, SHIPPED_SAMPLE_REQUEST, Inputs, dir_fingerprint, read_evaluation,
-                                read_infra_validation, read_selection, write_json)
+                                read_infra_validation, read_saved_model_evaluation, read_selection, write_json)
 from pipeline.errors import StageError
 from pipeline.registry import Registry
 from pipeline.views import PushView
@@ -55,6 +55,7 @@ def run(cfg: PushView, inputs: Inputs, out: Path) -> dict:
         version, path = repository.publish_prepared(candidate, model_dir)
     with Registry(cfg.push.repository) as registry:  # a crash before this is repaired when it is next opened
         registry.record(name, version, lineage)
+        registry.write_models_config()  # what servers of the repository serve (make serve reads it)
     print(f"push: published {path} (run {lineage['run_id']})")
     return _result(out, version, path, digest, published=True, **smoke)
 
@@ -79,7 +80,8 @@ def _lineage(inputs: Inputs, digest: str) -> dict:
         "run_id": inputs.run.run_id,
         "config": inputs.run.config,
         "config_hash": hashlib.sha256(config_text.encode()).hexdigest(),
-        "metrics": read_evaluation(inputs["evaluation"]),
+        "metrics": read_saved_model_evaluation(inputs["saved_model_evaluation"]),  # of exactly this SavedModel
+        "trained_metrics": read_evaluation(inputs["evaluation"]),  # of the trained model, before compression
         "data_fingerprint": dir_fingerprint(inputs["dataset"]),
         "variant": read_selection(inputs["compressed"]),
         "saved_model_bytes": sum(f.stat().st_size for f in inputs["saved_model"].rglob("*") if f.is_file()),

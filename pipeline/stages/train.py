@@ -15,9 +15,10 @@ from pathlib import Path
 import repository
 from models import model_code_files, user
 from pipeline import specs
-from pipeline.artifacts import Inputs, read_best_hyperparameters
+from pipeline.artifacts import Inputs, read_best_hyperparameters, read_schema
 from pipeline.errors import StageError
 from pipeline.registry import Registry, RegistryError
+from pipeline.training.batch import with_batch_for
 from pipeline.views import TrainView
 
 SPEC = specs.TRAIN
@@ -75,4 +76,6 @@ def with_tuned(cfg: TrainView, hyperparameters: Path) -> TrainView:
 def run(cfg: TrainView, inputs: Inputs, out: Path) -> dict:
     from pipeline.training import trainer
 
-    return trainer.train(with_tuned(cfg, inputs["hyperparameters"]), inputs.artefacts, out)
+    cfg = with_batch_for(with_tuned(cfg, inputs["hyperparameters"]), read_schema(inputs["schema"])["rows"]["train"],
+                         "train")
+    return trainer.train(cfg, inputs.artefacts, out)

@@ -13,6 +13,7 @@ from models import model_code_files
 from pipeline import specs
 from pipeline.artifacts import BEST_HYPERPARAMETERS, TRIALS, Inputs, data_spec, read_schema, read_split, write_json
 from pipeline.specs import MODEL_KEYS
+from pipeline.training.batch import with_batch_for
 from pipeline.views import TuneView
 
 SPEC = specs.TUNE
@@ -33,6 +34,7 @@ def run(cfg: TuneView, inputs: Inputs, out: Path) -> dict:
     from pipeline.training.keras_tuner_compat import keras_tuner
 
     schema = read_schema(inputs["schema"])
+    cfg = with_batch_for(cfg, schema["rows"]["train"], "tune")
     spec = data_spec(schema)
     train, val = (read_split(inputs["dataset"], split) for split in ("train", "val"))
     space = {k: list(getattr(cfg.tune, k)) for k in ("learning_rate", *MODEL_KEYS) if getattr(cfg.tune, k)}

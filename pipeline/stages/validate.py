@@ -38,6 +38,9 @@ def run(cfg: ValidateView, inputs: Inputs, out: Path) -> dict:
     keep = ~rejected
     classes, y = _targets(labels[keep], meta["task"])
     x, split = x[keep], split[keep]
+    if meta["task"] == "classification":
+        _check_classes(classes, y, split, meta["labels_from"])
+    _warn_of_small_splits(split)
     categories = raw["categorical"][keep] if "categorical" in raw else None
     vocabularies = {}
     if categories is not None:  # learnt from the train split only; a value first seen later is index 0
@@ -54,10 +57,41 @@ def run(cfg: ValidateView, inputs: Inputs, out: Path) -> dict:
         files = images.unpack(encoded)
         np.savez(dataset / ENCODED_TEST, **images.pack([files[i] for i in test_rows]))
     schema = _text_schema(meta, x[split == 0], cfg.data) if text else \
-        _schema(meta, x[split == 0], raw["x"], vocabularies)
+        _schema(meta, x[split == 0], raw["x"], vocabularies, categories)
     write_json(SCHEMA, out, schema | _label_schema(meta, classes, y, split, int(rejected.sum())))
     print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
     return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
+
+
+def _check_classes(classes: list[str], y: np.ndarray, split: np.ndarray, labels_from: str) -> None:
+    """A classifier needs two classes or more, and each in every split (the split is stratified, so a class of 3
+    rows or more is): otherwise it would learn nothing, or be judged on classes it never saw."""
+    counts = {name: int((y == k).sum()) for k, name in enumerate(classes)}
+    if len(classes) < 2:
+        found = ", ".join(f"{name!r} ({n} rows)" for name, n in counts.items()) or "nothing"
+        raise StageError(f"classification needs at least 2 classes; {labels_from} holds only {found}. Check that "
+                         f"data.label names the column to predict, or use data with more classes.")
+    short = []
+    for k, name in enumerate(classes):
+        missing = [s for i, s in enumerate(SPLITS) if not ((y == k) & (split == i)).any()]
+        if missing:
+            short.append(f"{name!r} has {counts[name]} row(s) and none in the {' and '.join(missing)} split")
+    if short:
+        raise StageError(f"every class needs rows in the train, val and test splits (at least 3 rows each); "
+                         f"{'; '.join(short)}. Add rows of these classes, or leave them out with data.classes="
+                         f"[{', '.join(n for n in classes if counts[n] >= 3)}] (their rows are then rejected).")
+
+
+SMALL_SPLIT_ROWS = 30  # below this, one row moves a split's accuracy by more than 3 points
+
+
+def _warn_of_small_splits(split: np.ndarray) -> None:
+    rows = {name: int((split == i).sum()) for i, name in enumerate(SPLITS)}
+    small = {name: n for name, n in rows.items() if 0 < n < SMALL_SPLIT_ROWS}
+    if small:
+        print(f"validate: warning: small splits ({', '.join(f'{name} {n} rows' for name, n in small.items())}): one "
+              f"row moves accuracy on them by {' / '.join(f'{100 / n:.1f}' for n in small.values())} points, so "
+              f"figures measured on them are coarse and a gate on them is partly luck. More rows give truer figures.")
 
 
 def _reject_reasons(x: np.ndarray, labels: np.ndarray, problems: np.ndarray, meta: dict,
@@ -123,8 +157,9 @@ def _text_schema(meta, x_train, data) -> dict:
 
 
 def _vocabulary(values: np.ndarray) -> list[str]:
-    """A categorical column's values, most frequent first (ties in alphabetical order)."""
-    names, counts = np.unique(values, return_counts=True)
+    """A categorical column's values, most frequent first (ties in alphabetical order); an empty cell is a missing
+    value, not one of them: it is read as index 0, like a value the train split never had, in training and serving."""
+    names, counts = np.unique(values[values != ""], return_counts=True)
     return [str(names[i]) for i in sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))]
 
 
@@ -138,7 +173,9 @@ def lookup(categories: np.ndarray, vocabularies: list[list[str]]) -> np.ndarray:
     return indices
 
 
-def _schema(meta, x_train, x_all, vocabularies: dict[str, list[str]]) -> dict:
+def _schema(meta, x_train, x_all, vocabularies: dict[str, list[str]], categories: np.ndarray | None) -> dict:
+    """Per feature: numbers' min, max, mean and std on the train split and missing cells in all rows; categories'
+    vocabulary (from the train split), every kept row's count of each value, and missing cells."""
     missing = (~np.isfinite(x_all)).sum(axis=0)
     features = [
         {
@@ -152,8 +189,13 @@ def _schema(meta, x_train, x_all, vocabularies: dict[str, list[str]]) -> dict:
         }
         for j, name in enumerate(meta["feature_names"][:x_all.shape[1]])
     ]
-    features += [{"name": name, "dtype": "category", "vocabulary": vocabulary, "min": 0.0, "max": float(len(vocabulary)),
-                  "mean": 0.0, "std": 1.0, "missing": 0} for name, vocabulary in vocabularies.items()]
+    for j, (name, vocabulary) in enumerate(vocabularies.items()):
+        values, counts = np.unique(categories[:, j], return_counts=True)
+        seen = dict(zip(values.tolist(), counts.tolist()))
+        features.append({"name": name, "dtype": "category", "vocabulary": vocabulary,
+                         "counts": {value: seen.get(value, 0) for value in vocabulary},
+                         "unseen_in_train": sum(n for value, n in seen.items() if value and value not in vocabulary),
+                         "missing": seen.get("", 0)})
     return {"source": meta["source"], "kind": meta["kind"], "input_shape": meta["input_shape"], "features": features}
 
 

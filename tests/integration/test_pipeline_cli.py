@@ -17,7 +17,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 import repository
 from pipeline.cli import main
-from tests.pipeline_cli import DIGITS_RUN, TUNE, assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
+from tests.pipeline_cli import (DIGITS_RUN, TUNE, assert_training_artefacts, newest_run, pipeline_command, pipeline_env,
+                                run_pipeline)
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +26,9 @@ pytestmark = pytest.mark.slow
 cli = run_pipeline
 
 
-def manifest(workdir: Path, run: str = "latest") -> dict:
-    return json.loads((workdir / "runs" / run / "manifest.json").read_text())
+def manifest(workdir: Path) -> dict:
+    """The manifest of the run started last in `workdir`, whatever became of it."""
+    return json.loads((newest_run(workdir / "runs") / "manifest.json").read_text())
 
 
 def statuses(workdir: Path) -> dict[str, str]:
@@ -176,7 +178,7 @@ def test_bad_config_exits_2_with_every_problem(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train.epoch=3", "model.name=resnet"]) == 2
     stderr = capsys.readouterr().err
-    assert "(2 problems)" in stderr
+    assert "Config error in the command line (2 problems)" in stderr
     assert "train.epoch: unknown key. Did you mean 'train.epochs'?" in stderr
     assert "model.name: expected one of 'cnn', 'mlp', 'rnn', 'recommender'" in stderr
     assert not (tmp_path / "runs").exists()
@@ -197,6 +199,7 @@ def test_a_failed_gate_exits_1_and_publishes_nothing(tmp_path):
     assert run["status"] == "failed"
     assert (tmp_path / "runs" / run["run_id"] / "evaluate.failed" / "log.txt").is_file()
     assert not (tmp_path / "model_repository").exists()
+    assert not (tmp_path / "runs" / "latest").exists()  # it points at the newest run that succeeded: none yet
 
 
 def test_until_then_resume_continues_the_same_run(tmp_path):

@@ -38,7 +38,8 @@ def test_breast_cancer_int8_is_as_accurate_as_float(tmp_path):
 
     source = write_csv(tmp_path / "breast_cancer.csv", load_breast_cancer)
     result = run_pipeline(tmp_path, f"data.source={source}", *TABULAR, "train.epochs=10", "compress.variants=[cluster]",
-                          "compress.tflite=[int8]", "compress.fine_tune_epochs=2", "push.smoke_test=false")
+                          "compress.tflite=[int8]", "compress.fine_tune_epochs=2", "push.smoke_test=false",
+                          "compress.max_accuracy_drop=0.03")  # 86 validation rows: one is 1.2 points (issue #28)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "data.task=auto: classification, because the labels take 2 distinct values" in result.stdout
     report = json.loads((tmp_path / "runs" / "latest" / "compress" / "report.json").read_text())

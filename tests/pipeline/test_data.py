@@ -113,9 +113,41 @@ def test_digits_split_is_deterministic_by_seed(tmp_path):
         return np.load(checked / "dataset" / "test.npz")["x"]
 
     first, again, other = test_rows(1, tmp_path / "a"), test_rows(1, tmp_path / "b"), test_rows(2, tmp_path / "c")
-    assert first.shape == (270, 64)
+    assert first.shape == (269, 64)  # 15 % of each digit's rows (stratified), rounded per digit
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_classification_splits_are_stratified_so_every_class_is_in_every_split(tmp_path):
+    rows = [["a", "label"]] + [[str(i), "rare"] for i in range(3)] + [[str(i), "common"] for i in range(97)]
+    _, checked = ingest_and_validate(tmp_path, source=str(write_csv(tmp_path / "d.csv", rows)))
+    distribution = json.loads((checked / "schema" / "schema.json").read_text())["label_distribution"]
+    assert distribution == {"train": {"common": 67, "rare": 1}, "val": {"common": 15, "rare": 1},
+                            "test": {"common": 15, "rare": 1}}
+
+
+def test_a_table_with_one_class_is_refused_before_training_naming_what_it_holds(tmp_path):
+    rows = [["a", "b", "kind"]] + [[str(i), str(-i), "a"] for i in range(50)]
+    with pytest.raises(StageError) as info:
+        ingest_and_validate(tmp_path, source=str(write_csv(tmp_path / "d.csv", rows)), label="kind")
+    assert str(info.value).startswith("classification needs at least 2 classes; the label column 'kind' holds only "
+                                      "'a' (50 rows).")
+
+
+def test_a_class_too_small_for_every_split_is_refused_with_the_fix(tmp_path):
+    rows = [["a", "label"]] + [[str(i), "yes" if i % 2 else "no"] for i in range(40)] + [["9", "maybe"]] * 2
+    with pytest.raises(StageError) as info:
+        ingest_and_validate(tmp_path, source=str(write_csv(tmp_path / "d.csv", rows)))
+    message = str(info.value)
+    assert "every class needs rows in the train, val and test splits (at least 3 rows each)" in message
+    assert "'maybe' has 2 row(s) and none in the" in message and "data.classes=[no, yes]" in message
+
+
+def test_small_splits_are_said_with_what_one_row_is_worth(tmp_path, capsys):
+    rows = [["a", "label"]] + [[str(i), "yes" if i % 2 else "no"] for i in range(10)]
+    ingest_and_validate(tmp_path, source=str(write_csv(tmp_path / "d.csv", rows)))
+    assert ("validate: warning: small splits (train 6 rows, val 2 rows, test 2 rows): one row moves accuracy on them "
+            "by 16.7 / 50.0 / 50.0 points") in capsys.readouterr().out
 
 
 def test_input_shape_must_match_the_feature_count(tmp_path):

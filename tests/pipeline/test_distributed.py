@@ -21,7 +21,7 @@ from pipeline.errors import StageError
 from pipeline.stages import train
 from pipeline.training import launcher
 from pipeline.training.distribute import is_chief, parse_tf_config, shard_bound_problem
-from tests.pipeline_cli import assert_training_artefacts, pipeline_command, pipeline_env, run_pipeline
+from tests.pipeline_cli import assert_training_artefacts, newest_run, pipeline_command, pipeline_env, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.width=8", "train.learning_rate=0.01", "train.early_stopping_patience=0", "train.epochs=6",
@@ -107,11 +107,12 @@ def test_worker_0_is_chief_only_without_a_chief_job():
 def test_the_stage_reports_a_bad_tf_config_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}}')
     cfg = stage_view(load_config(None, ["train.strategy=multi_worker"]), train)
-    untuned = tmp_path / "hyperparameters"
-    untuned.mkdir()
-    (untuned / "best.json").write_text("{}")
+    for artefact, file, text in (("hyperparameters", "best.json", "{}"), ("schema", "schema.json", '{"rows": {"train": 1000}}')):
+        (tmp_path / artefact).mkdir()
+        (tmp_path / artefact / file).write_text(text)
+    inputs = Inputs({name: tmp_path / name for name in ("hyperparameters", "schema")}, RunInfo("test", {}))
     with pytest.raises(StageError, match="TF_CONFIG needs a 'cluster' mapping and a 'task' mapping"):
-        train.run(cfg, Inputs({"hyperparameters": untuned}, RunInfo("test", {})), tmp_path / "out")
+        train.run(cfg, inputs, tmp_path / "out")
 
 
 FAILING_TASK = """
@@ -273,7 +274,7 @@ def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(two_workers,
     assert first.wait(timeout=60) == 1
     assert "Stage 'train' failed: worker 1 was killed by SIGKILL; the other tasks were stopped." in stderr
     assert_all_exited(launched_pids("".join(output)))
-    run_id = json.loads((tmp_path / "runs" / "latest" / "manifest.json").read_text())["run_id"]
+    run_id = newest_run(tmp_path / "runs").name
     before = epochs_logged(tmp_path / "runs" / run_id / "train.failed")
 
     second = cli(tmp_path, *TWO_WORKERS)

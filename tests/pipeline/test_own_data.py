@@ -1,6 +1,7 @@
 """ingest + validate on a user's image folders and text: decoded, resized, vocabulary adapted on the train
 split; bad files, empty folders, stray labels and empty text explained."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -139,18 +140,23 @@ def cities(tmp_path, n=80):
 
 
 def test_categorical_columns_get_a_vocabulary_from_the_train_split_and_indices(tmp_path):
-    rows = cities(tmp_path) + [["0.5", "", "cold"]]
+    rows = cities(tmp_path) + [["0.5", "", "cold"], ["0.7", "lima", "warm"]]  # a missing city; one seen once
     source = write_csv(tmp_path / "c.csv", rows)
-    _, checked = ingest_and_validate(tmp_path, source=str(source), categorical=("city",))
+    raw, checked = ingest_and_validate(tmp_path, source=str(source), categorical=("city",))
     schema = read_schema(checked / "schema")
     city = schema["features"][-1]
     assert [f["name"] for f in schema["features"]] == ["size", "city"] and city["dtype"] == "category"
-    assert sorted(city["vocabulary"]) == ["oslo", "paris", "rome"]
+    in_train = sorted(city["vocabulary"])
+    assert in_train in (["lima", "oslo", "paris", "rome"], ["oslo", "paris", "rome"])  # lima's split is the seed's
+    assert city["counts"] == {**{"oslo": 27, "paris": 27, "rome": 26}, **({"lima": 1} if "lima" in in_train else {})}
+    assert (city["missing"], city["unseen_in_train"]) == (1, 0 if "lima" in in_train else 1)
+    assert "min" not in city and "mean" not in city  # categories have no numeric statistics to show
     train = np.load(checked / "dataset" / "train.npz")
-    position = {v: i + 1 for i, v in enumerate(city["vocabulary"])}
-    assert train["x"][:, 1].tolist() == [position[c] for c in train["categorical"][:, 0]]
-    assert rejects(checked) == {"82": "missing 'city'"}
-    assert data_spec(schema).categories == (3,)
+    position = {v: i + 1 for i, v in enumerate(city["vocabulary"])}  # a missing or unseen city is 0, as served
+    assert train["x"][:, 1].tolist() == [position.get(c, 0) for c in train["categorical"][:, 0]]
+    assert rejects(checked) == {}  # a missing category is kept: the model reads it as it will be served
+    assert json.loads((raw / "examples" / "meta.json").read_text())["categorical"] == ["city"]
+    assert data_spec(schema).categories == (len(in_train),)
     inputs = raw_inputs(checked / "dataset", schema, 4)
     assert set(inputs) == {"x", "city"} and inputs["x"].shape == (4, 1) and inputs["city"].dtype.kind == "U"
 

@@ -45,8 +45,9 @@ def view(repo: Path, *overrides: str):
 
 def stage_inputs(run_dir: Path, candidate: Path) -> Inputs:
     """What push reads, laid out as the runner hands it over: <run dir>/<stage>/<artefact>, and the run."""
-    files = {"evaluation/metrics.json": '{"accuracy": 0.9}', "compressed/selection.json": '{"selected": "baseline"}',
-             "infra_validation/report.json": '{"skipped": true}', "dataset/train.npz": "rows"}
+    files = {"evaluation/metrics.json": '{"accuracy": 0.9}', "saved_model_evaluation/metrics.json": '{"accuracy": 0.8}',
+             "compressed/selection.json": '{"selected": "baseline"}', "infra_validation/report.json": '{"skipped": true}',
+             "dataset/train.npz": "rows"}
     for name, text in files.items():
         (run_dir / "stage" / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "stage" / name).write_text(text)
@@ -54,7 +55,8 @@ def stage_inputs(run_dir: Path, candidate: Path) -> Inputs:
     if not (run_dir / "export" / "saved_model").exists():
         (run_dir / "export" / "saved_model").symlink_to(candidate)
     artefacts = {"saved_model": run_dir / "export" / "saved_model",
-                 **{a: run_dir / "stage" / a for a in ("evaluation", "compressed", "infra_validation", "dataset")}}
+                 **{a: run_dir / "stage" / a for a in ("evaluation", "saved_model_evaluation", "compressed",
+                                                       "infra_validation", "dataset")}}
     return Inputs(artefacts, RunInfo(run_dir.name, {"seed": 42}))
 
 
@@ -95,6 +97,8 @@ def test_the_same_model_is_not_published_twice(tmp_path, candidates):
     assert entries(tmp_path / "repo" / "digits") == ["1", "2"]
     assert repository.lineage(tmp_path / "repo" / "digits" / "2")["content"] != \
         repository.lineage(tmp_path / "repo" / "digits" / "1")["content"]
+    lineage = repository.lineage(tmp_path / "repo" / "digits" / "1")  # the version's own figures, and the trained model's
+    assert (lineage["metrics"], lineage["trained_metrics"]) == ({"accuracy": 0.8}, {"accuracy": 0.9})
 
 
 def test_a_cached_push_holds_only_while_its_version_holds_its_model(tmp_path, candidates):

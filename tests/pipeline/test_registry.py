@@ -140,7 +140,7 @@ def test_a_locked_or_corrupt_database_is_explained(repo, capsys):
 def test_a_newer_schema_is_refused(repo):
     with sqlite3.connect(repo / "registry.sqlite") as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(RegistryError, match="schema version 99, newer than this program's 1"):
+    with pytest.raises(RegistryError, match="schema version 99, newer than this program's 2"):
         Registry(repo)
 
 
