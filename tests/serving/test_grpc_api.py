@@ -26,11 +26,11 @@ from tensorflow_serving.apis import (
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from localhost.ports import free_port
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.errors import InvalidArgument
 from serving.grpc_service import is_loopback, server_options
 from serving.inference import classification_result, regression_result, serialized_examples
-from serving.local import free_port
 from serving.process import ServerProcess
 
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 from repo_files import write_config
 from tensorflow_serving.apis import inference_pb2, model_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
+from localhost.ports import free_port
 from serving.client import GrpcClient
-from serving.local import free_port
 from serving.metrics import TFMetric, exponential
 from serving.process import ServerProcess
 

@@ -11,8 +11,8 @@ import pytest
 import requests
 from repo_files import write_config
 
+from localhost.ports import free_port
 from repository import publish
-from serving.local import free_port
 from serving.process import ServerProcess
 from serving.model_config import ModelConfig, aspired_versions, load_model_server_config
 

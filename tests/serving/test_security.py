@@ -17,11 +17,11 @@ from google.protobuf import text_format
 from repo_files import copy_version, write_config
 from tensorflow_serving.config import model_server_config_pb2
 
+from localhost.ports import free_port
 from serving import protos
 from serving.__main__ import build_parser, warn_if_exposed
 from serving.auth import load_tokens
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.local import free_port
 from serving.process import ServerProcess
 
 PREDICT_TOKEN = "p" * 20 + "-predict-secret"  # may use hpt only

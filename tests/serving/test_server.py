@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import requests
 
+from localhost.ports import free_port
 import serving
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.local import free_port
 from serving.process import ServerProcess
 
 pytestmark = pytest.mark.slow

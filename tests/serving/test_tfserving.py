@@ -23,10 +23,10 @@ from dockerfile_parse import DockerfileParser
 from google.protobuf import text_format
 from repo_files import copy_version, write_config
 
+from localhost.ports import free_ports
 from serving import protos
 from serving.__main__ import build_parser
 from serving.batching import BatchingParameters
-from serving.local import free_ports
 from serving.model_config import ModelServerConfig, load_model_server_config
 from serving.process import ServerProcess, wait_available
 from serving.tfserving import sweep
