@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
-from serving import inference
+from serving import signatures
 from serving.audit import AuditLog
 from serving.auth import Access, Token
 from serving.batching import Batcher, BatchingParameters
@@ -135,23 +135,23 @@ class ServingCore:
     async def predict(self, servable: Servable, signature: str, inputs: Tensors,
                       output_filter: list[str] = ()) -> tuple[str, Tensors]:
         """(the signature used, its outputs), as TF Serving's Predict."""
-        signature = inference.predict_signature(servable, signature, self.check_method_names)
-        inference.check_predict_request(servable, signature, inputs, list(output_filter))
+        signature = signatures.predict_signature(servable, signature, self.check_method_names)
+        signatures.check_predict_request(servable, signature, inputs, list(output_filter))
         outputs = await self.run(servable, signature, inputs, "Predict")
-        return signature, inference.filter_outputs(outputs, list(output_filter))
+        return signature, signatures.filter_outputs(outputs, list(output_filter))
 
     async def classify(self, servable: Servable, signature: str,
                        examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) for serialized tf.Examples, as TF Serving's Classify."""
-        signature = inference.classify_signature(servable, signature, self.check_method_names)
+        signature = signatures.classify_signature(servable, signature, self.check_method_names)
         outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)}, "Classify")
-        return inference.classification_result(outputs, len(examples))
+        return signatures.classification_result(outputs, len(examples))
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
         """One value per serialized tf.Example, as TF Serving's Regress."""
-        signature = inference.regress_signature(servable, signature, self.check_method_names)
+        signature = signatures.regress_signature(servable, signature, self.check_method_names)
         outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)}, "Regress")
-        return inference.regression_result(outputs, len(examples))
+        return signatures.regression_result(outputs, len(examples))
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
         """GetModelStatus, as both front ends answer it (REST prints it as JSON)."""
@@ -168,10 +168,10 @@ class ServingCore:
         """The model spec and every SignatureDef (GetModelMetadata's one supported field)."""
         spec = model_pb2.ModelSpec(name=servable.name)
         spec.version.value = servable.version
-        signatures = get_model_metadata_pb2.SignatureDefMap()
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in servable.signature_defs.items():
-            signatures.signature_def[key].CopyFrom(signature)
-        return spec, signatures
+            signature_defs.signature_def[key].CopyFrom(signature)
+        return spec, signature_defs
 
     def close(self) -> None:
         if self._batcher is not None:

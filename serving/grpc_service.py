@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 )
 
 import repository
-from serving import inference
+from serving import signatures
 from serving.core import ServingCore
 from serving.errors import InvalidArgument, PermissionDenied, Unimplemented, as_serving_error
 from serving.model_config import check_server_config
@@ -116,7 +116,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         """util.cc MakeModelSpec: an empty signature name is answered as the default one."""
         response_spec.name = servable.name
         response_spec.version.value = servable.version
-        response_spec.signature_name = signature or inference.DEFAULT_SIGNATURE
+        response_spec.signature_name = signature or signatures.DEFAULT_SIGNATURE
 
     @_answer("predict")
     async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
@@ -135,8 +135,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                        call: dict) -> classification_pb2.ClassificationResponse:
         servable = self._servable(request.model_spec, call)
         # classifier.cc checks the signature before it reads the input
-        inference.classify_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
-        examples = inference.serialized_examples(request.input)
+        signatures.classify_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
+        examples = signatures.serialized_examples(request.input)
         classes, scores = await self.core.classify(servable, request.model_spec.signature_name, examples)
         response = classification_pb2.ClassificationResponse()
         self._spec(response.model_spec, servable, request.model_spec.signature_name)
@@ -148,8 +148,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                       call: dict) -> regression_pb2.RegressionResponse:
         servable = self._servable(request.model_spec, call)
         # regressor.cc checks the signature before it reads the input
-        inference.regress_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
-        examples = inference.serialized_examples(request.input)
+        signatures.regress_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
+        examples = signatures.serialized_examples(request.input)
         values = await self.core.regress(servable, request.model_spec.signature_name, examples)
         response = regression_pb2.RegressionResponse()
         self._spec(response.model_spec, servable, request.model_spec.signature_name)
@@ -159,36 +159,36 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_answer("multi_inference")
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
                              call: dict) -> inference_pb2.MultiInferenceResponse:
-        """multi_inference_helper.cc and multi_inference.cc, in their order: the first task's model is looked up
+        """multi_inference_helper.cc and multi_signatures.cc, in their order: the first task's model is looked up
         (no task: no name), then each task is checked in turn, then the input is read; Regress and Classify run
         per task where TF Serving runs one session for all."""
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         call["model"] = spec.name
         servable = self._servable(spec, call)
-        signatures = []
+        names = []
         for task in request.tasks:
             if not task.model_spec.name:
                 raise InvalidArgument("Found ModelSpec with an empty model name.")
             if task.model_spec.name != servable.name:
                 raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-            signature = task.model_spec.signature_name or inference.DEFAULT_SIGNATURE
-            if signature in signatures:
+            signature = task.model_spec.signature_name or signatures.DEFAULT_SIGNATURE
+            if signature in names:
                 raise InvalidArgument(f"Duplicate evaluation of signature: {signature}")
-            signatures.append(signature)
+            names.append(signature)
             if signature not in servable.signature_defs:
                 raise InvalidArgument(f"Requested signature not found in model graph: {signature}")
-            if task.method_name == inference.CLASSIFY:
-                inference.classify_signature(servable, signature, self.core.check_method_names)
-            elif task.method_name == inference.REGRESS:
-                inference.regress_signature(servable, signature, self.core.check_method_names)
+            if task.method_name == signatures.CLASSIFY:
+                signatures.classify_signature(servable, signature, self.core.check_method_names)
+            elif task.method_name == signatures.REGRESS:
+                signatures.regress_signature(servable, signature, self.core.check_method_names)
             else:
                 raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
-        examples = inference.serialized_examples(request.input)
+        examples = signatures.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
-        for task, signature in zip(request.tasks, signatures):
+        for task, signature in zip(request.tasks, names):
             result = response.results.add()
             self._spec(result.model_spec, servable, signature)
-            if task.method_name == inference.CLASSIFY:
+            if task.method_name == signatures.CLASSIFY:
                 classes, scores = await self.core.classify(servable, signature, examples)
                 _fill_classifications(result.classification_result, classes, scores, len(examples))
             else:
@@ -205,9 +205,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        spec, signatures = self.core.metadata(self._servable(request.model_spec, call))
+        spec, signature_defs = self.core.metadata(self._servable(request.model_spec, call))
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec)
-        response.metadata["signature_def"].Pack(signatures)
+        response.metadata["signature_def"].Pack(signature_defs)
         return response
 
 

@@ -26,7 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
 
-from serving import codec, inference
+from serving import codec, signatures
 from serving.core import ServingCore
 from serving.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
                             ResourceExhausted, Unauthenticated, Unavailable, as_serving_error)
@@ -225,7 +225,7 @@ class RestApi:
     async def _predict(self, call: Call, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         async with self._codec(body) as run:
             document = await run(codec.decode_predict_json, body)
-            signature_name = codec.signature_name(document) or inference.DEFAULT_SIGNATURE
+            signature_name = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
             servable = self._servable(call, name, version, label)
             if signature_name not in servable.signature_defs:
                 raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
@@ -277,10 +277,10 @@ class RestApi:
 
     def _metadata(self, servable: Servable) -> bytes:
         """TF Serving's hand-assembled metadata JSON: model_spec, then metadata.signature_def."""
-        spec, signatures = self.core.metadata(servable)
+        spec, signature_defs = self.core.metadata(servable)
         options = dict(indent=1, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
         spec_json = json_format.MessageToJson(spec, **options)
-        signature_json = json_format.MessageToJson(signatures, **options)
+        signature_json = json_format.MessageToJson(signature_defs, **options)
         return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
 
 

@@ -30,7 +30,7 @@ from localhost.ports import free_port
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.errors import InvalidArgument
 from serving.grpc_service import is_loopback, server_options
-from serving.inference import classification_result, regression_result, serialized_examples
+from serving.signatures import classification_result, regression_result, serialized_examples
 from serving.process import ServerProcess
 
 
