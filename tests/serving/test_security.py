@@ -19,10 +19,11 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from localhost.ports import free_port
 from serving import protos
-from serving.__main__ import build_parser, warn_if_exposed
+from serving.__main__ import build_parser
 from serving.auth import load_tokens
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.process import ServerProcess
+from serving.server import warn_if_exposed
 
 PREDICT_TOKEN = "p" * 20 + "-predict-secret"  # may use hpt only
 ADMIN_TOKEN = "a" * 20 + "-admin-secret"
