@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 import repository
 from serving import signatures
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, PermissionDenied, Unimplemented, as_serving_error
+from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
@@ -122,8 +122,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
         servable = self._servable(request.model_spec, call)
         inputs = {name: _to_numpy(name, proto) for name, proto in request.inputs.items()}
-        signature, outputs = await self.core.predict(servable, request.model_spec.signature_name, inputs,
-                                                     list(request.output_filter))
+        signature = self.core.predict_signature(servable, request.model_spec.signature_name)
+        outputs = await self.core.predict(servable, signature, inputs, list(request.output_filter))
         response = predict_pb2.PredictResponse()
         self._spec(response.model_spec, servable, signature)
         for name, value in outputs.items():
@@ -134,12 +134,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Classify(self, request: classification_pb2.ClassificationRequest,
                        call: dict) -> classification_pb2.ClassificationResponse:
         servable = self._servable(request.model_spec, call)
-        # classifier.cc checks the signature before it reads the input
-        signatures.classify_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
+        signature = self.core.classify_signature(servable, request.model_spec.signature_name)  # before the input
         examples = signatures.serialized_examples(request.input)
-        classes, scores = await self.core.classify(servable, request.model_spec.signature_name, examples)
+        classes, scores = await self.core.classify(servable, signature, examples)
         response = classification_pb2.ClassificationResponse()
-        self._spec(response.model_spec, servable, request.model_spec.signature_name)
+        self._spec(response.model_spec, servable, signature)
         _fill_classifications(response.result, classes, scores, len(examples))
         return response
 
@@ -147,12 +146,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Regress(self, request: regression_pb2.RegressionRequest,
                       call: dict) -> regression_pb2.RegressionResponse:
         servable = self._servable(request.model_spec, call)
-        # regressor.cc checks the signature before it reads the input
-        signatures.regress_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
+        signature = self.core.regress_signature(servable, request.model_spec.signature_name)  # before the input
         examples = signatures.serialized_examples(request.input)
-        values = await self.core.regress(servable, request.model_spec.signature_name, examples)
+        values = await self.core.regress(servable, signature, examples)
         response = regression_pb2.RegressionResponse()
-        self._spec(response.model_spec, servable, request.model_spec.signature_name)
+        self._spec(response.model_spec, servable, signature)
         response.result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
         return response
 
@@ -165,36 +163,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         call["model"] = spec.name
         servable = self._servable(spec, call)
-        names = []
-        for task in request.tasks:
-            if not task.model_spec.name:
-                raise InvalidArgument("Found ModelSpec with an empty model name.")
-            if task.model_spec.name != servable.name:
-                raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-            signature = task.model_spec.signature_name or signatures.DEFAULT_SIGNATURE
-            if signature in names:
-                raise InvalidArgument(f"Duplicate evaluation of signature: {signature}")
-            names.append(signature)
-            if signature not in servable.signature_defs:
-                raise InvalidArgument(f"Requested signature not found in model graph: {signature}")
-            if task.method_name == signatures.CLASSIFY:
-                signatures.classify_signature(servable, signature, self.core.check_method_names)
-            elif task.method_name == signatures.REGRESS:
-                signatures.regress_signature(servable, signature, self.core.check_method_names)
-            else:
-                raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
+        tasks = self.core.multi_inference_tasks(servable, list(request.tasks))
         examples = signatures.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
-        for task, signature in zip(request.tasks, names):
+        for (method, signature), outcome in zip(tasks, await self.core.multi_inference(servable, tasks, examples)):
             result = response.results.add()
             self._spec(result.model_spec, servable, signature)
-            if task.method_name == signatures.CLASSIFY:
-                classes, scores = await self.core.classify(servable, signature, examples)
-                _fill_classifications(result.classification_result, classes, scores, len(examples))
+            if method == signatures.CLASSIFY:
+                _fill_classifications(result.classification_result, *outcome, len(examples))
             else:
-                values = await self.core.regress(servable, signature, examples)
-                result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
-        self.core.metrics.examples(servable.name, len(examples))
+                result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in outcome)
         return response
 
     @_answer("metadata")
@@ -235,8 +213,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
         refusal = self._refusal(request.config, call["peer"])
         if refusal is not None:
-            self.core.audit.record("auth_failure", "gRPC HandleReloadConfigRequest", refusal.status_string(),
-                                   call["token"].id if call["token"] else None, call["peer"])
+            self.core.audit_refusal(refusal, "gRPC HandleReloadConfigRequest", call["token"], call["peer"])
             raise refusal
         if request.config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
@@ -250,7 +227,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
     def _refusal(self, config, peer: str) -> PermissionDenied | None:
-        if not (self.core.access.enabled or self.remote_reload or is_loopback(peer)):
+        if not (self.core.authenticates or self.remote_reload or is_loopback(peer)):
             return PermissionDenied("HandleReloadConfigRequest is accepted only from this machine (loopback); start "
                                     "the server with --auth_token_file (admin tokens may reload from anywhere) or "
                                     "--allow_remote_config_reload to accept it from others")

@@ -225,13 +225,12 @@ class RestApi:
     async def _predict(self, call: Call, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
         async with self._codec(body) as run:
             document = await run(codec.decode_predict_json, body)
-            signature_name = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
+            signature = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
             servable = self._servable(call, name, version, label)
-            if signature_name not in servable.signature_defs:
-                raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
-            inputs, row_format = await run(codec.parse_predict_request, document, servable.inputs[signature_name])
+            inputs, row_format = await run(codec.parse_predict_request, document,
+                                           self.core.predict_inputs(servable, signature))
             del document
-            _, outputs = await self.core.predict(servable, signature_name, inputs)
+            outputs = await self.core.predict(servable, signature, inputs)
             return await run(codec.format_predict_response, outputs, row_format)
 
     async def _classify_or_regress(self, call: Call, name: str, version: int | None, label: str | None,
@@ -240,9 +239,11 @@ class RestApi:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(call, name, version, label)
             if call.api == "classify":
-                classes, scores = await self.core.classify(servable, signature_name, examples)
+                signature = self.core.classify_signature(servable, signature_name)
+                classes, scores = await self.core.classify(servable, signature, examples)
                 return await run(codec.format_classify_response, classes, scores)
-            return await run(codec.format_regress_response, await self.core.regress(servable, signature_name, examples))
+            signature = self.core.regress_signature(servable, signature_name)
+            return await run(codec.format_regress_response, await self.core.regress(servable, signature, examples))
 
     @contextlib.asynccontextmanager
     async def _codec(self, body: bytes):

@@ -106,7 +106,7 @@ async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_tokens, core)
+    loop.add_signal_handler(signal.SIGHUP, core.reload_tokens)
     await stop.wait()
     log.info("Shutting down: readiness off, no new connections, up to %ss for requests in flight (--drain_timeout_s)",
              args.drain_timeout_s)
@@ -138,19 +138,6 @@ def warn_if_exposed(args: argparse.Namespace) -> None:
     if missing:
         log.warning("Serving on %s, reachable from other machines, without %s: anyone who can reach the ports can "
                     "use every model. Bind --host=127.0.0.1, or see SECURITY.md.", args.host, " or ".join(missing))
-
-
-def reload_tokens(core) -> None:
-    """SIGHUP: re-read --auth_token_file (a broken file keeps the tokens in force)."""
-    if not core.access.enabled:
-        return
-    try:
-        core.access.reload()
-    except ValueError as e:
-        log.error("Keeping the previous tokens: %s", e)
-        core.audit.record("token_reload", core.access.token_file, f"INVALID_ARGUMENT: {e}", None, "local")
-        return
-    core.audit.record("token_reload", core.access.token_file, "OK", None, "local")
 
 
 def port_in_use(flag: str, port: int, reason: str | None) -> str:

@@ -172,6 +172,8 @@ ERRORS = [  # (call, expected gRPC code, substring of the message)
     (lambda c: c.classify("half_plus_two", [], signature_name="classify_x_to_y"), "INVALID_ARGUMENT", "Input is empty."),
     (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="nope"), "INVALID_ARGUMENT",
      "No signature was found with the name: nope"),
+    (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="regress_x2_to_y3"), "INVALID_ARGUMENT",
+     "Expects arg[0] to be float but string is provided"),  # its input is not the examples: the session's words
     (lambda c: c.status("nope"), "NOT_FOUND", "Could not find any versions of model nope"),
 ]
 

@@ -130,6 +130,9 @@ ERRORS = [
      "Expected one output Tensor."),
     ("POST", f"{HPT}:regress", '{"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}', 400,
      "No regression outputs found in SignatureDef: inputs {"),
+    # a signature whose input is not the serialized examples: the session's words (FunctionCallFrame::SetArgs)
+    ("POST", f"{HPT}:regress", '{"signature_name": "regress_x2_to_y3", "examples": [{"x": 1.0}]}', 400,
+     "Expects arg[0] to be float but string is provided"),
     # routes match net_http's uri_path(), the path with its query string (evhttp_request.cc)
     ("POST", f"{HPT}:predict?x=1", '{"instances": [1.0]}', 400, "Malformed request: POST /v1/models/half_plus_two:predict?x=1"),
     ("GET", f"{HPT}/metadata?x=1", None, 400, "Malformed request: GET /v1/models/half_plus_two/metadata?x=1"),
