@@ -107,15 +107,24 @@ class ServingCore:
             check_name(label, "version label")
         return self.manager.servable(name, version, label)
 
-    def reload_config(self, config: ModelServerConfig, token: Token | None = None, peer: str = "local") -> None:
-        """Apply a new ModelServerConfig now (blocking: run it off the event loop); audited, labels moved included."""
+    @property
+    def config(self) -> ModelServerConfig:
+        """The ModelServerConfig in force."""
+        return self.manager.config
+
+    def reload_config(self, config: ModelServerConfig, token: Token | None = None, peer: str = "local",
+                      retry: bool = False) -> None:
+        """Apply a new ModelServerConfig now (blocking: run it off the event loop); audited, labels moved included,
+        whoever asked: a ReloadConfigRequest (its token and peer) or the --model_config_file watcher. A `retry` (the
+        watcher applying again, at its next poll, a file it could not apply) is audited only once it succeeds."""
         target = ",".join(m.name for m in config.model_config_list.config)
         before = self.manager.labels()
         token_id = token.id if token else None
         try:
             self.manager.reload_config(config)
         except ServingError as e:
-            self.audit.record("reload", target, e.status_string(), token_id, peer)
+            if not retry:
+                self.audit.record("reload", target, e.status_string(), token_id, peer)
             raise
         self.audit.record("reload", target, "OK", token_id, peer)
         self.audit.label_changes(before, self.manager.labels(), token_id, peer)
@@ -132,6 +141,10 @@ class ServingCore:
             if model and model not in self.manager.model_names():  # an answered model exists
                 model, version = UNKNOWN_MODEL, ""
         self.metrics.request(model, version, api, entrypoint, status, seconds)
+
+    def record_config_file(self, applies: bool) -> None:
+        """Whether the --model_config_file on disk could be applied (the serving_model_config_file_error gauge)."""
+        self.metrics.config_file_error.set(0 if applies else 1)
 
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of every metric."""

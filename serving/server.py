@@ -30,6 +30,7 @@ from serving.rest import RestApi
 from serving.tls import grpc_credentials, rest_context
 
 log = logging.getLogger("serving")
+CONFIG_FILE_PEER = "config file"  # who asked, in the audit log, for reloads of a rewritten --model_config_file
 
 
 @dataclass
@@ -94,8 +95,7 @@ async def serve(settings: Settings) -> None:
     except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
         raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
-        asyncio.create_task(watch_config_file(manager, metrics, args.model_config_file,
-                                              args.model_config_file_poll_wait_seconds))
+        asyncio.create_task(watch_config_file(core, args.model_config_file, args.model_config_file_poll_wait_seconds))
     warn_if_exposed(args)
     if args.port:
         await grpc_server.start()
@@ -144,23 +144,24 @@ def port_in_use(flag: str, port: int, reason: str | None) -> str:
     return f"({flag}={port}: {reason}); another server is probably using it: stop it, or choose another port."
 
 
-async def watch_config_file(manager, metrics, path: str, every_s: int) -> None:
-    """Re-read --model_config_file; apply it when it changed. One that cannot be applied (a syntax error, a label
-    on a version not AVAILABLE) leaves the config in force, is logged once, and sets the gauge
-    serving_model_config_file_error to 1 until the file applies again."""
+async def watch_config_file(core: ServingCore, path: str, every_s: int) -> None:
+    """Re-read --model_config_file; apply it when it changed, audited as a reload from peer "config file". One that
+    cannot be applied (a syntax error, a label on a version not AVAILABLE) leaves the config in force, is logged
+    once, and sets the gauge serving_model_config_file_error to 1 until the file applies again."""
     loop = asyncio.get_running_loop()
-    problem = ""
+    problem, refused = "", None  # refused: the config last refused, tried again each poll (a version may load)
     while True:
         await asyncio.sleep(every_s)
         try:
             config = load_model_server_config(path)
-            if config != manager.config:
+            if config != core.config:
                 log.info("Model config %s changed; applying it", path)
-                await loop.run_in_executor(None, manager.reload_config, config)
+                retry, refused = config == refused, config
+                await loop.run_in_executor(None, core.reload_config, config, None, CONFIG_FILE_PEER, retry)
         except (ValueError, ServingError) as e:
             if str(e) != problem:
                 log.error("Keeping the model config in force, the changed file cannot be applied: %s", e)
             problem = str(e)
         else:
-            problem = ""
-        metrics.config_file_error.set(1 if problem else 0)
+            problem, refused = "", None
+        core.record_config_file(applies=not problem)
