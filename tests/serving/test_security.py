@@ -96,6 +96,7 @@ def test_rest_tokens_roles_and_models(secured):
     assert raw.status_code == 401 and raw.headers["WWW-Authenticate"] == "Bearer"
     metrics = f"{secured.url}/monitoring/prometheus/metrics"
     assert requests.get(metrics, **tls).status_code == 401  # open status (--auth_allow_status) is not open metrics
+    assert requests.get(f"{metrics}?x=1", **tls).status_code == 401  # the metrics page, whatever its query string
     scraped = requests.get(metrics, headers={"Authorization": f"Bearer {PREDICT_TOKEN}"}, **tls)
     assert scraped.status_code == 200 and "serving_requests_total" in scraped.text
     failures = [e for e in audit(secured) if e["action"] == "auth_failure"]
