@@ -27,6 +27,7 @@ import repository
 from pipeline.registry import Registry
 from serving.process import ServerProcess
 
+pytestmark = pytest.mark.xdist_group("test_faults")  # its module-scoped server starts once, in one worker
 RETRY_FLAGS = ("--max_num_load_retries=2", "--load_retry_interval_micros=500000")  # retries after 0.5 s, then 1 s
 
 

@@ -25,6 +25,7 @@ from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.process import ServerProcess
 from serving.server import warn_if_exposed
 
+pytestmark = pytest.mark.xdist_group("test_security")  # its module-scoped server starts once, in one worker
 PREDICT_TOKEN = "p" * 20 + "-predict-secret"  # may use hpt only
 ADMIN_TOKEN = "a" * 20 + "-admin-secret"
 NEW_TOKEN = "n" * 20 + "-added-on-sighup"

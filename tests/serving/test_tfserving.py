@@ -32,6 +32,7 @@ from serving.process import ServerProcess, wait_available
 from serving.tfserving import sweep
 from serving.tfserving.__main__ import main
 
+pytestmark = pytest.mark.xdist_group("test_tfserving")  # its module-scoped server starts once, in one worker
 TF_SERVING = importlib.metadata.version("tensorflow-serving-api")
 SWEEP_FILE = "# measured elsewhere\nmax_batch_size { value: 16 }\nbatch_timeout_micros { value: 1000 }\n"
 LABELS = 'model_version_policy { specific { versions: 2 versions: 3 } } ' \
