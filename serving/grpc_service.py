@@ -113,10 +113,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @staticmethod
     def _spec(response_spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
-        """util.cc MakeModelSpec: an empty signature name is answered as the default one."""
+        """util.cc MakeModelSpec, with the signature as decided (a request naming none is answered with the default
+        one's name)."""
         response_spec.name = servable.name
         response_spec.version.value = servable.version
-        response_spec.signature_name = signature or signatures.DEFAULT_SIGNATURE
+        response_spec.signature_name = signature
 
     @_answer("predict")
     async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
@@ -157,7 +158,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_answer("multi_inference")
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
                              call: dict) -> inference_pb2.MultiInferenceResponse:
-        """multi_inference_helper.cc and multi_signatures.cc, in their order: the first task's model is looked up
+        """multi_inference_helper.cc and multi_inference.cc, in their order: the first task's model is looked up
         (no task: no name), then each task is checked in turn, then the input is read; Regress and Classify run
         per task where TF Serving runs one session for all."""
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
@@ -166,7 +167,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         tasks = self.core.multi_inference_tasks(servable, list(request.tasks))
         examples = signatures.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
-        for (method, signature), outcome in zip(tasks, await self.core.multi_inference(servable, tasks, examples)):
+        outcomes = await self.core.multi_inference(servable, tasks, examples)
+        for (method, signature), outcome in zip(tasks, outcomes):
             result = response.results.add()
             self._spec(result.model_spec, servable, signature)
             if method == signatures.CLASSIFY:
