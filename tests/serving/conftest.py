@@ -21,7 +21,8 @@ from repo_files import copy_version, write_config  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 
 # test_grpc_api.py sends a 6 MB message, 1.5 million rows of half_plus_two: a batch must hold them
-REFERENCE_BATCHING = "max_batch_size { value: 2000000 } batch_timeout_micros { value: 5000 } num_batch_threads { value: 2 }"
+REFERENCE_BATCHING = ("max_batch_size { value: 2000000 } batch_timeout_micros { value: 5000 } "
+                      "num_batch_threads { value: 2 }")
 
 
 @pytest.fixture(scope="session")

@@ -61,7 +61,8 @@ def build(base: Path) -> Digits:
     x, y = digits.data.astype(np.float32), digits.target.astype(np.int64)
     model = Classifier(x[:-TEST_ROWS], y[:-TEST_ROWS])
     export_dir = base / "1"
-    tf.saved_model.save(model, str(export_dir), signatures={"serving_default": model.predict, "classify": model.classify})
+    signatures = {"serving_default": model.predict, "classify": model.classify}
+    tf.saved_model.save(model, str(export_dir), signatures=signatures)
     pb = export_dir / "saved_model.pb"  # TF2's saver marks every signature predict, as the pipeline's export fixes
     saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
     saved.meta_graphs[0].signature_def["classify"].method_name = "tensorflow/serving/classify"
