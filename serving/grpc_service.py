@@ -9,14 +9,15 @@ import asyncio
 import functools
 import ipaddress
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
-import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -33,6 +34,7 @@ from tensorflow_serving.apis import (
 
 import repository
 from serving import signatures
+from serving.auth import Token
 from serving.core import ServingCore
 from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
@@ -51,31 +53,43 @@ def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
     return list(options.items())
 
 
+Answer = tuple[Message, "Servable | None"]  # an RPC's response, and the servable that gave it (None: none did)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a call, as authorization found them: what a reload's own rule and its audit line need."""
+
+    peer: str
+    token: Token | None
+
+
 def _answer(api: str):
-    """Run an RPC method: time it, count it, turn any exception into the call's status."""
+    """Run an RPC method: authorize it, time it, count it (under the request's model and the version of the
+    servable that answered, which the method returns with its response), turn any exception into the call's
+    status."""
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self, request, context):
             started = time.perf_counter()
-            call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": "",
-                    "peer": context.peer()}
+            models, peer, servable = _models(request), context.peer(), None
             try:
                 credentials = dict(context.invocation_metadata() or ()).get("authorization")
-                call["token"] = self.core.authorize(credentials, api, _models(request), call["peer"],
-                                                    f"gRPC {method.__name__}")
+                token = self.core.authorize(credentials, api, models, peer, f"gRPC {method.__name__}")
                 if hasattr(request, "model_spec") and not request.HasField("model_spec"):
                     raise InvalidArgument("Missing ModelSpec")  # TF Serving's first check, before any lookup
                 with self.core.admitted():
-                    response = await method(self, request, call)
+                    response, servable = await method(self, request, Caller(peer, token))
+                code = grpc.StatusCode.OK
             except Exception as e:  # every error becomes a status; the server keeps serving
                 error = as_serving_error(e, f"gRPC {method.__name__}")
                 code, message = error.code, error.message
                 del error  # not kept past here: its traceback holds this frame (see rest.py)
-            else:
-                self.core.record(call["model"], call["version"], api, "GRPC", "OK", time.perf_counter() - started)
+            model, version = (models[0] if models else ""), (str(servable.version) if servable is not None else "")
+            self.core.record(model, version, api, "GRPC", code.name, time.perf_counter() - started)
+            if code == grpc.StatusCode.OK:
                 return response
-            self.core.record(call["model"], call["version"], api, "GRPC", code.name, time.perf_counter() - started)
             await context.abort(code, message)
 
         return wrapper
@@ -84,7 +98,8 @@ def _answer(api: str):
 
 
 def _models(request) -> list[str]:
-    """The models a request would use, for authorization (none for a reload: it needs the admin role)."""
+    """The models a request would use, for authorization (none for a reload: it needs the admin role); the first
+    is the one its metrics name."""
     if hasattr(request, "model_spec"):
         return [request.model_spec.name]
     if hasattr(request, "tasks"):
@@ -99,17 +114,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         # --enable_serialization_as_tensor_content; clients such as mnist_client.py read float_val.
         self.to_proto = tf.make_tensor_proto if tensor_content else typed_tensor_proto
 
-    def _servable(self, spec: model_pb2.ModelSpec, call: dict) -> Servable:
+    def _servable(self, spec: model_pb2.ModelSpec) -> Servable:
         if not spec.name:  # server_core.cc ServableRequestFromModelSpec
             raise InvalidArgument("ModelSpec has no name specified.")
         choice = spec.WhichOneof("version_choice")
-        servable = self.core.servable(
+        return self.core.servable(
             spec.name,
             version=spec.version.value if choice == "version" else None,
             label=spec.version_label if choice == "version_label" else None,
         )
-        call["version"] = str(servable.version)
-        return servable
 
     @staticmethod
     def _spec(response_spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
@@ -120,8 +133,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response_spec.signature_name = signature
 
     @_answer("predict")
-    async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
-        servable = self._servable(request.model_spec, call)
+    async def Predict(self, request: predict_pb2.PredictRequest, caller: Caller) -> Answer:
+        servable = self._servable(request.model_spec)
         inputs = {name: _to_numpy(name, proto) for name, proto in request.inputs.items()}
         signature = self.core.predict_signature(servable, request.model_spec.signature_name)
         outputs = await self.core.predict(servable, signature, inputs, list(request.output_filter))
@@ -129,41 +142,37 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._spec(response.model_spec, servable, signature)
         for name, value in outputs.items():
             response.outputs[name].CopyFrom(self.to_proto(value))
-        return response
+        return response, servable
 
     @_answer("classify")
-    async def Classify(self, request: classification_pb2.ClassificationRequest,
-                       call: dict) -> classification_pb2.ClassificationResponse:
-        servable = self._servable(request.model_spec, call)
+    async def Classify(self, request: classification_pb2.ClassificationRequest, caller: Caller) -> Answer:
+        servable = self._servable(request.model_spec)
         signature = self.core.classify_signature(servable, request.model_spec.signature_name)  # before the input
         examples = signatures.serialized_examples(request.input)
         classes, scores = await self.core.classify(servable, signature, examples)
         response = classification_pb2.ClassificationResponse()
         self._spec(response.model_spec, servable, signature)
         _fill_classifications(response.result, classes, scores, len(examples))
-        return response
+        return response, servable
 
     @_answer("regress")
-    async def Regress(self, request: regression_pb2.RegressionRequest,
-                      call: dict) -> regression_pb2.RegressionResponse:
-        servable = self._servable(request.model_spec, call)
+    async def Regress(self, request: regression_pb2.RegressionRequest, caller: Caller) -> Answer:
+        servable = self._servable(request.model_spec)
         signature = self.core.regress_signature(servable, request.model_spec.signature_name)  # before the input
         examples = signatures.serialized_examples(request.input)
         values = await self.core.regress(servable, signature, examples)
         response = regression_pb2.RegressionResponse()
         self._spec(response.model_spec, servable, signature)
         response.result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
-        return response
+        return response, servable
 
     @_answer("multi_inference")
-    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
-                             call: dict) -> inference_pb2.MultiInferenceResponse:
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, caller: Caller) -> Answer:
         """multi_inference_helper.cc and multi_inference.cc, in their order: the first task's model is looked up
         (no task: no name), then each task is checked in turn, then the input is read; Regress and Classify run
         per task where TF Serving runs one session for all."""
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        call["model"] = spec.name
-        servable = self._servable(spec, call)
+        servable = self._servable(spec)
         tasks = self.core.multi_inference_tasks(servable, list(request.tasks))
         examples = signatures.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
@@ -175,20 +184,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 _fill_classifications(result.classification_result, *outcome, len(examples))
             else:
                 result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in outcome)
-        return response
+        return response, servable
 
     @_answer("metadata")
-    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
-                               call: dict) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, caller: Caller) -> Answer:
         if not request.metadata_field:
             raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        spec, signature_defs = self.core.metadata(self._servable(request.model_spec, call))
+        servable = self._servable(request.model_spec)
+        spec, signature_defs = self.core.metadata(servable)
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec)
         response.metadata["signature_def"].Pack(signature_defs)
-        return response
+        return response, servable
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -203,19 +212,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.base_path_root = base_path_root
 
     @_answer("status")
-    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
-                             call: dict) -> get_model_status_pb2.GetModelStatusResponse:
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, caller: Caller) -> Answer:
         spec = request.model_spec  # an empty name is looked up, as TF Serving does: NOT_FOUND
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
-        return self.core.status(spec.name, version)
+        return self.core.status(spec.name, version), None
 
     @_answer("reload")
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
-                                        call: dict) -> model_management_pb2.ReloadConfigResponse:
+                                        caller: Caller) -> Answer:
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
-        refusal = self._refusal(request.config, call["peer"])
+        refusal = self._refusal(request.config, caller.peer)
         if refusal is not None:
-            self.core.audit_refusal(refusal, "gRPC HandleReloadConfigRequest", call["token"], call["peer"])
+            self.core.audit_refusal(refusal, "gRPC HandleReloadConfigRequest", caller.token, caller.peer)
             raise refusal
         if request.config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
@@ -225,8 +233,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         await asyncio.get_running_loop().run_in_executor(None, self.core.reload_config, request.config,
-                                                         call["token"], call["peer"])
-        return model_management_pb2.ReloadConfigResponse()
+                                                         caller.token, caller.peer)
+        return model_management_pb2.ReloadConfigResponse(), None
 
     def _refusal(self, config, peer: str) -> PermissionDenied | None:
         if not (self.core.authenticates or self.remote_reload or is_loopback(peer)):
