@@ -53,7 +53,7 @@ def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
     return list(options.items())
 
 
-Answer = tuple[Message, "Servable | None"]  # an RPC's response, and the servable that gave it (None: none did)
+Answer = tuple[Message, Servable | None]  # an RPC's response, and the servable that gave it (None: none did)
 
 
 @dataclass(frozen=True)
