@@ -6,8 +6,9 @@
 - `reference_server`: one server for test_rest_api.py and test_grpc_api.py, started once; both modules are in
   xdist group "reference_server", so `-n ... --dist loadgroup` runs them in one worker.
 
-Other modules start servers of their own, per module or per test (serving.process.ServerProcess); a module
-with a module-scoped server is an xdist group of its own, so that server starts once.
+Other modules start servers of their own, per module or per test (serving.process.ServerProcess). Each module
+that starts servers is an xdist group of its own: a module-scoped server starts once, and tests that each start
+one run in turn in one worker (spread over both workers their starts overlap, measured slower on two cores).
 """
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ def reference_server(tmp_path_factory, half_plus_two_base, digits):
     copy_version(half_plus_two_base, 123, work / "hpt" / "123")
     copy_version(half_plus_two_base, 123, work / "hpt" / "124")
     labels = 'model_version_policy { all {} } version_labels { key: "stable" value: 123 }'
-    config = write_config(work / "models.config", [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
+    config = write_config(work / "models.config",
+                          [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
     (work / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
     (work / "batching.config").write_text(REFERENCE_BATCHING)
     grpc_port = free_port()

@@ -18,6 +18,9 @@ from serving.client import GrpcClient
 from serving.metrics import TFMetric, exponential
 from serving.process import ServerProcess
 
+# its tests start servers: in one worker they run in turn (spread over two, their starts overlap)
+pytestmark = pytest.mark.xdist_group("test_metrics")
+
 # TF Serving's util/prometheus_exporter_test.cc, as (metric, samples, the exact lines its exporter writes)
 EXPORTER_CASES = [
     (TFMetric("/test/path/total", ("name",)), [(2, "abc")],

@@ -18,6 +18,9 @@ from repository import publish
 from serving.process import ServerProcess
 from serving.model_config import ModelConfig, aspired_versions, load_model_server_config
 
+# its tests start servers: in one worker they run in turn (spread over two, their starts overlap)
+pytestmark = pytest.mark.xdist_group("test_model_lifecycle")
+
 
 def test_version_policies_choose_like_tf_serving():
     latest = ModelConfig()

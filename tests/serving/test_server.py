@@ -15,7 +15,8 @@ import serving
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.process import ServerProcess
 
-pytestmark = pytest.mark.slow
+# its tests start servers: in one worker they run in turn (spread over two, their starts overlap)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_server")]
 
 
 def test_a_server_in_a_with_block(half_plus_two_base):
