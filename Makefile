@@ -52,14 +52,16 @@ fuzz: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py $(ARGS)
 
-# Everything, slow integration tests included (this is what CI runs), a test module per worker on
-# two processes: most of the suite waits on subprocesses and servers starting.
+# Everything, slow integration tests included (this is what CI runs), on two processes: most of the suite
+# waits on subprocesses and servers starting. Tests are spread one by one, except those of an xdist group
+# (in tests/serving: each module that starts servers, and the two modules sharing the reference server),
+# which run together in one worker, so that a shared server starts once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra -n 2 --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -ra -n 2 --dist loadgroup $(ARGS)
 
 # The fast subset for the edit-test loop.
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -ra -m 'not slow' -n 2 --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -ra -m 'not slow' -n 2 --dist loadgroup $(ARGS)
 
 # Runs and the stage cache only; published models stay (see clean-models).
 clean:

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from serving.machine import machine  # noqa: E402
+from localhost.machine import machine  # noqa: E402
 
 EXAMPLES = ("digits", "images", "tabular_regression", "text_rnn", "custom_model")
 

@@ -26,7 +26,7 @@ import fuzzing  # noqa: E402
 import half_plus_two  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from serving.machine import machine  # noqa: E402
+from localhost.machine import machine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from serving.local import rss_mib  # noqa: E402
-from serving.machine import machine  # noqa: E402
+from localhost.machine import machine  # noqa: E402
+from localhost.processes import rss_mib  # noqa: E402
 
 STARTED = re.compile(r"\[launcher\] started (\w+ \d+) \(pid (\d+)\)")
 

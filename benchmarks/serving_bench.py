@@ -17,7 +17,7 @@ other cores, with `sched_setaffinity`, as `taskset` would) and "shared" (everyth
   tf_serving tensorflow_model_server with the same model and batching file, when it is on PATH
 Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections (and 1
 connection, with and without batching in turn for 4 rounds, medians: latency at low load), and
-serving/loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
+localhost/loadgen.py, open loop at fixed arrival rates (latency from the scheduled send time), swept to find
 the knee: the highest rate whose p99 stays under --p99-bound-ms. The client's CPU share is reported.
 Only 127.0.0.1. Writes
 benchmarks/results/serving_<model>.json, .md and a latency-vs-throughput plot (_latency.png).
@@ -51,9 +51,9 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
-from serving.loadgen import knee  # noqa: E402
-from serving.local import free_port  # noqa: E402
-from serving.machine import machine  # noqa: E402
+from localhost.loadgen import knee  # noqa: E402
+from localhost.machine import machine  # noqa: E402
+from localhost.ports import free_port  # noqa: E402
 from serving.process import ServerProcess, wait_available  # noqa: E402
 from serving.servable import Servable, session_config  # noqa: E402
 
@@ -209,8 +209,8 @@ def _h2load_ms(output: str, label: str) -> float:
 
 
 def open_loop(url: str, body: Path, rate: float, seconds: float) -> dict:
-    """One open-loop run of serving.loadgen in its own process, so its CPU can be measured."""
-    output, cpu = run_measured([sys.executable, "-m", "serving.loadgen", "--url", url, "--body", str(body),
+    """One open-loop run of localhost.loadgen in its own process, so its CPU can be measured."""
+    output, cpu = run_measured([sys.executable, "-m", "localhost.loadgen", "--url", url, "--body", str(body),
                                 "--rate", f"{rate:.1f}", "--seconds", f"{seconds:.1f}"])
     result = json.loads(output.strip().splitlines()[-1])
     result["client_cpu_share"] = cpu / (seconds * os.cpu_count())

@@ -6,7 +6,7 @@ The model and server are the serving benchmark's (bench_models.py's `mid` CNN, a
 `python -m serving` with its batching: max_batch_size 32, batch_timeout_micros 1000, one batch thread per core).
 The knee is found as the batching sweep finds it (serving.tfserving.sweep.measure: open-loop REST load at a ladder
 of rates, knee = the highest rate with p99 under the bound and no errors) on one server; the soak runs on a fresh
-one, in one-minute open-loop windows (serving.loadgen runs at most 60 s) back to back, while a thread samples the
+one, in one-minute open-loop windows (localhost.loadgen runs at most 60 s) back to back, while a thread samples the
 server's RSS every 2 s. Growth is the last sample against the first one after 30 s of load (the warm-up: buffers,
 kernels and threads made on first use); the target is <= 5 %, with 0 errors. About 6-7 minutes. Writes
 benchmarks/results/soak.json and .md.
@@ -35,8 +35,8 @@ import bench_models as models  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from serving_bench import start_ours  # noqa: E402
 
-from serving import loadgen  # noqa: E402
-from serving.machine import machine  # noqa: E402
+from localhost import loadgen  # noqa: E402
+from localhost.machine import machine  # noqa: E402
 from serving.tfserving import sweep  # noqa: E402
 
 WARMUP_S = 30

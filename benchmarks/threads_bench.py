@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.seconds <= 30:
         parser.error(f"--seconds must be within 1..30 (a bounded run), received {args.seconds}")
     import bench_models as models
-    from serving.machine import machine
+    from localhost.machine import machine
 
     repo = Path(tempfile.mkdtemp(prefix="threads-bench-"))
     results = {"machine": machine(), "seconds": args.seconds, "rounds": args.rounds, "rows": []}

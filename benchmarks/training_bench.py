@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from serving.machine import machine  # noqa: E402
+from localhost.machine import machine  # noqa: E402
 
 SETTINGS = {"1 process (default strategy)": ["train.strategy=default"],
             "2 local workers (multi_worker)": ["train.strategy=multi_worker", "train.workers=2"]}

@@ -12,13 +12,14 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.server import Settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-log = logging.getLogger("serving")
 
 VERSION = "maas-serving 0.1.0 (TensorFlow Serving 2.21 API)"
 UNSUPPORTED = (  # tensorflow_model_server flags this server rejects rather than silently ignores
@@ -103,20 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@dataclass
-class Settings:
-    """Everything the flags decide, checked and loaded (config files parsed)."""
-
-    args: argparse.Namespace
-    model_config: object
-    batching: object | None
-    metrics_path: str | None
-    grpc_options: list
-    access: object
-    ssl_config: object | None
-    session_config: object
-
-
 def parse_settings(argv: list[str]) -> Settings:
     """Parse flags and the files they name; raise SystemExit(2) with every reason."""
     import repository
@@ -127,6 +114,7 @@ def parse_settings(argv: list[str]) -> Settings:
     from serving.batching import BatchingParameters
     from serving.grpc_service import server_options
     from serving.servable import session_config
+    from serving.server import Settings
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -178,158 +166,10 @@ def parse_settings(argv: list[str]) -> Settings:
     return Settings(args, model_config, batching, metrics_path, grpc_options, access, ssl_config, session)
 
 
-async def serve(settings: Settings) -> None:
-    import grpc
-
-    from serving.audit import AuditLog
-    from serving.core import ServingCore
-    from serving.errors import ServingError
-    from serving.grpc_service import UndecodableRequests, add_services
-    from serving.manager import ModelManager
-    from serving.metrics import Metrics
-    from serving.rest import RestApi
-    from serving.tls import grpc_credentials, rest_context
-
-    args = settings.args
-    metrics = Metrics()
-    manager = ModelManager(settings.model_config, metrics, enable_warmup=args.enable_model_warmup,
-                           session_config=settings.session_config,
-                           allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
-                           max_load_retries=args.max_num_load_retries,
-                           load_retry_interval_s=args.load_retry_interval_micros / 1e6,
-                           path_root=args.model_base_path_root)
-    core = ServingCore(manager, metrics, settings.batching, args.rest_api_num_threads,
-                       check_method_names=args.enable_signature_method_name_check, access=settings.access,
-                       audit=AuditLog(args.audit_log_file), max_in_flight=args.max_requests_in_flight)
-    loop = asyncio.get_running_loop()
-    # Both ports are taken before the models load (seconds to minutes), so a port in use fails at once; they answer
-    # only once the models are loaded, as TF Serving's do. Its words (server.cc, main.cc), then ours.
-    if args.port:
-        # not SO_REUSEPORT (gRPC's default): with it a second server on the port shares it silently
-        options = list(dict([("grpc.so_reuseport", 0), *settings.grpc_options]).items())
-        grpc_server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
-        add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
-                     Path(args.model_base_path_root) if args.model_base_path_root else None)
-        try:
-            address = f"{args.host}:{args.port}"
-            bound = (grpc_server.add_secure_port(address, grpc_credentials(settings.ssl_config)) if settings.ssl_config
-                     else grpc_server.add_insecure_port(address))
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise SystemExit("Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC server "
-                             f"at {address} {port_in_use('--port', args.port, 'cannot bind')}")
-    servers = []
-    if args.rest_api_port:
-        rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
-                       max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
-                       enable_cors=args.rest_api_enable_cors_support, idle_timeout_s=args.rest_api_idle_timeout_s,
-                       max_connections=args.rest_api_max_connections)
-        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
-        try:
-            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port, ssl=tls,
-                                                    start_serving=False))
-        except OSError as e:
-            raise SystemExit(f"Failed to start HTTP Server at {args.host}:{args.rest_api_port} "
-                             f"{port_in_use('--rest_api_port', args.rest_api_port, os.strerror(e.errno))}") from None
-    try:
-        await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
-    except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
-        raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
-    if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
-        asyncio.create_task(watch_config_file(manager, metrics, args.model_config_file,
-                                              args.model_config_file_poll_wait_seconds))
-    warn_if_exposed(args)
-    if args.port:
-        await grpc_server.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
-    for server in servers:
-        await server.start_serving()
-        log.info("Exporting HTTP%s/REST API at:%s:%d ...", "S" if tls else "", args.host, args.rest_api_port)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_tokens, core)
-    await stop.wait()
-    log.info("Shutting down: readiness off, no new connections, up to %ss for requests in flight (--drain_timeout_s)",
-             args.drain_timeout_s)
-    draining = []
-    if args.rest_api_port:
-        rest.draining = True
-        draining.append(rest.drain(args.drain_timeout_s))
-    for server in servers:
-        server.close()
-    if args.port:
-        draining.append(grpc_server.stop(grace=args.drain_timeout_s))
-    await asyncio.gather(*draining)
-    for server in servers:
-        await server.wait_closed()
-    manager.stop()
-    core.close()
-
-
-def warn_if_exposed(args: argparse.Namespace) -> None:
-    """Say it loudly when anyone on the network can call the server without credentials or encryption."""
-    import ipaddress
-
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if loopback:
-        return
-    missing = [what for what, on in (("authentication (--auth_token_file)", args.auth_token_file),
-                                     ("TLS (--ssl_config_file)", args.ssl_config_file)) if not on]
-    if missing:
-        log.warning("Serving on %s, reachable from other machines, without %s: anyone who can reach the ports can "
-                    "use every model. Bind --host=127.0.0.1, or see SECURITY.md.", args.host, " or ".join(missing))
-
-
-def reload_tokens(core) -> None:
-    """SIGHUP: re-read --auth_token_file (a broken file keeps the tokens in force)."""
-    if not core.access.enabled:
-        return
-    try:
-        core.access.reload()
-    except ValueError as e:
-        log.error("Keeping the previous tokens: %s", e)
-        core.audit.record("token_reload", core.access.token_file, f"INVALID_ARGUMENT: {e}", None, "local")
-        return
-    core.audit.record("token_reload", core.access.token_file, "OK", None, "local")
-
-
-def port_in_use(flag: str, port: int, reason: str | None) -> str:
-    return f"({flag}={port}: {reason}); another server is probably using it: stop it, or choose another port."
-
-
-async def watch_config_file(manager, metrics, path: str, every_s: int) -> None:
-    """Re-read --model_config_file; apply it when it changed. One that cannot be applied (a syntax error, a label
-    on a version not AVAILABLE) leaves the config in force, is logged once, and sets the gauge
-    serving_model_config_file_error to 1 until the file applies again."""
-    from serving.errors import ServingError
-    from serving.model_config import load_model_server_config
-
-    loop = asyncio.get_running_loop()
-    problem = ""
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            config = load_model_server_config(path)
-            if config != manager.config:
-                log.info("Model config %s changed; applying it", path)
-                await loop.run_in_executor(None, manager.reload_config, config)
-        except (ValueError, ServingError) as e:
-            if str(e) != problem:
-                log.error("Keeping the model config in force, the changed file cannot be applied: %s", e)
-            problem = str(e)
-        else:
-            problem = ""
-        metrics.config_file_error.set(1 if problem else 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serving.rest import QuietClientErrors
+    from serving.server import serve
 
     logging.getLogger("aiohttp.server").addFilter(QuietClientErrors())
     # Each JSON request allocates thousands of short-lived objects; with TensorFlow's millions of

@@ -3,10 +3,10 @@
     {"time": "2026-12-02T10:31:07.120Z", "token_id": "ci-deploy", "peer": "ipv4:10.0.0.7:51234",
      "action": "reload", "target": "digits,fraud", "result": "OK"}
 
-Actions: `reload` (HandleReloadConfigRequest; edits of --model_config_file are the operator's, logged only in
-the server log), `label_change` (a label
-moved by a reload, `target` "model/label: 3 -> 4"), `auth_failure` (401/403: `target` the request,
-`result` the status and reason), `token_reload` (SIGHUP). The token's id is written, never the token.
+Actions: `reload` (HandleReloadConfigRequest, or a rewritten --model_config_file applied by its watcher: peer
+"config file", no token; a file it cannot apply is audited once, not at each poll that tries it again),
+`label_change` (a label moved by a reload, `target` "model/label: 3 -> 4"), `auth_failure` (401/403: `target` the
+request, `result` the status and reason), `token_reload` (SIGHUP). The token's id is written, never the token.
 """
 from __future__ import annotations
 

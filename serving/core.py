@@ -1,7 +1,7 @@
 """The request path both front ends (REST, gRPC) share: admit the request (credentials, role, the bound on
-requests in flight), find the servable, check the request against the signature, run it (through the dynamic
-batcher, or on the thread pool), shape the result, count it. Front ends reach models, metrics and config
-reloads only through this class.
+requests in flight), find the servable, decide the signature and check the request against it (once), run it
+(through the dynamic batcher, or on the thread pool), shape the result, count it. Front ends reach models,
+signatures, metrics, the audit log and config reloads only through this class.
 
 Model calls never run on the event loop: TF releases the GIL while a graph runs, so the loop keeps
 parsing and answering other requests meanwhile.
@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, inference_pb2, model_pb2
 
-from serving import inference
+from serving import signatures
 from serving.audit import AuditLog
 from serving.auth import Access, Token
 from serving.batching import Batcher, BatchingParameters
@@ -26,8 +27,9 @@ from serving.errors import InvalidArgument, ResourceExhausted, ServingError
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
-from serving.servable import Servable, SignatureRunner, Tensors
+from serving.servable import Servable, SignatureRunner, TensorSpec, Tensors
 
+log = logging.getLogger("serving")
 
 UNKNOWN_MODEL = "(unknown)"  # the metric label of requests for a model this server does not have
 FAILURES_PER_COLLECTION = 1000  # a full collection takes ~30 ms with the models' objects frozen
@@ -73,9 +75,30 @@ class ServingCore:
             for model in models or [""]:
                 self.access.authorize(token, action, model)
         except ServingError as e:
-            self.audit.record("auth_failure", target, e.status_string(), token.id if token else None, peer)
+            self.audit_refusal(e, target, token, peer)
             raise
         return token
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether requests must carry a token (--auth_token_file)."""
+        return self.access.enabled
+
+    def audit_refusal(self, error: ServingError, target: str, token: Token | None, peer: str) -> None:
+        """An `auth_failure` line for a request refused for who sent it (here, or by a front end's own rule)."""
+        self.audit.record("auth_failure", target, error.status_string(), token.id if token else None, peer)
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: re-read --auth_token_file (a broken file keeps the tokens in force); audited either way."""
+        if not self.access.enabled:
+            return
+        try:
+            self.access.reload()
+        except ValueError as e:
+            log.error("Keeping the previous tokens: %s", e)
+            self.audit.record("token_reload", self.access.token_file, f"INVALID_ARGUMENT: {e}", None, "local")
+            return
+        self.audit.record("token_reload", self.access.token_file, "OK", None, "local")
 
     def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The loaded version a request names (the latest when neither version nor label is given)."""
@@ -84,15 +107,24 @@ class ServingCore:
             check_name(label, "version label")
         return self.manager.servable(name, version, label)
 
-    def reload_config(self, config: ModelServerConfig, token: Token | None = None, peer: str = "local") -> None:
-        """Apply a new ModelServerConfig now (blocking: run it off the event loop); audited, labels moved included."""
+    @property
+    def config(self) -> ModelServerConfig:
+        """The ModelServerConfig in force."""
+        return self.manager.config
+
+    def reload_config(self, config: ModelServerConfig, token: Token | None = None, peer: str = "local",
+                      retry: bool = False) -> None:
+        """Apply a new ModelServerConfig now (blocking: run it off the event loop); audited, labels moved included,
+        whoever asked: a ReloadConfigRequest (its token and peer) or the --model_config_file watcher. A `retry` (the
+        watcher applying again, at its next poll, a file it could not apply) is audited only once it succeeds."""
         target = ",".join(m.name for m in config.model_config_list.config)
         before = self.manager.labels()
         token_id = token.id if token else None
         try:
             self.manager.reload_config(config)
         except ServingError as e:
-            self.audit.record("reload", target, e.status_string(), token_id, peer)
+            if not retry:
+                self.audit.record("reload", target, e.status_string(), token_id, peer)
             raise
         self.audit.record("reload", target, "OK", token_id, peer)
         self.audit.label_changes(before, self.manager.labels(), token_id, peer)
@@ -110,6 +142,10 @@ class ServingCore:
                 model, version = UNKNOWN_MODEL, ""
         self.metrics.request(model, version, api, entrypoint, status, seconds)
 
+    def record_config_file(self, applies: bool) -> None:
+        """Whether the --model_config_file on disk could be applied (the serving_model_config_file_error gauge)."""
+        self.metrics.config_file_error.set(0 if applies else 1)
+
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return self.metrics.render()
@@ -120,7 +156,7 @@ class ServingCore:
     def _record_queued(self, seconds: float) -> None:
         self.metrics.queued(self._batcher.params.thread_pool_name, seconds)
 
-    async def run(self, servable: Servable, signature: str, inputs: Tensors, api: str) -> Tensors:
+    async def _run(self, servable: Servable, signature: str, inputs: Tensors, api: str) -> Tensors:
         """Run a signature (`api`: Predict, Classify or Regress), timed as TF Serving's runtime_latency times its
         Session::Run, which includes the wait in the batching queue."""
         started = time.perf_counter()
@@ -132,26 +168,63 @@ class ServingCore:
         self.metrics.runtime(servable.name, api, time.perf_counter() - started)
         return outputs
 
+    # Signatures are decided once per request, by the front end's call of one of these (where TF Serving decides
+    # it: gRPC before reading the request's tensors, REST after parsing its body), and passed on as decided.
+
+    @staticmethod
+    def predict_signature(servable: Servable, name: str) -> str:
+        """The signature a gRPC Predict names (FAILED_PRECONDITION when the servable has none of that name)."""
+        return signatures.predict_signature(servable, name)
+
+    @staticmethod
+    def predict_inputs(servable: Servable, name: str) -> dict[str, TensorSpec]:
+        """The inputs of the signature a REST predict body names, to parse the body against (INVALID_ARGUMENT when
+        the servable has none of that name)."""
+        return signatures.signature_inputs(servable, name)
+
+    def classify_signature(self, servable: Servable, name: str) -> str:
+        """The signature a Classify names, checked as classifier.cc checks it."""
+        return signatures.classify_signature(servable, name, self.check_method_names)
+
+    def regress_signature(self, servable: Servable, name: str) -> str:
+        """The signature a Regress names, checked as regressor.cc checks it."""
+        return signatures.regress_signature(servable, name, self.check_method_names)
+
+    def multi_inference_tasks(self, servable: Servable,
+                              tasks: list[inference_pb2.InferenceTask]) -> list[tuple[str, str]]:
+        """(method name, signature) of each task of a MultiInference on `servable`, checked in TF Serving's order."""
+        return signatures.multi_inference_tasks(servable, tasks, self.check_method_names)
+
     async def predict(self, servable: Servable, signature: str, inputs: Tensors,
-                      output_filter: list[str] = ()) -> tuple[str, Tensors]:
-        """(the signature used, its outputs), as TF Serving's Predict."""
-        signature = inference.predict_signature(servable, signature, self.check_method_names)
-        inference.check_predict_request(servable, signature, inputs, list(output_filter))
-        outputs = await self.run(servable, signature, inputs, "Predict")
-        return signature, inference.filter_outputs(outputs, list(output_filter))
+                      output_filter: list[str] = ()) -> Tensors:
+        """The outputs of a decided signature, as TF Serving's Predict: the request checked, then run."""
+        signatures.check_predict_request(servable, signature, inputs, list(output_filter), self.check_method_names)
+        outputs = await self._run(servable, signature, inputs, "Predict")
+        return signatures.filter_outputs(outputs, list(output_filter))
 
     async def classify(self, servable: Servable, signature: str,
                        examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(classes, scores) for serialized tf.Examples, as TF Serving's Classify."""
-        signature = inference.classify_signature(servable, signature, self.check_method_names)
-        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)}, "Classify")
-        return inference.classification_result(outputs, len(examples))
+        """(classes, scores) of a decided signature for serialized tf.Examples, as TF Serving's Classify."""
+        outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
+                                  "Classify")
+        return signatures.classification_result(outputs, len(examples))
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
-        """One value per serialized tf.Example, as TF Serving's Regress."""
-        signature = inference.regress_signature(servable, signature, self.check_method_names)
-        outputs = await self.run(servable, signature, {"inputs": np.array(examples, dtype=object)}, "Regress")
-        return inference.regression_result(outputs, len(examples))
+        """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
+        outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
+                                  "Regress")
+        return signatures.regression_result(outputs, len(examples))
+
+    async def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]],
+                              examples: list[bytes]) -> list[tuple[np.ndarray | None, np.ndarray | None] | np.ndarray]:
+        """Each decided task on the same tf.Examples, in order (a classification's (classes, scores), a regression's
+        values), counted as TF Serving's RecordRequestExampleCount counts a MultiInference's examples."""
+        results = []
+        for method, signature in tasks:
+            run = self.classify if method == signatures.CLASSIFY else self.regress
+            results.append(await run(servable, signature, examples))
+        self.metrics.examples(servable.name, len(examples))
+        return results
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
         """GetModelStatus, as both front ends answer it (REST prints it as JSON)."""
@@ -168,10 +241,10 @@ class ServingCore:
         """The model spec and every SignatureDef (GetModelMetadata's one supported field)."""
         spec = model_pb2.ModelSpec(name=servable.name)
         spec.version.value = servable.version
-        signatures = get_model_metadata_pb2.SignatureDefMap()
+        signature_defs = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in servable.signature_defs.items():
-            signatures.signature_def[key].CopyFrom(signature)
-        return spec, signatures
+            signature_defs.signature_def[key].CopyFrom(signature)
+        return spec, signature_defs
 
     def close(self) -> None:
         if self._batcher is not None:

@@ -9,14 +9,15 @@ import asyncio
 import functools
 import ipaddress
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
-import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -32,9 +33,10 @@ from tensorflow_serving.apis import (
 )
 
 import repository
-from serving import inference
+from serving import signatures
+from serving.auth import Token
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, PermissionDenied, Unimplemented, as_serving_error
+from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
@@ -51,31 +53,43 @@ def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
     return list(options.items())
 
 
+Answer = tuple[Message, Servable | None]  # an RPC's response, and the servable that gave it (None: none did)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a call, as authorization found them: what a reload's own rule and its audit line need."""
+
+    peer: str
+    token: Token | None
+
+
 def _answer(api: str):
-    """Run an RPC method: time it, count it, turn any exception into the call's status."""
+    """Run an RPC method: authorize it, time it, count it (under the request's model and the version of the
+    servable that answered, which the method returns with its response), turn any exception into the call's
+    status."""
 
     def decorate(method):
         @functools.wraps(method)
         async def wrapper(self, request, context):
             started = time.perf_counter()
-            call = {"model": request.model_spec.name if hasattr(request, "model_spec") else "", "version": "",
-                    "peer": context.peer()}
+            models, peer, servable = _models(request), context.peer(), None
             try:
                 credentials = dict(context.invocation_metadata() or ()).get("authorization")
-                call["token"] = self.core.authorize(credentials, api, _models(request), call["peer"],
-                                                    f"gRPC {method.__name__}")
+                token = self.core.authorize(credentials, api, models, peer, f"gRPC {method.__name__}")
                 if hasattr(request, "model_spec") and not request.HasField("model_spec"):
                     raise InvalidArgument("Missing ModelSpec")  # TF Serving's first check, before any lookup
                 with self.core.admitted():
-                    response = await method(self, request, call)
+                    response, servable = await method(self, request, Caller(peer, token))
+                code = grpc.StatusCode.OK
             except Exception as e:  # every error becomes a status; the server keeps serving
                 error = as_serving_error(e, f"gRPC {method.__name__}")
                 code, message = error.code, error.message
                 del error  # not kept past here: its traceback holds this frame (see rest.py)
-            else:
-                self.core.record(call["model"], call["version"], api, "GRPC", "OK", time.perf_counter() - started)
+            model, version = (models[0] if models else ""), (str(servable.version) if servable is not None else "")
+            self.core.record(model, version, api, "GRPC", code.name, time.perf_counter() - started)
+            if code == grpc.StatusCode.OK:
                 return response
-            self.core.record(call["model"], call["version"], api, "GRPC", code.name, time.perf_counter() - started)
             await context.abort(code, message)
 
         return wrapper
@@ -84,7 +98,8 @@ def _answer(api: str):
 
 
 def _models(request) -> list[str]:
-    """The models a request would use, for authorization (none for a reload: it needs the admin role)."""
+    """The models a request would use, for authorization (none for a reload: it needs the admin role); the first
+    is the one its metrics name."""
     if hasattr(request, "model_spec"):
         return [request.model_spec.name]
     if hasattr(request, "tasks"):
@@ -99,116 +114,90 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         # --enable_serialization_as_tensor_content; clients such as mnist_client.py read float_val.
         self.to_proto = tf.make_tensor_proto if tensor_content else typed_tensor_proto
 
-    def _servable(self, spec: model_pb2.ModelSpec, call: dict) -> Servable:
+    def _servable(self, spec: model_pb2.ModelSpec) -> Servable:
         if not spec.name:  # server_core.cc ServableRequestFromModelSpec
             raise InvalidArgument("ModelSpec has no name specified.")
         choice = spec.WhichOneof("version_choice")
-        servable = self.core.servable(
+        return self.core.servable(
             spec.name,
             version=spec.version.value if choice == "version" else None,
             label=spec.version_label if choice == "version_label" else None,
         )
-        call["version"] = str(servable.version)
-        return servable
 
     @staticmethod
     def _spec(response_spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
-        """util.cc MakeModelSpec: an empty signature name is answered as the default one."""
+        """util.cc MakeModelSpec, with the signature as decided (a request naming none is answered with the default
+        one's name)."""
         response_spec.name = servable.name
         response_spec.version.value = servable.version
-        response_spec.signature_name = signature or inference.DEFAULT_SIGNATURE
+        response_spec.signature_name = signature
 
     @_answer("predict")
-    async def Predict(self, request: predict_pb2.PredictRequest, call: dict) -> predict_pb2.PredictResponse:
-        servable = self._servable(request.model_spec, call)
+    async def Predict(self, request: predict_pb2.PredictRequest, caller: Caller) -> Answer:
+        servable = self._servable(request.model_spec)
         inputs = {name: _to_numpy(name, proto) for name, proto in request.inputs.items()}
-        signature, outputs = await self.core.predict(servable, request.model_spec.signature_name, inputs,
-                                                     list(request.output_filter))
+        signature = self.core.predict_signature(servable, request.model_spec.signature_name)
+        outputs = await self.core.predict(servable, signature, inputs, list(request.output_filter))
         response = predict_pb2.PredictResponse()
         self._spec(response.model_spec, servable, signature)
         for name, value in outputs.items():
             response.outputs[name].CopyFrom(self.to_proto(value))
-        return response
+        return response, servable
 
     @_answer("classify")
-    async def Classify(self, request: classification_pb2.ClassificationRequest,
-                       call: dict) -> classification_pb2.ClassificationResponse:
-        servable = self._servable(request.model_spec, call)
-        # classifier.cc checks the signature before it reads the input
-        inference.classify_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
-        examples = inference.serialized_examples(request.input)
-        classes, scores = await self.core.classify(servable, request.model_spec.signature_name, examples)
+    async def Classify(self, request: classification_pb2.ClassificationRequest, caller: Caller) -> Answer:
+        servable = self._servable(request.model_spec)
+        signature = self.core.classify_signature(servable, request.model_spec.signature_name)  # before the input
+        examples = signatures.serialized_examples(request.input)
+        classes, scores = await self.core.classify(servable, signature, examples)
         response = classification_pb2.ClassificationResponse()
-        self._spec(response.model_spec, servable, request.model_spec.signature_name)
+        self._spec(response.model_spec, servable, signature)
         _fill_classifications(response.result, classes, scores, len(examples))
-        return response
+        return response, servable
 
     @_answer("regress")
-    async def Regress(self, request: regression_pb2.RegressionRequest,
-                      call: dict) -> regression_pb2.RegressionResponse:
-        servable = self._servable(request.model_spec, call)
-        # regressor.cc checks the signature before it reads the input
-        inference.regress_signature(servable, request.model_spec.signature_name, self.core.check_method_names)
-        examples = inference.serialized_examples(request.input)
-        values = await self.core.regress(servable, request.model_spec.signature_name, examples)
+    async def Regress(self, request: regression_pb2.RegressionRequest, caller: Caller) -> Answer:
+        servable = self._servable(request.model_spec)
+        signature = self.core.regress_signature(servable, request.model_spec.signature_name)  # before the input
+        examples = signatures.serialized_examples(request.input)
+        values = await self.core.regress(servable, signature, examples)
         response = regression_pb2.RegressionResponse()
-        self._spec(response.model_spec, servable, request.model_spec.signature_name)
+        self._spec(response.model_spec, servable, signature)
         response.result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
-        return response
+        return response, servable
 
     @_answer("multi_inference")
-    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
-                             call: dict) -> inference_pb2.MultiInferenceResponse:
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, caller: Caller) -> Answer:
         """multi_inference_helper.cc and multi_inference.cc, in their order: the first task's model is looked up
         (no task: no name), then each task is checked in turn, then the input is read; Regress and Classify run
         per task where TF Serving runs one session for all."""
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        call["model"] = spec.name
-        servable = self._servable(spec, call)
-        signatures = []
-        for task in request.tasks:
-            if not task.model_spec.name:
-                raise InvalidArgument("Found ModelSpec with an empty model name.")
-            if task.model_spec.name != servable.name:
-                raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-            signature = task.model_spec.signature_name or inference.DEFAULT_SIGNATURE
-            if signature in signatures:
-                raise InvalidArgument(f"Duplicate evaluation of signature: {signature}")
-            signatures.append(signature)
-            if signature not in servable.signature_defs:
-                raise InvalidArgument(f"Requested signature not found in model graph: {signature}")
-            if task.method_name == inference.CLASSIFY:
-                inference.classify_signature(servable, signature, self.core.check_method_names)
-            elif task.method_name == inference.REGRESS:
-                inference.regress_signature(servable, signature, self.core.check_method_names)
-            else:
-                raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
-        examples = inference.serialized_examples(request.input)
+        servable = self._servable(spec)
+        tasks = self.core.multi_inference_tasks(servable, list(request.tasks))
+        examples = signatures.serialized_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
-        for task, signature in zip(request.tasks, signatures):
+        outcomes = await self.core.multi_inference(servable, tasks, examples)
+        for (method, signature), outcome in zip(tasks, outcomes):
             result = response.results.add()
             self._spec(result.model_spec, servable, signature)
-            if task.method_name == inference.CLASSIFY:
-                classes, scores = await self.core.classify(servable, signature, examples)
-                _fill_classifications(result.classification_result, classes, scores, len(examples))
+            if method == signatures.CLASSIFY:
+                _fill_classifications(result.classification_result, *outcome, len(examples))
             else:
-                values = await self.core.regress(servable, signature, examples)
-                result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
-        self.core.metrics.examples(servable.name, len(examples))
-        return response
+                result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in outcome)
+        return response, servable
 
     @_answer("metadata")
-    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
-                               call: dict) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, caller: Caller) -> Answer:
         if not request.metadata_field:
             raise InvalidArgument("GetModelMetadataRequest must specify at least one metadata_field")
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        spec, signatures = self.core.metadata(self._servable(request.model_spec, call))
+        servable = self._servable(request.model_spec)
+        spec, signature_defs = self.core.metadata(servable)
         response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=spec)
-        response.metadata["signature_def"].Pack(signatures)
-        return response
+        response.metadata["signature_def"].Pack(signature_defs)
+        return response, servable
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -223,20 +212,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.base_path_root = base_path_root
 
     @_answer("status")
-    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
-                             call: dict) -> get_model_status_pb2.GetModelStatusResponse:
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, caller: Caller) -> Answer:
         spec = request.model_spec  # an empty name is looked up, as TF Serving does: NOT_FOUND
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
-        return self.core.status(spec.name, version)
+        return self.core.status(spec.name, version), None
 
     @_answer("reload")
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
-                                        call: dict) -> model_management_pb2.ReloadConfigResponse:
+                                        caller: Caller) -> Answer:
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
-        refusal = self._refusal(request.config, call["peer"])
+        refusal = self._refusal(request.config, caller.peer)
         if refusal is not None:
-            self.core.audit.record("auth_failure", "gRPC HandleReloadConfigRequest", refusal.status_string(),
-                                   call["token"].id if call["token"] else None, call["peer"])
+            self.core.audit_refusal(refusal, "gRPC HandleReloadConfigRequest", caller.token, caller.peer)
             raise refusal
         if request.config.WhichOneof("config") != "model_config_list":
             raise InvalidArgument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
@@ -246,11 +233,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
         await asyncio.get_running_loop().run_in_executor(None, self.core.reload_config, request.config,
-                                                         call["token"], call["peer"])
-        return model_management_pb2.ReloadConfigResponse()
+                                                         caller.token, caller.peer)
+        return model_management_pb2.ReloadConfigResponse(), None
 
     def _refusal(self, config, peer: str) -> PermissionDenied | None:
-        if not (self.core.access.enabled or self.remote_reload or is_loopback(peer)):
+        if not (self.core.authenticates or self.remote_reload or is_loopback(peer)):
             return PermissionDenied("HandleReloadConfigRequest is accepted only from this machine (loopback); start "
                                     "the server with --auth_token_file (admin tokens may reload from anywhere) or "
                                     "--allow_remote_config_reload to accept it from others")

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from localhost.ports import free_port
+from localhost.processes import die_with_parent, rss_mib
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.local import die_with_parent, free_port, rss_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

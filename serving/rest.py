@@ -3,8 +3,9 @@
 Routing follows TF Serving's http_rest_api_util.cc: paths are matched case-insensitively, the
 method suffix is then compared exactly (`:PREDICT` is a malformed request, 400), anything
 outside /v1/ is libevent's 404 page. Routes are matched against the path with its query string,
-as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed request. The body
-is parsed before the model is looked up, so a malformed body is a 400 even for an unknown model.
+as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed request. A path is
+matched once, into a `Route`, which authorization, dispatch and the request's metrics all read. The
+body is parsed before the model is looked up, so a malformed body is a 400 even for an unknown model.
 Errors are {"error": message} with the status TF Serving maps the error's code to.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
@@ -26,7 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
 
-from serving import codec, inference
+from serving import codec, signatures
 from serving.core import ServingCore
 from serving.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
                             ResourceExhausted, Unauthenticated, Unavailable, as_serving_error)
@@ -47,6 +49,7 @@ CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Method
                 "Access-Control-Allow-Headers": "Content-Type"}
 ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, ResourceExhausted: {"Retry-After": "1"}}
 INT64_MAX = 2**63 - 1
+METRICS = "metrics"  # the route of the Prometheus page (--monitoring_config_file)
 LARGE_BODY_BYTES = 1 << 20
 _LIBC = ctypes.CDLL(None)
 
@@ -105,30 +108,32 @@ class RestApi:
             await self._server.shutdown(0.2)
 
     async def _handle(self, request: BaseRequest) -> web.Response:
-        path = request.raw_path  # with its query string: net_http's uri_path(), which TF Serving routes by
-        metrics = self.metrics_path is not None and request.rel_url.raw_path == self.metrics_path
-        if not metrics and not API_PATH.fullmatch(path):
+        route = match(request, self.metrics_path)
+        if route is None:
             return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
         started = time.perf_counter()
-        call = Call(request.method, path)
         headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
+        servable, status, code = None, 200, "OK"
         try:
             with self.core.admitted():
-                self._authorize(request, call)
-                if metrics:
-                    return self._metrics(path)
+                self._authorize(request, route)
+                if route.api == METRICS:
+                    return self._metrics(route.path)
                 body = await self._read_body(request)
-                answer = self._preflight(request) if request.method == "OPTIONS" else await self._answer(call, body)
-            status = 200
+                if request.method == "OPTIONS":
+                    answer = self._preflight(request)
+                else:
+                    answer, servable = await self._answer(route, body)
         except Exception as e:  # every error becomes an answer; the server keeps serving
-            error = as_serving_error(e, f"REST {request.method} {path[:200]}")
-            answer, status, call.status = codec.format_error_response(error.message), error.http_status, error.code.name
+            error = as_serving_error(e, f"REST {route.method} {route.path[:200]}")
+            answer, status, code = codec.format_error_response(error.message), error.http_status, error.code.name
             headers.update(ERROR_HEADERS.get(type(error), {}))
             del error  # it holds this frame (its traceback) and this frame it: a cycle keeping the request's
             # data (a large document) alive until a full collection, which the server's gc settings make rare
         if request.method == "OPTIONS":  # http_server.cc answers a preflight itself: no body, no type of its own
             answer, headers["Content-Type"] = b"", LIBEVENT_CONTENT_TYPE
-        self.core.record(call.model, call.version, call.api, "REST", call.status, time.perf_counter() - started)
+        version = str(servable.version) if servable is not None else ""
+        self.core.record(route.model, version, route.api, "REST", code, time.perf_counter() - started)
         response = web.Response(body=answer, status=status, headers=headers)
         if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang
             response.force_close()  # up, instead of lingering (aiohttp reads on for 10 s to reuse the connection)
@@ -138,21 +143,16 @@ class RestApi:
                 request.transport.close()
         return response
 
-    def _authorize(self, request: BaseRequest, call: Call) -> None:
-        """With --auth_token_file: the caller's token, checked against what the URL asks for, before the body is
-        read (so unauthenticated clients cannot make the server read and parse bodies). CORS preflights carry no
-        credentials, by the Fetch standard: they pass."""
-        if not self.core.access.enabled or call.method == "OPTIONS":
+    def _authorize(self, request: BaseRequest, route: Route) -> None:
+        """With --auth_token_file: the caller's token, checked against what the route asks for, before the body is
+        read (so unauthenticated clients cannot make the server read and parse bodies); a malformed route asks for
+        what status does. CORS preflights carry no credentials, by the Fetch standard: they pass."""
+        if not self.core.authenticates or route.method == "OPTIONS":
             return
-        action, model = ("metrics" if call.path == self.metrics_path else "status"), ""
-        if call.method == "POST" and (match := PREDICTION_PATH.fullmatch(call.path)):
-            action, model = match.group(4).lower(), unquote(match.group(1))
-        elif call.method == "GET" and (match := STATUS_PATH.fullmatch(call.path)):
-            action, model = ("metadata" if match.group(4) else "status"), unquote(match.group(1) or "")
         peername = request.transport.get_extra_info("peername") if request.transport else None
         peer = f"{peername[0]}:{peername[1]}" if peername else ""
-        self.core.authorize(request.headers.get("Authorization"), action, [model], peer,
-                            f"REST {call.method} {call.path[:200]}")
+        self.core.authorize(request.headers.get("Authorization"), route.api.lower() or "status", [route.model], peer,
+                            f"REST {route.method} {route.path[:200]}")
 
     async def _read_body(self, request: BaseRequest) -> bytes:
         """The body, decompressed (Content-Encoding gzip, deflate, br) with the limit applied to what it decompresses
@@ -173,9 +173,10 @@ class RestApi:
             raise InvalidArgument(f"Request body cannot be read as Content-Encoding {encoding!r}: "
                                   f"{str(e.__cause__ or e).splitlines()[-1].strip()[:200]}") from None
 
-    async def _answer(self, call: Call, body: bytes) -> bytes:
+    async def _answer(self, route: Route, body: bytes) -> tuple[bytes, Servable | None]:
+        """The answer to a route, and the servable that gave it (None for status, which needs none)."""
         try:
-            return await asyncio.wait_for(self._dispatch(call, body), self.timeout_s)
+            return await asyncio.wait_for(self._dispatch(route, body), self.timeout_s)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
                                    f"(--rest_api_timeout_in_ms)") from None
@@ -193,56 +194,44 @@ class RestApi:
             return b""
         raise FailedPrecondition("Origin header is missing in CORS preflight")
 
-    async def _dispatch(self, call: Call, body: bytes) -> bytes:
-        malformed = InvalidArgument(f"Malformed request: {call.method} {call.path}")
-        if call.method == "POST":
-            match = PREDICTION_PATH.fullmatch(call.path)
-            if match is None:
-                raise malformed
-            name, version, label, call.api = _model_spec(*match.groups())
-            if call.api == "predict":
-                return await self._predict(call, name, version, label, body)
-            if call.api in ("classify", "regress"):
-                return await self._classify_or_regress(call, name, version, label, body)
-            raise malformed
-        if call.method == "GET":
-            match = STATUS_PATH.fullmatch(call.path)
-            if match is None:
-                raise malformed
-            name, version, label, subresource = _model_spec(*match.groups())
-            if not name:
-                raise InvalidArgument("Missing model name in request.")
-            call.model = name
-            if self.draining:  # readiness probes see it first; load balancers stop sending requests here
-                raise Unavailable("Server is shutting down")
-            if subresource == "metadata":
-                call.api = "metadata"
-                return self._metadata(self.core.servable(name, version, label))
-            call.api = "status"
-            return self._status(name, version)
-        raise malformed
+    async def _dispatch(self, route: Route, body: bytes) -> tuple[bytes, Servable | None]:
+        if route.problem:
+            raise InvalidArgument(route.problem)
+        if route.api == "predict":
+            return await self._predict(route, body)
+        if route.api in ("classify", "regress"):
+            return await self._classify_or_regress(route, body)
+        if route.api in ("status", "metadata") and self.draining:  # readiness probes see it first: load balancers
+            raise Unavailable("Server is shutting down")  # stop sending requests here
+        if route.api == "metadata":
+            servable = self._servable(route)
+            return self._metadata(servable), servable
+        if route.api == "status":
+            return self._status(route), None
+        raise InvalidArgument(f"Malformed request: {route.method} {route.path}")
 
-    async def _predict(self, call: Call, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+    async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
         async with self._codec(body) as run:
             document = await run(codec.decode_predict_json, body)
-            signature_name = codec.signature_name(document) or inference.DEFAULT_SIGNATURE
-            servable = self._servable(call, name, version, label)
-            if signature_name not in servable.signature_defs:
-                raise InvalidArgument(f'Serving signature name: "{signature_name}" not found in signature def')
-            inputs, row_format = await run(codec.parse_predict_request, document, servable.inputs[signature_name])
+            signature = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
+            servable = self._servable(route)
+            inputs, row_format = await run(codec.parse_predict_request, document,
+                                           self.core.predict_inputs(servable, signature))
             del document
-            _, outputs = await self.core.predict(servable, signature_name, inputs)
-            return await run(codec.format_predict_response, outputs, row_format)
+            outputs = await self.core.predict(servable, signature, inputs)
+            return await run(codec.format_predict_response, outputs, row_format), servable
 
-    async def _classify_or_regress(self, call: Call, name: str, version: int | None, label: str | None,
-                                   body: bytes) -> bytes:
+    async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
         async with self._codec(body) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
-            servable = self._servable(call, name, version, label)
-            if call.api == "classify":
-                classes, scores = await self.core.classify(servable, signature_name, examples)
-                return await run(codec.format_classify_response, classes, scores)
-            return await run(codec.format_regress_response, await self.core.regress(servable, signature_name, examples))
+            servable = self._servable(route)
+            if route.api == "classify":
+                signature = self.core.classify_signature(servable, signature_name)
+                classes, scores = await self.core.classify(servable, signature, examples)
+                return await run(codec.format_classify_response, classes, scores), servable
+            signature = self.core.regress_signature(servable, signature_name)
+            values = await self.core.regress(servable, signature, examples)
+            return await run(codec.format_regress_response, values), servable
 
     @contextlib.asynccontextmanager
     async def _codec(self, body: bytes):
@@ -265,22 +254,19 @@ class RestApi:
         finally:
             await loop.run_in_executor(self._large_bodies, release_freed_memory)
 
-    def _servable(self, call: Call, name: str, version: int | None, label: str | None) -> Servable:
-        call.model = name
-        servable = self.core.servable(name, version, label)
-        call.version = str(servable.version)
-        return servable
+    def _servable(self, route: Route) -> Servable:
+        return self.core.servable(route.model, route.version, route.label)
 
-    def _status(self, name: str, version: int | None) -> bytes:
-        response = self.core.status(name, version)
+    def _status(self, route: Route) -> bytes:
+        response = self.core.status(route.model, route.version)
         return json_format.MessageToJson(response, indent=1, always_print_fields_with_no_presence=True).encode()
 
     def _metadata(self, servable: Servable) -> bytes:
         """TF Serving's hand-assembled metadata JSON: model_spec, then metadata.signature_def."""
-        spec, signatures = self.core.metadata(servable)
+        spec, signature_defs = self.core.metadata(servable)
         options = dict(indent=1, always_print_fields_with_no_presence=True, preserving_proto_field_name=True)
         spec_json = json_format.MessageToJson(spec, **options)
-        signature_json = json_format.MessageToJson(signatures, **options)
+        signature_json = json_format.MessageToJson(signature_defs, **options)
         return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
 
 
@@ -309,27 +295,56 @@ class Refuse(asyncio.Protocol):
         transport.close()
 
 
-class Call:
-    """What a request was, for its log line and metrics, filled in as routing learns it."""
+@dataclass(frozen=True)
+class Route:
+    """What a request asks for, as its method and path say: matched once, then read by authorization, dispatch
+    and the request's metrics."""
 
-    def __init__(self, method: str, path: str):
-        self.method, self.path = method, path
-        self.model, self.version, self.api, self.status = "", "", "", "OK"
+    method: str
+    path: str  # with its query string: what TF Serving routes by, and quotes in "Malformed request"
+    api: str = ""  # predict, classify or regress as the URL spells it (":PREDICT" is malformed), status, metadata,
+    #                the metrics page; "" where no route matches (malformed)
+    model: str = ""
+    version: int | None = None
+    label: str | None = None
+    problem: str = ""  # why the URL's model, version or label cannot be used: a 400, answered after authorization
 
 
-def _model_spec(name: str | None, version: str | None, label: str | None, last: str | None):
-    """Decode the URL parts the regex captured, with TF Serving's errors for bad ones."""
+def match(request: BaseRequest, metrics_path: str | None) -> Route | None:
+    """The request's route; None outside /v1/ and the metrics page (libevent's 404 page). The metrics page is
+    found by the path without its query string, as http_server.cc finds it."""
+    method, path = request.method, request.raw_path  # with its query string: net_http's uri_path()
+    if metrics_path is not None and request.rel_url.raw_path == metrics_path:
+        return Route(method, path, METRICS)
+    if not API_PATH.fullmatch(path):
+        return None
+    if method == "POST" and (found := PREDICTION_PATH.fullmatch(path)):
+        name, version, label, api = found.groups()
+    elif method == "GET" and (found := STATUS_PATH.fullmatch(path)):
+        name, version, label, subresource = found.groups()
+        api = "metadata" if subresource else "status"
+    else:
+        return Route(method, path)
+    try:
+        return Route(method, path, api, *_model_spec(name, version, label))
+    except InvalidArgument as e:  # the model as the URL names it (undecodable bytes replaced), for authorization
+        return Route(method, path, api, unquote(name or ""), problem=e.message)
+
+
+def _model_spec(name: str | None, version: str | None, label: str | None) -> tuple[str, int | None, str | None]:
+    """Decode the URL parts the regex captured, with TF Serving's errors for bad ones, in its order."""
     if version is not None:
         if len(version.lstrip("0")) > 19 or int(version) > INT64_MAX:  # int() refuses more than 4,300 digits
             raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
         version = int(version)
-    if name is not None:
-        name = _decode(name, "model name")
+    name = _decode(name, "model name") if name is not None else ""
     if label is not None:
         label = _decode(label, "model version label")
     if version is not None and label is not None:
         raise InvalidArgument(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
-    return name, version, label, last
+    if not name:
+        raise InvalidArgument("Missing model name in request.")
+    return name, version, label
 
 
 def _decode(text: str, what: str) -> str:

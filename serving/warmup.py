@@ -6,11 +6,10 @@ A record that fails makes the load fail, as in TF Serving.
 """
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from serving import inference
+from serving import signatures
 from serving.servable import Servable
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
@@ -35,14 +34,15 @@ def _replay_one(servable: Servable, log: prediction_log_pb2.PredictionLog) -> No
     kind = log.WhichOneof("log_type")
     if kind == "predict_log":
         request = log.predict_log.request
-        signature = inference.predict_signature(servable, request.model_spec.signature_name, check_method=False)
+        signature = signatures.predict_signature(servable, request.model_spec.signature_name)
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        inference.check_predict_request(servable, signature, inputs, list(request.output_filter))
+        signatures.check_predict_request(servable, signature, inputs, list(request.output_filter), check_method=False)
         servable.run(signature, inputs)
     elif kind in ("classify_log", "regress_log"):
         request = getattr(log, kind).request
-        choose = inference.classify_signature if kind == "classify_log" else inference.regress_signature
+        choose = signatures.classify_signature if kind == "classify_log" else signatures.regress_signature
         signature = choose(servable, request.model_spec.signature_name, check_method=False)
-        servable.run(signature, {"inputs": np.array(inference.serialized_examples(request.input), dtype=object)})
+        examples = signatures.serialized_examples(request.input)
+        servable.run(signature, signatures.example_inputs(servable, signature, examples))
     else:
         raise ValueError(f"warmup record of type {kind!r} is not supported; expected predict, classify or regress logs")

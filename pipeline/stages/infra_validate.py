@@ -47,7 +47,7 @@ def _in_process(saved_model: Path, rows: dict[str, np.ndarray]) -> dict[str, np.
 
 def _validate(c, base: Path, rows: dict[str, np.ndarray], expected: dict[str, np.ndarray], out: Path) -> dict:
     from serving.client import GrpcClient, RestClient, ServingClientError
-    from serving.local import free_port
+    from localhost.ports import free_port
     from serving.process import ServerProcess
 
     n = len(rows["x"])

@@ -23,8 +23,9 @@ import sys
 import threading
 from collections.abc import Callable
 
+from localhost.ports import free_ports
+from localhost.processes import die_with_parent
 from pipeline.errors import StageError
-from serving.local import die_with_parent, free_ports
 
 TAIL_LINES = 20
 

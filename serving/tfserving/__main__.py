@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from serving import loadgen
+from localhost import loadgen
 from serving.tfserving import bundle, container, sweep
 from serving.tfserving.errors import UsageError
 

@@ -2,7 +2,7 @@
 latency under a bound, against the same server with batching off, measured in one run on this machine.
 
 For batching off and then each candidate, `python -m serving` serves the model on 127.0.0.1 and open-loop
-REST load (serving.loadgen: latency from each request's scheduled send time) finds its knee: the highest
+REST load (localhost.loadgen: latency from each request's scheduled send time) finds its knee: the highest
 rate whose p99 stays under the bound with no errors. After one run at the first rate, discarded (the first
 seconds under load are slower), the ladder of rates starts at the best knee so far (the
 first one, at an estimate made from one request's latency), doubles until a rate breaks the bound (halves
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import repository
-from serving import loadgen
-from serving.machine import machine
+from localhost import loadgen
+from localhost.machine import machine
 from serving.tfserving.errors import UsageError
 
 GRIDS = ("small", "full")

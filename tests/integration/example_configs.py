@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.local import free_port
+from localhost.ports import free_port
 from serving.process import ServerProcess
 from tests.pipeline_cli import ROOT, pipeline_command, pipeline_env
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.local import free_ports
+from localhost.ports import free_ports
 from serving.process import wait_available
 from tests.pipeline_cli import pipeline_env
 

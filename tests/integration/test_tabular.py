@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 
+from localhost.ports import free_port
 from serving.client import GrpcClient, RestClient
-from serving.local import free_port
 from serving.process import ServerProcess
 from tests.pipeline_cli import run_pipeline
 

@@ -11,10 +11,10 @@ import pytest
 import requests
 
 import repository
+from localhost import loadgen
+from localhost.ports import free_port
 from pipeline.registry import NotInRegistry, Registry, RegistryError
 from pipeline.registry.__main__ import main
-from serving import loadgen
-from serving.local import free_port
 from serving.model_config import load_model_server_config
 from serving.process import ServerProcess
 

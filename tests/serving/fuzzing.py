@@ -28,8 +28,8 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, predict_pb2, regression_pb2)
 
+from localhost.ports import free_port
 from serving.codec import example_from_json
-from serving.local import free_port
 from serving.process import ServerProcess
 
 HPT = "/v1/models/half_plus_two"

@@ -22,17 +22,18 @@ import pytest
 import requests
 from repo_files import write_config
 
+from localhost import loadgen
 import repository
 from pipeline.registry import Registry
-from serving import loadgen
 from serving.process import ServerProcess
 
+pytestmark = pytest.mark.xdist_group("test_faults")  # its module-scoped server starts once, in one worker
 RETRY_FLAGS = ("--max_num_load_retries=2", "--load_retry_interval_micros=500000")  # retries after 0.5 s, then 1 s
 
 
 class OpenLoad:
     """Predict requests for one model at a fixed rate whether or not earlier ones were answered
-    (serving.loadgen, in runs of 1 s on a thread) while in the `with` block; counts requests and
+    (localhost.loadgen, in runs of 1 s on a thread) while in the `with` block; counts requests and
     failures by kind."""
 
     def __init__(self, url: str, model: str, rate: float = 50):

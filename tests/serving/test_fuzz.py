@@ -14,6 +14,7 @@ from tensorflow.core.framework import types_pb2
 import fuzzing
 from fuzzing import HPT, PREDICTION, GrpcCase, RestCase, field_bytes, predict_request, tensor
 
+pytestmark = pytest.mark.xdist_group("test_fuzz")  # its module-scoped server starts once, in one worker
 RSS_TOLERANCE = 0.10  # RSS after the run may exceed the after-warm-up baseline by this much: allocator slack
 
 

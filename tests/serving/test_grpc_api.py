@@ -26,31 +26,20 @@ from tensorflow_serving.apis import (
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from localhost.ports import free_port
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.errors import InvalidArgument
 from serving.grpc_service import is_loopback, server_options
-from serving.inference import classification_result, regression_result, serialized_examples
-from serving.local import free_port
 from serving.process import ServerProcess
+from serving.signatures import classification_result, regression_result, serialized_examples
+
+pytestmark = pytest.mark.xdist_group("reference_server")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, half_plus_two_base, digits):
-    work = tmp_path_factory.mktemp("grpc")
-    copy_version(half_plus_two_base, 123, work / "hpt" / "123")
-    labels = 'version_labels { key: "stable" value: 123 }'
-    config = write_config(work / "models.config", [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
-    (work / "monitoring.config").write_text("prometheus_config { enable: true }")
-    grpc_port = free_port()
-    process = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}",
-                            f"--monitoring_config_file={work / 'monitoring.config'}",
-                            "--allow_version_labels_for_unavailable_models", log_dir=work)
-    process.target = f"127.0.0.1:{grpc_port}"
-    process.work = work
-    process.wait_available("half_plus_two")
-    process.wait_available("digits")
-    yield process
-    assert process.stop() == 0, process.log_tail()
+@pytest.fixture
+def server(reference_server):
+    """The server this module shares with test_rest_api.py (conftest.py): half_plus_two 123 and 124, digits."""
+    return reference_server
 
 
 @pytest.fixture
@@ -81,14 +70,15 @@ def test_classify_regress_and_multi_inference(server, client):
     with grpc.insecure_channel(server.target) as channel:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(request, timeout=10)
     assert [r.regression_result.regressions[0].value for r in response.results] == [7.0, 8.0]
-    assert [r.model_spec.version.value for r in response.results] == [123, 123]
+    assert [r.model_spec.version.value for r in response.results] == [124, 124]  # the latest
 
 
 def test_metadata_and_status(client):
     metadata = client.metadata("half_plus_two")
-    assert (metadata["model"], metadata["version"]) == ("half_plus_two", 123)
+    assert (metadata["model"], metadata["version"]) == ("half_plus_two", 124)  # the latest
     assert metadata["signatures"]["serving_default"]["inputs"] == {"x": {"dtype": "float32", "shape": [-1, 1]}}
     assert client.status("half_plus_two") == [
+        {"version": 124, "state": "AVAILABLE", "error_code": "OK", "error_message": ""},
         {"version": 123, "state": "AVAILABLE", "error_code": "OK", "error_message": ""}]
 
 
@@ -146,7 +136,7 @@ def test_resnet_client_style_sync_call_with_make_ndarray(server):
         request.inputs["x"].CopyFrom(tf.make_tensor_proto([[4.0]], dtype=tf.float32))
         result = stub.Predict(request, 10.0)
     assert tf.make_ndarray(result.outputs["y"]).tolist() == [[4.0]]
-    assert result.model_spec.name == "half_plus_two" and result.model_spec.version.value == 123
+    assert result.model_spec.name == "half_plus_two" and result.model_spec.version.value == 124  # the latest
 
 
 def test_messages_larger_than_grpcs_default_4mib_are_accepted(client):
@@ -172,6 +162,8 @@ ERRORS = [  # (call, expected gRPC code, substring of the message)
     (lambda c: c.classify("half_plus_two", [], signature_name="classify_x_to_y"), "INVALID_ARGUMENT", "Input is empty."),
     (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="nope"), "INVALID_ARGUMENT",
      "No signature was found with the name: nope"),
+    (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="regress_x2_to_y3"), "INVALID_ARGUMENT",
+     "Expects arg[0] to be float but string is provided"),  # its input is not the examples: the session's words
     (lambda c: c.status("nope"), "NOT_FOUND", "Could not find any versions of model nope"),
 ]
 
@@ -371,27 +363,41 @@ def test_metadata_needs_the_signature_def_field(server):
             stub.GetModelMetadata(request, timeout=10)
 
 
-def test_reload_config_adds_and_removes_models_while_serving(server, client, half_plus_two_base):
-    copy_version(half_plus_two_base, 123, server.work / "second" / "7")
-    config = model_server_config_pb2.ModelServerConfig()  # digits is left out: it must unload
-    for name, base in (("second", server.work / "second"), ("half_plus_two", server.work / "hpt")):
-        config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
-    with grpc.insecure_channel(server.target) as channel:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        response = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
-        assert response.status.error_code == 0
-        assert client.predict("second", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
-        assert client.status("digits")[0]["state"] == "END"
-        with pytest.raises(ServingClientError, match="Latest\\(digits\\)"):
-            client.predict("digits", {"x": np.zeros((1, 64), np.float32)})
-        bad = model_server_config_pb2.ModelServerConfig()
-        bad.model_config_list.config.add(name="x")
-        with pytest.raises(grpc.RpcError) as info:
-            stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=10)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "has no base_path" in info.value.details()
-    assert client.predict("half_plus_two", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
-    assert requests.get(f"{server.url}/v1/models/second", timeout=10).json()["model_version_status"][0]["version"] == "7"
+def test_reload_config_adds_and_removes_models_while_serving(tmp_path, half_plus_two_base, digits):
+    """On a server of its own: the reload changes what it serves."""
+    copy_version(half_plus_two_base, 123, tmp_path / "hpt" / "123")
+    models = write_config(tmp_path / "models.config", [("half_plus_two", tmp_path / "hpt", ""),
+                                                       ("digits", digits.base, "")])
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_config_file={models}", f"--port={grpc_port}", log_dir=tmp_path)
+    try:
+        server.wait_available("half_plus_two")
+        server.wait_available("digits")
+        copy_version(half_plus_two_base, 123, tmp_path / "second" / "7")
+        config = model_server_config_pb2.ModelServerConfig()  # digits is left out: it must unload
+        for name, base in (("second", tmp_path / "second"), ("half_plus_two", tmp_path / "hpt")):
+            config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel, \
+                GrpcClient(f"127.0.0.1:{grpc_port}") as client:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            response = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
+                                                      timeout=60)
+            assert response.status.error_code == 0
+            assert client.predict("second", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+            assert client.status("digits")[0]["state"] == "END"
+            with pytest.raises(ServingClientError, match="Latest\\(digits\\)"):
+                client.predict("digits", {"x": np.zeros((1, 64), np.float32)})
+            bad = model_server_config_pb2.ModelServerConfig()
+            bad.model_config_list.config.add(name="x")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=bad), timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "has no base_path" in info.value.details()
+            assert client.predict("half_plus_two", {"x": np.array([[2.0]], np.float32)})["y"].tolist() == [[3.0]]
+        status = requests.get(f"{server.url}/v1/models/second", timeout=10).json()["model_version_status"]
+        assert status[0]["version"] == "7"
+    finally:
+        assert server.stop() == 0, server.log_tail()
 
 
 def this_machines_address() -> str | None:

@@ -13,10 +13,13 @@ import tensorflow as tf
 from repo_files import write_config
 from tensorflow_serving.apis import inference_pb2, model_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
+from localhost.ports import free_port
 from serving.client import GrpcClient
-from serving.local import free_port
 from serving.metrics import TFMetric, exponential
 from serving.process import ServerProcess
+
+# its tests start servers: in one worker they run in turn (spread over two, their starts overlap)
+pytestmark = pytest.mark.xdist_group("test_metrics")
 
 # TF Serving's util/prometheus_exporter_test.cc, as (metric, samples, the exact lines its exporter writes)
 EXPORTER_CASES = [

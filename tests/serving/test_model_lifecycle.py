@@ -2,19 +2,24 @@
 flags checked at start. Versions swapped, broken and removed under load are in test_faults.py."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
 from repo_files import write_config
 
+from localhost.ports import free_port
 from repository import publish
-from serving.local import free_port
 from serving.process import ServerProcess
 from serving.model_config import ModelConfig, aspired_versions, load_model_server_config
+
+# its tests start servers: in one worker they run in turn (spread over two, their starts overlap)
+pytestmark = pytest.mark.xdist_group("test_model_lifecycle")
 
 
 def test_version_policies_choose_like_tf_serving():
@@ -51,21 +56,27 @@ def states(server) -> dict[str, str]:
     return {s["version"]: s["state"] for s in status}
 
 
+def labelled(stable: int) -> str:
+    return ('model_version_policy { specific { versions: 1 versions: 3 } } '
+            f'version_labels {{ key: "stable" value: {stable} }} version_labels {{ key: "canary" value: 3 }}')
+
+
 @pytest.mark.slow
 def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two_base):
+    """Also: a rewritten config file is applied by the server's watcher and audited as a reload is, from peer
+    "config file"; a file it cannot apply is audited once, not at every poll that tries it again."""
     base = tmp_path / "hpt"
     for _ in range(3):
         publish(half_plus_two_base / "123", base)
-    policy = ('model_version_policy { specific { versions: 1 versions: 3 } } '
-              'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 3 }')
-    config = write_config(tmp_path / "models.config", [("hpt", base, policy)])
+    config = write_config(tmp_path / "models.config", [("hpt", base, labelled(stable=1))])
     refused = subprocess.run([sys.executable, "-m", "serving", f"--model_config_file={config}", "--rest_api_port=0",
                               f"--port={free_port()}"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and re.search(  # like TF Serving: nothing is loaded when labels are first read
         "Failed to start server. Error: FAILED_PRECONDITION: Request to assign label to version [13] of model hpt, "
         "which is not currently available for inference", refused.stderr)
+    audit = tmp_path / "audit.jsonl"
     server = ServerProcess(f"--model_config_file={config}", "--port=0", "--allow_version_labels_for_unavailable_models",
-                           log_dir=tmp_path)
+                           "--model_config_file_poll_wait_seconds=1", f"--audit_log_file={audit}", log_dir=tmp_path)
     try:
         server.wait_available("hpt", 3)
         server.wait_available("hpt", 1)
@@ -76,8 +87,22 @@ def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two
             assert response.json() == {"predictions": [3.0]}
         missing = requests.post(f"{server.url}/v1/models/hpt/versions/2:predict", data='{"instances": [2.0]}')
         assert missing.status_code == 404
+
+        for stable in (2, 3):  # version 2 is not served: refused, and tried again at each poll; then 3 applies
+            write_config(tmp_path / "next.config", [("hpt", base, labelled(stable))]).replace(config)
+            time.sleep(2.5)
+        deadline = time.monotonic() + 30
+        while "label_change" not in audit.read_text():
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.1)
     finally:
         server.stop()
+    entries = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["action"], e["target"], e["result"].split(":")[0], e["peer"], e["token_id"]) for e in entries] == [
+        ("reload", "hpt", "FAILED_PRECONDITION", "config file", None),
+        ("reload", "hpt", "OK", "config file", None),
+        ("label_change", "hpt/stable: 1 -> 3", "OK", "config file", None),
+    ]
 
 
 @pytest.mark.parametrize("flags, message", [

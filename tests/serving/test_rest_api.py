@@ -15,33 +15,16 @@ import pytest
 import requests
 import tensorflow as tf
 
-from repo_files import copy_version, write_config
-
 from serving.client import RestClient, ServingClientError
-from serving.process import ServerProcess
 
+pytestmark = pytest.mark.xdist_group("reference_server")
 HPT = "/v1/models/half_plus_two"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, half_plus_two_base, digits):
-    work = tmp_path_factory.mktemp("rest")
-    copy_version(half_plus_two_base, 123, work / "hpt" / "123")
-    copy_version(half_plus_two_base, 123, work / "hpt" / "124")
-    labels = 'model_version_policy { all {} } version_labels { key: "stable" value: 123 }'
-    config = write_config(work / "models.config", [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
-    (work / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
-    (work / "batching.config").write_text(
-        "max_batch_size { value: 32 } batch_timeout_micros { value: 5000 } num_batch_threads { value: 2 }")
-    process = ServerProcess(
-        f"--model_config_file={config}", "--port=0", "--enable_batching",
-        f"--batching_parameters_file={work / 'batching.config'}",
-        f"--monitoring_config_file={work / 'monitoring.config'}", "--rest_api_max_body_bytes=1000000",
-        "--allow_version_labels_for_unavailable_models", log_dir=work)
-    process.wait_available("half_plus_two", 124)
-    process.wait_available("digits")
-    yield process
-    assert process.stop() == 0, process.log.read_text()[-2000:]
+@pytest.fixture
+def server(reference_server):
+    """The server this module shares with test_grpc_api.py (conftest.py)."""
+    return reference_server
 
 
 def call(server, method: str, path: str, body: str | bytes | None = None) -> requests.Response:
@@ -130,6 +113,9 @@ ERRORS = [
      "Expected one output Tensor."),
     ("POST", f"{HPT}:regress", '{"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}', 400,
      "No regression outputs found in SignatureDef: inputs {"),
+    # a signature whose input is not the serialized examples: the session's words (FunctionCallFrame::SetArgs)
+    ("POST", f"{HPT}:regress", '{"signature_name": "regress_x2_to_y3", "examples": [{"x": 1.0}]}', 400,
+     "Expects arg[0] to be float but string is provided"),
     # routes match net_http's uri_path(), the path with its query string (evhttp_request.cc)
     ("POST", f"{HPT}:predict?x=1", '{"instances": [1.0]}', 400, "Malformed request: POST /v1/models/half_plus_two:predict?x=1"),
     ("GET", f"{HPT}/metadata?x=1", None, 400, "Malformed request: GET /v1/models/half_plus_two/metadata?x=1"),
@@ -244,6 +230,7 @@ def test_concurrent_digits_requests_are_batched_and_exact(server, digits):
         results[i] = requests.post(f"{server.url}/v1/models/digits:predict", data=body, timeout=30)
 
     threads = [threading.Thread(target=predict, args=(i,)) for i in range(64)]
+    before = _digits_batches(server)  # the server is shared: count this test's batches only
     for t in threads:
         t.start()
     for t in threads:
@@ -251,10 +238,15 @@ def test_concurrent_digits_requests_are_batched_and_exact(server, digits):
     assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200][:2]
     probabilities = np.array([r.json()["predictions"][0]["probabilities"] for r in results])
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+    batches, rows = (after - earlier for after, earlier in zip(_digits_batches(server), before))
+    assert rows == 64 and batches < rows, "concurrent requests must be coalesced into fewer model calls"
+
+
+def _digits_batches(server) -> tuple[float, float]:
+    """(batches, rows) the server has run for digits version 1 so far."""
     metrics = call(server, "GET", "/monitoring/prometheus/metrics").text
-    batches = _metric(metrics, 'serving_batch_size_count{model="digits",version="1"}')
-    rows = _metric(metrics, 'serving_batch_size_sum{model="digits",version="1"}')
-    assert rows >= 64 and batches < rows, "concurrent requests must be coalesced into fewer model calls"
+    series = 'serving_batch_size_{}{{model="digits",version="1"}}'
+    return _metric(metrics, series.format("count")), _metric(metrics, series.format("sum"))
 
 
 def test_metrics_count_requests_by_model_version_api_and_status(server):
@@ -270,10 +262,11 @@ def test_metrics_count_requests_by_model_version_api_and_status(server):
 
 
 def _metric(text: str, series: str) -> float:
+    """The series' value; 0 before it has one (a labelled series appears with its first sample)."""
     for line in text.splitlines():
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{series} not in metrics")
+    return 0.0
 
 
 def test_rest_client_round_trips_and_raises_typed_errors(server, digits):

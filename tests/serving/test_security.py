@@ -17,13 +17,15 @@ from google.protobuf import text_format
 from repo_files import copy_version, write_config
 from tensorflow_serving.config import model_server_config_pb2
 
+from localhost.ports import free_port
 from serving import protos
-from serving.__main__ import build_parser, warn_if_exposed
+from serving.__main__ import build_parser
 from serving.auth import load_tokens
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.local import free_port
 from serving.process import ServerProcess
+from serving.server import warn_if_exposed
 
+pytestmark = pytest.mark.xdist_group("test_security")  # its module-scoped server starts once, in one worker
 PREDICT_TOKEN = "p" * 20 + "-predict-secret"  # may use hpt only
 ADMIN_TOKEN = "a" * 20 + "-admin-secret"
 NEW_TOKEN = "n" * 20 + "-added-on-sighup"
@@ -95,6 +97,7 @@ def test_rest_tokens_roles_and_models(secured):
     assert raw.status_code == 401 and raw.headers["WWW-Authenticate"] == "Bearer"
     metrics = f"{secured.url}/monitoring/prometheus/metrics"
     assert requests.get(metrics, **tls).status_code == 401  # open status (--auth_allow_status) is not open metrics
+    assert requests.get(f"{metrics}?x=1", **tls).status_code == 401  # the metrics page, whatever its query string
     scraped = requests.get(metrics, headers={"Authorization": f"Bearer {PREDICT_TOKEN}"}, **tls)
     assert scraped.status_code == 200 and "serving_requests_total" in scraped.text
     failures = [e for e in audit(secured) if e["action"] == "auth_failure"]

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import requests
 
+from localhost.ports import free_port
 import serving
 from serving.client import GrpcClient, RestClient, ServingClientError
-from serving.local import free_port
 from serving.process import ServerProcess
 
-pytestmark = pytest.mark.slow
+# its tests start servers: in one worker they run in turn (spread over two, their starts overlap)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_server")]
 
 
 def test_a_server_in_a_with_block(half_plus_two_base):

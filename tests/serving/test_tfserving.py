@@ -23,15 +23,16 @@ from dockerfile_parse import DockerfileParser
 from google.protobuf import text_format
 from repo_files import copy_version, write_config
 
+from localhost.ports import free_ports
 from serving import protos
 from serving.__main__ import build_parser
 from serving.batching import BatchingParameters
-from serving.local import free_ports
 from serving.model_config import ModelServerConfig, load_model_server_config
 from serving.process import ServerProcess, wait_available
 from serving.tfserving import sweep
 from serving.tfserving.__main__ import main
 
+pytestmark = pytest.mark.xdist_group("test_tfserving")  # its module-scoped server starts once, in one worker
 TF_SERVING = importlib.metadata.version("tensorflow-serving-api")
 SWEEP_FILE = "# measured elsewhere\nmax_batch_size { value: 16 }\nbatch_timeout_micros { value: 1000 }\n"
 LABELS = 'model_version_policy { specific { versions: 2 versions: 3 } } ' \

@@ -1,9 +1,10 @@
-"""What Predict, Classify and Regress mean for a signature, with TF Serving's checks and messages.
+"""What Predict, Classify, Regress and MultiInference mean for a signature, with TF Serving's checks and messages.
 
-Ported in substance from TF Serving's predict_util.cc, classifier.cc and regressor.cc: which
-signature is used, which inputs and outputs it must have, and how outputs become results. The
-running itself is the caller's (batched or not); these functions only decide and shape.
-Method names are checked only with --enable_signature_method_name_check (off by default, as in TF Serving).
+Ported in substance from TF Serving's predict_util.cc, classifier.cc, regressor.cc and multi_inference_helper.cc:
+which signature is used, which inputs and outputs it must have, and how outputs become results. Each rule is
+applied once per request, in TF Serving's order; the running itself is the caller's (batched or not), these
+functions only decide and shape. Method names are checked only with --enable_signature_method_name_check (off by
+default, as in TF Serving).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import input_pb2
+from tensorflow_serving.apis import inference_pb2, input_pb2
 
 from serving.codec.dtypes import shape_string
-from serving.errors import FailedPrecondition, Internal, InvalidArgument
-from serving.servable import Servable, SignatureDef, Tensors
+from serving.errors import FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from serving.servable import Servable, SignatureDef, TensorSpec, Tensors
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT = "tensorflow/serving/predict"
@@ -24,24 +25,33 @@ REGRESS = "tensorflow/serving/regress"
 MAX_STRING_RANK = 32  # TF converts a string ndarray with a numpy iterator of at most 32 dimensions; past it, a segfault
 
 
-def predict_signature(servable: Servable, name: str, check_method: bool) -> str:
+def predict_signature(servable: Servable, name: str) -> str:
+    """The signature a Predict request names (predict_util.cc's lookup; the default when it names none)."""
     name = name or DEFAULT_SIGNATURE
-    signature = servable.signature_defs.get(name)
-    if signature is None:
+    if name not in servable.signature_defs:
         raise FailedPrecondition(f'Serving signature key "{name}" not found.')
-    if check_method and signature.method_name not in (PREDICT, CLASSIFY, REGRESS):
-        raise Internal(
-            f"Expected prediction signature method_name to be one of {{{PREDICT}, {CLASSIFY}, {REGRESS}}}. "
-            f"Was: {signature.method_name}"
-        )
     return name
 
 
-def check_predict_request(servable: Servable, signature: str, inputs: Tensors, output_filter: list[str]) -> None:
-    """The request's inputs must be exactly the signature's, and strings fewer than 33 dimensions (they would crash
-    TF); the filter must name its outputs; each input must have its signature's dtype, refused in the words of TF
-    Serving's session (FunctionCallFrame::SetArgs)."""
+def signature_inputs(servable: Servable, name: str) -> dict[str, TensorSpec]:
+    """The inputs of the signature a REST predict body names, which the body is parsed against
+    (http_rest_api_handler.cc's lookup, in its words)."""
+    if name not in servable.signature_defs:
+        raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+    return servable.inputs[name]
+
+
+def check_predict_request(servable: Servable, signature: str, inputs: Tensors, output_filter: list[str],
+                          check_method: bool) -> None:
+    """predict_util.cc's checks of a request for `signature` (as a lookup above found it), in its order: the
+    method name; the request's inputs must be exactly the signature's, and strings fewer than 33 dimensions (they
+    would crash TF); the filter must name its outputs; each input must have its signature's dtype."""
     sig = servable.signature_defs[signature]
+    if check_method and sig.method_name not in (PREDICT, CLASSIFY, REGRESS):
+        raise Internal(
+            f"Expected prediction signature method_name to be one of {{{PREDICT}, {CLASSIFY}, {REGRESS}}}. "
+            f"Was: {sig.method_name}"
+        )
     expected, sent = set(sig.inputs), set(inputs)
     if expected != sent and not (sent < expected and sig.defaults):
         raise InvalidArgument(
@@ -64,10 +74,24 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
         if alias in seen:
             raise InvalidArgument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
+    _check_dtypes(servable, signature, inputs)
+
+
+def example_inputs(servable: Servable, signature: str, examples: list[bytes]) -> Tensors:
+    """The feed of a Classify or Regress `signature` (as classify_signature or regress_signature decided it): the
+    serialized tf.Examples as its one input, which must then be a string tensor."""
+    inputs = {"inputs": np.array(examples, dtype=object)}
+    _check_dtypes(servable, signature, inputs)
+    return inputs
+
+
+def _check_dtypes(servable: Servable, signature: str, inputs: Tensors) -> None:
+    """Each input must have its signature's dtype, refused in the words of TF Serving's session
+    (FunctionCallFrame::SetArgs); the one dtype check of a request."""
     specs = servable.inputs[signature]
-    feeds = sorted((info.name, alias) for alias, info in sig.inputs.items())  # DirectSession numbers feeds by name
-    for index, (_, alias) in enumerate(feeds):
-        if alias in inputs and specs[alias].dtype_problem(inputs[alias]):
+    feeds = sorted((info.name, alias) for alias, info in servable.signature_defs[signature].inputs.items())
+    for index, (_, alias) in enumerate(feeds):  # DirectSession numbers its feeds by tensor name
+        if alias in inputs and not specs[alias].accepts(inputs[alias]):
             raise InvalidArgument(f"Expects arg[{index}] to be {data_type_string(specs[alias].dtype)} but "
                                   f"{data_type_string(inputs[alias].dtype)} is provided")
 
@@ -127,6 +151,32 @@ def regress_signature(servable: Servable, name: str, check_method: bool) -> str:
     if "outputs" not in signature.outputs:
         raise InvalidArgument(f"No regression outputs found in SignatureDef: {signature}")
     return name or DEFAULT_SIGNATURE
+
+
+def multi_inference_tasks(servable: Servable, tasks: list[inference_pb2.InferenceTask],
+                          check_method: bool) -> list[tuple[str, str]]:
+    """(method name, signature) of each task, checked as multi_inference_helper.cc and multi_inference.cc check
+    them, task by task, before the input is read: every task on `servable`'s model, no signature twice, each one
+    a classify or regress signature."""
+    decided = []
+    for task in tasks:
+        if not task.model_spec.name:
+            raise InvalidArgument("Found ModelSpec with an empty model name.")
+        if task.model_spec.name != servable.name:
+            raise InvalidArgument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
+        if signature in (name for _, name in decided):
+            raise InvalidArgument(f"Duplicate evaluation of signature: {signature}")
+        if signature not in servable.signature_defs:
+            raise InvalidArgument(f"Requested signature not found in model graph: {signature}")
+        if task.method_name == CLASSIFY:
+            classify_signature(servable, signature, check_method)
+        elif task.method_name == REGRESS:
+            regress_signature(servable, signature, check_method)
+        else:
+            raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
+        decided.append((task.method_name, signature))
+    return decided
 
 
 def classification_result(outputs: Tensors, n_examples: int) -> tuple[np.ndarray | None, np.ndarray | None]:

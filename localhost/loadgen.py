@@ -3,7 +3,7 @@
 Latency is measured from each request's *scheduled* send time, so a server that falls behind shows
 its queueing in the numbers instead of hiding it (closed-loop clients slow down with the server).
 
-    python -m serving.loadgen --url http://127.0.0.1:8501/v1/models/mid:predict --body body.json \
+    python -m localhost.loadgen --url http://127.0.0.1:8501/v1/models/mid:predict --body body.json \
         --rate 500 --seconds 5
 
 Prints one JSON line: achieved rate, p50/p90/p99/max latency, errors by kind. Only loopback

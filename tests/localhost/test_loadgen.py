@@ -4,7 +4,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from serving import loadgen
+from localhost import loadgen
 
 
 @pytest.mark.parametrize("url, message", [
