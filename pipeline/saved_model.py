@@ -37,6 +37,8 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
 
     def run(inputs: dict):
         x = inputs[INPUT]
+        if kind == "numeric":
+            x = _checked_width(x, n)
         if reject_nonfinite and kind == "numeric":
             x = tf.debugging.assert_all_finite(x, f"input '{INPUT}' must hold finite numbers, as in training")
         if pixels:
@@ -48,7 +50,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
     specs = [tf.TensorSpec([None, n], tf.float32, name=INPUT) if kind == "numeric" else
              tf.TensorSpec([None], tf.string, name=INPUT), *(tf.TensorSpec([None], tf.string, name=f["name"])
                                                              for f in categorical)]
-    strings = {f["name"]: tf.io.FixedLenFeature([], tf.string, default_value="") for f in categorical}
+    strings = {f["name"]: tf.io.FixedLenFeature([], tf.string) for f in categorical}  # required, as in predict
     if kind != "numeric":  # the text, or the image file
         strings[INPUT] = tf.io.FixedLenFeature([], tf.string)
 
@@ -56,7 +58,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
         parsed = tf.io.parse_example(examples, strings) if strings else {}
         return {INPUT: numeric_feature(examples, INPUT, n), **parsed} if kind == "numeric" else parsed
 
-    signatures = {"serving_default": _predict_fn(run, specs, schema["task"])}
+    signatures = {"serving_default": _predict_fn(run, specs, schema["task"], schema.get("classes", []))}
     if schema["task"] == "classification":
         signatures["classify"] = _classify_fn(run, parse, schema["classes"])
     else:
@@ -65,6 +67,16 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
     _set_method_names(path)
     if warmup:
         _write_warmup(path, sample)
+
+
+def _checked_width(x, n: int):
+    """`x` once the graph has checked that its rows hold `n` numbers: a row of another length is refused in words a
+    client can act on (TF Serving answers the failed assertion with a 400, as this server does), not with the
+    shape error of whichever layer first meets it."""
+    width = tf.shape(x)[1]
+    message = tf.strings.format(f"input '{INPUT}' must hold {n} numbers per row, received {{}}", width)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(width, n), [message])]):
+        return tf.identity(x)
 
 
 def _category_index(values, vocabulary: list[str]):
@@ -89,13 +101,19 @@ def _image_pixels(schema: dict):
     return pixels
 
 
-def _predict_fn(run, specs: list[tf.TensorSpec], task: str):
+def _predict_fn(run, specs: list[tf.TensorSpec], task: str, classes: list[str]):
+    """Predict's outputs: a classifier's probabilities and class id, and its class name when the labels are names
+    (not the ids themselves, as digits' are); a regressor's value."""
+    named = classes != [str(i) for i in range(len(classes))]
+
     @tf.function(input_signature=specs)
     def predict(*inputs):
         y = run({spec.name: value for spec, value in zip(specs, inputs)})
-        if task == "classification":
-            return {"probabilities": y, "class_id": tf.argmax(y, axis=-1)}
-        return {"value": tf.squeeze(y, axis=-1)}
+        if task != "classification":
+            return {"value": tf.squeeze(y, axis=-1)}
+        class_id = tf.argmax(y, axis=-1)
+        return {"probabilities": y, "class_id": class_id,
+                **({"class_name": tf.gather(tf.constant(classes), class_id)} if named else {})}
 
     return predict
 

@@ -187,7 +187,8 @@ def lineage(version_dir: Path) -> dict:
 def signature_changes(published: dict, candidate: dict) -> list[str]:
     """What a client of `published` would find broken in `candidate` (both as `signatures` gives them):
     a signature gone or with another method, an input or output added, gone, or of another dtype or
-    shape. New signatures break nobody."""
+    shape. New signatures break nobody, nor does an output added beside two or more: clients read those by name
+    (TF Serving's REST answers them as an object per row either way)."""
     changes = []
     for key, old in sorted(published.items()):
         new = candidate.get(key)
@@ -201,7 +202,8 @@ def signature_changes(published: dict, candidate: dict) -> list[str]:
                 was, now = old[part].get(name), new[part].get(name)
                 what = f"signature '{key}': {part[:-1]} '{name}'"
                 if was is None:
-                    changes.append(f"{what} is new ({_tensor(now)})")
+                    if part == "inputs" or len(old["outputs"]) < 2:
+                        changes.append(f"{what} is new ({_tensor(now)})")
                 elif now is None:
                     changes.append(f"{what} ({_tensor(was)}) is gone")
                 elif was != now:

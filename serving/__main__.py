@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from serving.server import Settings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 VERSION = "maas-serving 0.1.0 (TensorFlow Serving 2.21 API)"
 UNSUPPORTED = (  # tensorflow_model_server flags this server rejects rather than silently ignores

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "serving", "models", "repository")
+PACKAGES = ("pipeline", "serving", "models", "repository", "localhost")
 
 
 def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:

@@ -12,7 +12,7 @@ from pipeline.artifacts import raw_inputs, read_schema, read_split
 from serving.client import GrpcClient, RestClient
 from tests.integration.example_configs import assert_meets_its_stated_figure, example_fixture
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_example_images")]  # module fixture: once, on one worker
 images = example_fixture("images")
 custom = example_fixture("custom_model")
 

@@ -11,7 +11,7 @@ from pipeline.artifacts import read_split
 from serving.client import GrpcClient, RestClient
 from tests.integration.example_configs import assert_meets_its_stated_figure, example_fixture
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_example_text")]  # module fixture: once, on one worker
 text = example_fixture("text_rnn")
 tabular = example_fixture("tabular_regression")
 

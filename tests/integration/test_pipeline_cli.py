@@ -20,7 +20,7 @@ from pipeline.cli import main
 from tests.pipeline_cli import (DIGITS_RUN, TUNE, assert_training_artefacts, newest_run, pipeline_command, pipeline_env,
                                 run_pipeline)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_pipeline_cli")]  # module fixture: once, on one worker
 
 
 cli = run_pipeline

@@ -10,9 +10,11 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from localhost.ports import free_ports
@@ -78,6 +80,14 @@ def my_csv(workdir: Path) -> None:
     (workdir / "my.csv").write_text("\n".join([",".join([*data.feature_names, "species"]), *rows]) + "\n")
 
 
+def wait_answers(url: str, timeout_s: float = 30) -> None:
+    """Until GET `url` answers 200 (a label the server's config poll has yet to read)."""
+    deadline = time.monotonic() + timeout_s
+    while requests.get(url, timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, f"{url} did not answer within {timeout_s} s"
+        time.sleep(0.2)
+
+
 def test_every_readme_block_works(digits, tmp_path):
     digits = digits.copy(tmp_path / "work")  # the README's commands label, publish and collect in it
     my_csv(digits.workdir)
@@ -115,8 +125,10 @@ def test_every_readme_block_works(digits, tmp_path):
                 elif words[0] == "curl":
                     assert server is not None, "the README queries the server before `make serve` starts it"
                     url = [w.replace("localhost:8501", f"127.0.0.1:{rest_port}") for w in words[1:]]
-                    result = run(["curl", "-sS", "--fail-with-body", "--retry", "20", "--retry-all-errors",
-                                  "--retry-delay", "1", *url], timeout_s=60)  # a label moved just now: polled in
+                    label = re.search(r"(/v1/models/[^/]+/labels/[^/:]+):", url[-1])
+                    if label:  # a label set just now: the server reads models.config each second
+                        wait_answers(f"http://127.0.0.1:{rest_port}{label.group(1)}")
+                    result = run(["curl", "-sS", "--fail-with-body", *url], timeout_s=60)
                     assert "error" not in json.loads(result.stdout), (command, result.stdout)
                 elif words[:2] == [".venv/bin/python", "-c"]:  # a snippet against the server `make serve` started
                     run([sys.executable, "-c", words[2].replace("localhost:8500", f"127.0.0.1:{grpc_port}")])

@@ -24,7 +24,7 @@ from serving.client import RestClient
 from serving.process import ServerProcess
 from tests.serving.repo_files import write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_compress")]  # module fixture: once, on one worker
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,7 @@ def test_a_dead_parameter_server_ends_the_run_and_says_how_to_resume(tmp_path, m
 # -- real training through the CLI: slow -------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two_workers")  # the fixture they share runs once, on one worker
 def test_two_workers_match_one_at_the_same_global_batch(two_workers, tmp_path):
     one = cli(tmp_path, "train.strategy=default")
     assert one.returncode == 0, one.stderr[-3000:]
@@ -201,6 +202,7 @@ def test_two_workers_match_one_at_the_same_global_batch(two_workers, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two_workers")  # the fixture they share runs once, on one worker
 def test_the_custom_loop_on_two_workers_matches_fit(two_workers, tmp_path):
     result = cli(tmp_path, *TWO_WORKERS, "train.loop=custom")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -260,6 +262,7 @@ def test_parameter_servers_hold_shards_of_the_embedding_and_a_killed_worker_is_s
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two_workers")  # the fixture they share runs once, on one worker
 def test_a_killed_worker_resumes_without_repeating_or_losing_epochs(two_workers, tmp_path):
     first = subprocess.Popen(pipeline_command(*TINY, *TWO_WORKERS, "--until", "evaluate"), cwd=tmp_path,
                              env=pipeline_env(), text=True,

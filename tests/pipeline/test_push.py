@@ -21,6 +21,9 @@ from pipeline.errors import StageError
 from pipeline.runner import stage_view
 from pipeline.stages import push
 
+pytestmark = pytest.mark.xdist_group("test_push")  # its module-scoped fixture runs once, on one worker
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -12,6 +12,9 @@ from pipeline.specs import TuneConfig
 from pipeline.stages import train, tune
 
 
+pytestmark = pytest.mark.xdist_group("test_tune")  # its module-scoped fixture runs once, on one worker
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")

@@ -136,4 +136,10 @@ def test_signature_changes_name_what_breaks_a_client():
     renamed = {"serving_default": {**SIGNATURES["serving_default"], "outputs": {"label": {"dtype": "int64", "shape": [-1]}}}}
     assert signature_changes(SIGNATURES, renamed) == [
         "signature 'serving_default': output 'class_id' (int64 [-1]) is gone",
-        "signature 'serving_default': output 'label' is new (int64 [-1])"]
+        "signature 'serving_default': output 'label' is new (int64 [-1])"]  # one output: the REST answer's shape
+    two = {"serving_default": {**SIGNATURES["serving_default"], "outputs": {
+        "class_id": {"dtype": "int64", "shape": [-1]}, "probabilities": {"dtype": "float32", "shape": [-1, 10]}}}}
+    named = {"serving_default": {**two["serving_default"], "outputs": {
+        **two["serving_default"]["outputs"], "class_name": {"dtype": "string", "shape": [-1]}}}}
+    assert signature_changes(two, named) == []  # beside two outputs, read by name: a client keeps working
+    assert signature_changes(named, two) == ["signature 'serving_default': output 'class_name' (string [-1]) is gone"]
