@@ -17,6 +17,7 @@ COPY repository/ repository/
 COPY models/ models/
 COPY pipeline/ pipeline/
 COPY serving/ serving/
+COPY localhost/ localhost/
 # The wheel cache survives rebuilds (BuildKit) without ending up in the image.
 RUN --mount=type=cache,target=/root/.cache/pip pip install .
 

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from serving import quiet_tensorflow  # noqa: E402,F401 -- before any test imports TensorFlow
 from tests.pipeline_cli import DIGITS_RUN, run_pipeline  # noqa: E402
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -161,6 +162,13 @@ def strip(model: keras.Model) -> keras.Model:
 def tfmot_scope() -> contextlib.AbstractContextManager:
     """Custom objects needed to load a model saved with TFMOT wrappers (QAT keeps them)."""
     return tfmot.quantization.keras.quantize_scope()
+
+
+def load(path: Path, compile: bool = False) -> keras.Model:
+    """A model the pipeline saved (model.keras, or a published version's SavedModel), whatever variant it is: a
+    quantization-aware one keeps its TFMOT wrappers, which load only inside their scope."""
+    with tfmot_scope():
+        return keras.models.load_model(path, compile=compile)
 
 
 class Distiller(keras.Model):

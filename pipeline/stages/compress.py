@@ -53,7 +53,7 @@ def run(cfg: CompressView, inputs: Inputs, out: Path) -> dict:
     c = cfg.compress
     keras.utils.set_random_seed(cfg.seed)
     import_model_code(cfg.model.name)
-    trained = keras.models.load_model(TRAINED_MODEL.in_artefact(inputs["model"]))
+    trained = variants.load(TRAINED_MODEL.in_artefact(inputs["model"]), compile=True)
     data = {split: read_split(inputs["dataset"], split) for split in ("train", "val", "test")}
     representative = data["train"].x[: c.representative_rows]
     baseline_tflite, skipped = {}, {}

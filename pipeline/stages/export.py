@@ -32,16 +32,13 @@ def external_inputs(cfg: ExportView) -> list[Path]:
 
 
 def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
-    import tf_keras as keras
-
     from pipeline import saved_model
     from pipeline.saved_model import INPUT
-    from pipeline.compression.variants import tfmot_scope
+    from pipeline.compression import variants
 
     schema = read_schema(inputs["schema"])
     import_model_code(cfg.model.name)
-    with tfmot_scope():  # a QAT variant keeps its quantization wrappers; served, so not compiled (no training state)
-        model = keras.models.load_model(COMPRESSED_MODEL.in_artefact(inputs["compressed"]), compile=False)
+    model = variants.load(COMPRESSED_MODEL.in_artefact(inputs["compressed"]))  # served: not compiled, no training state
     path = out / "saved_model"
     test = raw_inputs(inputs["dataset"], schema)  # every test row as a client sends it (an image file, a text...)
     sample = {name: value[:1] for name, value in test.items()}  # the warmup request, and the sample for curl

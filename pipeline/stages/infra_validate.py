@@ -81,15 +81,20 @@ def _validate(c, base: Path, rows: dict[str, np.ndarray], expected: dict[str, np
 
 def _worst_difference(served: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: float,
                       protocol: str) -> float:
-    """The largest |served - expected| over all outputs; StageError naming the output when one disagrees."""
+    """The largest |served - expected| over the numeric outputs (strings, class names, must be equal); StageError
+    naming the output when one disagrees."""
     if served.keys() != expected.keys():
         raise StageError(f"infra_validate: over {protocol} the server returned outputs {sorted(served)}, "
                          f"the model computes {sorted(expected)}.")
     worst = 0.0
     for name, value in expected.items():
+        if not np.issubdtype(value.dtype, np.number):
+            if served[name].tolist() != value.tolist():
+                raise StageError(f"infra_validate: over {protocol}, output {name!r} is {served[name][:3].tolist()}..., "
+                                 f"the in-process model's {value[:3].tolist()}...")
+            continue
         if not np.allclose(served[name], value, rtol=tolerance, atol=1e-6):
             raise StageError(f"infra_validate: over {protocol}, output {name!r} differs from the in-process model "
                              f"by up to {float(np.max(np.abs(served[name] - value))):.3g} (tolerance {tolerance}).")
-        if np.issubdtype(value.dtype, np.number):
-            worst = max(worst, float(np.max(np.abs(served[name].astype(np.float64) - value), initial=0)))
+        worst = max(worst, float(np.max(np.abs(served[name].astype(np.float64) - value), initial=0)))
     return worst

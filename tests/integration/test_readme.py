@@ -81,7 +81,7 @@ def my_csv(workdir: Path) -> None:
 
 
 def wait_answers(url: str, timeout_s: float = 30) -> None:
-    """Until GET `url` answers 200 (a label the server's config poll has yet to read)."""
+    """Until GET `url` answers 200: a label's metadata, once the server's config poll has read the label."""
     deadline = time.monotonic() + timeout_s
     while requests.get(url, timeout=5).status_code != 200:
         assert time.monotonic() < deadline, f"{url} did not answer within {timeout_s} s"
@@ -127,7 +127,7 @@ def test_every_readme_block_works(digits, tmp_path):
                     url = [w.replace("localhost:8501", f"127.0.0.1:{rest_port}") for w in words[1:]]
                     label = re.search(r"(/v1/models/[^/]+/labels/[^/:]+):", url[-1])
                     if label:  # a label set just now: the server reads models.config each second
-                        wait_answers(f"http://127.0.0.1:{rest_port}{label.group(1)}")
+                        wait_answers(f"http://127.0.0.1:{rest_port}{label.group(1)}/metadata")
                     result = run(["curl", "-sS", "--fail-with-body", *url], timeout_s=60)
                     assert "error" not in json.loads(result.stdout), (command, result.stdout)
                 elif words[:2] == [".venv/bin/python", "-c"]:  # a snippet against the server `make serve` started

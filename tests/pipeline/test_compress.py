@@ -19,7 +19,8 @@ from pipeline.errors import StageError
 from pipeline.progress import SilentReporter
 from pipeline.runner import Runner, stage_view
 from pipeline.specs import VARIANTS, CompressConfig
-from pipeline.stages import compress, export
+from pipeline.stages import compress, evaluate, export
+from pipeline.stages import train as train_stage
 from serving.client import RestClient
 from serving.process import ServerProcess
 from tests.serving.repo_files import write_config
@@ -161,6 +162,19 @@ def test_every_variant_can_be_exported_and_served_as_in_process(trained, tmp_pat
                 np.testing.assert_allclose(served, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
     finally:
         server.stop()
+    # an online update continues from what is served, whatever variant: here the quantization-aware one
+    qat_version = tmp_path / "repo" / "qat" / "1"
+    warm = stage_view(replace(cfg, train=replace(cfg.train, init_from=str(qat_version), epochs=1)), train_stage)
+    (tmp_path / "hyperparameters").mkdir()
+    (tmp_path / "hyperparameters" / "best.json").write_text("{}")
+    (tmp_path / "update").mkdir()
+    update_inputs = Inputs({**inputs.artefacts, "hyperparameters": tmp_path / "hyperparameters"}, inputs.run)
+    train_stage.run(warm, update_inputs, tmp_path / "update")
+    evaluated = tmp_path / "evaluated"
+    evaluated.mkdir()
+    evaluation = evaluate.run(stage_view(replace(cfg, evaluate=replace(cfg.evaluate, min_accuracy=0.5)), evaluate),
+                              Inputs({**inputs.artefacts, "model": tmp_path / "update" / "model"}, inputs.run), evaluated)
+    assert evaluation["accuracy"] >= 0.5
 
 
 def test_what_tflite_cannot_convert_is_found_before_fine_tuning_in_one_line(capfd):
