@@ -74,7 +74,7 @@ def _checked_width(x, n: int):
     client can act on (TF Serving answers the failed assertion with a 400, as this server does), not with the
     shape error of whichever layer first meets it."""
     width = tf.shape(x)[1]
-    message = tf.strings.format(f"input '{INPUT}' must hold {n} numbers per row, received {{}}", width)
+    message = tf.strings.format(f"{INPUT} must hold {n} numbers per row, received {{}}", width)  # no quotes: escaped
     with tf.control_dependencies([tf.debugging.Assert(tf.equal(width, n), [message])]):
         return tf.identity(x)
 

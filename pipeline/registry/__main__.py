@@ -188,8 +188,9 @@ def change_label(registry: Registry, args, model: str, name: str, version: int, 
                           args.timeout_s, client_options(args))
         path = registry.write_models_config()
     where = f" and on {args.server}" if args.server else ""
-    print(f"{model}: {name} -> version {version} (was {previous if previous is not None else 'unset'}){where}; "
-          f"{path} rewritten")
+    quality = _quality(registry.get(model, version)["metrics"])  # the version's own test figure
+    print(f"{model}: {name} -> version {version} ({quality}; was {previous if previous is not None else 'unset'})"
+          f"{where}; {path} rewritten")
 
 
 def client_options(args) -> dict:

@@ -29,8 +29,9 @@ def apply(server: str, current, target, model: str, label: str, version: int, ti
             _wait(lambda: client.metadata(model, label=label)["version"] == version, timeout_s,
                   f"label {label!r} of {model!r} to answer with version {version} on {server}")
         except ServingClientError as e:
-            raise RegistryError(f"server {server} refused the change ({e.status}: {e.message}); it keeps serving "
-                                f"its previous labels, and the registry is unchanged.") from None
+            raise RegistryError(f"server {server} refused moving label {label!r} of {model!r} to version {version} "
+                                f"({e.status}: {e.message}); it keeps serving its previous labels, and the registry is "
+                                f"unchanged.") from None
 
 
 def _both(current, target, serving: dict[str, set[int]]):

@@ -142,10 +142,18 @@ def test_the_pushed_version_is_in_the_registry_with_its_lineage(workdir):
     assert "train           will fail: train.init_from=label:canary: model 'digits' has no label 'canary'" in missing.stdout
 
 
-def test_same_run_twice_is_fully_cached(workdir):
+def test_same_run_twice_is_fully_cached_and_says_what_a_user_can_type(workdir):
     result = cli(workdir, *DIGITS_RUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(statuses(workdir).values()) == {"cached"}
+    base = (workdir / "model_repository" / "digits").resolve()
+    assert f"Serve it:  {sys.executable} -m serving --rest_api_port=8501 --model_name=digits --model_base_path={base}" \
+        in result.stdout  # the interpreter that ran it: a bare `python` may not find the project
+    sample = json.loads((workdir / "runs" / "latest" / "export" / "sample_request.json").read_text())["instances"][0]
+    test = np.load(workdir / "runs" / "latest" / "validate" / "dataset" / "test.npz")
+    assert sample == test["x"][0].tolist()  # a real test row, and its true label beside the command
+    assert f"digits:predict   # a test row; its true label: {test['y'][0]}" in result.stdout
+    assert "Note:" not in result.stdout  # version 1 is the newest
     assert sorted(p.name for p in (workdir / "model_repository" / "digits").iterdir()) == [".last_version", "1"]
     assert sorted(p.name for p in (workdir / "model_repository").iterdir()) == ["digits", "models.config",
                                                                                 "registry.sqlite"]
@@ -162,6 +170,8 @@ def test_changing_epochs_reruns_train_and_what_follows(workdir):
 
 def test_a_cached_push_whose_version_was_deleted_publishes_again(workdir):
     newest = max(repository.versions(workdir / "model_repository" / "digits"))
+    cached = cli(workdir, *DIGITS_RUN)  # its version 1 is not the newest now: the summary says so
+    assert f"Note: version {newest} of 'digits' is newer; a server of " in cached.stdout, cached.stdout[-2000:]
     shutil.rmtree(workdir / "model_repository" / "digits" / "1")  # as `registry gc` deletes a version
     result = cli(workdir, *DIGITS_RUN)
     assert result.returncode == 0, result.stderr[-2000:]

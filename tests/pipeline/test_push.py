@@ -49,8 +49,8 @@ def view(repo: Path, *overrides: str):
 def stage_inputs(run_dir: Path, candidate: Path) -> Inputs:
     """What push reads, laid out as the runner hands it over: <run dir>/<stage>/<artefact>, and the run."""
     files = {"evaluation/metrics.json": '{"accuracy": 0.9}', "saved_model_evaluation/metrics.json": '{"accuracy": 0.8}',
-             "compressed/selection.json": '{"selected": "baseline"}', "infra_validation/report.json": '{"skipped": true}',
-             "dataset/train.npz": "rows"}
+             "compressed/selection.json": '{"selected": "baseline"}', "dataset/train.npz": "rows",
+             "infra_validation/report.json": '{"skipped": true}'}
     for name, text in files.items():
         (run_dir / "stage" / name).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / "stage" / name).write_text(text)
@@ -100,7 +100,7 @@ def test_the_same_model_is_not_published_twice(tmp_path, candidates):
     assert entries(tmp_path / "repo" / "digits") == ["1", "2"]
     assert repository.lineage(tmp_path / "repo" / "digits" / "2")["content"] != \
         repository.lineage(tmp_path / "repo" / "digits" / "1")["content"]
-    lineage = repository.lineage(tmp_path / "repo" / "digits" / "1")  # the version's own figures, and the trained model's
+    lineage = repository.lineage(tmp_path / "repo" / "digits" / "1")  # its own figures, and the trained model's
     assert (lineage["metrics"], lineage["trained_metrics"]) == ({"accuracy": 0.8}, {"accuracy": 0.9})
 
 
@@ -199,6 +199,33 @@ def test_a_pipeline_killed_during_the_smoke_test_leaves_no_server_and_no_version
     assert repository.versions(model_dir) == {}
     assert push_run(tmp_path, candidates["64"])["version"] == 1  # and the killed run's staging dir is gone
     assert entries(model_dir) == ["1"]
+
+
+def test_a_row_of_the_wrong_width_is_refused_by_the_model_itself_over_rest_grpc_and_classify(candidates, tmp_path):
+    """The check is in the SavedModel's graph, so tensorflow_model_server answers the same 400 / INVALID_ARGUMENT."""
+    import requests
+
+    from localhost.ports import free_port
+    from serving.client import GrpcClient, ServingClientError
+    from serving.process import ServerProcess
+
+    repository.publish(candidates["64"], tmp_path / "digits")
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_base_path={tmp_path / 'digits'}", "--model_name=digits", f"--port={grpc_port}",
+                           log_dir=tmp_path)
+    try:
+        server.wait_available("digits")
+        rest = requests.post(f"{server.url}/v1/models/digits:predict", json={"instances": [[1.0] * 63]}, timeout=30)
+        assert rest.status_code == 400 and "x must hold 64 numbers per row, received 63" in rest.json()["error"]
+        with GrpcClient(f"127.0.0.1:{grpc_port}") as client, pytest.raises(ServingClientError) as info:
+            client.predict("digits", np.ones((1, 63), np.float32))
+        assert info.value.status == "INVALID_ARGUMENT"
+        assert "x must hold 64 numbers per row, received 63" in info.value.message
+        classify = requests.post(f"{server.url}/v1/models/digits:classify", json={
+            "signature_name": "classify", "examples": [{"x": [1.0] * 63}]}, timeout=30)
+        assert classify.status_code == 400 and "Feature: x must hold 64 numbers" in classify.json()["error"]
+    finally:
+        server.stop()
 
 
 def test_the_exported_signatures_take_whole_numbers_and_refuse_nan(candidates):

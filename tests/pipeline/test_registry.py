@@ -1,6 +1,7 @@
 """The model registry: records, labels and their history, repair after a crash, bad input, and label
 changes reaching a running server with load in flight (no failed request, visible at once)."""
 import asyncio
+import re
 import shutil
 import sqlite3
 import threading
@@ -57,7 +58,7 @@ def test_labels_have_a_history_and_become_the_servers_config(repo, capsys):
     assert run_cli(repo, "label", "hpt", "stable", "1") == 0
     assert run_cli(repo, "label", "hpt", "canary", "3") == 0
     assert run_cli(repo, "promote", "hpt") == 0
-    assert "hpt: stable -> version 3 (was 1)" in capsys.readouterr().out
+    assert "hpt: stable -> version 3 (acc 0.9300; was 1)" in capsys.readouterr().out  # its own test figure
     config = load_model_server_config(str(repo / "models.config"))
     (model,) = config.model_config_list.config
     assert dict(model.version_labels) == {"stable": 3, "canary": 3}
@@ -111,11 +112,14 @@ def test_gc_keeps_labelled_and_newest_versions(repo, capsys):
     assert [p.name for p in (repo / "hpt").iterdir() if p.name.startswith(".deleting")] == []
 
 
-def test_diff_shows_metrics_and_config_changes(repo, capsys):
-    assert run_cli(repo, "diff", "hpt", "1", "3") == 0
+def test_diff_shows_metrics_and_config_changes_whole(repo, capsys):
+    assert main(["diff", "hpt", "1", "3", "--repository", str(repo)]) == 0  # options after the command too
     out = capsys.readouterr().out
     assert "metrics.accuracy" in out and "0.91" in out and "0.93" in out
     assert "config: 1 key(s) differ" in out and "train.epochs" in out
+    with Registry(repo) as registry:
+        created = registry.get("hpt", 1)["created"]
+    assert re.search(rf"^[* ] created +{re.escape(created)} +\S+$", out, re.M)  # whole, not cut to 20 characters
 
 
 def test_a_locked_or_corrupt_database_is_explained(repo, capsys):
@@ -197,7 +201,7 @@ def test_a_server_that_cannot_be_reached_changes_nothing(repo, capsys):
     run_cli(repo, "label", "hpt", "stable", "1")
     config = (repo / "models.config").read_text()
     assert run_cli(repo, "label", "hpt", "stable", "2", "--server", f"127.0.0.1:{free_port()}", "--timeout-s", "2") == 1
-    assert "refused the change (UNAVAILABLE" in capsys.readouterr().err
+    assert "refused moving label 'stable' of 'hpt' to version 2 (UNAVAILABLE" in capsys.readouterr().err
     with Registry(repo) as registry:
         assert registry.labels("hpt") == {"stable": 1}
     assert (repo / "models.config").read_text() == config
