@@ -243,7 +243,7 @@ def _serving(run_dir: Path) -> str:
                      f"{result['p99_ms']:.2f} ms.</p>")
     pushed = _read(PUSHED, run_dir)
     if pushed is not None:
-        path = Path(pushed["path"])
+        path = Path(pushed["path"]).resolve()
         if "smoke_latency_ms" in pushed:
             parts.append(f"<p>Smoke test before publishing: answered in {pushed['smoke_latency_ms']:.1f} ms.</p>")
         parts.append(f"<p>Published: <code>{html.escape(str(path))}</code> (version {pushed['version']}"

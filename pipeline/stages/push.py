@@ -90,7 +90,8 @@ def _lineage(inputs: Inputs, digest: str) -> dict:
 
 
 def _result(out: Path, version: int, path: Path, content: str, **more) -> dict:
-    result = {"version": version, "path": str(path.resolve()), "content": content, **more}
+    result = {"version": version, "path": str(path), "content": content, **more}  # as the config names it: a cached
+    # push of a run directory that moved (or was copied) names its own repository
     write_json(PUSHED, out, result)
     return result
 

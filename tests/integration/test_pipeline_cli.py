@@ -146,7 +146,7 @@ def test_same_run_twice_is_fully_cached_and_says_what_a_user_can_type(workdir):
     result = cli(workdir, *DIGITS_RUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(statuses(workdir).values()) == {"cached"}
-    base = (workdir / "model_repository" / "digits").resolve()
+    base = (workdir / "model_repository" / "digits").resolve()  # this directory's, though the run was copied here
     assert f"Serve it:  {sys.executable} -m serving --rest_api_port=8501 --model_name=digits --model_base_path={base}" \
         in result.stdout  # the interpreter that ran it: a bare `python` may not find the project
     sample = json.loads((workdir / "runs" / "latest" / "export" / "sample_request.json").read_text())["instances"][0]
@@ -179,7 +179,7 @@ def test_a_cached_push_whose_version_was_deleted_publishes_again(workdir):
             "model_repository/digits); running it again") in result.stdout
     assert statuses(workdir) == {**{name: "cached" for name in statuses(workdir)}, "push": "ran"}
     pushed = json.loads((workdir / "runs" / "latest" / "push" / "pushed.json").read_text())
-    assert pushed["version"] == newest + 1 and (Path(pushed["path"]) / "saved_model.pb").is_file()
+    assert pushed["version"] == newest + 1 and (workdir / pushed["path"] / "saved_model.pb").is_file()
     again = cli(workdir, *DIGITS_RUN)  # and now the cache holds again
     assert again.returncode == 0 and set(statuses(workdir).values()) == {"cached"}, again.stderr[-2000:]
 
