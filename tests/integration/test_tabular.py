@@ -80,13 +80,20 @@ def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
         server.wait_available("weather")
         with RestClient(server.url) as rest, GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
             for client in (rest, grpc_client):
-                np.testing.assert_allclose(client.predict("weather", rows)["probabilities"], expected, rtol=1e-5,
-                                           atol=1e-6)
+                predicted = client.predict("weather", rows)
+                np.testing.assert_allclose(predicted["probabilities"], expected, rtol=1e-5, atol=1e-6)
+                names = np.array(["cold", "warm"])[expected.argmax(axis=1)]  # the labels are names: served beside ids
+                assert [n.decode() if isinstance(n, bytes) else n for n in predicted["class_name"]] == names.tolist()
             scores = rest.classify("weather", [{"x": [0.2], "city": "rome"}, {"x": [0.2], "city": "oslo"}],
                                    signature_name="classify")
             assert [max(s, key=lambda c: c[1])[0] for s in scores] == ["warm", "cold"]
         answer = requests.post(f"{server.url}/v1/models/weather:predict", timeout=30,
                                json={"instances": [{"x": [0.2], "city": "atlantis"}]})  # unseen: index 0
         assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+        for api in ("predict", "classify"):  # a categorical input left out is an error on every API
+            body = {"instances": [{"x": [0.2]}]} if api == "predict" else {"signature_name": "classify",
+                                                                          "examples": [{"x": [0.2]}]}
+            missing = requests.post(f"{server.url}/v1/models/weather:{api}", json=body, timeout=30)
+            assert missing.status_code == 400 and "city" in missing.json()["error"], (api, missing.text)
     finally:
         server.stop()
