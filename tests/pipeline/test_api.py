@@ -78,6 +78,7 @@ def test_help_lists_stages_keys_and_examples():
         assert text in result.stdout, text
 
 
+@pytest.mark.slow  # the CLI trains in a pty
 def test_progress_is_animated_on_a_terminal_only(tmp_path):
     plain = subprocess.run(pipeline_command("--until", "validate"), cwd=tmp_path, env=pipeline_env(),
                            capture_output=True, text=True, timeout=120)

@@ -126,6 +126,7 @@ print("replicas", strategy.num_replicas_in_sync, "gap", gap)
 """
 
 
+@pytest.mark.slow  # a process with two logical CPUs
 def test_two_replicas_take_the_same_step_as_one_device_on_the_global_batch():
     result = subprocess.run([sys.executable, "-c", ACROSS_REPLICAS], cwd=ROOT, env=pipeline_env(),
                             capture_output=True, text=True, timeout=120)

@@ -201,6 +201,7 @@ def test_a_pipeline_killed_during_the_smoke_test_leaves_no_server_and_no_version
     assert entries(model_dir) == ["1"]
 
 
+@pytest.mark.slow  # a server
 def test_a_row_of_the_wrong_width_is_refused_by_the_model_itself_over_rest_grpc_and_classify(candidates, tmp_path):
     """The check is in the SavedModel's graph, so tensorflow_model_server answers the same 400 / INVALID_ARGUMENT."""
     import requests

@@ -88,6 +88,7 @@ def test_editing_serving_code_keeps_train_cached_and_editing_a_model_does_not(tm
     assert fingerprint() != before
 
 
+@pytest.mark.slow  # it trains
 def test_push_settings_and_display_settings_do_not_retrain(tmp_path):
     Runner(config(tmp_path, "train.epochs=1")).run("train", reporter=SilentReporter())
     for change in ("push.model_name=other", "push.repository=elsewhere", "train.verbose=0", "push.smoke_test_timeout_s=5"):
