@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline.artifacts import (COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, EVALUATION, HISTORY,
                                 INFRA_VALIDATION, PUSHED, REJECTS, SAVED_MODEL_EVALUATION, SCHEMA,
                                 SHIPPED_SAMPLE_REQUEST, SIGNATURES, TRIALS, RunFile)
+from pipeline.compression import summary
 from pipeline.errors import StageFailed
 from pipeline.metrics import format_metrics
 from pipeline.runner import MANIFEST, StageRecord
@@ -209,27 +210,37 @@ def _compression(run_dir: Path) -> str:
     report = _read(COMPRESSION_REPORT, run_dir)
     if report is None:
         return ""
-    columns = [("accuracy", 4), ("accuracy_drop", 4), ("agreement_with_baseline", 3), ("sparsity", 3)]
-    header = ["variant", "gate", "accuracy", "drop", "agreement", "sparsity", "params", "SavedModel gzip KiB",
-              "tflite KiB", "tflite gzip KiB", "b1 ms", "b32 ms"]
+    columns = [("agreement_with_baseline", 3), ("sparsity", 3)]
+    header = ["variant", "gate", "accuracy", "drop [95% interval]", "rows lost / gained", "agreement", "sparsity",
+              "params", "SavedModel gzip KiB", "tflite KiB", "tflite gzip KiB", "b1 ms", "b32 ms"]
     rows = []
     for name, entry in report["variants"].items():
         kib = [_number(entry[k] / 1024, 1) if k in entry else "–"
                for k in ("savedmodel_gzip_bytes", "tflite_bytes", "tflite_gzip_bytes")]
         mark = " ★" if name == report["selected"] else ""
         gate = entry.get("status", "ok")
+        low, high = entry["drop_interval"]
         rows.append([html.escape(name) + mark, f"<span class={'ok' if gate == 'ok' else 'failed'}>"
-                     f"{html.escape(gate.split(':')[0])}</span>",
+                     f"{html.escape(gate.split(':')[0])}</span>", _number(entry["accuracy"], 4),
+                     f"{entry['accuracy_drop']:+.4f} [{low:+.4f}, {high:+.4f}]",
+                     f"{entry['rows_lost']} / {entry['rows_gained']}",
                      *(_number(entry[k], d) for k, d in columns), _number(entry["params"]), *kib,
                      _number(entry["latency_ms_b1"], 3), _number(entry["latency_ms_b32"], 3)])
+    trained = (f" (the trained model's: {report['trained_test_accuracy']:.4f})"
+               if "trained_test_accuracy" in report else "")
     held_out = (f"<p>Selected <b>{html.escape(report['selected'])}</b> ★: held-out test accuracy "
-                f"{report['selected_test_accuracy']:.4f}; shipped .tflite: "
+                f"{report['selected_test_accuracy']:.4f}{trained}; shipped .tflite: "
                 f"{html.escape(', '.join(report.get('shipped_tflite', [])) or 'none')}.</p>"
                 if "selected_test_accuracy" in report else "")
+    int8 = report.get("smallest_int8_within")
+    smallest = (f"<p>The smallest int8 .tflite within the gate, <b>{html.escape(int8['name'])}</b>, is "
+                f"{int8['ratio']:.1f}x smaller (gzip) than the float .tflite of the trained model.</p>" if int8 else "")
     skipped = "".join(f"<p>Skipped {html.escape(k)}: {html.escape(v)}</p>" for k, v in report.get("skipped", {}).items())
+    rule = summary.rule(report['max_accuracy_drop'], report['rows'])
+    rule = f"<p>{html.escape(rule[0].upper() + rule[1:])}</p>"
     plot = COMPRESSION_PLOT.of_run(run_dir)
     image = _image(plot.read_bytes(), "accuracy against size and latency") if plot.is_file() else ""
-    return held_out + skipped + _table(header, rows, left="ll") + image
+    return held_out + smallest + skipped + rule + _table(header, rows, left="ll") + image
 
 
 def _serving(run_dir: Path) -> str:
