@@ -57,7 +57,11 @@ def example_from_json(value: Any) -> Any:
 
 
 def _feature_values(name: str, items: list) -> tuple[str | None, list]:
-    """The feature kind ("bytes", "float", "int64") and values; AddValueToFeature's rules."""
+    """The feature kind ("bytes", "float", "int64") and values; AddValueToFeature's rules, but for one: a list of
+    numbers holding a float is a float_list, whole numbers among them included (`[46.1, 2007]`). TF Serving refuses
+    it ("expecting type: float"), although its predict accepts such a list for a float tensor."""
+    if any(isinstance(item, float) for item in items) and all(_is_number(item) for item in items):
+        return "float", [float(item) for item in items]
     kind: str | None = None
     values: list = []
     for item in items:
@@ -81,3 +85,7 @@ def _feature_values(name: str, items: list) -> tuple[str | None, list]:
         else:
             values.append(int(item) if isinstance(item, bool) else item)
     return kind, values
+
+
+def _is_number(item: Any) -> bool:
+    return isinstance(item, (int, float)) and not isinstance(item, bool)

@@ -299,3 +299,26 @@ def test_any_exception_becomes_a_serving_error_once(caplog):
     assert isinstance(bug, Internal) and (bug.http_status, bug.code.name) == (500, "INTERNAL")
     assert bug.message == "Internal error (ZeroDivisionError); the server's log has the details"
     assert "REST POST /v1/models/x:predict failed" in caplog.text and "Traceback" in caplog.text
+
+
+def test_classify_and_regress_take_whole_numbers_among_floats(server):
+    """A float feature may hold whole numbers beside floats (`2007` among `46.1, ...`), as a predict body may; TF
+    Serving refuses such a list ("expecting type: float"). A list of whole numbers alone stays an int64_list."""
+    import tabular_model
+
+    rows = [([46.1, 13.2, 211.0, 4500.0, 2007], "rome"), ([1, 2, 3, 4, 5.5], "oslo")]
+    examples = [{"x": x, "city": city} for x, city in rows]
+    scores = [tabular_model.score(x, city) for x, city in rows]
+    regressed = call(server, "POST", "/v1/models/tabular:regress",
+                     json.dumps({"signature_name": "regress", "examples": examples}))
+    assert regressed.status_code == 200, regressed.text
+    assert regressed.json()["results"] == pytest.approx(scores, rel=1e-6)
+    classified = call(server, "POST", "/v1/models/tabular:classify",
+                      json.dumps({"signature_name": "classify", "examples": examples}))
+    assert classified.status_code == 200, classified.text
+    high = [1 / (1 + np.exp(-s)) for s in scores]
+    assert [[label for label, _ in r] for r in classified.json()["results"]] == [["low", "high"]] * 2
+    assert [r[1][1] for r in classified.json()["results"]] == pytest.approx(high, rel=1e-5)
+    whole = call(server, "POST", "/v1/models/tabular:regress",
+                 json.dumps({"signature_name": "regress", "examples": [{"x": [1, 2, 3, 4, 5], "city": "rome"}]}))
+    assert whole.status_code == 400 and "Data types don't match" in whole.json()["error"], whole.text
