@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serving import messages
 from serving.codec.document import signature_name
 from serving.codec.rapidjson import debug_string, json_type
 from serving.codec.request import decode_b64_object, is_b64, utf8
@@ -38,13 +39,12 @@ def parse_examples_request(document: dict) -> tuple[list[bytes], str]:
     return serialized, name
 
 
-def example_from_json(value: Any) -> Any:
-    """MakeExampleFromJsonObject: each key is a feature, its value one element or a list of them."""
-    from tensorflow.core.example import example_pb2  # importing TensorFlow takes seconds: only here
-
+def example_from_json(value: Any) -> messages.Example:
+    """MakeExampleFromJsonObject: each key is a feature, its value one element or a list of them. A tf.Example of
+    serving.messages' classes (no TensorFlow import); convert to TensorFlow's through its bytes."""
     if not isinstance(value, dict):
         raise CodecError(f"Example must be JSON object but got JSON {json_type(value)}")
-    example = example_pb2.Example()
+    example = messages.Example()
     for name, content in value.items():
         kind, values = _feature_values(name, content if isinstance(content, list) else [content])
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from repo_files import copy_version, write_config
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, predict_pb2, regression_pb2)
@@ -638,7 +639,7 @@ def field_bytes(number: int, data: bytes) -> bytes:
 def grpc_examples(rng: random.Random) -> GrpcCase:
     examples = []
     for _ in range(rng.choice([0, 1, 2, 5, 1000])):
-        example = example_from_json({})
+        example = example_pb2.Example()
         feature = example.features.feature[rng.choice(["x", "x", "x2", "y", "", "\u00e9"])]
         kind = rng.choice(["float_list", "int64_list", "bytes_list", "none"])
         values = {"float_list": [1.0, float("nan")], "int64_list": [2**63 - 1, -1],
@@ -665,7 +666,8 @@ def grpc_examples(rng: random.Random) -> GrpcCase:
     else:
         with_context = message.input.example_list_with_context
         with_context.examples.extend(examples)
-        with_context.context.CopyFrom(rng.choice(examples) if examples else example_from_json({"x": "a"}))
+        with_context.context.CopyFrom(rng.choice(examples) if examples else
+                                      example_pb2.Example.FromString(example_from_json({"x": "a"}).SerializeToString()))
     return GrpcCase(PREDICTION + rpc, message.SerializeToString())
 
 
