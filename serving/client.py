@@ -9,8 +9,9 @@ things for the same call:
     status(model)             -> [{"version": int, "state": str, "error_code": str, "error_message": str}], newest first
     metadata(model)           -> {"model": str, "version": int, "signatures": {key: {"method", "inputs", "outputs"}}}
 
-`inputs` is {input name: array-like}, or one array-like for a signature with one input; values are
-cast to the signature's dtypes first (so float64 numpy arrays work over gRPC too). Examples are
+`inputs` is {input name: array-like} (columns), a list of rows {input name: value} (TF Serving's row
+format, `[{"x": [0.2, 1.5], "city": "rome"}, ...]`: turned into columns), or one array-like for a signature
+with one input; values are cast to the signature's dtypes first (so float64 numpy arrays work over gRPC too). Examples are
 dicts of feature values, converted to tf.Example by the server's own rules (serving.codec) on both
 protocols. A model's signatures are read once per client and spec (pushes that change them are
 refused by default, see pipeline/stages/push.py). Every failure the server reports raises
@@ -71,6 +72,8 @@ class ServingClient:
                 label: str | None = None, output_filter: list[str] = ()) -> dict[str, np.ndarray]:
         spec = _spec(model, version, label)
         signature = self._signature(spec, signature_name or DEFAULT_SIGNATURE)
+        if isinstance(inputs, list | tuple) and inputs and all(isinstance(row, dict) for row in inputs):
+            inputs = _columns(inputs)
         if not isinstance(inputs, dict):
             if len(signature["inputs"]) != 1:
                 raise ValueError(f"signature {signature_name or DEFAULT_SIGNATURE!r} of {model!r} takes inputs "
@@ -107,6 +110,21 @@ class ServingClient:
         if spec not in self._signatures:
             self._signatures[spec] = self.metadata(*spec)["signatures"]
         return self._signatures[spec].get(name, {"inputs": {}, "outputs": {}})
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Rows of named inputs as one column per input; every row must name the same inputs, each with the shape the
+    first row gives it (TF Serving's row format)."""
+    first = rows[0]
+    for i, row in enumerate(rows[1:], start=1):
+        if row.keys() != first.keys():
+            raise ValueError(f"row {i} has inputs {sorted(row)}, row 0 has {sorted(first)}: every row must name the "
+                             f"same inputs (or pass columns, {{name: [value per row]}})")
+        for key in first:
+            if np.shape(row[key]) != np.shape(first[key]):
+                raise ValueError(f"row {i}, input {key!r}: shape {list(np.shape(row[key]))}, row 0 has "
+                                 f"{list(np.shape(first[key]))}: an input must have the same shape in every row")
+    return {key: [row[key] for row in rows] for key in first}
 
 
 def _spec(model: str, version: int | None, label: str | None) -> tuple:

@@ -111,6 +111,22 @@ def test_both_clients_are_one_interface(server, client, digits):
     assert (predicted["class_id"] == digits.y_test[:5]).mean() >= 0.6
 
 
+def test_both_clients_take_rows_of_named_inputs(server, client):
+    """README's per-row dicts (TF Serving's row format) to a model of two inputs, over REST and gRPC; rows that do not
+    agree are refused before anything is sent, naming the row and the input."""
+    import tabular_model
+
+    rows = [{"x": [46.1, 13.2, 211.0, 4500.0, 2007.0], "city": "rome"}, {"x": [1, 2, 3, 4, 5], "city": "oslo"}]
+    expected = [tabular_model.score(row["x"], row["city"]) for row in rows]
+    with RestClient(server.url) as rest:
+        for each in (rest, client):
+            assert each.predict("tabular", rows)["score"].tolist() == pytest.approx(expected, rel=1e-6)
+            with pytest.raises(ValueError, match=r"row 1 has inputs \['x'\], row 0 has \['city', 'x'\]"):
+                each.predict("tabular", [rows[0], {"x": rows[1]["x"]}])
+            with pytest.raises(ValueError, match=r"row 1, input 'x': shape \[4\], row 0 has \[5\]"):
+                each.predict("tabular", [rows[0], {"x": [1, 2, 3, 4], "city": "oslo"}])
+
+
 def test_mnist_client_style_future_call_reading_float_val(server, digits):
     """tensorflow_serving/example/mnist_client.py: Predict.future, then outputs[...].float_val."""
     with grpc.insecure_channel(server.target) as channel:
