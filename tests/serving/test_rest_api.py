@@ -322,3 +322,9 @@ def test_classify_and_regress_take_whole_numbers_among_floats(server):
     whole = call(server, "POST", "/v1/models/tabular:regress",
                  json.dumps({"signature_name": "regress", "examples": [{"x": [1, 2, 3, 4, 5], "city": "rome"}]}))
     assert whole.status_code == 400 and "Data types don't match" in whole.json()["error"], whole.text
+
+
+def test_loading_models_logs_no_deprecation(server):
+    """The reference server loaded TF1 and TF2 SavedModels and answered every API: its log says nothing of
+    deprecated APIs (TF's loader used to warn on each start)."""
+    assert "deprecat" not in server.log.read_text().lower()
