@@ -11,7 +11,8 @@ things for the same call:
 
 `inputs` is {input name: array-like} (columns), a list of rows {input name: value} (TF Serving's row
 format, `[{"x": [0.2, 1.5], "city": "rome"}, ...]`: turned into columns), or one array-like for a signature
-with one input; values are cast to the signature's dtypes first (so float64 numpy arrays work over gRPC too). Examples are
+with one input; values are cast to the signature's dtypes first (so float64 numpy arrays work over gRPC
+too). Examples are
 dicts of feature values, converted to tf.Example by the server's own rules (serving.codec) on both
 protocols. A model's signatures are read once per client and spec (pushes that change them are
 refused by default, see pipeline/stages/push.py). Every failure the server reports raises
@@ -209,7 +210,8 @@ class RestClient(ServingClient):
 
     def _send_metadata(self, spec):
         answer = self._call("GET", _path(spec) + "/metadata")
-        signatures = json_format.ParseDict(answer["metadata"]["signature_def"], messages.SignatureDefMap()).signature_def
+        signature_def_map = json_format.ParseDict(answer["metadata"]["signature_def"], messages.SignatureDefMap())
+        signatures = signature_def_map.signature_def
         return answer["model_spec"]["name"], int(answer["model_spec"]["version"]), signatures
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:

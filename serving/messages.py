@@ -84,7 +84,8 @@ ReloadConfigRequest = _message("tensorflow.serving.ReloadConfigRequest")
 ReloadConfigResponse = _message("tensorflow.serving.ReloadConfigResponse")
 Example = _message("tensorflow.Example")
 TensorProto = _message("tensorflow.TensorProto")
-VERSION_STATES = {v.number: v.name for v in _POOL.FindEnumTypeByName("tensorflow.serving.ModelVersionStatus.State").values}
+VERSION_STATES = {v.number: v.name
+                  for v in _POOL.FindEnumTypeByName("tensorflow.serving.ModelVersionStatus.State").values}
 
 _DATA_TYPES = {v.name: v.number for v in _POOL.FindEnumTypeByName("tensorflow.DataType").values}
 _TENSORS = {  # numpy dtype -> (DataType, the TensorProto field TF Serving answers it in)
@@ -94,7 +95,8 @@ _TENSORS = {  # numpy dtype -> (DataType, the TensorProto field TF Serving answe
     np.dtype(np.int64): ("DT_INT64", "int64_val"), np.dtype(np.uint8): ("DT_UINT8", "int_val"),
     np.dtype(np.uint16): ("DT_UINT16", "int_val"), np.dtype(np.uint32): ("DT_UINT32", "uint32_val"),
     np.dtype(np.uint64): ("DT_UINT64", "uint64_val"), np.dtype(np.bool_): ("DT_BOOL", "bool_val"),
-    np.dtype(np.complex64): ("DT_COMPLEX64", "scomplex_val"), np.dtype(np.complex128): ("DT_COMPLEX128", "dcomplex_val"),
+    np.dtype(np.complex64): ("DT_COMPLEX64", "scomplex_val"),
+    np.dtype(np.complex128): ("DT_COMPLEX128", "dcomplex_val"),
     np.dtype(object): ("DT_STRING", "string_val"),
 }
 _BY_DATA_TYPE = {_DATA_TYPES[data_type]: (dtype, field) for dtype, (data_type, field) in _TENSORS.items()}

@@ -60,7 +60,7 @@ def build(base: Path) -> Path:
     export_dir = base / "1"
     tf.saved_model.save(model, str(export_dir), signatures={"serving_default": model.predict,
                                                             "regress": model.regress, "classify": model.classify})
-    pb = export_dir / "saved_model.pb"  # TF2's saver marks every signature predict: name the methods as TF Serving wants
+    pb = export_dir / "saved_model.pb"  # TF2's saver marks every signature predict: name the methods TF Serving wants
     saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
     for key in ("regress", "classify"):
         saved.meta_graphs[0].signature_def[key].method_name = f"tensorflow/serving/{key}"
