@@ -167,10 +167,8 @@ def parse_settings(argv: list[str]) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.rest import QuietClientErrors
     from serving.server import serve
 
-    logging.getLogger("aiohttp.server").addFilter(QuietClientErrors())
     # Each JSON request allocates thousands of short-lived objects; with TensorFlow's millions of
     # long-lived ones in the heap, default collector settings cost more than parsing (measured 2.5x
     # throughput on a 23 KB request). Loaded models are frozen out of collection (manager.py); collect

@@ -79,13 +79,13 @@ async def serve(settings: Settings) -> None:
                              f"at {address} {port_in_use('--port', args.port, 'cannot bind')}")
     servers = []
     if args.rest_api_port:
+        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
         rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
                        max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
                        enable_cors=args.rest_api_enable_cors_support, idle_timeout_s=args.rest_api_idle_timeout_s,
-                       max_connections=args.rest_api_max_connections)
-        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
+                       max_connections=args.rest_api_max_connections, tls=tls)
         try:
-            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port, ssl=tls,
+            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port,
                                                     start_serving=False))
         except OSError as e:
             raise SystemExit(f"Failed to start HTTP Server at {args.host}:{args.rest_api_port} "

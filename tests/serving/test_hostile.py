@@ -1,0 +1,215 @@
+"""Hostile clients, second round (issue #27): each way one client found to hurt the others, reproduced against a
+real server on 127.0.0.1 with tokens and TLS on (`--auth_allow_status`, as a health-checked deployment has it),
+and what the server must do instead: answer at once with a 4xx (or a gRPC client code) and one log line at most,
+echo and log no header value, keep no memory (RSS of the server process), no descriptors (/proc/<pid>/fd) and no
+slot after the connection closes, and keep answering another client's status call meanwhile. Small limits keep
+it fast; benchmarks/hostile_clients.py runs the same attacks at the issue's scale.
+"""
+from __future__ import annotations
+
+import json
+import ssl
+import time
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from certs import Authority
+from google.protobuf import text_format
+from repo_files import copy_version
+
+import hostile
+from localhost.ports import free_port
+from serving import protos
+from serving.client import GrpcClient, RestClient
+from serving.process import ServerProcess
+
+pytestmark = pytest.mark.xdist_group("test_hostile")  # its module-scoped server starts once, in one worker
+TOKEN = "h" * 24 + "-hostile-admin"
+PREDICT = "/v1/models/hpt:predict"
+BODY = b'{"instances": [1.0]}'
+LIMIT = 32 * 2**20  # --rest_api_max_body_bytes
+IN_FLIGHT = 8
+CONNECTIONS = 40
+IDLE_S = 1
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, half_plus_two_base):
+    work = tmp_path_factory.mktemp("hostile")
+    copy_version(half_plus_two_base, 123, work / "hpt" / "123")
+    (work / "tokens.yaml").write_text(f"tokens:\n  - {{id: admin, token: '{TOKEN}', role: admin}}\n")
+    ca = Authority(work)
+    cert, key = ca.issue("server", server=True)
+    ssl_config = protos.SSLConfig(server_key=key.read_text(), server_cert=cert.read_text())
+    (work / "ssl.config").write_text(text_format.MessageToString(ssl_config))
+    grpc_port = free_port()
+    process = ServerProcess("--model_name=hpt", f"--model_base_path={work / 'hpt'}", f"--port={grpc_port}",
+                            f"--auth_token_file={work / 'tokens.yaml'}", "--auth_allow_status",
+                            f"--audit_log_file={work / 'audit.jsonl'}", f"--ssl_config_file={work / 'ssl.config'}",
+                            f"--rest_api_max_body_bytes={LIMIT}", f"--max_requests_in_flight={IN_FLIGHT}",
+                            f"--rest_api_max_connections={CONNECTIONS}", f"--rest_api_idle_timeout_s={IDLE_S}",
+                            log_dir=work, client_options={"ca_cert": ca.cert_file})
+    process.wait_available("hpt")
+    process.work, process.ca, process.grpc_target = work, ca.cert_file, f"127.0.0.1:{grpc_port}"
+    process.tls = ssl.create_default_context(cafile=str(ca.cert_file))
+    yield process
+    assert process.stop() == 0, process.log_tail()
+    assert TOKEN not in process.log.read_text()  # no request of this module put the token in the log
+
+
+def send(server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> hostile.Answer:
+    return hostile.exchange(server.rest_port, hostile.request(method, path, body, headers), server.tls)
+
+
+def authorized(headers: dict | None = None) -> dict:
+    return {"Authorization": f"Bearer {TOKEN}", **(headers or {})}
+
+
+def served(server) -> bool:
+    """A fresh authenticated client gets its answer, on each port."""
+    with RestClient(server.url, token=TOKEN, ca_cert=server.ca, timeout_s=10) as rest, \
+            GrpcClient(server.grpc_target, token=TOKEN, ca_cert=server.ca, timeout_s=10) as grpc_client:
+        return all(client.predict("hpt", np.array([[1.0]], np.float32))["y"].tolist() == [[2.5]]
+                   for client in (rest, grpc_client))
+
+
+def watch(server) -> hostile.Watch:
+    return hostile.Watch(server.process.pid, f"{server.url}/v1/models/hpt", requests.Session(), str(server.ca))
+
+
+def log_since(server, mark: int) -> str:
+    return server.log.read_text()[mark:]
+
+
+# -- 1. gzip bombs -------------------------------------------------------------------------------------------------
+
+def test_bodies_are_not_read_before_authorization_nor_for_preflights_or_unknown_routes(server):
+    """A body that never arrives does not hold up the answer to a preflight, a path no route matches (open, as
+    status is, with --auth_allow_status), or a request without a token: none of them is read."""
+    head = {"Content-Length": str(LIMIT), "Origin": "https://example.com"}
+    for method, path, headers, status in [("OPTIONS", PREDICT, {}, 200), ("POST", "/v1/foo", {}, 400),
+                                          ("POST", PREDICT, {}, 401), ("GET", "/v1/models/hpt", {}, 200)]:
+        request = hostile.request(method, path, b"", {**head, **headers}).replace(b"Content-Length: 0\r\n", b"")
+        answer = hostile.exchange(server.rest_port, request + b"{", server.tls, timeout_s=5)
+        assert answer.status == status and answer.seconds < 2, (method, path, answer)
+        assert "connection: close" in answer.head.lower()  # the unread body is not waited for
+
+
+def test_gzip_bombs_are_refused_at_the_limit_and_leave_no_memory(server):
+    bomb = hostile.gzip_bomb(3 * LIMIT)  # 100 KB that inflate to 96 MiB
+    assert send(server, "POST", PREDICT, b"", authorized()).status == 400  # warm the path
+    before = server.rss_mib()
+    with watch(server) as watched:
+        for method, path, headers, status in [("OPTIONS", PREDICT, {"Origin": "https://x"}, 200),
+                                              ("POST", "/v1/foo", {}, 400), ("POST", PREDICT, authorized(), 413)] * 3:
+            answer = send(server, method, path, bomb, {"Content-Encoding": "gzip", **headers})
+            assert answer.status == status, answer
+            assert status != 413 or b"once decompressed" in answer.body
+    assert server.rss_mib() - before < 50, (before, server.rss_mib())
+    assert watched.worst_status_s < 1 and not watched.status_failures, watched
+
+
+# -- 3. preflights do not take slots ---------------------------------------------------------------------------------
+
+def test_unfinished_preflights_take_no_slot_from_authenticated_clients(server):
+    held = []
+    try:
+        for _ in range(IN_FLIGHT + 4):  # more than the in-flight limit, each announcing a body it never sends
+            sock = hostile.connect(server.rest_port, server.tls)
+            sock.sendall(hostile.request("OPTIONS", PREDICT, b"x" * 100, {"Origin": "https://x"})[:-90])
+            held.append(sock)
+        time.sleep(0.3)
+        assert served(server)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# -- 5, 6, 9. what reaches the log and the answer ---------------------------------------------------------------------
+
+def test_a_token_with_a_control_character_is_neither_echoed_nor_logged(server):
+    mark = len(server.log.read_text())
+    answer = send(server, "GET", "/v1/models/hpt/metadata", b"",
+                  {"Authorization": f"Bearer {TOKEN}\rjunk".encode()})
+    assert answer.status == 400 and TOKEN.encode() not in answer.head.encode() + answer.body
+    assert json.loads(answer.body)["error"].startswith("Malformed HTTP request (BadHttpMessage)")
+    time.sleep(0.2)
+    added = log_since(server, mark)
+    assert added.count("\n") == 1 and TOKEN not in added and "Bearer" not in added, added
+
+
+def test_a_token_that_is_not_utf8_is_an_audited_401(server):
+    mark = len(server.log.read_text())
+    answer = send(server, "GET", "/v1/models/hpt/metadata", b"", {"Authorization": b"Bearer \xff\xfe" + TOKEN.encode()})
+    assert answer.status == 401 and b"Invalid credentials" in answer.body, answer
+    audit = [json.loads(line) for line in (server.work / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["action"] == "auth_failure" and audit[-1]["result"].startswith("UNAUTHENTICATED")
+    assert log_since(server, mark) == ""
+
+
+def test_a_body_falsely_marked_gzip_is_a_400_and_no_traceback(server):
+    mark = len(server.log.read_text())
+    answer = send(server, "POST", PREDICT, BODY, authorized({"Content-Encoding": "gzip"}))
+    assert answer.status == 400
+    assert json.loads(answer.body)["error"] == ("Request body cannot be read as Content-Encoding gzip: it is not "
+                                                "valid gzip data")
+    time.sleep(0.2)
+    assert log_since(server, mark).count("\n") <= 1 and "Traceback" not in server.log.read_text()
+
+
+# -- 10. declared lengths --------------------------------------------------------------------------------------------
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(server):
+    head = hostile.request("POST", PREDICT, b"", authorized({"Expect": "100-continue"}))
+    answer = hostile.exchange(server.rest_port, head.replace(b"Content-Length: 0", b"Content-Length: 999999999999"),
+                              server.tls, timeout_s=5)
+    assert answer.status == 413 and answer.seconds < 1, answer
+    assert b"999999999999 bytes (Content-Length) is larger than the limit" in answer.body
+    assert not answer.head.startswith("HTTP/1.1 100")  # no invitation to send it
+    continued = hostile.exchange(server.rest_port, hostile.request("POST", PREDICT, BODY, authorized(
+        {"Expect": "100-continue"})), server.tls)
+    assert continued.head.startswith("HTTP/1.1 100 Continue") and b'"predictions"' in continued.body
+
+
+# -- 11. headers ----------------------------------------------------------------------------------------------------
+
+def test_header_blocks_are_capped_and_unfinished_ones_leave_no_memory(server):
+    block = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 8000) for i in range(100))  # 0.8 MB: aiohttp took it whole
+    answer = hostile.exchange(server.rest_port, b"GET /v1/models/hpt HTTP/1.1\r\nHost: x\r\n" + block + b"\r\n",
+                              server.tls)
+    assert answer.status == 431 and b"Request headers are larger than 65536 bytes" in answer.body
+    before = server.rss_mib()
+    held = []
+    try:
+        for _ in range(CONNECTIONS - 5):
+            sock = hostile.connect(server.rest_port, server.tls)
+            try:
+                sock.sendall(b"GET /v1/models/hpt HTTP/1.1\r\nHost: x\r\n" + block)
+            except OSError:  # refused (431) part way
+                pass
+            held.append(sock)
+        assert hostile.all_closed_by_server(held, within_s=2)
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert server.rss_mib() - before < 20, (before, server.rss_mib())
+
+
+# -- 4. connections ---------------------------------------------------------------------------------------------------
+
+def test_handshake_less_tls_connections_count_and_close_at_the_idle_timeout(server):
+    descriptors = hostile.descriptors(server.process.pid)
+    held = hostile.open_connections(server.rest_port, CONNECTIONS + 20)  # no ClientHello, ever
+    try:
+        time.sleep(0.3)
+        assert hostile.descriptors(server.process.pid) <= descriptors + CONNECTIONS + 2  # past the cap: closed at once
+        with GrpcClient(server.grpc_target, token=TOKEN, ca_cert=server.ca, timeout_s=10) as client:
+            assert client.status("hpt")[0]["state"] == "AVAILABLE"
+        assert hostile.all_closed_by_server(held, within_s=IDLE_S + 1)  # the counted ones by the handshake timeout
+    finally:
+        for sock in held:
+            sock.close()
+    assert served(server)
