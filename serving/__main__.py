@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--version", action="store_true", help="print the version and exit")
     # Ours, not tensorflow_model_server's:
     flag("--host", default="0.0.0.0", help="address both servers bind (TF Serving binds all interfaces)")
-    flag("--rest_api_max_body_bytes", type=int, default=256 * 2**20, help="larger REST bodies (also once decompressed) get 413")
+    flag("--rest_api_max_body_bytes", type=int, default=16 * 2**20,
+         help="larger REST bodies (also once decompressed) get 413. Parsing holds the GIL: a 16 MB body stalls other "
+              "clients up to ~0.5 s on 2 cores (SECURITY.md); send larger batches over gRPC, or raise it knowingly")
     flag("--allow_remote_config_reload", type=parse_bool, nargs="?", const=True, default=False,
          help="accept HandleReloadConfigRequest from other machines, not only loopback (a reload loads models from "
               "any directory the server can read: trusted networks only)")

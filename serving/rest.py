@@ -155,8 +155,9 @@ class RestApi:
     async def _answer(self, route: Route, body: bytes) -> tuple[bytes, Servable | None]:
         """The answer to a route, and the servable that gave it (None for status, which needs none)."""
         try:
-            return await asyncio.wait_for(self._dispatch(route, body), self.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: its task and a failure's traceback are a cycle
+                return await self._dispatch(route, body)  # that kept the request's data (a large body's tensors)
+        except TimeoutError:
             raise DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
                                    f"(--rest_api_timeout_in_ms)") from None
 

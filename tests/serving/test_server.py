@@ -103,10 +103,13 @@ def test_sigterm_drains_requests_in_flight_and_turns_readiness_off_first(tmp_pat
     assert sorted(a["predictions"] for a in answers) == expected  # all 14, none lost
 
 
-def test_a_body_that_never_arrives_gets_408_and_its_connection_closed(tmp_path, half_plus_two_base):
-    """Content-Length promises 100 bytes, 10 come: the connection is not held for ever (--rest_api_timeout_in_ms)."""
+def test_a_body_that_never_arrives_gets_408_and_a_request_past_the_deadline_504(tmp_path, half_plus_two_base):
+    """Content-Length promises 100 bytes, 10 come: the connection is not held for ever (--rest_api_timeout_in_ms);
+    a request that waits 2 s for its batch to fill is answered at that deadline too."""
+    (tmp_path / "batching.config").write_text("max_batch_size { value: 2 } batch_timeout_micros { value: 2000000 }")
     server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two", "--port=0",
-                           "--rest_api_timeout_in_ms=700", log_dir=tmp_path)
+                           "--rest_api_timeout_in_ms=700", "--enable_batching",
+                           f"--batching_parameters_file={tmp_path / 'batching.config'}", log_dir=tmp_path)
     try:
         server.wait_available("half_plus_two")
         with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as connection:
@@ -119,7 +122,10 @@ def test_a_body_that_never_arrives_gets_408_and_its_connection_closed(tmp_path, 
             waited = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408") and b"Request body not received within 700 ms" in answer
         assert 0.5 < waited < 5
-        assert requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [[1.0]]},
-                             timeout=10).json() == {"predictions": [[2.5]]}
+        started = time.monotonic()
+        late = requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [[1.0]]}, timeout=10)
+        assert late.status_code == 504 and 0.5 < time.monotonic() - started < 1.5
+        assert late.json() == {"error": "Deadline exceeded: the request took longer than 700 ms (--rest_api_timeout_in_ms)"}
+        assert requests.get(f"{server.url}/v1/models/half_plus_two", timeout=10).ok
     finally:
         server.stop()
