@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--rest_api_max_body_bytes", type=int, default=16 * 2**20,
          help="larger REST bodies (also once decompressed) get 413. Parsing holds the GIL: a 16 MB body stalls other "
               "clients up to ~0.5 s on 2 cores (SECURITY.md); send larger batches over gRPC, or raise it knowingly")
+    flag("--grpc_max_tensor_bytes", type=int, default=64 * 2**20,
+         help="what the tensors of one gRPC request may expand to beyond the bytes it carries (typed values fill "
+              "their shape, strings cost 32 bytes each): more is RESOURCE_EXHAUSTED before anything is allocated. "
+              "Numbers in tensor_content are read in place and do not count (0: no limit)")
     flag("--allow_remote_config_reload", type=parse_bool, nargs="?", const=True, default=False,
          help="accept HandleReloadConfigRequest from other machines, not only loopback (a reload loads models from "
               "any directory the server can read: trusted networks only)")

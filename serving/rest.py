@@ -16,14 +16,10 @@ without reading a byte of a body. What a connection may hold is rest_connections
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import gc
 import re
 import ssl
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -56,19 +52,6 @@ ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, ResourceExhaus
 INT64_MAX = 2**63 - 1
 METRICS = "metrics"  # the route of the Prometheus page (--monitoring_config_file)
 MODEL_APIS = ("predict", "classify", "regress")  # the routes whose bodies are read, and that take a slot
-LARGE_BODY_BYTES = 1 << 20
-_LIBC = ctypes.CDLL(None)
-
-
-def release_freed_memory() -> None:
-    """Free what a large request left: its reference cycles (a full collection, ~30 ms: an error raised through an
-    awaited future is a cycle holding the request's data, and the server's gc thresholds make full collections
-    rare), then give the memory back to the system (glibc keeps it in its arenas: a 250 MB body left the server
-    2.9 GB larger for good)."""
-    gc.collect()
-    if hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
-
 
 class RestApi:
     def __init__(self, core: ServingCore, *, timeout_s: float | None, max_body_bytes: int,
@@ -84,7 +67,6 @@ class RestApi:
         self.tls = tls
         self.draining = False  # shutting down: status (readiness) answers 503, requests in flight finish
         self._server: web.Server | None = None
-        self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-body")
 
     def make_server(self) -> Callable[[], asyncio.Protocol]:
         """The protocol factory for loop.create_server (with no ssl= of its own: TLS is rest_connections.py's). A
@@ -191,7 +173,7 @@ class RestApi:
         raise InvalidArgument(f"Malformed request: {route.method} {route.path}")
 
     async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self._codec(body) as run:
+        async with self.core.decoding(len(body)) as run:
             document = await run(codec.decode_predict_json, body)
             signature = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
             servable = self._servable(route)
@@ -202,7 +184,7 @@ class RestApi:
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self._codec(body) as run:
+        async with self.core.decoding(len(body)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
             if route.api == "classify":
@@ -212,27 +194,6 @@ class RestApi:
             signature = self.core.regress_signature(servable, signature_name)
             values = await self.core.regress(servable, signature, examples)
             return await run(codec.format_regress_response, values), servable
-
-    @contextlib.asynccontextmanager
-    async def _codec(self, body: bytes):
-        """Where a request's JSON is parsed and its answer formatted: inline for usual bodies; for large ones (a
-        250 MB body takes seconds) on the one large-body thread, so the event loop keeps answering the others and
-        one large document at a time is in memory; afterwards the freed memory goes back to the system."""
-        if len(body) < LARGE_BODY_BYTES:
-            async def inline(work, *args):
-                return work(*args)
-
-            yield inline
-            return
-        loop = asyncio.get_running_loop()
-
-        async def off_loop(work, *args):
-            return await loop.run_in_executor(self._large_bodies, work, *args)
-
-        try:
-            yield off_loop
-        finally:
-            await loop.run_in_executor(self._large_bodies, release_freed_memory)
 
     def _servable(self, route: Route) -> Servable:
         return self.core.servable(route.model, route.version, route.label)

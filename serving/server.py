@@ -67,7 +67,8 @@ async def serve(settings: Settings) -> None:
         options = list(dict([("grpc.so_reuseport", 0), *settings.grpc_options]).items())
         grpc_server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
         add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
-                     Path(args.model_base_path_root) if args.model_base_path_root else None)
+                     Path(args.model_base_path_root) if args.model_base_path_root else None,
+                     args.grpc_max_tensor_bytes)
         try:
             address = f"{args.host}:{args.port}"
             bound = (grpc_server.add_secure_port(address, grpc_credentials(settings.ssl_config)) if settings.ssl_config

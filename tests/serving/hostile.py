@@ -80,9 +80,9 @@ def gzip_bomb(inflated_bytes: int) -> bytes:
     return gzip.compress(head + b"0," * ((inflated_bytes - len(head) - len(tail)) // 2) + tail, 9)
 
 
-def declaration(dtype: int, elements: int, signature: str = "") -> predict_pb2.PredictRequest:
-    """A Predict for half_plus_two whose one tensor declares `elements` values and carries one (TF fills the rest
-    with it): about 40 bytes on the wire."""
+def declaration(dtype: int, elements: int) -> predict_pb2.PredictRequest:
+    """A Predict for half_plus_two (its float input `x`) whose one tensor declares `elements` values and carries
+    one (TF fills the rest with it): about 40 bytes on the wire."""
     proto = tensor_pb2.TensorProto(dtype=dtype)
     proto.tensor_shape.dim.add(size=elements)
     if dtype == types_pb2.DT_STRING:
@@ -91,8 +91,7 @@ def declaration(dtype: int, elements: int, signature: str = "") -> predict_pb2.P
         proto.float_val.append(1.0)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_two"
-    request.model_spec.signature_name = signature
-    request.inputs["inputs" if dtype == types_pb2.DT_STRING else "x"].CopyFrom(proto)
+    request.inputs["x"].CopyFrom(proto)
     return request
 
 
