@@ -41,10 +41,19 @@ from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
 
+CONNECTION_DEFAULTS = {  # what gRPC's core holds per client, set as the REST port's flags set it (SECURITY.md)
+    "grpc.max_allowed_incoming_connections": 1024,  # as --rest_api_max_connections; past it closed at accept
+    "grpc.server_handshake_timeout_ms": 30_000,  # as --rest_api_idle_timeout_s: no preface or ClientHello, closed
+    "grpc.max_connection_idle_ms": 30_000,  # no call for this long: GOAWAY (clients reconnect on their next call)
+    "grpc.keepalive_time_ms": 60_000,  # a call's connection is pinged after a minute of silence...
+    "grpc.keepalive_timeout_ms": 20_000,  # ...and closed when the peer does not answer (gRPC: 2 h and 20 s)
+}
+
+
 def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
-    """TF Serving's defaults plus --grpc_channel_arguments ("key=value,key=value")."""
+    """TF Serving's message limits, our connection defaults, then --grpc_channel_arguments ("key=value,...")."""
     options: dict[str, int | str] = {"grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-                                     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES}
+                                     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES, **CONNECTION_DEFAULTS}
     for item in filter(None, (part.strip() for part in channel_arguments.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from serving.tls import grpc_credentials, rest_context
 
 log = logging.getLogger("serving")
 CONFIG_FILE_PEER = "config file"  # who asked, in the audit log, for reloads of a rewritten --model_config_file
+DESCRIPTOR_RESERVE = 256  # descriptors beyond the connections: listeners, model files, logs, TensorFlow's own
 
 
 @dataclass
@@ -98,6 +100,9 @@ async def serve(settings: Settings) -> None:
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         asyncio.create_task(watch_config_file(core, args.model_config_file, args.model_config_file_poll_wait_seconds))
     warn_if_exposed(args)
+    fit_descriptor_limit(([args.rest_api_max_connections] if args.rest_api_port else [])
+                         + ([int(dict(settings.grpc_options).get("grpc.max_allowed_incoming_connections", 0))]
+                            if args.port else []))
     if args.port:
         await grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
@@ -139,6 +144,21 @@ def warn_if_exposed(args: argparse.Namespace) -> None:
     if missing:
         log.warning("Serving on %s, reachable from other machines, without %s: anyone who can reach the ports can "
                     "use every model. Bind --host=127.0.0.1, or see SECURITY.md.", args.host, " or ".join(missing))
+
+
+def fit_descriptor_limit(connection_caps: list[int]) -> None:
+    """Let the ports served reach their connection caps without running out of descriptors (EMFILE took both down):
+    the soft RLIMIT_NOFILE is raised to the hard one, as Go does for every program; a warning says when even that
+    does not hold the caps and a reserve (a cap of 0 is no cap: nothing can hold that)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = sum(connection_caps) + DESCRIPTOR_RESERVE
+    if 0 in connection_caps or (hard != resource.RLIM_INFINITY and needed > hard):
+        log.warning("Open files limit %s: the connection caps (REST --rest_api_max_connections, gRPC "
+                    "grpc.max_allowed_incoming_connections: %s; 0 is none) and %d descriptors for the rest do not "
+                    "fit; a flood of connections can exhaust it. Lower the caps or raise the limit (ulimit -n).",
+                    hard, " and ".join(map(str, connection_caps)), DESCRIPTOR_RESERVE)
 
 
 def port_in_use(flag: str, port: int, reason: str | None) -> str:

@@ -29,7 +29,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from localhost.ports import free_port
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.errors import InvalidArgument
-from serving.grpc_service import is_loopback, server_options
+from serving.grpc_service import CONNECTION_DEFAULTS, is_loopback, server_options
 from serving.process import ServerProcess
 from serving.signatures import classification_result, regression_result, serialized_examples
 
@@ -508,13 +508,17 @@ def test_channel_arguments_set_the_message_limit_and_oversize_is_resource_exhaus
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("", {"grpc.max_send_message_length": 2**31 - 1, "grpc.max_receive_message_length": 2**31 - 1}),
-    ("grpc.max_receive_message_length=10, grpc.primary_user_agent=x",
+    ("", {"grpc.max_send_message_length": 2**31 - 1, "grpc.max_receive_message_length": 2**31 - 1,
+          **CONNECTION_DEFAULTS}),
+    ("grpc.max_receive_message_length=10, grpc.primary_user_agent=x, grpc.max_connection_idle_ms=-1",
      {"grpc.max_send_message_length": 2**31 - 1, "grpc.max_receive_message_length": 10,
-      "grpc.primary_user_agent": "x"}),
+      **CONNECTION_DEFAULTS, "grpc.primary_user_agent": "x", "grpc.max_connection_idle_ms": -1}),
 ])
 def test_channel_arguments_parse_like_tf_serving(text, expected):
     assert dict(server_options(text)) == expected
+    assert CONNECTION_DEFAULTS == {"grpc.max_allowed_incoming_connections": 1024,  # as SECURITY.md says
+                                   "grpc.server_handshake_timeout_ms": 30_000, "grpc.max_connection_idle_ms": 30_000,
+                                   "grpc.keepalive_time_ms": 60_000, "grpc.keepalive_timeout_ms": 20_000}
     with pytest.raises(ValueError, match="expected key=value, received 'oops'"):
         server_options("oops")
 

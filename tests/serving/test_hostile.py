@@ -53,9 +53,12 @@ def server(tmp_path_factory, half_plus_two_base):
                             f"--audit_log_file={work / 'audit.jsonl'}", f"--ssl_config_file={work / 'ssl.config'}",
                             f"--max_requests_in_flight={IN_FLIGHT}",
                             f"--rest_api_max_connections={CONNECTIONS}", f"--rest_api_idle_timeout_s={IDLE_S}",
+                            f"--grpc_channel_arguments=grpc.max_allowed_incoming_connections={CONNECTIONS},"
+                            f"grpc.server_handshake_timeout_ms={IDLE_S * 1000},grpc.max_connection_idle_ms={IDLE_S * 1000}",
                             log_dir=work, client_options={"ca_cert": ca.cert_file})
     process.wait_available("hpt")
-    process.work, process.ca, process.grpc_target = work, ca.cert_file, f"127.0.0.1:{grpc_port}"
+    process.work, process.ca, process.grpc_port = work, ca.cert_file, grpc_port
+    process.grpc_target = f"127.0.0.1:{grpc_port}"
     process.tls = ssl.create_default_context(cafile=str(ca.cert_file))
     yield process
     assert process.stop() == 0, process.log_tail()
@@ -266,3 +269,29 @@ def test_handshake_less_tls_connections_count_and_close_at_the_idle_timeout(serv
         for sock in held:
             sock.close()
     assert served(server)
+
+
+# -- 12. gRPC connections --------------------------------------------------------------------------------------------
+
+def test_grpc_connections_are_capped_and_idle_ones_closed(server):
+    """Connections to the gRPC port that send nothing (not even a ClientHello) held descriptors for good: now past
+    grpc.max_allowed_incoming_connections they are closed at accept, the others after the handshake timeout; a
+    channel whose calls are done is sent away after the idle time, and its next call reconnects."""
+    descriptors = hostile.descriptors(server.process.pid)
+    held = hostile.open_connections(server.grpc_port, CONNECTIONS + 20)
+    try:
+        time.sleep(0.3)
+        assert hostile.descriptors(server.process.pid) <= descriptors + CONNECTIONS + 2
+        assert hostile.all_closed_by_server(held, within_s=IDLE_S + 1.5)
+    finally:
+        for sock in held:
+            sock.close()
+    states = []
+    with GrpcClient(server.grpc_target, token=TOKEN, ca_cert=server.ca, timeout_s=10) as client:
+        assert client.status("hpt")[0]["state"] == "AVAILABLE"
+        client._channel.subscribe(states.append)
+        deadline = time.monotonic() + 3 * IDLE_S  # gRPC adds up to a second or so to the idle time
+        while grpc.ChannelConnectivity.IDLE not in states:  # the server's GOAWAY
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+        assert client.status("hpt")[0]["state"] == "AVAILABLE"

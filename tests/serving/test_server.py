@@ -129,3 +129,23 @@ def test_a_body_that_never_arrives_gets_408_and_a_request_past_the_deadline_504(
         assert requests.get(f"{server.url}/v1/models/half_plus_two", timeout=10).ok
     finally:
         server.stop()
+
+
+def test_the_descriptor_limit_is_raised_to_hold_the_connection_caps(caplog):
+    """EMFILE from a flood of connections took down both ports: the soft limit goes up to the hard one, and caps
+    that even that cannot hold are said at start."""
+    import resource
+
+    from serving.server import DESCRIPTOR_RESERVE, fit_descriptor_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        with caplog.at_level("WARNING", logger="serving"):
+            fit_descriptor_limit([10, 10])
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard and caplog.text == ""
+            fit_descriptor_limit([hard, 0])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert f"Open files limit {hard}: the connection caps" in caplog.text
+    assert f"{hard} and 0; 0 is none) and {DESCRIPTOR_RESERVE} descriptors" in caplog.text
