@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from serving.server import Settings
@@ -171,7 +171,7 @@ def parse_settings(argv: list[str]) -> Settings:
     return Settings(args, model_config, batching, metrics_path, grpc_options, access, ssl_config, session)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serving.server import serve
 
@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(10_000, 50, 1000)
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     asyncio.run(serve(settings))
-    return 0
+    logging.shutdown()
+    os._exit(0)  # drained: a model call still running past the drain is abandoned, not waited for at exit
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -65,7 +65,6 @@ class RestApi:
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self.tls = tls
-        self.draining = False  # shutting down: status (readiness) answers 503, requests in flight finish
         self._server: web.Server | None = None
 
     def make_server(self) -> Callable[[], asyncio.Protocol]:
@@ -77,13 +76,10 @@ class RestApi:
                                   lingering_time=0, auto_decompress=False)
         return Connections(self._server, self.max_connections, self.idle_timeout_s, self.tls).protocol_factory
 
-    async def drain(self, timeout_s: float) -> None:
-        """After the listener closed: wait for the requests in flight (ServingCore counts them, both front ends; at
-        most `timeout_s`), then close the connections left, idle keep-alive ones included."""
-        deadline = time.monotonic() + timeout_s
-        while self.core.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self._server is not None:  # what is left is idle (or past the deadline): a short grace, not the rest
+    async def close(self) -> None:
+        """After the drain (ServingCore.drain): close the connections left, idle keep-alive ones included, with a
+        short grace for answers being written."""
+        if self._server is not None:
             await self._server.shutdown(0.2)
 
     async def _handle(self, request: BaseRequest) -> web.Response:
@@ -163,7 +159,7 @@ class RestApi:
             return await self._predict(route, body)
         if route.api in ("classify", "regress"):
             return await self._classify_or_regress(route, body)
-        if route.api in ("status", "metadata") and self.draining:  # readiness probes see it first: load balancers
+        if route.api in ("status", "metadata") and self.core.shutting_down:  # readiness probes see it first: balancers
             raise Unavailable("Server is shutting down")  # stop sending requests here
         if route.api == "metadata":
             servable = self._servable(route)

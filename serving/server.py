@@ -114,17 +114,16 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, core.reload_tokens)
     await stop.wait()
-    log.info("Shutting down: readiness off, no new connections, up to %ss for requests in flight (--drain_timeout_s)",
-             args.drain_timeout_s)
-    draining = []
-    if args.rest_api_port:
-        rest.draining = True
-        draining.append(rest.drain(args.drain_timeout_s))
+    log.info("Shutting down: readiness off, no new REST connections, new requests refused, up to %ss for the "
+             "requests received (--drain_timeout_s)", args.drain_timeout_s)
     for server in servers:
         server.close()
+    if not await core.drain(args.drain_timeout_s):
+        log.warning("Requests still in flight after %ss (--drain_timeout_s) are cancelled", args.drain_timeout_s)
     if args.port:
-        draining.append(grpc_server.stop(grace=args.drain_timeout_s))
-    await asyncio.gather(*draining)
+        await grpc_server.stop(grace=None)  # nothing should be left: it was drained above
+    if args.rest_api_port:
+        await rest.close()
     for server in servers:
         await server.wait_closed()
     manager.stop()
