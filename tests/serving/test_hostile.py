@@ -8,25 +8,19 @@ it fast; benchmarks/hostile_clients.py runs the same attacks at the issue's scal
 from __future__ import annotations
 
 import json
-import ssl
 import time
 
 import grpc
 import numpy as np
 import pytest
 import requests
-from certs import Authority
-from google.protobuf import text_format
 from repo_files import copy_version
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 import hostile
-from localhost.ports import free_port
-from serving import protos
 from serving.__main__ import build_parser
 from serving.client import GrpcClient, RestClient
-from serving.process import ServerProcess
 
 pytestmark = pytest.mark.xdist_group("test_hostile")  # its module-scoped server starts once, in one worker
 TOKEN = "h" * 24 + "-hostile-admin"
@@ -40,26 +34,14 @@ IDLE_S = 1
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, half_plus_two_base):
+    """hostile.start_server's (tokens, TLS, audit) with small limits; its own default body limit."""
     work = tmp_path_factory.mktemp("hostile")
     copy_version(half_plus_two_base, 123, work / "hpt" / "123")
-    (work / "tokens.yaml").write_text(f"tokens:\n  - {{id: admin, token: '{TOKEN}', role: admin}}\n")
-    ca = Authority(work)
-    cert, key = ca.issue("server", server=True)
-    ssl_config = protos.SSLConfig(server_key=key.read_text(), server_cert=cert.read_text())
-    (work / "ssl.config").write_text(text_format.MessageToString(ssl_config))
-    grpc_port = free_port()
-    process = ServerProcess("--model_name=hpt", f"--model_base_path={work / 'hpt'}", f"--port={grpc_port}",
-                            f"--auth_token_file={work / 'tokens.yaml'}", "--auth_allow_status",
-                            f"--audit_log_file={work / 'audit.jsonl'}", f"--ssl_config_file={work / 'ssl.config'}",
-                            f"--max_requests_in_flight={IN_FLIGHT}",
-                            f"--rest_api_max_connections={CONNECTIONS}", f"--rest_api_idle_timeout_s={IDLE_S}",
-                            f"--grpc_channel_arguments=grpc.max_allowed_incoming_connections={CONNECTIONS},"
-                            f"grpc.server_handshake_timeout_ms={IDLE_S * 1000},grpc.max_connection_idle_ms={IDLE_S * 1000}",
-                            log_dir=work, client_options={"ca_cert": ca.cert_file})
-    process.wait_available("hpt")
-    process.work, process.ca, process.grpc_port = work, ca.cert_file, grpc_port
-    process.grpc_target = f"127.0.0.1:{grpc_port}"
-    process.tls = ssl.create_default_context(cafile=str(ca.cert_file))
+    process = hostile.start_server(
+        work, "hpt", work / "hpt", TOKEN, f"--max_requests_in_flight={IN_FLIGHT}",
+        f"--rest_api_max_connections={CONNECTIONS}", f"--rest_api_idle_timeout_s={IDLE_S}",
+        f"--grpc_channel_arguments=grpc.max_allowed_incoming_connections={CONNECTIONS},"
+        f"grpc.server_handshake_timeout_ms={IDLE_S * 1000},grpc.max_connection_idle_ms={IDLE_S * 1000}")
     yield process
     assert process.stop() == 0, process.log_tail()
     assert TOKEN not in process.log.read_text()  # no request of this module put the token in the log
