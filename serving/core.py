@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
 import time
@@ -20,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, inference_pb2, model_pb2
 
-from serving import signatures
+from serving import memory, signatures
 from serving.audit import AuditLog
 from serving.auth import Access, Token
 from serving.batching import Batcher, BatchingParameters
@@ -37,7 +36,6 @@ FAILURES_PER_COLLECTION = 1000  # a full collection takes ~30 ms with the models
 MAX_NAME_CHARS = 1000  # model names and labels in requests: TF Serving has no limit, but echoing 100 MB back is a DoS
 SETTLE_QUIET_S, SETTLE_MAX_S = 0.05, 1.0  # on SIGTERM, requests still arriving are taken until this quiet, or that long
 LARGE_REQUEST_BYTES = 1 << 20  # a request's body, or what its tensors decode to, from which decoding leaves the loop
-_LIBC = ctypes.CDLL(None)
 
 
 class ServingCore:
@@ -116,7 +114,7 @@ class ServingCore:
         try:
             yield off_loop
         finally:
-            await loop.run_in_executor(self._large, release_freed_memory)
+            await loop.run_in_executor(self._large, memory.release)
 
     def authorize(self, credentials: str | None, action: str, models: list[str], peer: str, target: str) -> Token | None:
         """The caller's token, checked for `action` on each of `models` (UNAUTHENTICATED / PERMISSION_DENIED); each
@@ -317,22 +315,12 @@ class ServingCore:
 def without_collections(work, *args):
     """`work(*args)` with the cyclic collector off: parsing a large JSON body allocates millions of objects, and the
     collections they set off (in the C parser, holding the GIL) made its stall of the event loop 1.5 times longer.
-    release_freed_memory collects afterwards."""
+    memory.release collects afterwards."""
     gc.disable()
     try:
         return work(*args)
     finally:
         gc.enable()
-
-
-def release_freed_memory() -> None:
-    """Free what a large request left: its reference cycles (a full collection, ~30 ms: an error raised through an
-    awaited future is a cycle holding the request's data, and the server's gc thresholds make full collections
-    rare), then give the memory back to the system (glibc keeps it in its arenas: a 250 MB body left the server
-    2.9 GB larger for good)."""
-    gc.collect()
-    if hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
 
 
 def check_name(name: str, what: str) -> None:

@@ -4,7 +4,10 @@ bytes, and what the server says and logs about HTTP it cannot parse.
 - Connections are counted from accept, a TLS one before its handshake: at most --rest_api_max_connections. Past
   it a clear-text connection gets a 503 and is closed; a TLS one is closed at once (a 503 would need a handshake).
 - TLS is handshaken here, after accept (loop.start_tls), within the idle timeout: a connection that never sends a
-  ClientHello is closed then, not after asyncio's 60 s.
+  ClientHello is closed then, not after asyncio's 60 s, and what its handshake held is freed then (not by the
+  collector, much later: a failed handshake is a reference cycle holding a 256 KiB buffer).
+- Once a burst of connections has closed (RELEASE_AFTER_CLOSED, then RELEASE_QUIET_S without a close), what they
+  held goes back to the system (memory.release, off the event loop): glibc kept it, ~280 KiB a TLS connection.
 - A request's header block may hold MAX_HEADER_BYTES, counted as its bytes arrive: past it 431 and the connection
   is closed, so an unfinished block holds that much at most (aiohttp accepts 128 lines of 8 KiB: ~1 MiB).
 - HTTP that does not parse gets a 400 naming the kind of mistake, never the request's text (aiohttp's quotes the
@@ -15,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from serving import codec
+from serving import codec, memory
 
 log = logging.getLogger("serving")
 
 MAX_HEADER_BYTES = 64 * 1024  # Envoy's default is 60 KiB
+RELEASE_AFTER_CLOSED = 128  # connections closed since memory was last released: a burst worth a release...
+RELEASE_QUIET_S = 0.5  # ...once none has closed for this long (so never under steady traffic, which reuses it)
 
 
 class Connections:
@@ -36,9 +42,25 @@ class Connections:
         self.idle_timeout_s = idle_timeout_s
         self.tls = tls
         self.open = 0
+        self.closed_since_release = 0
+        self._release: asyncio.TimerHandle | None = None
 
     def protocol_factory(self) -> asyncio.Protocol:
         return Accepted(self)
+
+    def closed(self) -> None:
+        """One connection counted from accept has closed; after a burst of them, a release once closes pause."""
+        self.open -= 1
+        self.closed_since_release += 1
+        if self.closed_since_release >= RELEASE_AFTER_CLOSED:
+            if self._release is not None:
+                self._release.cancel()
+            self._release = asyncio.get_running_loop().call_later(RELEASE_QUIET_S, self._release_memory)
+
+    def _release_memory(self) -> None:
+        """On a thread of its own, not the loop's executor: one may be due while the server shuts that down."""
+        self._release, self.closed_since_release = None, 0
+        threading.Thread(target=memory.release, name="release-memory", daemon=True).start()
 
 
 class Accepted(asyncio.Protocol):
@@ -73,7 +95,8 @@ class Accepted(asyncio.Protocol):
             secured = await asyncio.get_running_loop().start_tls(
                 transport, self, self.connections.tls, server_side=True,
                 ssl_handshake_timeout=self.connections.idle_timeout_s or None)
-        except (OSError, asyncio.TimeoutError, ConnectionError):  # ssl.SSLError is an OSError
+        except (OSError, asyncio.TimeoutError, ConnectionError) as e:  # ssl.SSLError is an OSError
+            e.__traceback__ = None  # its frames and start_tls's waiter, which holds it: a cycle keeping the TLS state
             transport.close()
             self._uncount()
             return
@@ -114,7 +137,7 @@ class Accepted(asyncio.Protocol):
     def _uncount(self) -> None:
         if self.counted:
             self.counted = False
-            self.connections.open -= 1
+            self.connections.closed()
 
 
 class Handler(RequestHandler):
