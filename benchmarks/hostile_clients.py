@@ -47,6 +47,9 @@ MODEL = "half_plus_two"
 DESCRIPTOR_LIMIT = 1300
 IDLE_TIMEOUT_S = 5  # --rest_api_idle_timeout_s for this run (30 by default)
 DEFAULTS = build_parser().parse_args([])
+TARGET_MB = 50
+TARGETS = ("20 gzip bombs", "20 oversized gRPC declarations", "1,000 unfinished OPTIONS",
+           "1,500 handshake-less TLS connections")
 
 
 class Bench:
@@ -276,6 +279,11 @@ def report(result: dict) -> str:
                      f"{row['rss_after_mib']} ({row['rss_after_mib'] - row['rss_before_mib']:+d}) | "
                      f"{row['worst_status_call_s']} | {row['descriptors_after']} | "
                      f"{row['served_after']['rest']} / {row['served_after']['grpc']} |")
+    lines += ["", f"Issue #27's targets, RSS back within {TARGET_MB} MB of before once the connections closed:", ""]
+    for row in result["rows"]:
+        if row["attack"] in TARGETS:
+            grown_mb = (row["rss_after_mib"] - row["rss_before_mib"]) * 2**20 / 1e6
+            lines.append(f"- {row['attack']}: {grown_mb:+.0f} MB, {'met' if grown_mb < TARGET_MB else '**not met**'}")
     lines += ["", "What each attack got:", ""]
     for row in result["rows"]:
         detail = {k: v for k, v in row.items() if k not in ("attack", "seconds", "rss_before_mib", "rss_peak_mib",
