@@ -162,7 +162,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     f"{self.max_tensor_bytes} (--grpc_max_tensor_bytes). Numbers sent in tensor_content are read in "
                     f"place and do not count")
         async with self.core.decoding(expanded) as run:
-            inputs = await run(lambda: {name: tensor.decode() for name, tensor in declared.items()})
+            inputs = await run(lambda tensors: {name: tensor.decode() for name, tensor in tensors.items()}, declared)
             del declared
             outputs = await self.core.predict(servable, signature, inputs, output_filter)
             del inputs
