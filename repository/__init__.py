@@ -226,12 +226,20 @@ def signatures(version_dir: Path) -> dict:
 def describe_signature_defs(signature_defs) -> dict:
     """SignatureDef protos by key as plain data: {key: {"method", "inputs": {name: {"dtype", "shape"}},
     "outputs": ...}} (dtype as TensorFlow names it, e.g. float32; -1 for an unknown dimension)."""
-    import tensorflow as tf
-
     def tensors(infos) -> dict:
-        return {name: {"dtype": tf.dtypes.as_dtype(info.dtype).name,
+        return {name: {"dtype": dtype_name(info),
                        "shape": None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim]}
                 for name, info in sorted(infos.items())}
 
     return {key: {"method": sig.method_name, "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
             for key, sig in sorted(signature_defs.items()) if not key.startswith("__")}
+
+
+def dtype_name(tensor_info) -> str:
+    """TensorFlow's name for a TensorInfo's dtype (`tf.as_dtype(...).name`: DT_FLOAT is float32, DT_HALF_REF
+    float16_ref), from the DataType enum's own names: no TensorFlow import."""
+    enum = tensor_info.DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_number.get(tensor_info.dtype)
+    if enum is None:
+        return str(tensor_info.dtype)
+    base, ref, _ = enum.name.removeprefix("DT_").lower().partition("_ref")
+    return {"float": "float32", "double": "float64", "half": "float16"}.get(base, base) + ref

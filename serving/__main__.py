@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from serving.server import Settings
@@ -79,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--version", action="store_true", help="print the version and exit")
     # Ours, not tensorflow_model_server's:
     flag("--host", default="0.0.0.0", help="address both servers bind (TF Serving binds all interfaces)")
-    flag("--rest_api_max_body_bytes", type=int, default=256 * 2**20, help="larger REST bodies (also once decompressed) get 413")
+    flag("--rest_api_max_body_bytes", type=int, default=8 * 2**20,
+         help="larger REST bodies (also once decompressed) get 413. Parsing holds the GIL: an 8 MB body stalls other "
+              "clients up to ~0.3 s on 2 cores (SECURITY.md); send larger batches over gRPC, or raise it knowingly")
+    flag("--grpc_max_tensor_bytes", type=int, default=64 * 2**20,
+         help="what the tensors of one gRPC request may expand to beyond the bytes it carries (typed values fill "
+              "their shape, strings cost 32 bytes each): more is RESOURCE_EXHAUSTED before anything is allocated. "
+              "Numbers in tensor_content are read in place and do not count (0: no limit)")
     flag("--allow_remote_config_reload", type=parse_bool, nargs="?", const=True, default=False,
          help="accept HandleReloadConfigRequest from other machines, not only loopback (a reload loads models from "
               "any directory the server can read: trusted networks only)")
@@ -165,12 +171,10 @@ def parse_settings(argv: list[str]) -> Settings:
     return Settings(args, model_config, batching, metrics_path, grpc_options, access, ssl_config, session)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.rest import QuietClientErrors
     from serving.server import serve
 
-    logging.getLogger("aiohttp.server").addFilter(QuietClientErrors())
     # Each JSON request allocates thousands of short-lived objects; with TensorFlow's millions of
     # long-lived ones in the heap, default collector settings cost more than parsing (measured 2.5x
     # throughput on a 23 KB request). Loaded models are frozen out of collection (manager.py); collect
@@ -178,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(10_000, 50, 1000)
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
     asyncio.run(serve(settings))
-    return 0
+    logging.shutdown()
+    os._exit(0)  # drained: a model call still running past the drain is abandoned, not waited for at exit
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -95,7 +95,9 @@ def _token(entry: object) -> Token:
 
 
 def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    """The secret's SHA-256, over its bytes as sent: a header that is not UTF-8 reaches aiohttp's str as surrogate
+    escapes, and is a token like any other (one that matches none: 401), not an encoding error."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 class Access:

@@ -9,8 +9,10 @@ things for the same call:
     status(model)             -> [{"version": int, "state": str, "error_code": str, "error_message": str}], newest first
     metadata(model)           -> {"model": str, "version": int, "signatures": {key: {"method", "inputs", "outputs"}}}
 
-`inputs` is {input name: array-like}, or one array-like for a signature with one input; values are
-cast to the signature's dtypes first (so float64 numpy arrays work over gRPC too). Examples are
+`inputs` is {input name: array-like} (columns), a list of rows {input name: value} (TF Serving's row
+format, `[{"x": [0.2, 1.5], "city": "rome"}, ...]`: turned into columns), or one array-like for a signature
+with one input; values are cast to the signature's dtypes first (so float64 numpy arrays work over gRPC
+too). Examples are
 dicts of feature values, converted to tf.Example by the server's own rules (serving.codec) on both
 protocols. A model's signatures are read once per client and spec (pushes that change them are
 refused by default, see pipeline/stages/push.py). Every failure the server reports raises
@@ -31,21 +33,10 @@ from urllib.parse import quote
 import grpc
 import numpy as np
 import requests
-import tensorflow as tf
 from google.protobuf import json_format
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    input_pb2,
-    model_management_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-    regression_pb2,
-)
 
 import repository
+from serving import messages
 from serving.codec import example_from_json
 from serving.protos import MAX_MESSAGE_BYTES
 
@@ -53,6 +44,8 @@ DEFAULT_SIGNATURE = "serving_default"
 START_ONE = ("Start one first: `make serve`, `python -m serving --rest_api_port=8501 --port=8500 --model_name=NAME "
              "--model_base_path=PATH`, or serving.Server(...) from Python.")
 GRPC_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+PREDICTION = "/tensorflow.serving.PredictionService/"
+MODEL_SERVICE = "/tensorflow.serving.ModelService/"
 
 
 class ServingClientError(Exception):
@@ -80,6 +73,8 @@ class ServingClient:
                 label: str | None = None, output_filter: list[str] = ()) -> dict[str, np.ndarray]:
         spec = _spec(model, version, label)
         signature = self._signature(spec, signature_name or DEFAULT_SIGNATURE)
+        if isinstance(inputs, list | tuple) and inputs and all(isinstance(row, dict) for row in inputs):
+            inputs = _columns(inputs)
         if not isinstance(inputs, dict):
             if len(signature["inputs"]) != 1:
                 raise ValueError(f"signature {signature_name or DEFAULT_SIGNATURE!r} of {model!r} takes inputs "
@@ -118,6 +113,21 @@ class ServingClient:
         return self._signatures[spec].get(name, {"inputs": {}, "outputs": {}})
 
 
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Rows of named inputs as one column per input; every row must name the same inputs, each with the shape the
+    first row gives it (TF Serving's row format)."""
+    first = rows[0]
+    for i, row in enumerate(rows[1:], start=1):
+        if row.keys() != first.keys():
+            raise ValueError(f"row {i} has inputs {sorted(row)}, row 0 has {sorted(first)}: every row must name the "
+                             f"same inputs (or pass columns, {{name: [value per row]}})")
+        for key in first:
+            if np.shape(row[key]) != np.shape(first[key]):
+                raise ValueError(f"row {i}, input {key!r}: shape {list(np.shape(row[key]))}, row 0 has "
+                                 f"{list(np.shape(first[key]))}: an input must have the same shape in every row")
+    return {key: [row[key] for row in rows] for key in first}
+
+
 def _spec(model: str, version: int | None, label: str | None) -> tuple:
     if version is not None and label is not None:
         raise ValueError("pass `version` or `label`, not both")
@@ -134,12 +144,15 @@ def _as_array(value: Any, tensor: dict | None) -> np.ndarray:
     """`value` as a numpy array of the signature tensor's dtype (strings as bytes objects)."""
     if tensor is None:
         return np.asarray(value)
-    dtype = tf.dtypes.as_dtype(tensor["dtype"])
-    if dtype == tf.string:
+    if tensor["dtype"] == "string":
         array = np.asarray(value, dtype=object)
         return np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(array) \
             if array.size else array
-    return np.asarray(value, dtype=dtype.as_numpy_dtype)
+    try:
+        dtype = np.dtype(tensor["dtype"])
+    except TypeError:  # a dtype numpy has no name for (bfloat16, qint8, ...): sent as given
+        return np.asarray(value)
+    return np.asarray(value, dtype=dtype)
 
 
 def _as_json(value: Any) -> Any:
@@ -197,8 +210,8 @@ class RestClient(ServingClient):
 
     def _send_metadata(self, spec):
         answer = self._call("GET", _path(spec) + "/metadata")
-        signatures = json_format.ParseDict(answer["metadata"]["signature_def"],
-                                           get_model_metadata_pb2.SignatureDefMap()).signature_def
+        signature_def_map = json_format.ParseDict(answer["metadata"]["signature_def"], messages.SignatureDefMap())
+        signatures = signature_def_map.signature_def
         return answer["model_spec"]["name"], int(answer["model_spec"]["version"]), signatures
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -257,62 +270,62 @@ class GrpcClient(ServingClient):
             credentials = grpc.ssl_channel_credentials(Path(ca_cert).read_bytes() if ca_cert else None,
                                                        private_key=key_pair[1], certificate_chain=key_pair[0])
             self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.timeout_s = timeout_s
 
     def close(self) -> None:
         self._channel.close()
 
     def _send_predict(self, spec, signature_name, arrays, output_filter, signature) -> dict:
-        request = predict_pb2.PredictRequest(output_filter=output_filter)
+        request = messages.PredictRequest(output_filter=output_filter)
         _fill_spec(request.model_spec, spec, signature_name)
         for name, array in arrays.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
-        response = self._call(self._prediction.Predict, request)
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+            request.inputs[name].CopyFrom(messages.tensor_proto(array))
+        response = self._call(PREDICTION + "Predict", request, messages.PredictResponse)
+        return {name: messages.to_numpy(proto) for name, proto in response.outputs.items()}
 
     def _send_examples(self, api, spec, signature_name, examples, context):
-        converted = [example_from_json(e) for e in examples]
-        if context is None:
-            request_input = input_pb2.Input(example_list=input_pb2.ExampleList(examples=converted))
-        else:
-            request_input = input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
-                examples=converted, context=example_from_json(context)))
-        if api == "regress":
-            request = regression_pb2.RegressionRequest(input=request_input)
-            _fill_spec(request.model_spec, spec, signature_name)
-            return [r.value for r in self._call(self._prediction.Regress, request).result.regressions]
-        request = classification_pb2.ClassificationRequest(input=request_input)
+        request = messages.RegressionRequest() if api == "regress" else messages.ClassificationRequest()
         _fill_spec(request.model_spec, spec, signature_name)
-        result = self._call(self._prediction.Classify, request).result
+        if context is None:
+            request.input.example_list.examples.extend(example_from_json(e) for e in examples)
+        else:
+            request.input.example_list_with_context.examples.extend(example_from_json(e) for e in examples)
+            request.input.example_list_with_context.context.CopyFrom(example_from_json(context))
+        if api == "regress":
+            return [r.value for r in self._call(PREDICTION + "Regress", request, messages.RegressionResponse)
+                    .result.regressions]
+        result = self._call(PREDICTION + "Classify", request, messages.ClassificationResponse).result
         return [[(c.label, c.score) for c in entry.classes] for entry in result.classifications]
 
     def _send_status(self, spec) -> list[dict]:
-        request = get_model_status_pb2.GetModelStatusRequest()
+        request = messages.GetModelStatusRequest()
         _fill_spec(request.model_spec, spec, None)
-        response = self._call(self._models.GetModelStatus, request)
-        return [{"version": s.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+        response = self._call(MODEL_SERVICE + "GetModelStatus", request, messages.GetModelStatusResponse)
+        return [{"version": s.version, "state": messages.VERSION_STATES.get(s.state, str(s.state)),
                  "error_code": GRPC_CODE_NAMES.get(s.status.error_code, str(s.status.error_code)),
                  "error_message": s.status.error_message}
                 for s in response.model_version_status]
 
     def _send_metadata(self, spec):
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request = messages.GetModelMetadataRequest(metadata_field=["signature_def"])
         _fill_spec(request.model_spec, spec, None)
-        response = self._call(self._prediction.GetModelMetadata, request)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response = self._call(PREDICTION + "GetModelMetadata", request, messages.GetModelMetadataResponse)
+        signatures = messages.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         return response.model_spec.name, response.model_spec.version.value, signatures.signature_def
 
     def reload_config(self, config) -> None:
-        """ModelService/HandleReloadConfigRequest: the server serves `config` (a ModelServerConfig) from now on.
-        gRPC only: TF Serving's REST API has no way to change the config."""
-        self._call(self._models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest(config=config))
+        """ModelService/HandleReloadConfigRequest: the server serves `config` (a ModelServerConfig, of TF
+        Serving's classes or these) from now on. gRPC only: TF Serving's REST API has no way to change the config."""
+        request = messages.ReloadConfigRequest()
+        request.config.ParseFromString(config.SerializeToString())
+        self._call(MODEL_SERVICE + "HandleReloadConfigRequest", request, messages.ReloadConfigResponse)
 
-    def _call(self, method, request):
+    def _call(self, method: str, request, response_class):
+        call = self._channel.unary_unary(method, request_serializer=type(request).SerializeToString,
+                                         response_deserializer=response_class.FromString)
         try:
-            return method(request, timeout=self.timeout_s, metadata=self._metadata)
+            return call(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as e:
             hint = f" (no server answers at {self._target}? {START_ONE})" if e.code() == grpc.StatusCode.UNAVAILABLE else ""
             raise ServingClientError(e.code().name, e.details() + hint) from None

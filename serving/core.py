@@ -13,17 +13,17 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, inference_pb2, model_pb2
 
-from serving import signatures
+from serving import memory, signatures
 from serving.audit import AuditLog
 from serving.auth import Access, Token
 from serving.batching import Batcher, BatchingParameters
-from serving.errors import InvalidArgument, ResourceExhausted, ServingError
+from serving.errors import InvalidArgument, ResourceExhausted, ServingError, Unavailable
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
@@ -34,6 +34,8 @@ log = logging.getLogger("serving")
 UNKNOWN_MODEL = "(unknown)"  # the metric label of requests for a model this server does not have
 FAILURES_PER_COLLECTION = 1000  # a full collection takes ~30 ms with the models' objects frozen
 MAX_NAME_CHARS = 1000  # model names and labels in requests: TF Serving has no limit, but echoing 100 MB back is a DoS
+SETTLE_QUIET_S, SETTLE_MAX_S = 0.05, 1.0  # on SIGTERM, requests still arriving are taken until this quiet, or that long
+LARGE_REQUEST_BYTES = 1 << 20  # a request's body, or what its tensors decode to, from which decoding leaves the loop
 
 
 class ServingCore:
@@ -47,14 +49,21 @@ class ServingCore:
         self.audit = audit or AuditLog()
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.shutting_down = False  # SIGTERM came: readiness answers 503
+        self._refusing = False  # ...and, once what had arrived is taken in, new requests are UNAVAILABLE
+        self._last_arrival = 0.0  # when a request last asked to be admitted
         self._failed = 0
         self._batcher = Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
+        self._large = ThreadPoolExecutor(1, thread_name_prefix="large-request")
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
         """Count a request in flight from its first byte to its answer; past --max_requests_in_flight it is refused
         at once (429 / RESOURCE_EXHAUSTED), so overload costs a short answer, not memory for a queue without end."""
+        self._last_arrival = time.monotonic()
+        if self._refusing:
+            raise Unavailable("Server is shutting down; retry with another server")
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             raise ResourceExhausted(f"Too many requests in flight (limit {self.max_in_flight}, "
                                     f"--max_requests_in_flight); retry later")
@@ -63,6 +72,49 @@ class ServingCore:
             yield
         finally:
             self.in_flight -= 1
+
+    async def drain(self, timeout_s: float) -> bool:
+        """SIGTERM: readiness off at once; requests received before it are answered, later ones refused UNAVAILABLE.
+        What counts as received: whatever the front ends take in until arrivals pause for SETTLE_QUIET_S (at most
+        SETTLE_MAX_S): gRPC's core holds calls that arrived until the event loop asks for them, and stopping the gRPC
+        server before that CANCELLED them. Then the requests in flight get the rest of `timeout_s`, and calls still
+        queued get their UNAVAILABLE before the front ends stop. Whether every request admitted finished."""
+        started = time.monotonic()
+        self.shutting_down = True
+        await self._settle(started, SETTLE_MAX_S)
+        self._refusing = True
+        while self.in_flight and time.monotonic() - started < timeout_s:
+            await asyncio.sleep(0.02)
+        await self._settle(time.monotonic(), min(SETTLE_MAX_S, max(0.0, started + timeout_s - time.monotonic())))
+        return not self.in_flight
+
+    async def _settle(self, since: float, at_most_s: float) -> None:
+        """Until no request arrived for SETTLE_QUIET_S after `since`, or `at_most_s` passed."""
+        while (time.monotonic() - max(since, self._last_arrival) < SETTLE_QUIET_S
+               and time.monotonic() - since < at_most_s):
+            await asyncio.sleep(0.01)
+
+    @contextlib.asynccontextmanager
+    async def decoding(self, size: int) -> AsyncIterator[Callable[..., Awaitable]]:
+        """`run(work, *args)` for decoding a request of `size` bytes (a REST body, what gRPC tensors expand to) and
+        encoding its answer: inline when small; when large (a 16 MB body takes a second) on the one thread such work
+        has, so the event loop keeps answering the others and one large request is decoded at a time; afterwards
+        the memory it freed goes back to the system."""
+        if size < LARGE_REQUEST_BYTES:
+            async def inline(work, *args):
+                return work(*args)
+
+            yield inline
+            return
+        loop = asyncio.get_running_loop()
+
+        async def off_loop(work, *args):
+            return await loop.run_in_executor(self._large, without_collections, work, *args)
+
+        try:
+            yield off_loop
+        finally:
+            await loop.run_in_executor(self._large, memory.release)
 
     def authorize(self, credentials: str | None, action: str, models: list[str], peer: str, target: str) -> Token | None:
         """The caller's token, checked for `action` on each of `models` (UNAUTHENTICATED / PERMISSION_DENIED); each
@@ -195,10 +247,15 @@ class ServingCore:
         """(method name, signature) of each task of a MultiInference on `servable`, checked in TF Serving's order."""
         return signatures.multi_inference_tasks(servable, tasks, self.check_method_names)
 
+    def check_predict_request(self, servable: Servable, signature: str, inputs: dict, output_filter: list[str]) -> None:
+        """predict_util.cc's checks of a Predict for a decided signature; `inputs` need only their dtype and ndim (a
+        gRPC request's tensors are checked before they are decoded)."""
+        signatures.check_predict_request(servable, signature, inputs, output_filter, self.check_method_names)
+
     async def predict(self, servable: Servable, signature: str, inputs: Tensors,
                       output_filter: list[str] = ()) -> Tensors:
         """The outputs of a decided signature, as TF Serving's Predict: the request checked, then run."""
-        signatures.check_predict_request(servable, signature, inputs, list(output_filter), self.check_method_names)
+        self.check_predict_request(servable, signature, inputs, list(output_filter))
         outputs = await self._run(servable, signature, inputs, "Predict")
         return signatures.filter_outputs(outputs, list(output_filter))
 
@@ -247,10 +304,23 @@ class ServingCore:
         return spec, signature_defs
 
     def close(self) -> None:
+        """After the drain: model calls still running past it are not waited for (the process exits)."""
         if self._batcher is not None:
             self._batcher.close()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._large.shutdown(wait=False, cancel_futures=True)
         self.audit.close()
+
+
+def without_collections(work, *args):
+    """`work(*args)` with the cyclic collector off: parsing a large JSON body allocates millions of objects, and the
+    collections they set off (in the C parser, holding the GIL) made its stall of the event loop 1.5 times longer.
+    memory.release collects afterwards."""
+    gc.disable()
+    try:
+        return work(*args)
+    finally:
+        gc.enable()
 
 
 def check_name(name: str, what: str) -> None:

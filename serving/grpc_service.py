@@ -36,15 +36,24 @@ import repository
 from serving import signatures
 from serving.auth import Token
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, PermissionDenied, as_serving_error
+from serving.errors import InvalidArgument, PayloadTooLarge, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
 
+CONNECTION_DEFAULTS = {  # what gRPC's core holds per client, set as the REST port's flags set it (SECURITY.md)
+    "grpc.max_allowed_incoming_connections": 1024,  # as --rest_api_max_connections; past it closed at accept
+    "grpc.server_handshake_timeout_ms": 30_000,  # as --rest_api_idle_timeout_s: no preface or ClientHello, closed
+    "grpc.max_connection_idle_ms": 30_000,  # no call for this long: GOAWAY (clients reconnect on their next call)
+    "grpc.keepalive_time_ms": 60_000,  # a call's connection is pinged after a minute of silence...
+    "grpc.keepalive_timeout_ms": 20_000,  # ...and closed when the peer does not answer (gRPC: 2 h and 20 s)
+}
+
+
 def server_options(channel_arguments: str) -> list[tuple[str, int | str]]:
-    """TF Serving's defaults plus --grpc_channel_arguments ("key=value,key=value")."""
+    """TF Serving's message limits, our connection defaults, then --grpc_channel_arguments ("key=value,...")."""
     options: dict[str, int | str] = {"grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-                                     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES}
+                                     "grpc.max_receive_message_length": MAX_MESSAGE_BYTES, **CONNECTION_DEFAULTS}
     for item in filter(None, (part.strip() for part in channel_arguments.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -108,8 +117,9 @@ def _models(request) -> list[str]:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: ServingCore, tensor_content: bool = False):
+    def __init__(self, core: ServingCore, tensor_content: bool = False, max_tensor_bytes: int = 0):
         self.core = core
+        self.max_tensor_bytes = max_tensor_bytes  # what a request's tensors may expand to (--grpc_max_tensor_bytes)
         # TF Serving answers in typed fields (float_val, ...) unless
         # --enable_serialization_as_tensor_content; clients such as mnist_client.py read float_val.
         self.to_proto = tf.make_tensor_proto if tensor_content else typed_tensor_proto
@@ -134,15 +144,36 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_answer("predict")
     async def Predict(self, request: predict_pb2.PredictRequest, caller: Caller) -> Answer:
+        """Nothing is expanded before it is known to be wanted and affordable: the signature, each tensor as its
+        proto declares it (parsing, names, dtypes, string ranks: predict_util.cc's checks), then what decoding
+        them would allocate against --grpc_max_tensor_bytes; then they are decoded, off the event loop when large."""
         servable = self._servable(request.model_spec)
-        inputs = {name: _to_numpy(name, proto) for name, proto in request.inputs.items()}
         signature = self.core.predict_signature(servable, request.model_spec.signature_name)
-        outputs = await self.core.predict(servable, signature, inputs, list(request.output_filter))
+        declared = {name: Declared.of(name, proto) for name, proto in request.inputs.items()}
+        output_filter = list(request.output_filter)
+        self.core.check_predict_request(servable, signature, declared, output_filter)
+        expanded = 0
+        for tensor in declared.values():
+            expanded += tensor.expanded_bytes
+            if self.max_tensor_bytes and expanded > self.max_tensor_bytes:
+                raise PayloadTooLarge(
+                    f"input '{tensor.name}' declares shape {tensor.dims} of {signatures.data_type_string(tensor.dtype)}"
+                    f": the request's tensors would expand to {expanded} bytes beyond what it carries; the limit is "
+                    f"{self.max_tensor_bytes} (--grpc_max_tensor_bytes). Numbers sent in tensor_content are read in "
+                    f"place and do not count")
+        async with self.core.decoding(expanded) as run:
+            inputs = await run(lambda tensors: {name: tensor.decode() for name, tensor in tensors.items()}, declared)
+            del declared
+            outputs = await self.core.predict(servable, signature, inputs, output_filter)
+            del inputs
+            return await run(self._predict_response, servable, signature, outputs), servable
+
+    def _predict_response(self, servable: Servable, signature: str, outputs) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
         self._spec(response.model_spec, servable, signature)
         for name, value in outputs.items():
             response.outputs[name].CopyFrom(self.to_proto(value))
-        return response, servable
+        return response
 
     @_answer("classify")
     async def Classify(self, request: classification_pb2.ClassificationRequest, caller: Caller) -> Answer:
@@ -263,52 +294,106 @@ CONTENT_DTYPES = {  # DataType -> numpy dtype, for tensor_content read in place
 }
 
 
+PACKED_AS_BYTES = {  # numpy dtype -> the packed field's key: these fields are little-endian values, as numpy has them
+    np.dtype(np.float32): bytes([tensor_pb2.TensorProto.FLOAT_VAL_FIELD_NUMBER << 3 | 2]),
+    np.dtype(np.float64): bytes([tensor_pb2.TensorProto.DOUBLE_VAL_FIELD_NUMBER << 3 | 2]),
+}
+
+
 def typed_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
-    """A TensorProto with values in the typed repeated field, as TF Serving writes outputs."""
+    """A TensorProto with values in the typed repeated field, as TF Serving writes outputs. float_val and double_val
+    are parsed from their packed encoding, numpy's own bytes: extending them with Python floats took 24 bytes and
+    a Python object per value (a 32 MB output: 190 MB more, and seconds)."""
     field = TYPED_FIELDS.get(value.dtype)
     if field is None:
         return tf.make_tensor_proto(value)
     shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape])
     proto = tensor_pb2.TensorProto(dtype=DATA_TYPES[value.dtype], tensor_shape=shape)
-    getattr(proto, field).extend(value.ravel().tolist())
+    key = PACKED_AS_BYTES.get(value.dtype)
+    if key is not None and value.size:
+        data = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
+        proto.MergeFromString(key + _varint(len(data)) + data)
+    else:
+        getattr(proto, field).extend(value.ravel().tolist())
     return proto
 
 
-MAX_REQUEST_ELEMENTS = 2**26  # per input tensor: 256 MiB of float32, far past any model's request
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    return bytes(out + bytes([number]))
+
+
 NOT_REQUEST_DTYPES = (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT)
 COMPLEX_DTYPES = (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128)  # two numbers a value in scomplex_val/dcomplex_val
+STRING_BYTES = 32  # what a string element costs beyond its characters (a pointer, an object's header)
 
 
-def _to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The input as numpy, checked as TF's Tensor::FromProto checks it before allocating anything: a shape that is
-    not one, a dtype a request cannot carry, or content that does not fill the shape is TF Serving's "tensor
-    parsing error"; so many elements that decoding would exhaust memory (a 30-byte proto can declare 2 GB, which
-    TF fills by repeating its last value) is refused with the numbers. Values past the shape are ignored, as
-    TF's FromProtoField ignores them (make_ndarray would refuse)."""
-    parsing_error = InvalidArgument(f"tensor parsing error: {name}")
-    dims = [d.size for d in proto.tensor_shape.dim]
-    if proto.dtype in NOT_REQUEST_DTYPES or proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
-        raise parsing_error
-    elements = math.prod(dims)
-    if elements > MAX_REQUEST_ELEMENTS:
-        raise InvalidArgument(f"input '{name}' declares shape {dims}, {elements} elements; a request tensor may "
-                              f"hold at most {MAX_REQUEST_ELEMENTS}")
-    content = proto.tensor_content  # a copy of the bytes on each read: read once
-    limit = elements * (2 if proto.dtype in COMPLEX_DTYPES else 1)
-    surplus = [field.name for field, values in proto.ListFields() if field.name.endswith("_val") and len(values) > limit]
-    if surplus and not content:
-        proto = tensor_pb2.TensorProto.FromString(proto.SerializeToString())  # the request's own proto is not changed
-        for field in surplus:
-            del getattr(proto, field)[limit:]
-    content_dtype = CONTENT_DTYPES.get(proto.dtype)
-    if content_dtype is not None and content:  # the usual client's encoding, read without a copy
-        if len(content) != elements * content_dtype.itemsize:  # TF's Helper<T>::Decode wants it exact
-            raise parsing_error
-        return np.frombuffer(content, content_dtype).reshape(dims)
-    try:
-        return tf.make_ndarray(proto)
-    except (TypeError, ValueError, KeyError, UnicodeDecodeError, OverflowError):
-        raise parsing_error from None
+@dataclass(frozen=True)
+class Declared:
+    """A request tensor as its proto declares it, checked as TF's Tensor::FromProto checks it before allocating
+    anything (a shape that is not one, a dtype a request cannot carry, tensor_content that does not fill the shape:
+    TF Serving's "tensor parsing error"). It has what predict_util.cc's checks read (dtype, ndim) and what decoding
+    it allocates beyond the request's own bytes: nothing for numbers in tensor_content (read in place), the whole
+    tensor for typed values (TF's FromProtoField repeats the last one to fill the shape: a 41-byte request can
+    declare 256 MiB), each string's characters and STRING_BYTES."""
+
+    name: str
+    proto: tensor_pb2.TensorProto
+    dims: list[int]
+    dtype: np.dtype
+    content: bytes  # read once: each read of a proto's bytes field is a copy
+    expanded_bytes: int
+
+    @classmethod
+    def of(cls, name: str, proto: tensor_pb2.TensorProto) -> Declared:
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if proto.dtype in NOT_REQUEST_DTYPES or proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+            raise parsing_error(name)
+        try:
+            dtype = np.dtype(tf.as_dtype(proto.dtype).as_numpy_dtype)
+        except (TypeError, KeyError):  # not a DataType, or one without numpy's (DT_VARIANT_REF)
+            raise parsing_error(name) from None
+        elements, content = math.prod(dims), proto.tensor_content
+        if content and proto.dtype in CONTENT_DTYPES:
+            if len(content) != elements * dtype.itemsize:  # TF's Helper<T>::Decode wants it exact
+                raise parsing_error(name)
+            expanded = 0
+        elif proto.dtype == types_pb2.DT_STRING:
+            given = len(proto.string_val)
+            filled = max(0, elements - given) * (len(proto.string_val[-1]) if given else 0)
+            expanded = elements * STRING_BYTES + proto.ByteSize() + filled
+        else:
+            expanded = elements * dtype.itemsize
+        return cls(name, proto, dims, dtype, content, expanded)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.dims)
+
+    def decode(self) -> np.ndarray:
+        """The tensor as numpy. Values past the shape are ignored, as TF's FromProtoField ignores them
+        (make_ndarray would refuse them)."""
+        if self.content and self.proto.dtype in CONTENT_DTYPES:  # the usual client's encoding, read without a copy
+            return np.frombuffer(self.content, self.dtype).reshape(self.dims)
+        proto = self.proto
+        limit = math.prod(self.dims) * (2 if proto.dtype in COMPLEX_DTYPES else 1)
+        surplus = [field.name for field, values in proto.ListFields()
+                   if field.name.endswith("_val") and len(values) > limit]
+        if surplus and not self.content:
+            proto = tensor_pb2.TensorProto.FromString(proto.SerializeToString())  # the request's proto stays as sent
+            for field in surplus:
+                del getattr(proto, field)[limit:]
+        try:
+            return tf.make_ndarray(proto)
+        except (TypeError, ValueError, KeyError, UnicodeDecodeError, OverflowError):
+            raise parsing_error(self.name) from None
+
+
+def parsing_error(name: str) -> InvalidArgument:
+    return InvalidArgument(f"tensor parsing error: {name}")
 
 
 def _fill_classifications(result: classification_pb2.ClassificationResult, classes, scores, n: int) -> None:
@@ -348,8 +433,9 @@ class UndecodableRequests(grpc.aio.ServerInterceptor):
 
 
 def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False, remote_reload: bool = False,
-                 base_path_root: Path | None = None) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, tensor_content), server)
+                 base_path_root: Path | None = None, max_tensor_bytes: int = 0) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core, tensor_content, max_tensor_bytes), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, remote_reload, base_path_root), server)
 
 

@@ -306,9 +306,9 @@ class ModelManager:
                 log.exception("Polling the model repository failed")
 
     def stop(self) -> None:
+        """No more polls; one under way (a version loading, perhaps for minutes) is not waited for: the thread is
+        a daemon, and the server exits."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 def _mtime(path: Path) -> float | None:

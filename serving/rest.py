@@ -7,31 +7,32 @@ as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed r
 matched once, into a `Route`, which authorization, dispatch and the request's metrics all read. The
 body is parsed before the model is looked up, so a malformed body is a 400 even for an unknown model.
 Errors are {"error": message} with the status TF Serving maps the error's code to.
+
+What a request may cost before it is refused: a request is authorized before anything else; only a request that
+runs a model (predict, classify, regress) has its body read (rest_body.py) and takes one of the slots
+--max_requests_in_flight counts; CORS preflights, status, metadata, metrics and paths no route matches are answered
+without reading a byte of a body. What a connection may hold is rest_connections.py's.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import gc
-import logging
 import re
+import ssl
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
 
 from serving import codec, signatures
 from serving.core import ServingCore
-from serving.errors import (Cancelled, DeadlineExceeded, FailedPrecondition, InvalidArgument, PayloadTooLarge, RequestTimeout,
-                            ResourceExhausted, Unauthenticated, Unavailable, as_serving_error)
+from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, RequestTimeout, ResourceExhausted,
+                            Unauthenticated, Unavailable, as_serving_error)
+from serving.rest_body import read_body
+from serving.rest_connections import Connections, HttpServer
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -50,24 +51,12 @@ CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Method
 ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, ResourceExhausted: {"Retry-After": "1"}}
 INT64_MAX = 2**63 - 1
 METRICS = "metrics"  # the route of the Prometheus page (--monitoring_config_file)
-LARGE_BODY_BYTES = 1 << 20
-_LIBC = ctypes.CDLL(None)
-
-
-def release_freed_memory() -> None:
-    """Free what a large request left: its reference cycles (a full collection, ~30 ms: an error raised through an
-    awaited future is a cycle holding the request's data, and the server's gc thresholds make full collections
-    rare), then give the memory back to the system (glibc keeps it in its arenas: a 250 MB body left the server
-    2.9 GB larger for good)."""
-    gc.collect()
-    if hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
-
+MODEL_APIS = ("predict", "classify", "regress")  # the routes whose bodies are read, and that take a slot
 
 class RestApi:
     def __init__(self, core: ServingCore, *, timeout_s: float | None, max_body_bytes: int,
                  metrics_path: str | None, enable_cors: bool, idle_timeout_s: float = 30.0,
-                 max_connections: int = 0):
+                 max_connections: int = 0, tls: ssl.SSLContext | None = None):
         self.core = core
         self.timeout_s = timeout_s
         self.max_body_bytes = max_body_bytes
@@ -75,55 +64,43 @@ class RestApi:
         self.enable_cors = enable_cors
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
-        self.draining = False  # shutting down: status (readiness) answers 503, requests in flight finish
+        self.tls = tls
         self._server: web.Server | None = None
-        self._large_bodies = ThreadPoolExecutor(1, thread_name_prefix="large-body")
 
     def make_server(self) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory for loop.create_server. A connection that has not sent a whole request header
-        within `idle_timeout_s` (idle keep-alive, or headers trickling in) is closed; past `max_connections`
-        a new connection gets a 503 and is closed, so idle sockets cannot exhaust the server's descriptors."""
-        def request_factory(message, payload, protocol, writer, task):
-            return BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
-                               client_max_size=self.max_body_bytes)
+        """The protocol factory for loop.create_server (with no ssl= of its own: TLS is rest_connections.py's). A
+        connection that has not sent a whole request header within `idle_timeout_s` (idle keep-alive, or headers
+        trickling in) is closed; a body left unread closes its connection (lingering_time 0: aiohttp would read
+        on for 10 s); bodies are read and inflated by rest_body.py (auto_decompress off)."""
+        self._server = HttpServer(self._handle, access_log=None, keepalive_timeout=self.idle_timeout_s,
+                                  lingering_time=0, auto_decompress=False)
+        return Connections(self._server, self.max_connections, self.idle_timeout_s, self.tls).protocol_factory
 
-        self._server = web.Server(self._handle, request_factory=request_factory, access_log=None,
-                                  keepalive_timeout=self.idle_timeout_s)
-
-        def protocol_factory() -> asyncio.Protocol:
-            if self.max_connections and len(self._server.connections) >= self.max_connections:
-                return Refuse(codec.format_error_response(
-                    f"Too many connections (limit {self.max_connections}, --rest_api_max_connections); retry later"))
-            return self._server()
-
-        return protocol_factory
-
-    async def drain(self, timeout_s: float) -> None:
-        """After the listener closed: wait for the requests in flight (ServingCore counts them, both front ends; at
-        most `timeout_s`), then close the connections left, idle keep-alive ones included."""
-        deadline = time.monotonic() + timeout_s
-        while self.core.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self._server is not None:  # what is left is idle (or past the deadline): a short grace, not the rest
+    async def close(self) -> None:
+        """After the drain (ServingCore.drain): close the connections left, idle keep-alive ones included, with a
+        short grace for answers being written."""
+        if self._server is not None:
             await self._server.shutdown(0.2)
 
     async def _handle(self, request: BaseRequest) -> web.Response:
         route = match(request, self.metrics_path)
         if route is None:
-            return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
+            return _unread(request, web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html"))
         started = time.perf_counter()
         headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
         servable, status, code = None, 200, "OK"
         try:
-            with self.core.admitted():
-                self._authorize(request, route)
-                if route.api == METRICS:
-                    return self._metrics(route.path)
-                body = await self._read_body(request)
-                if request.method == "OPTIONS":
-                    answer = self._preflight(request)
-                else:
+            self._authorize(request, route)
+            if request.method == "OPTIONS":
+                answer = self._preflight(request)
+            elif route.api == METRICS:
+                return _unread(request, self._metrics(route.path))
+            elif route.api in MODEL_APIS:
+                with self.core.admitted():
+                    body = await read_body(request, self.max_body_bytes, self.timeout_s)
                     answer, servable = await self._answer(route, body)
+            else:
+                answer, servable = await self._answer(route, b"")
         except Exception as e:  # every error becomes an answer; the server keeps serving
             error = as_serving_error(e, f"REST {route.method} {route.path[:200]}")
             answer, status, code = codec.format_error_response(error.message), error.http_status, error.code.name
@@ -134,9 +111,8 @@ class RestApi:
             answer, headers["Content-Type"] = b"", LIBEVENT_CONTENT_TYPE
         version = str(servable.version) if servable is not None else ""
         self.core.record(route.model, version, route.api, "REST", code, time.perf_counter() - started)
-        response = web.Response(body=answer, status=status, headers=headers)
-        if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang
-            response.force_close()  # up, instead of lingering (aiohttp reads on for 10 s to reuse the connection)
+        response = _unread(request, web.Response(body=answer, status=status, headers=headers))
+        if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang up
             await response.prepare(request)
             await response.write_eof()
             if request.transport is not None:
@@ -144,8 +120,8 @@ class RestApi:
         return response
 
     def _authorize(self, request: BaseRequest, route: Route) -> None:
-        """With --auth_token_file: the caller's token, checked against what the route asks for, before the body is
-        read (so unauthenticated clients cannot make the server read and parse bodies); a malformed route asks for
+        """With --auth_token_file: the caller's token, checked against what the route asks for, before anything else
+        (so unauthenticated clients cannot make the server read bodies or take slots); a malformed route asks for
         what status does. CORS preflights carry no credentials, by the Fetch standard: they pass."""
         if not self.core.authenticates or route.method == "OPTIONS":
             return
@@ -154,30 +130,12 @@ class RestApi:
         self.core.authorize(request.headers.get("Authorization"), route.api.lower() or "status", [route.model], peer,
                             f"REST {route.method} {route.path[:200]}")
 
-    async def _read_body(self, request: BaseRequest) -> bytes:
-        """The body, decompressed (Content-Encoding gzip, deflate, br) with the limit applied to what it decompresses
-        to, so a small compressed body cannot expand past it."""
-        try:
-            return await asyncio.wait_for(request.read(), self.timeout_s)
-        except asyncio.TimeoutError:  # a stalled or trickling body must not hold its connection for ever
-            raise RequestTimeout(f"Request body not received within {self.timeout_s * 1000:.0f} ms "
-                                 f"(--rest_api_timeout_in_ms)") from None
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(
-                f"Request body is larger than the limit of {self.max_body_bytes} bytes (--rest_api_max_body_bytes)"
-                + (" once decompressed" if request.headers.get("Content-Encoding") else "")) from None
-        except ConnectionResetError:
-            raise Cancelled("The client closed the connection before sending the whole body") from None
-        except RequestPayloadError as e:
-            encoding = request.headers.get("Content-Encoding", "")[:40]
-            raise InvalidArgument(f"Request body cannot be read as Content-Encoding {encoding!r}: "
-                                  f"{str(e.__cause__ or e).splitlines()[-1].strip()[:200]}") from None
-
     async def _answer(self, route: Route, body: bytes) -> tuple[bytes, Servable | None]:
         """The answer to a route, and the servable that gave it (None for status, which needs none)."""
         try:
-            return await asyncio.wait_for(self._dispatch(route, body), self.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: its task and a failure's traceback are a cycle
+                return await self._dispatch(route, body)  # that kept the request's data (a large body's tensors)
+        except TimeoutError:
             raise DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
                                    f"(--rest_api_timeout_in_ms)") from None
 
@@ -201,7 +159,7 @@ class RestApi:
             return await self._predict(route, body)
         if route.api in ("classify", "regress"):
             return await self._classify_or_regress(route, body)
-        if route.api in ("status", "metadata") and self.draining:  # readiness probes see it first: load balancers
+        if route.api in ("status", "metadata") and self.core.shutting_down:  # readiness probes see it first: balancers
             raise Unavailable("Server is shutting down")  # stop sending requests here
         if route.api == "metadata":
             servable = self._servable(route)
@@ -211,7 +169,7 @@ class RestApi:
         raise InvalidArgument(f"Malformed request: {route.method} {route.path}")
 
     async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self._codec(body) as run:
+        async with self.core.decoding(len(body)) as run:
             document = await run(codec.decode_predict_json, body)
             signature = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
             servable = self._servable(route)
@@ -222,7 +180,7 @@ class RestApi:
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self._codec(body) as run:
+        async with self.core.decoding(len(body)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
             if route.api == "classify":
@@ -232,27 +190,6 @@ class RestApi:
             signature = self.core.regress_signature(servable, signature_name)
             values = await self.core.regress(servable, signature, examples)
             return await run(codec.format_regress_response, values), servable
-
-    @contextlib.asynccontextmanager
-    async def _codec(self, body: bytes):
-        """Where a request's JSON is parsed and its answer formatted: inline for usual bodies; for large ones (a
-        250 MB body takes seconds) on the one large-body thread, so the event loop keeps answering the others and
-        one large document at a time is in memory; afterwards the freed memory goes back to the system."""
-        if len(body) < LARGE_BODY_BYTES:
-            async def inline(work, *args):
-                return work(*args)
-
-            yield inline
-            return
-        loop = asyncio.get_running_loop()
-
-        async def off_loop(work, *args):
-            return await loop.run_in_executor(self._large_bodies, work, *args)
-
-        try:
-            yield off_loop
-        finally:
-            await loop.run_in_executor(self._large_bodies, release_freed_memory)
 
     def _servable(self, route: Route) -> Servable:
         return self.core.servable(route.model, route.version, route.label)
@@ -270,29 +207,12 @@ class RestApi:
         return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
 
 
-class QuietClientErrors(logging.Filter):
-    """aiohttp logs a traceback at ERROR for every request that does not parse as HTTP (it answered 400): the
-    client's mistake, and a way for any client to flood the log. One line at INFO is kept."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.msg, record.args, record.exc_info, record.exc_text = (
-                "%s: %s", (record.getMessage(), str(error).replace("\n", " ")[:200]), None, None)
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-class Refuse(asyncio.Protocol):
-    """A connection over the limit: one 503 with `body`, then closed."""
-
-    def __init__(self, body: bytes):
-        self.body = body
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        b"Connection: close\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(self.body), self.body))
-        transport.close()
+def _unread(request: BaseRequest, response: web.Response) -> web.Response:
+    """The response, saying the connection closes after it when the request's body was not all received (it is
+    not read: aiohttp closes such a connection, lingering_time 0)."""
+    if not request.content.is_eof():
+        response.force_close()
+    return response
 
 
 @dataclass(frozen=True)

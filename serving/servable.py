@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+# What tf.compat.v1.saved_model.loader.load runs, without its decorator: that endpoint is marked deprecated (in
+# favour of tf.saved_model.load, which gives TF2 objects, not a session) and said so in every server's log
+from tensorflow.python.saved_model.loader_impl import SavedModelLoader
 
 from serving import errors
 
@@ -68,7 +71,7 @@ class Servable:
         self.version = version
         self.path = Path(path)
         self._session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
-        meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], str(self.path))
+        meta_graph = SavedModelLoader(str(self.path)).load(self._session, ["serve"])
         self.signature_defs: dict[str, SignatureDef] = dict(meta_graph.signature_def)
         self.inputs = {k: {n: TensorSpec.from_info(i) for n, i in s.inputs.items()} for k, s in self.signature_defs.items()}
         self._runners = {k: SignatureRunner(self, k) for k in self.signature_defs}

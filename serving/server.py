@@ -9,6 +9,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from serving.tls import grpc_credentials, rest_context
 
 log = logging.getLogger("serving")
 CONFIG_FILE_PEER = "config file"  # who asked, in the audit log, for reloads of a rewritten --model_config_file
+DESCRIPTOR_RESERVE = 256  # descriptors beyond the connections: listeners, model files, logs, TensorFlow's own
 
 
 @dataclass
@@ -67,7 +69,8 @@ async def serve(settings: Settings) -> None:
         options = list(dict([("grpc.so_reuseport", 0), *settings.grpc_options]).items())
         grpc_server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
         add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
-                     Path(args.model_base_path_root) if args.model_base_path_root else None)
+                     Path(args.model_base_path_root) if args.model_base_path_root else None,
+                     args.grpc_max_tensor_bytes)
         try:
             address = f"{args.host}:{args.port}"
             bound = (grpc_server.add_secure_port(address, grpc_credentials(settings.ssl_config)) if settings.ssl_config
@@ -79,13 +82,13 @@ async def serve(settings: Settings) -> None:
                              f"at {address} {port_in_use('--port', args.port, 'cannot bind')}")
     servers = []
     if args.rest_api_port:
+        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
         rest = RestApi(core, timeout_s=args.rest_api_timeout_in_ms / 1000 or None,
                        max_body_bytes=args.rest_api_max_body_bytes, metrics_path=settings.metrics_path,
                        enable_cors=args.rest_api_enable_cors_support, idle_timeout_s=args.rest_api_idle_timeout_s,
-                       max_connections=args.rest_api_max_connections)
-        tls = rest_context(settings.ssl_config) if settings.ssl_config else None
+                       max_connections=args.rest_api_max_connections, tls=tls)
         try:
-            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port, ssl=tls,
+            servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port,
                                                     start_serving=False))
         except OSError as e:
             raise SystemExit(f"Failed to start HTTP Server at {args.host}:{args.rest_api_port} "
@@ -97,6 +100,9 @@ async def serve(settings: Settings) -> None:
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         asyncio.create_task(watch_config_file(core, args.model_config_file, args.model_config_file_poll_wait_seconds))
     warn_if_exposed(args)
+    fit_descriptor_limit(([args.rest_api_max_connections] if args.rest_api_port else [])
+                         + ([int(dict(settings.grpc_options).get("grpc.max_allowed_incoming_connections", 0))]
+                            if args.port else []))
     if args.port:
         await grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
@@ -108,17 +114,16 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, core.reload_tokens)
     await stop.wait()
-    log.info("Shutting down: readiness off, no new connections, up to %ss for requests in flight (--drain_timeout_s)",
-             args.drain_timeout_s)
-    draining = []
-    if args.rest_api_port:
-        rest.draining = True
-        draining.append(rest.drain(args.drain_timeout_s))
+    log.info("Shutting down: readiness off, no new REST connections, new requests refused, up to %ss for the "
+             "requests received (--drain_timeout_s)", args.drain_timeout_s)
     for server in servers:
         server.close()
+    if not await core.drain(args.drain_timeout_s):
+        log.warning("Requests still in flight after %ss (--drain_timeout_s) are cancelled", args.drain_timeout_s)
     if args.port:
-        draining.append(grpc_server.stop(grace=args.drain_timeout_s))
-    await asyncio.gather(*draining)
+        await grpc_server.stop(grace=None)  # nothing should be left: it was drained above
+    if args.rest_api_port:
+        await rest.close()
     for server in servers:
         await server.wait_closed()
     manager.stop()
@@ -138,6 +143,21 @@ def warn_if_exposed(args: argparse.Namespace) -> None:
     if missing:
         log.warning("Serving on %s, reachable from other machines, without %s: anyone who can reach the ports can "
                     "use every model. Bind --host=127.0.0.1, or see SECURITY.md.", args.host, " or ".join(missing))
+
+
+def fit_descriptor_limit(connection_caps: list[int]) -> None:
+    """Let the ports served reach their connection caps without running out of descriptors (EMFILE took both down):
+    the soft RLIMIT_NOFILE is raised to the hard one, as Go does for every program; a warning says when even that
+    does not hold the caps and a reserve (a cap of 0 is no cap: nothing can hold that)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = sum(connection_caps) + DESCRIPTOR_RESERVE
+    if 0 in connection_caps or (hard != resource.RLIM_INFINITY and needed > hard):
+        log.warning("Open files limit %s: the connection caps (REST --rest_api_max_connections, gRPC "
+                    "grpc.max_allowed_incoming_connections: %s; 0 is none) and %d descriptors for the rest do not "
+                    "fit; a flood of connections can exhaust it. Lower the caps or raise the limit (ulimit -n).",
+                    hard, " and ".join(map(str, connection_caps)), DESCRIPTOR_RESERVE)
 
 
 def port_in_use(flag: str, port: int, reason: str | None) -> str:

@@ -5,7 +5,7 @@
     label MODEL LABEL VERSION             point a label (stable, canary, any name) at a version
     promote MODEL [--from canary] [--to stable]     move --to to where --from points
     rollback MODEL [--label stable]       move a label back to where it pointed before its last change
-    gc MODEL --keep K                     delete old versions, never a labelled or served one
+    gc MODEL --keep K --server H:P|--no-server   delete old versions, never a labelled, configured or served one
     diff MODEL A B                        metrics and config of two versions (numbers or labels)
 
 Label changes rewrite <repository>/models.config and, with --server HOST:PORT (gRPC; ours or
@@ -22,8 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.registry import Registry, RegistryError, rollout
+from pipeline.errors import CommandLineError, PipelineError
+from pipeline.registry import CONFIG_NAME, Registry, RegistryError, rollout
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -62,7 +62,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     rollback.add_argument("--label", default="stable")
     gc = command("gc", "delete old versions")
     gc.add_argument("model")
-    gc.add_argument("--keep", type=int, required=True, help="newest versions to keep (labelled and served ones always stay)")
+    gc.add_argument("--keep", type=int, required=True,
+                    help="newest versions to keep (labelled ones, those models.config names and served ones stay)")
+    gc.add_argument("--no-server", action="store_true",
+                    help="no server serves this repository: delete without asking one (else --server is required)")
     for command in (label, promote, rollback, gc):
         command.add_argument("--server", help="HOST:PORT of a running server's gRPC API to apply the change to")
         command.add_argument("--base-path-root", help="the repository's path as that server sees it (e.g. /models)")
@@ -205,12 +208,23 @@ def client_options(args) -> dict:
 
 
 def collect(registry: Registry, args) -> None:
+    """Delete what nothing keeps: the newest --keep, labelled versions, what models.config names (servers polling it
+    serve those) and, with --server, what that server serves. A server not asked may still serve a version (one
+    gone from disk is served from memory, then 404s on reload): without --server, nothing is deleted unless
+    --no-server says no server serves the repository. The summary names only the checks made."""
     registry.check_model(args.model)
     versions = [r["version"] for r in registry.versions(args.model)]
-    keep = set(versions[: max(args.keep, 0)]) | set(registry.labels(args.model).values()) | {max(versions)}
+    keep = set(versions[: max(args.keep, 0)]) | {max(versions)} | set(registry.labels(args.model).values())
+    keep |= _named_by_models_config(registry.repository, args.model, versions)
+    checks = [f"newest {args.keep}", "labelled", "named by models.config"]
     if args.server:
         keep |= _served(args.server, args.model)
+        checks.append(f"served by {args.server}")
     doomed = sorted(set(versions) - keep)
+    if doomed and not args.server and not args.no_server:
+        raise CommandLineError(f"gc would delete versions {doomed} of {args.model!r}, but no server was asked "
+                               f"whether it serves them. Ask the one that serves {registry.repository}: --server "
+                               f"HOST:PORT (its gRPC port); or, if none does, say so: --no-server. Nothing was deleted.")
     model_dir = registry.repository / args.model
     with registry.transaction():
         for version in doomed:
@@ -218,8 +232,33 @@ def collect(registry: Registry, args) -> None:
             (model_dir / str(version)).rename(gone)  # out of every poller's sight at once
             shutil.rmtree(gone)
             registry.mark_deleted(args.model, version)
+    unasked = "; no server asked (--no-server)" if args.no_server and not args.server else ""
     print(f"{args.model}: deleted versions {doomed or 'none'}; kept {sorted(keep & set(versions))} "
-          f"(newest {args.keep}, labelled, served)")
+          f"({', '.join(checks)}){unasked}")
+
+
+def _named_by_models_config(repository: Path, model: str, versions: list[int]) -> set[int]:
+    """The versions <repository>/models.config has servers serve: its specific versions and labels, or its newest
+    num_versions (versions: newest first); none when there is no such file."""
+    from serving.model_config import load_model_server_config
+
+    path = repository / CONFIG_NAME
+    if not path.is_file():
+        return set()
+    named = set()
+    for entry in load_model_server_config(str(path)).model_config_list.config:
+        if entry.name != model:
+            continue
+        policy = entry.model_version_policy
+        choice = policy.WhichOneof("policy_choice")
+        if choice == "all":
+            named |= set(versions)
+        elif choice == "specific":
+            named |= set(policy.specific.versions)
+        else:  # latest, TF Serving's default: the newest num_versions (1 when unset)
+            named |= set(versions[: policy.latest.num_versions or 1])
+        named |= set(entry.version_labels.values())
+    return named
 
 
 def _served(server: str, model: str) -> set[int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serving import messages
 from serving.codec.document import signature_name
 from serving.codec.rapidjson import debug_string, json_type
 from serving.codec.request import decode_b64_object, is_b64, utf8
@@ -38,13 +39,12 @@ def parse_examples_request(document: dict) -> tuple[list[bytes], str]:
     return serialized, name
 
 
-def example_from_json(value: Any) -> Any:
-    """MakeExampleFromJsonObject: each key is a feature, its value one element or a list of them."""
-    from tensorflow.core.example import example_pb2  # importing TensorFlow takes seconds: only here
-
+def example_from_json(value: Any) -> messages.Example:
+    """MakeExampleFromJsonObject: each key is a feature, its value one element or a list of them. A tf.Example of
+    serving.messages' classes (no TensorFlow import); convert to TensorFlow's through its bytes."""
     if not isinstance(value, dict):
         raise CodecError(f"Example must be JSON object but got JSON {json_type(value)}")
-    example = example_pb2.Example()
+    example = messages.Example()
     for name, content in value.items():
         kind, values = _feature_values(name, content if isinstance(content, list) else [content])
         try:
@@ -57,7 +57,11 @@ def example_from_json(value: Any) -> Any:
 
 
 def _feature_values(name: str, items: list) -> tuple[str | None, list]:
-    """The feature kind ("bytes", "float", "int64") and values; AddValueToFeature's rules."""
+    """The feature kind ("bytes", "float", "int64") and values; AddValueToFeature's rules, but for one: a list of
+    numbers holding a float is a float_list, whole numbers among them included (`[46.1, 2007]`). TF Serving refuses
+    it ("expecting type: float"), although its predict accepts such a list for a float tensor."""
+    if any(isinstance(item, float) for item in items) and all(_is_number(item) for item in items):
+        return "float", [float(item) for item in items]
     kind: str | None = None
     values: list = []
     for item in items:
@@ -81,3 +85,7 @@ def _feature_values(name: str, items: list) -> tuple[str | None, list]:
         else:
             values.append(int(item) if isinstance(item, bool) else item)
     return kind, values
+
+
+def _is_number(item: Any) -> bool:
+    return isinstance(item, (int, float)) and not isinstance(item, bool)

@@ -4,7 +4,10 @@ HorizontalPodAutoscaler and the ConfigMap that holds the three config files.
 The ConfigMap is mounted over the image's /config (a whole directory, not subPath files, so the kubelet
 updates it in place): a label moved there is applied by the running pods, which re-read models.config.
 Batching and monitoring settings are read at start: `kubectl rollout restart` applies them. Rollouts
-never drop capacity (maxUnavailable 0), and a pod takes traffic only once its first model answers status.
+never drop capacity (maxUnavailable 0), and a pod takes traffic only while a version of its first model is
+AVAILABLE: readiness asks for the model's metadata, which TF Serving answers only from a loaded version
+(get_model_metadata_impl.cc: GetServableHandle). Status answers 200 whenever it knows the model, even when its
+only version failed to load (state END), so a pod probed there would stay ready with nothing to serve.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ def manifests(name: str, image: str, first_model: str, gpus: int, config_files: 
 
 
 def deployment(name: str, image: str, first_model: str, gpus: int) -> dict:
-    status = {"httpGet": {"path": f"/v1/models/{first_model}", "port": "http"}}
+    status = {"httpGet": {"path": f"/v1/models/{first_model}", "port": "http"}}  # the server answers
+    available = {"httpGet": {"path": f"/v1/models/{first_model}/metadata", "port": "http"}}  # and has a version
     limits = {"memory": MEMORY_LIMIT, **({"nvidia.com/gpu": gpus} if gpus else {})}
     server = {
         "name": "tensorflow-serving",
@@ -37,9 +41,10 @@ def deployment(name: str, image: str, first_model: str, gpus: int) -> dict:
         "ports": [{"name": "grpc", "containerPort": container.GRPC_PORT},
                   {"name": "http", "containerPort": container.REST_PORT}],
         "resources": {"requests": dict(REQUESTS), "limits": limits},
-        # Loading a large model can take minutes: liveness waits for the first successful start.
-        "startupProbe": {**status, "periodSeconds": 10, "failureThreshold": 60},
-        "readinessProbe": {**status, "periodSeconds": 5, "failureThreshold": 2},
+        # Loading a large model can take minutes: liveness waits for the first version to be AVAILABLE (10 min at
+        # most, then the pod is restarted); a server that answers is alive, one without a version is not ready.
+        "startupProbe": {**available, "periodSeconds": 10, "failureThreshold": 60},
+        "readinessProbe": {**available, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {**status, "periodSeconds": 15, "failureThreshold": 4},
         "volumeMounts": [{"name": "config", "mountPath": container.CONFIG_DIR, "readOnly": True}],
     }

@@ -67,7 +67,8 @@ curl {rest}/v1/models/{first}
 nodes){"" if gpus else " (none: the CPU image)"}; its CPU and memory requests and the autoscaler (`k8s/hpa.yaml`:
 CPU utilisation, 1 to 4 replicas) are starting points to measure and edit. On GPUs, scaling on request latency
 (the Prometheus metrics through a metrics adapter) follows load better than CPU utilisation. A pod is ready
-once `/v1/models/{first}` answers; rollouts keep every old pod until its replacement is ready.
+while `/v1/models/{first}/metadata` answers, which needs a loaded version (`/v1/models/{first}` answers 200 even
+when its only version failed to load); rollouts keep every old pod until its replacement is ready.
 
 ## Changing what is served
 

@@ -106,7 +106,7 @@ def test_gc_keeps_labelled_and_newest_versions(repo, capsys):
     source = repo.parent / "v4"
     shutil.copytree(repo / "hpt" / "3", source)
     repository.publish(source, repo / "hpt")
-    assert run_cli(repo, "gc", "hpt", "--keep", "1") == 0
+    assert run_cli(repo, "gc", "hpt", "--keep", "1", "--no-server") == 0  # no server asked: said so below
     assert "deleted versions [2, 3]" in capsys.readouterr().out
     assert sorted(repository.versions(repo / "hpt")) == [1, 4]
     assert [p.name for p in (repo / "hpt").iterdir() if p.name.startswith(".deleting")] == []
@@ -205,3 +205,33 @@ def test_a_server_that_cannot_be_reached_changes_nothing(repo, capsys):
     with Registry(repo) as registry:
         assert registry.labels("hpt") == {"stable": 1}
     assert (repo / "models.config").read_text() == config
+
+
+@pytest.mark.slow
+def test_gc_deletes_no_version_a_server_serves_or_models_config_names_and_says_what_it_checked(repo, capsys):
+    """gc --keep 1 without --server deleted version 2 while a server served it (185 of 299 requests then 404) and
+    said it had kept what was "served". Now without --server it deletes nothing unless told --no-server, keeps
+    what models.config names, and asks the server it is given."""
+    assert run_cli(repo, "gc", "hpt", "--keep", "1") == 2
+    assert "gc would delete versions [1, 2] of 'hpt', but no server was asked" in capsys.readouterr().err
+    assert sorted(repository.versions(repo / "hpt")) == [1, 2, 3]
+    config = repo.parent / "served.config"  # a server of its own config: every version
+    config.write_text(f'model_config_list {{ config {{ name: "hpt" base_path: "{repo / "hpt"}" '
+                          f'model_platform: "tensorflow" model_version_policy {{ all {{}} }} }} }}')
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_config_file={config}", f"--port={grpc_port}", log_dir=repo.parent)
+    try:
+        server.wait_available("hpt", 1)
+        server.wait_available("hpt", 2)
+        assert run_cli(repo, "gc", "hpt", "--keep", "1", "--server", f"127.0.0.1:{grpc_port}") == 0
+        assert capsys.readouterr().out.strip() == (f"hpt: deleted versions none; kept [1, 2, 3] (newest 1, labelled, "
+                                                   f"named by models.config, served by 127.0.0.1:{grpc_port})")
+    finally:
+        server.stop()
+    (repo / "models.config").write_text(f'model_config_list {{ config {{ name: "hpt" base_path: "{repo / "hpt"}" '
+                                        f'model_platform: "tensorflow" model_version_policy {{ specific {{ '
+                                        f'versions: 1 }} }} }} }}')
+    assert run_cli(repo, "gc", "hpt", "--keep", "1", "--no-server") == 0
+    assert capsys.readouterr().out.strip() == ("hpt: deleted versions [2]; kept [1, 3] (newest 1, labelled, named by "
+                                               "models.config); no server asked (--no-server)")
+

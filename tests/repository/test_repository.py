@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from repository import (lineage, name_problem, publish, publish_prepared, signature_changes, staging, versions,
-                        write_lineage)
+from repository import (dtype_name, lineage, name_problem, publish, publish_prepared, signature_changes, staging,
+                        versions, write_lineage)
 
 
 @pytest.fixture
@@ -143,3 +143,13 @@ def test_signature_changes_name_what_breaks_a_client():
         **two["serving_default"]["outputs"], "class_name": {"dtype": "string", "shape": [-1]}}}}
     assert signature_changes(two, named) == []  # beside two outputs, read by name: a client keeps working
     assert signature_changes(named, two) == ["signature 'serving_default': output 'class_name' (string [-1]) is gone"]
+
+
+def test_dtype_names_are_tensorflows_without_importing_it():
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    for number in types_pb2.DataType.values():
+        if number != types_pb2.DT_INVALID:
+            assert dtype_name(meta_graph_pb2.TensorInfo(dtype=number)) == tf.as_dtype(number).name

@@ -3,6 +3,8 @@
 - `half_plus_two_base` (tests/conftest.py): TF Serving's test model, built directly.
 - `digits`: a digits classifier built directly (digits_model.py), with the pipeline's signatures for digits. It
   stands in, for these tests, for tests/conftest.py's model trained by a pipeline run.
+- `tabular`: a model of several named inputs (a float row `x` and a string `city`) with classify and regress
+  signatures on tf.Examples (tabular_model.py).
 - `reference_server`: one server for test_rest_api.py and test_grpc_api.py, started once; both modules are in
   xdist group "reference_server", so `-n ... --dist loadgroup` runs them in one worker.
 
@@ -35,16 +37,25 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference_server(tmp_path_factory, half_plus_two_base, digits):
+def tabular(tmp_path_factory):
+    """tabular_model.py's model as version 1 of its base path (returned)."""
+    import tabular_model
+
+    return tabular_model.build(tmp_path_factory.mktemp("tabular") / "tabular")
+
+
+@pytest.fixture(scope="session")
+def reference_server(tmp_path_factory, half_plus_two_base, digits, tabular):
     """The server test_rest_api.py and test_grpc_api.py query (neither changes what it serves), with what both
-    need: half_plus_two 123 and 124 (every version served, label "stable" -> 123) and digits; REST and gRPC
-    (`target`); batching; Prometheus metrics at TF Serving's path; REST bodies up to 1 MB."""
+    need: half_plus_two 123 and 124 (every version served, label "stable" -> 123), digits and tabular; REST and
+    gRPC (`target`); batching; Prometheus metrics at TF Serving's path; REST bodies up to 1 MB."""
     work = tmp_path_factory.mktemp("reference")
     copy_version(half_plus_two_base, 123, work / "hpt" / "123")
     copy_version(half_plus_two_base, 123, work / "hpt" / "124")
     labels = 'model_version_policy { all {} } version_labels { key: "stable" value: 123 }'
     config = write_config(work / "models.config",
-                          [("half_plus_two", work / "hpt", labels), ("digits", digits.base, "")])
+                          [("half_plus_two", work / "hpt", labels), ("digits", digits.base, ""),
+                           ("tabular", tabular, "")])
     (work / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
     (work / "batching.config").write_text(REFERENCE_BATCHING)
     grpc_port = free_port()
@@ -56,5 +67,6 @@ def reference_server(tmp_path_factory, half_plus_two_base, digits):
     process.target = f"127.0.0.1:{grpc_port}"
     process.wait_available("half_plus_two", 124)
     process.wait_available("digits")
+    process.wait_available("tabular")
     yield process
     assert process.stop() == 0, process.log_tail()

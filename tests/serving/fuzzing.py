@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 from repo_files import copy_version, write_config
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, predict_pb2, regression_pb2)
@@ -45,7 +46,8 @@ class RestCase:
     method: str
     path: bytes  # as sent on the request line: percent-encoded, raw UTF-8 or not UTF-8 at all
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | bytes] = field(default_factory=dict)  # bytes: sent as they are (control characters)
+    length: int | None = None  # the Content-Length declared, when it is not the body's (more is announced than sent)
 
 
 @dataclass
@@ -80,9 +82,10 @@ def send_rest(url: str, case: RestCase, timeout_s: float = 30) -> tuple[int, str
     """(status, content type, body) of one request on a connection of its own; raw bytes on the wire, so paths that
     are not UTF-8 get through as sent. Status 0: the connection closed without an answer."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
+    length = len(case.body) if case.length is None else case.length
     head = [case.method.encode() + b" " + case.path + b" HTTP/1.1", f"Host: {host}:{port}".encode(),
-            b"Connection: close", f"Content-Length: {len(case.body)}".encode(),
-            *(f"{k}: {v}".encode() for k, v in case.headers.items())]
+            b"Connection: close", f"Content-Length: {length}".encode(),
+            *(k.encode() + b": " + (v if isinstance(v, bytes) else v.encode()) for k, v in case.headers.items())]
     received = b""
     try:
         sock = socket.create_connection((host, int(port)), timeout=timeout_s)
@@ -99,6 +102,8 @@ def send_rest(url: str, case: RestCase, timeout_s: float = 30) -> tuple[int, str
         except ConnectionResetError:
             pass
     header, _, body = received.partition(b"\r\n\r\n")
+    while header.startswith(b"HTTP/1.1 100 "):  # an interim answer to Expect: 100-continue; the final one follows
+        header, _, body = body.partition(b"\r\n\r\n")
     lines = header.decode("latin-1").split("\r\n")
     if not lines[0].startswith("HTTP/"):
         return 0, "", received
@@ -497,6 +502,48 @@ def rest_content_encoding(rng: random.Random) -> RestCase:
     return rest_post(rng, "predict", body, {"Content-Encoding": encoding})
 
 
+def rest_headers(rng: random.Random) -> RestCase:
+    """What issue #27's clients sent in headers: control characters and bytes that are not UTF-8 in a bearer token
+    (a CRLF token file), header blocks past the 64 KiB cap, a Content-Length past the body limit (with Expect:
+    100-continue or not), both framings at once, encodings the server does not inflate."""
+    path = rng.choice([f"{HPT}:predict", HPT, f"{HPT}/metadata", "/v1/foo"])
+    method = "POST" if path.endswith(("predict", "foo")) else "GET"
+    body = rng.choice(VALID_BODIES["predict"]).encode() if method == "POST" else b""
+    kind = rng.randrange(6)
+    if kind == 0:
+        token = rng.choice([b"tok\rjunk", b"\xff\xfe" + b"t" * 20, b"a\x00b", b"x" * 9000, b"\x7f", b"\xc3\xa9" * 10])
+        return RestCase(method, path.encode(), body, {"Authorization": b"Bearer " + token})
+    if kind == 1:
+        lines = rng.choice([10, 60, 120])
+        return RestCase(method, path.encode(), body, {f"X-Pad-{i}": "p" * rng.choice([100, 1000, 8000])
+                                                      for i in range(lines)})
+    if kind == 2:
+        return RestCase(method, path.encode(), body, {"X-" + "n" * rng.choice([100, 9000]): "v"})
+    if kind == 3:
+        return RestCase(method, path.encode(), body[:rng.randrange(len(body) + 1)],
+                        {"Expect": "100-continue"} if rng.random() < 0.5 else {},
+                        length=rng.choice([MAX_BODY_BYTES + 1, 10**12, 2**63 - 1]))
+    if kind == 4:
+        return RestCase(method, path.encode(), body, {"Transfer-Encoding": rng.choice(["chunked", "gzip, chunked"])})
+    return RestCase(method, path.encode(), body, {"Content-Encoding": rng.choice(["br", "zstd", "compress", "gzip"]),
+                                                  "Expect": rng.choice(["100-continue", "nonsense"])})
+
+
+def rest_unread_bodies(rng: random.Random) -> RestCase:
+    """Bodies the server must not read: to CORS preflights, paths no route matches, status, metadata and metrics,
+    gzip bombs among them, and bodies announced longer than sent (waiting for them would hold the connection)."""
+    method, path = rng.choice([("OPTIONS", f"{HPT}:predict"), ("OPTIONS", HPT), ("POST", "/v1/foo"),
+                               ("POST", f"{HPT}:explain"), ("GET", HPT), ("PUT", HPT), ("DELETE", f"{HPT}/metadata"),
+                               ("POST", "/monitoring/prometheus/metrics"), ("POST", "/nowhere")])
+    body = rng.choice([gzip_bomb(), rng.randbytes(rng.randrange(1, 5000)),
+                       rng.choice(VALID_BODIES["predict"]).encode(), b""])
+    headers = {"Content-Encoding": "gzip"} if body == gzip_bomb() else {}
+    if rng.random() < 0.5:
+        headers["Origin"] = rng.choice(["https://example.com", "null", ""])
+    longer = len(body) + rng.randrange(1, 100_000) if rng.random() < 0.3 else None
+    return RestCase(method, path.encode(), body, headers, length=longer)
+
+
 def rest_examples(rng: random.Random) -> RestCase:
     signature = rng.choice(["regress_x_to_y", "regress_x_to_y2", "classify_x_to_y", "serving_default",
                             "regress_x2_to_y3", "nope", ""])
@@ -574,6 +621,22 @@ def grpc_tensor_shape(rng: random.Random) -> GrpcCase:
     return predict_request({rng.choice(["x", "inputs"]): proto}, rng.choice(SIGNATURES[:3]))
 
 
+def grpc_declarations(rng: random.Random) -> GrpcCase:
+    """Tensors that carry one value (or none) and declare many: TF fills the shape with the last one, so a 41-byte
+    request declared 256 MiB. Within --grpc_max_tensor_bytes they are decoded; past it, refused unexpanded."""
+    dtype = rng.choice([types_pb2.DT_FLOAT, types_pb2.DT_STRING, types_pb2.DT_INT64, types_pb2.DT_DOUBLE,
+                        types_pb2.DT_HALF, types_pb2.DT_BOOL])
+    elements = rng.choice([2**10, 2**16, 2**20, 2**24 + 1, 2**26 - 1, 2**31 - 1, 2**40] if dtype != types_pb2.DT_STRING
+                          else [2**10, 2**16, 2**21, 2**26 - 1, 2**40])
+    dims = rng.choice([[elements], [elements, 1], [1, elements]])
+    content = {"string_val": [rng.choice([b"", b"a", b"x" * 1000, example_bytes()])]} if dtype == types_pb2.DT_STRING \
+        else {"float_val": [1.0]} if dtype == types_pb2.DT_FLOAT else {}
+    if rng.random() < 0.2:
+        content = {}  # no value: TF fills zeros
+    signature, name = rng.choice([("", "x"), ("regress_x_to_y", "inputs"), ("", "inputs")])
+    return predict_request({name: tensor(dtype, dims, **content)}, signature)
+
+
 def grpc_string_tensor(rng: random.Random) -> GrpcCase:
     count = rng.choice([0, 1, 2, 3, 100, 10_000])
     values = rng.choice([
@@ -638,7 +701,7 @@ def field_bytes(number: int, data: bytes) -> bytes:
 def grpc_examples(rng: random.Random) -> GrpcCase:
     examples = []
     for _ in range(rng.choice([0, 1, 2, 5, 1000])):
-        example = example_from_json({})
+        example = example_pb2.Example()
         feature = example.features.feature[rng.choice(["x", "x", "x2", "y", "", "\u00e9"])]
         kind = rng.choice(["float_list", "int64_list", "bytes_list", "none"])
         values = {"float_list": [1.0, float("nan")], "int64_list": [2**63 - 1, -1],
@@ -665,7 +728,8 @@ def grpc_examples(rng: random.Random) -> GrpcCase:
     else:
         with_context = message.input.example_list_with_context
         with_context.examples.extend(examples)
-        with_context.context.CopyFrom(rng.choice(examples) if examples else example_from_json({"x": "a"}))
+        with_context.context.CopyFrom(rng.choice(examples) if examples else
+                                      example_pb2.Example.FromString(example_from_json({"x": "a"}).SerializeToString()))
     return GrpcCase(PREDICTION + rpc, message.SerializeToString())
 
 
@@ -731,9 +795,11 @@ CATEGORIES: dict[str, Callable[[random.Random], RestCase | GrpcCase]] = {
     "rest_mutated_body": rest_mutated_body, "rest_deep_nesting": rest_deep_nesting,
     "rest_huge_numbers": rest_huge_numbers, "rest_nan_tokens": rest_nan_tokens, "rest_wrong_types": rest_wrong_types,
     "rest_base64": rest_base64, "rest_utf8": rest_utf8, "rest_shapes": rest_shapes, "rest_names": rest_names,
-    "rest_content_encoding": rest_content_encoding, "rest_examples": rest_examples,
+    "rest_content_encoding": rest_content_encoding, "rest_examples": rest_examples, "rest_headers": rest_headers,
+    "rest_unread_bodies": rest_unread_bodies,
     "grpc_tensor_dtype": grpc_tensor_dtype, "grpc_tensor_content": grpc_tensor_content,
-    "grpc_tensor_shape": grpc_tensor_shape, "grpc_string_tensor": grpc_string_tensor,
+    "grpc_tensor_shape": grpc_tensor_shape, "grpc_declarations": grpc_declarations,
+    "grpc_string_tensor": grpc_string_tensor,
     "grpc_model_spec": grpc_model_spec, "grpc_examples": grpc_examples, "grpc_wire": grpc_wire,
     "grpc_reload": grpc_reload, "grpc_metadata_and_status": grpc_metadata_and_status,
 }

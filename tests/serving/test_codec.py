@@ -580,8 +580,11 @@ EXAMPLE_ERRORS = [
      "Example must be JSON object but got JSON Array"),
     ("JsonErrors null element", b'{"examples": [ { "names": [ 10, null ] } ]}',
      "Feature: names has element with unexpected JSON type: Null"),
-    ("JsonErrors int then float", b'{"examples": [ { "names": [ 10, 10.0 ] } ]}',
+    # TF's "JsonErrors int then float" ([10, 10.0]) is accepted here as a float_list: see the test below
+    ("int then string", b'{"examples": [ { "names": [ 10, "a" ] } ]}',
      "Unexpected element type in feature: names expecting type: int64"),
+    ("float then bool", b'{"examples": [ { "names": [ 1.5, true ] } ]}',
+     "Unexpected element type in feature: names expecting type: float"),
     ("JsonErrors object element", b'{"examples": [ { "names": [ 10, { "test": 10 } ] } ]}',
      "Feature: names has element with unexpected JSON type: Object"),
     ("JsonErrors nested list", b'{"examples": [ { "names": [ [10], 20 ] } ]}',
@@ -594,6 +597,17 @@ EXAMPLE_ERRORS = [
      "JSON Value: {\n    \"examples\": []\n} 'examples' value is an empty array"),
     ("string then b64 undecodable", b'{"examples": [{"a": ["x", {"b64": "a"}]}]}', "Unable to base64 decode"),
 ]
+
+
+@pytest.mark.parametrize("values, kind, expected", [
+    ([46.1, 13.2, 211.0, 4500.0, 2007], "float_list", [46.1, 13.2, 211.0, 4500.0, 2007.0]),
+    ([10, 10.0], "float_list", [10.0, 10.0]),  # TF Serving: "expecting type: int64"
+    ([10, 20], "int64_list", [10, 20]),  # whole numbers alone stay integers, as in TF Serving
+    ([1.5], "float_list", [1.5]),
+])
+def test_whole_numbers_among_floats_are_a_float_list(values, kind, expected):
+    feature = codec.example_from_json({"x": values}).features.feature["x"]
+    assert feature.WhichOneof("kind") == kind and list(getattr(feature, kind).value) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("case, body, message", EXAMPLE_ERRORS, ids=[c[0] for c in EXAMPLE_ERRORS])

@@ -294,11 +294,15 @@ def test_versions_linked_from_outside_the_root_are_ignored(tmp_path, half_plus_t
 
 
 def test_requests_that_are_not_http_log_one_line_not_a_traceback(limited):
+    before = len(limited.log.read_text())
     for payload in (b"GARBAGE\r\n\r\n", b"POST /v1/models/hpt:predict HTTP/1.1\r\nContent-Length: 1\r\n\r\n{"):
         with connect(limited) as s:
             s.sendall(payload)
             assert s.recv(4096).startswith(b"HTTP/1.0 400")
-    _eventually(lambda: "Missing 'Host' header" in limited.log_tail())
+    _eventually(lambda: limited.log.read_text()[before:].count("\n") == 2)
+    lines = limited.log.read_text()[before:].splitlines()
+    assert [line.split(" serving: ")[1] for line in lines] == ["REST answered 400 to 127.0.0.1: BadHttpMethod",
+                                                               "REST answered 400 to 127.0.0.1: BadHttpMessage"]
     assert "Traceback" not in limited.log.read_text()
 
 

@@ -6,9 +6,12 @@ import sys
 import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 
 from localhost.ports import free_port
 import serving
@@ -63,14 +66,17 @@ def test_a_client_without_a_server_says_how_to_start_one():
         assert info.value.status == "UNAVAILABLE" and "make serve" in info.value.message
 
 
-def test_sigterm_drains_requests_in_flight_and_turns_readiness_off_first(tmp_path, half_plus_two_base):
-    """Requests held in the batcher (a 1 s batch timeout) when SIGTERM arrives are all answered; status (what a
-    readiness probe asks) answers 503 meanwhile; new connections are refused; the exit code is 0."""
+def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(tmp_path, half_plus_two_base):
+    """Requests held in the batcher (a 1 s batch timeout) when SIGTERM arrives are all answered, and so are 200
+    gRPC calls sent just before it (gRPC's core had queued them: they were CANCELLED); status (what a readiness
+    probe asks) answers 503 meanwhile; new connections are refused, and calls made later on a connection already
+    open get UNAVAILABLE (they got CANCELLED). A REST body that never arrives holds its request in flight past the
+    2 s drain: the server exits 0 within the drain and a second."""
     (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 1000000 }")
     grpc_port = free_port()
     server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
                            f"--port={grpc_port}", "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
-                           "--drain_timeout_s=10", log_dir=tmp_path)
+                           "--drain_timeout_s=2", log_dir=tmp_path)
     server.wait_available("half_plus_two")
     readiness = requests.Session()  # a probe's keep-alive connection, open before the signal
     assert readiness.get(f"{server.url}/v1/models/half_plus_two", timeout=10).status_code == 200
@@ -89,24 +95,48 @@ def test_sigterm_drains_requests_in_flight_and_turns_readiness_off_first(tmp_pat
         [threading.Thread(target=grpc_call) for _ in range(4)]
     for thread in threads:
         thread.start()
+    stalled = socket.create_connection(("127.0.0.1", server.rest_port), timeout=10)  # its body never comes
+    stalled.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                  request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                  response_deserializer=predict_pb2.PredictResponse.FromString)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
+    predict(request, timeout=30)  # connected
     time.sleep(0.4)  # every request is waiting for its batch to fill
+    burst = [predict.future(request, timeout=30) for _ in range(200)]
     server.process.terminate()
+    signalled = time.monotonic()
     time.sleep(0.1)
     probe = readiness.get(f"{server.url}/v1/models/half_plus_two", timeout=10)
     assert probe.status_code == 503 and probe.json() == {"error": "Server is shutting down"}
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/v1/models/half_plus_two", timeout=5)  # a new connection: not accepted
+    time.sleep(0.4)  # past the settling: what arrives now arrived after the signal
+    with pytest.raises(grpc.RpcError) as late:
+        predict(request, timeout=10)
+    assert (late.value.code(), late.value.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                                         "Server is shutting down; retry with another server")
+    assert [f.result().outputs["y"].float_val[0] for f in burst] == [2.5] * 200
     for thread in threads:
         thread.join(timeout=30)
     assert server.process.wait(timeout=30) == 0
+    assert time.monotonic() - signalled < 2 + 1
     expected = sorted([[[0.5 * i + 2.0]] for i in range(10)] + [[[3.0]]] * 4)
     assert sorted(a["predictions"] for a in answers) == expected  # all 14, none lost
+    stalled.close()
+    channel.close()
 
 
-def test_a_body_that_never_arrives_gets_408_and_its_connection_closed(tmp_path, half_plus_two_base):
-    """Content-Length promises 100 bytes, 10 come: the connection is not held for ever (--rest_api_timeout_in_ms)."""
+def test_a_body_that_never_arrives_gets_408_and_a_request_past_the_deadline_504(tmp_path, half_plus_two_base):
+    """Content-Length promises 100 bytes, 10 come: the connection is not held for ever (--rest_api_timeout_in_ms);
+    a request that waits 2 s for its batch to fill is answered at that deadline too."""
+    (tmp_path / "batching.config").write_text("max_batch_size { value: 2 } batch_timeout_micros { value: 2000000 }")
     server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two", "--port=0",
-                           "--rest_api_timeout_in_ms=700", log_dir=tmp_path)
+                           "--rest_api_timeout_in_ms=700", "--enable_batching",
+                           f"--batching_parameters_file={tmp_path / 'batching.config'}", log_dir=tmp_path)
     try:
         server.wait_available("half_plus_two")
         with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as connection:
@@ -119,7 +149,30 @@ def test_a_body_that_never_arrives_gets_408_and_its_connection_closed(tmp_path, 
             waited = time.monotonic() - started
         assert answer.startswith(b"HTTP/1.1 408") and b"Request body not received within 700 ms" in answer
         assert 0.5 < waited < 5
-        assert requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [[1.0]]},
-                             timeout=10).json() == {"predictions": [[2.5]]}
+        started = time.monotonic()
+        late = requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [[1.0]]}, timeout=10)
+        assert late.status_code == 504 and 0.5 < time.monotonic() - started < 1.5
+        assert late.json() == {"error": "Deadline exceeded: the request took longer than 700 ms (--rest_api_timeout_in_ms)"}
+        assert requests.get(f"{server.url}/v1/models/half_plus_two", timeout=10).ok
     finally:
         server.stop()
+
+
+def test_the_descriptor_limit_is_raised_to_hold_the_connection_caps(caplog):
+    """EMFILE from a flood of connections took down both ports: the soft limit goes up to the hard one, and caps
+    that even that cannot hold are said at start."""
+    import resource
+
+    from serving.server import DESCRIPTOR_RESERVE, fit_descriptor_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        with caplog.at_level("WARNING", logger="serving"):
+            fit_descriptor_limit([10, 10])
+            assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard and caplog.text == ""
+            fit_descriptor_limit([hard, 0])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert f"Open files limit {hard}: the connection caps" in caplog.text
+    assert f"{hard} and 0; 0 is none) and {DESCRIPTOR_RESERVE} descriptors" in caplog.text

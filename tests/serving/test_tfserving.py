@@ -29,7 +29,7 @@ from serving.__main__ import build_parser
 from serving.batching import BatchingParameters
 from serving.model_config import ModelServerConfig, load_model_server_config
 from serving.process import ServerProcess, wait_available
-from serving.tfserving import sweep
+from serving.tfserving import k8s, sweep
 from serving.tfserving.__main__ import main
 
 pytestmark = pytest.mark.xdist_group("test_tfserving")  # its module-scoped server starts once, in one worker
@@ -133,8 +133,9 @@ def test_kubernetes_manifests_pass_the_strict_schemas(bundle):
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 2 and server["resources"]["requests"]["cpu"]
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
     assert ports == {"grpc": 8500, "http": 8501}
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert server[probe]["httpGet"] == {"path": "/v1/models/hpt", "port": "http"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v1/models/hpt", "port": "http"}
+    for probe in ("readinessProbe", "startupProbe"):  # a version AVAILABLE: test_readiness_fails_... below
+        assert server[probe]["httpGet"] == {"path": "/v1/models/hpt/metadata", "port": "http"}
     assert server["args"] == container_flags(bundle)
     (volume,) = pod["volumes"]
     assert volume["configMap"]["name"] == manifest(bundle, "configmap.yaml")["metadata"]["name"]
@@ -250,6 +251,27 @@ def test_the_bundle_serves_its_labelled_versions_with_metrics(kind, bundle, tmp_
         while predict(url, "hpt/labels/stable") != [[3.5]]:
             assert time.monotonic() < deadline, "the label move was not applied"
             time.sleep(0.2)
+
+
+def test_readiness_fails_while_no_version_is_loaded(tmp_path, half_plus_two_base):
+    """The Deployment's readiness path, asked of a server with a model whose only version is corrupt and one whose
+    version loaded: not ready (404) vs ready (200). The status path says 200 for both: a pod probed there would
+    take traffic it cannot serve."""
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    config = write_config(tmp_path / "models.config", [("broken", tmp_path / "broken", ""),
+                                                        ("hpt", half_plus_two_base, "")])
+    server = ServerProcess(f"--model_config_file={config}", "--port=0", "--file_system_poll_wait_seconds=0",
+                           log_dir=tmp_path)
+    try:
+        server.wait_available("hpt")
+        for model, ready in (("broken", False), ("hpt", True)):
+            probe = k8s.deployment("x", "image", model, 0)["spec"]["template"]["spec"]["containers"][0]
+            answer = requests.get(server.url + probe["readinessProbe"]["httpGet"]["path"], timeout=10)
+            assert answer.ok == ready, (model, answer.status_code, answer.text)
+            assert requests.get(f"{server.url}/v1/models/{model}", timeout=10).status_code == 200
+    finally:
+        assert server.stop() == 0, server.log_tail()
 
 
 # -- bad input -------------------------------------------------------------------------------------
