@@ -17,12 +17,12 @@ images = example_fixture("images")
 custom = example_fixture("custom_model")
 
 
-def trained_model(run) -> keras.Model:
-    """The model train saved (compression is off in these configs, so it is the one exported)."""
+def published_model(run) -> keras.Model:
+    """The model the run published (custom_model's builder imported first: the model holds its layers)."""
     import models
 
     models.import_model_code(run.name == "custom_model" and "examples.custom_model:build" or "cnn")
-    return keras.models.load_model(run.run_dir / "train" / "model" / "model.keras")
+    return run.published_model()
 
 
 def test_images_meets_its_stated_accuracy(images):
@@ -34,7 +34,7 @@ def test_images_meets_its_stated_accuracy(images):
 def test_served_predictions_on_image_files_equal_the_training_pipelines(images):
     dataset, schema = images.run_dir / "validate" / "dataset", read_schema(images.run_dir / "validate" / "schema")
     files = raw_inputs(dataset, schema, 16)["x"]
-    expected = trained_model(images).predict(read_split(dataset, "test").x[:16], verbose=0)  # pixels ingest made
+    expected = published_model(images).predict(read_split(dataset, "test").x[:16], verbose=0)  # pixels ingest made
     server, grpc_port = images.serve()
     try:
         with RestClient(server.url) as rest, GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:
@@ -61,7 +61,7 @@ def test_custom_model_trains_a_subclassed_model_with_the_users_step(custom):
 
 def test_the_subclassed_model_serves_predict_and_classify_like_the_trained_one(custom):
     test = read_split(custom.run_dir / "validate" / "dataset", "test")
-    expected = trained_model(custom).predict(test.x[:8], verbose=0)
+    expected = published_model(custom).predict(test.x[:8], verbose=0)
     server, grpc_port = custom.serve()
     try:
         with RestClient(server.url) as rest, GrpcClient(f"127.0.0.1:{grpc_port}") as grpc_client:

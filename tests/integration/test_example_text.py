@@ -1,10 +1,9 @@
 """pipeline/configs/text_rnn.yaml and tabular_regression.yaml as shipped: each meets the figure it states,
 pushes a model named after itself, and the served model takes raw text (vectorized inside the SavedModel)
-or rows of numbers and answers exactly as the trained model computes."""
+or rows of numbers and answers exactly as the model it published computes."""
 import numpy as np
 import pytest
 import requests
-import tf_keras as keras
 from sklearn.linear_model import LinearRegression
 
 from pipeline.artifacts import read_split
@@ -23,8 +22,8 @@ def test_text_rnn_meets_its_stated_accuracy(text):
     assert_meets_its_stated_figure(text)
 
 
-def test_clients_send_raw_text_and_get_the_trained_models_answer(text):
-    model = keras.models.load_model(text.run_dir / "train" / "model" / "model.keras")
+def test_clients_send_raw_text_and_get_the_published_models_answer(text):
+    model = text.published_model()
     expected = model.predict(np.array(SENTENCES), verbose=0)
     assert [int(i) for i in expected[:4].argmax(axis=1)] == [3, 1, 0, 2]  # weather, sport, cooking, travel
     server, grpc_port = text.serve()
@@ -57,7 +56,7 @@ def test_tabular_regression_meets_its_stated_mae_and_beats_the_baselines(tabular
 
 def test_the_served_regressor_takes_rows_whole_numbers_and_refuses_nan(tabular):
     test = read_split(tabular.run_dir / "validate" / "dataset", "test")
-    model = keras.models.load_model(tabular.run_dir / "train" / "model" / "model.keras")
+    model = tabular.published_model()
     expected = model.predict(test.x[:4], verbose=0)[:, 0]
     whole = [round(v) for v in (test.x[0] * 1000).tolist()]  # the diabetes features are small: scale them up
     server, grpc_port = tabular.serve()
