@@ -196,6 +196,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(server):
     assert continued.head.startswith("HTTP/1.1 100 Continue") and b'"predictions"' in continued.body
 
 
+@pytest.mark.slow  # seconds of memory measurement: CI runs it, make test-quick does not
 def test_a_body_at_the_default_limit_stalls_no_one_and_a_failed_one_leaves_no_memory(server):
     """Rows of named inputs, the slowest JSON to parse, up to the default limit: another client's status call stays
     under a second (the parse holds the GIL: 16 MB of them took 1 s under the suite's load). Bodies the model then
@@ -255,6 +256,7 @@ def test_handshake_less_tls_connections_count_and_close_at_the_idle_timeout(serv
     assert served(server)
 
 
+@pytest.mark.slow  # seconds of memory measurement: CI runs it, make test-quick does not
 def test_a_burst_of_tls_connections_leaves_no_memory_once_closed(tmp_path, half_plus_two_base):
     """Each TLS connection holds ~280 KiB (asyncio's read buffer): 1,000 answered preflights left RSS +269 MB after
     they closed (glibc kept it), 1,500 failed handshakes +176 MB (a cycle held each). A server with the default

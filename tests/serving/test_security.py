@@ -264,6 +264,7 @@ def test_long_names_are_refused_without_being_echoed(limited):
     assert "model name of 5000 characters: at most 1000" in response.json()["error"]
 
 
+@pytest.mark.slow  # seconds of memory measurement: CI runs it, make test-quick does not
 def test_large_failing_bodies_do_not_pile_up_in_memory(limited):
     body = '{"instances": [' + "1.5," * 1_000_000 + '"x"]}'  # 5 MB, parsed off the event loop, refused at the end
     def send():
