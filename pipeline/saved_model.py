@@ -12,6 +12,7 @@ since training never saw such rows and a model answers them with confident nonse
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ from pipeline.artifacts import categorical_features
 
 INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+
+
+class UncompiledIsNotAProblem(logging.Filter):
+    """Drops tf_keras's "Compiled the loaded model, but the compiled metrics have yet to be built" at save time:
+    save() builds the compiled loss and metrics of the model it writes, and on a model loaded without its
+    training state (what is served) its bare except logs that line, untrue and printed by every export."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Compiled the loaded model")
 
 
 def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonfinite: bool,
@@ -63,7 +73,12 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
         signatures["classify"] = _classify_fn(run, parse, schema["classes"])
     else:
         signatures["regress"] = _regress_fn(run, parse)
-    model.save(str(path), save_format="tf", signatures=signatures)
+    untrue = UncompiledIsNotAProblem()
+    tf.get_logger().addFilter(untrue)
+    try:
+        model.save(str(path), save_format="tf", signatures=signatures)
+    finally:
+        tf.get_logger().removeFilter(untrue)
     _set_method_names(path)
     if warmup:
         _write_warmup(path, sample)

@@ -68,6 +68,7 @@ def digits(shared_dir) -> Digits:
             workdir.mkdir()
             result = run_pipeline(workdir, *DIGITS_RUN)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            (workdir / "printed.txt").write_text(result.stdout + result.stderr)  # what the user saw
     run_id = os.readlink(workdir / "runs" / "latest")
     test = np.load(workdir / "runs" / "latest" / "validate" / "dataset" / "test.npz")
     return Digits(workdir, run_id, workdir / "model_repository" / "digits", test["x"], test["y"])

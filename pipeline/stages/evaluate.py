@@ -63,10 +63,17 @@ def _gate_advice(rows: dict[str, int], min_accuracy: float) -> str:
     test, train = rows["test"], rows["train"]
     if test >= SMALL_TEST_ROWS:
         return "Train longer (train.epochs), change the model, or lower the gate."
-    allowed = math.floor(round((1 - min_accuracy) * test, 6))
+    allowed = _wrong_answers_allowed(min_accuracy, test)
+    looser = math.floor((1 - (allowed + 1) / test) * 100) / 100
     return (f"The data is small: {train} train rows, and {test} test rows, where one row is {100 / test:.1f} points "
-            f"and the gate allows {allowed} wrong answer(s). A small table needs more epochs than the default "
-            f"(train.epochs=100, say), or a gate that fits its size.")
+            f"and the gate allows {allowed} wrong answer(s). A small table may need more epochs or more patience "
+            f"than the defaults (train.epochs=100 train.early_stopping_patience=20, say: its validation loss is "
+            f"noisy, and training stops early on it), or a gate that fits its size (evaluate.min_accuracy={looser:g} "
+            f"allows {_wrong_answers_allowed(looser, test)}).")
+
+
+def _wrong_answers_allowed(min_accuracy: float, rows: int) -> int:
+    return math.floor(round((1 - min_accuracy) * rows, 6))
 
 
 def _classification(probabilities: np.ndarray, y: np.ndarray, classes: list[str], out: Path) -> dict:

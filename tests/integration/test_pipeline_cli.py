@@ -70,6 +70,17 @@ def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
     assert (version_dir / "assets.extra" / f"{selected}+int8.tflite").stat().st_size > 0
 
 
+def test_a_whole_run_prints_no_tensorflow_warnings_or_noise(workdir):
+    """Every stage, tuning and compression included, as the user saw it: no Python warning of TensorFlow's
+    (export used to print "Compiled the loaded model, but the compiled metrics have yet to be built" twice)
+    and none of its C++ start-up lines."""
+    printed = (workdir / "printed.txt").read_text()
+    assert "[9/9] push: ran" in printed
+    noise = [line for line in printed.splitlines() if line.startswith("WARNING:tensorflow") or
+             any(mark in line for mark in ("failed call to cuInit", "oneDNN custom operations", "cpu_feature_guard"))]
+    assert noise == []
+
+
 def test_manifest_documents_stages_signatures_and_versions(workdir):
     run = manifest(workdir)
     assert run["status"] == "succeeded"
