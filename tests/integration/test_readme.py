@@ -1,8 +1,9 @@
 """Every shell and Python block in README.md, run in order as a newcomer would paste them, against a real server on
-127.0.0.1, so the README cannot rot. The tour's pipeline commands run for real (with fewer epochs: CI has two
-cores), the others are checked with --list (they parse and plan; test_pipeline_cli.py runs the pipeline end to
-end); registry commands run on the pushed model, `make serve` really serves, curl really queries it, and each
-```python block runs as a script in the same directory."""
+127.0.0.1, so the README cannot rot. The tour's pipeline commands run for real, with CI's settings: the shared
+digits run's (tests/conftest.py), so a command that trains from scratch finds what that run computed in the
+stage cache, and the online update trains for real; the others are checked with --list (they parse and plan;
+test_pipeline_cli.py runs the pipeline end to end); registry commands run on the pushed model, `make serve`
+really serves, curl really queries it, and each ```python block runs as a script in the same directory."""
 import json
 import os
 import re
@@ -19,14 +20,13 @@ import yaml
 
 from localhost.ports import free_ports
 from serving.process import wait_available
-from tests.pipeline_cli import pipeline_env
+from tests.pipeline_cli import DIGITS_RUN, pipeline_env
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 TOUR = "A five-minute tour"  # its pipeline commands run for real
-CI_EPOCHS = ("train.epochs=3", "compress.fine_tune_epochs=1", "evaluate.min_accuracy=0.8",
-             "compress.max_accuracy_drop=0.05")  # appended to a tour command that trains from scratch
+CI_SETTINGS = DIGITS_RUN  # appended to a tour command that trains from scratch
 NOT_RUN_HERE = {  # command -> why this test leaves it out
     "make run": "the whole pipeline: test_pipeline_cli.py runs it end to end",
     "make test": "the test suite itself: CI runs it",
@@ -138,7 +138,7 @@ def test_every_readme_block_works(digits, tmp_path):
                     args = [digits.run_id if w == "RUN_ID" else w for w in words[3:]]
                     if section == TOUR:  # for real; a tour command training from scratch with CI's epochs
                         run([sys.executable, "-m", "pipeline.run", *args,
-                             *(() if any(a.startswith("train.init_from=") for a in args) else CI_EPOCHS)])
+                             *(() if any(a.startswith("train.init_from=") for a in args) else CI_SETTINGS)])
                     else:
                         run([sys.executable, "-m", "pipeline.run", *args, *([] if "--gc" in args else ["--list"])])
                 elif words[:3] == [".venv/bin/python", "-m", "pipeline.k8s"]:  # what it prints, not what kubectl does

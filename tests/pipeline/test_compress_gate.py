@@ -2,6 +2,7 @@
 categorical columns, and the config errors."""
 import numpy as np
 import pytest
+import tensorflow as tf
 import tf_keras as keras
 
 from models import DataSpec, ModelConfig, build_model
@@ -44,6 +45,21 @@ def test_int8_keeps_a_table_whose_label_is_a_categorical_column():
     int8 = tflite.to_tflite(model, "int8", x[:200])
     int8_accuracy = (tflite.tflite_predictions(int8, x).argmax(axis=1) == y).mean()
     assert float_accuracy >= 0.99 and int8_accuracy >= float_accuracy - 0.01
+
+
+def test_a_model_that_reads_strings_is_said_to_have_no_tflite_form_and_why():
+    """Text preprocessing inside the model (TextVectorization lowercases with tf.StringLower) has no TFLite
+    builtin: the reason names it, so the report says why the text model ships no .tflite."""
+    sentences = np.array(["Rain and wind today", "The team scored late", "Bake it with sugar"])
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=4)
+    vectorize.adapt(sentences)
+    text = keras.Input((), dtype=tf.string)
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(vectorize(text)))
+    model = keras.Model(text, keras.layers.Dense(3, activation="softmax")(pooled))
+    with pytest.raises(tflite.ConversionFailed) as info:
+        tflite.to_tflite(model, "float")
+    assert "the model reads strings (text preprocessing such as TextVectorization), which TFLite's builtin ops " \
+           "cannot: it is served as a SavedModel" in str(info.value)
 
 
 def test_compress_config_errors_name_the_key_the_value_and_what_is_expected():
