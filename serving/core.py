@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -113,6 +114,9 @@ class ServingCore:
 
         try:
             yield off_loop
+        except BaseException as error:  # its traceback's frames (decoding, the model call) hold the request's data:
+            traceback.clear_frames(error.__traceback__)  # cleared, it is freed before the release, not after
+            raise
         finally:
             await loop.run_in_executor(self._large, memory.release)
 
