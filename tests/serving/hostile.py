@@ -163,6 +163,15 @@ def all_closed_by_server(sockets: list[socket.socket], within_s: float) -> bool:
     return True
 
 
+def settled_rss_mib(process, below: float, within_s: float = 3.0) -> float:
+    """The process's RSS once it is under `below` MiB, or when `within_s` has passed: the server gives memory back
+    on a thread of its own, a moment after a large request's answer or a burst of closed connections."""
+    deadline = time.monotonic() + within_s
+    while (rss := process.rss_mib()) >= below and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return rss
+
+
 def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
