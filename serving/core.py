@@ -114,15 +114,8 @@ class ServingCore:
 
         try:
             yield off_loop
-        finally:
-            loop.call_later(RELEASE_AFTER_ANSWER_S, self._release_memory, loop)
-
-    def _release_memory(self, loop: asyncio.AbstractEventLoop) -> None:
-        """memory.release on the large-request thread, once a large request's answer has gone: released before,
-        what the answer and an error's traceback still held was freed after it and stayed with glibc (+43 MiB
-        after two failed 6 MB bodies with the suite's load beside the server, +97 once)."""
-        with contextlib.suppress(RuntimeError):  # the server closed meanwhile, and its threads with it
-            loop.run_in_executor(self._large, memory.release)
+        finally:  # released before the answer has gone, what it (or an error's traceback) still held stayed with
+            loop.call_later(RELEASE_AFTER_ANSWER_S, memory.release_in_background)  # glibc: +97 MiB once
 
     def authorize(self, credentials: str | None, action: str, models: list[str], peer: str, target: str) -> Token | None:
         """The caller's token, checked for `action` on each of `models` (UNAUTHENTICATED / PERMISSION_DENIED); each

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import threading
 
 _LIBC = ctypes.CDLL(None)
 
@@ -22,3 +23,9 @@ def release() -> None:
     gc.collect()
     if hasattr(_LIBC, "malloc_trim"):  # glibc only
         _LIBC.malloc_trim(0)
+
+
+def release_in_background() -> None:
+    """release() on a thread of its own, started now: for a timer on the event loop, after a large request's answer
+    or a burst of closed connections (not the loop's executor: one may be due while the server shuts that down)."""
+    threading.Thread(target=release, name="release-memory", daemon=True).start()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -58,9 +57,8 @@ class Connections:
             self._release = asyncio.get_running_loop().call_later(RELEASE_QUIET_S, self._release_memory)
 
     def _release_memory(self) -> None:
-        """On a thread of its own, not the loop's executor: one may be due while the server shuts that down."""
         self._release, self.closed_since_release = None, 0
-        threading.Thread(target=memory.release, name="release-memory", daemon=True).start()
+        memory.release_in_background()
 
 
 class Accepted(asyncio.Protocol):
