@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -75,9 +75,8 @@ def prune(model: keras.Model, target_sparsity: float, steps: int) -> keras.Model
     all of their weights: pruning them with the rest to 80 % cost digits' CNN 1.5 to 2.6 points of accuracy on
     seeds 1 to 3, the same pruning that leaves them dense at most 0.4 (benchmarks/results/compression.md). The
     schedule prunes every `frequency` steps and only up to `end_step`; both are chosen so the last pruning step
-    falls inside the fine-tuning, or
-    the target is never reached (the default frequency of 100 steps is longer than a whole fine-tuning of a
-    small dataset).
+    falls inside the fine-tuning, or the target is never reached (the default frequency of 100 steps is longer
+    than a whole fine-tuning of a small dataset).
     """
     ramp = max(1, steps * 2 // 3)
     frequency = max(1, min(100, ramp // 10))
