@@ -169,6 +169,7 @@ SIGNATURES = RunFile("export", "signatures.json")
 SAVED_MODEL_EVALUATION = RunFile("export", "saved_model_evaluation/metrics.json")  # the SavedModel's own test figures
 SAMPLE_REQUEST = RunFile("export", "sample_request.json")
 SHIPPED_SAMPLE_REQUEST = "assets.extra/sample_request.json"  # the same, inside the SavedModel: push's smoke test
+SHIPPED_SCHEMA = "assets.extra/schema.json"  # validate's schema, inside the SavedModel: what the server checks inputs by
 INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
 PUSHED = RunFile("push", "pushed.json")
 

@@ -16,9 +16,9 @@ from models import import_model_code, model_code_files
 import numpy as np
 
 from pipeline import specs
-from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, SAMPLE_REQUEST, SAVED_MODEL_EVALUATION,
-                                SHIPPED_SAMPLE_REQUEST, SIGNATURES, Inputs, raw_inputs, read_schema, read_split,
-                                write_json)
+from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, SAMPLE_REQUEST, SAVED_MODEL_EVALUATION, SCHEMA,
+                                SHIPPED_SAMPLE_REQUEST, SHIPPED_SCHEMA, SIGNATURES, Inputs, raw_inputs, read_schema,
+                                read_split, write_json)
 from pipeline.metrics import classification_metrics, format_metrics, regression_metrics
 from pipeline.views import ExportView
 
@@ -53,6 +53,7 @@ def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
     SAMPLE_REQUEST.in_output(out).write_text(request)
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / SHIPPED_SAMPLE_REQUEST).write_text(request)
+    shutil.copy(SCHEMA.in_artefact(inputs["schema"]), path / SHIPPED_SCHEMA)  # the server's per-feature counts
     y = read_split(inputs["dataset"], "test").y
     held_out = _held_out(path, schema, test, y)
     write_json(SAVED_MODEL_EVALUATION, out, held_out)

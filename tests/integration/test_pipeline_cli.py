@@ -65,6 +65,8 @@ def test_end_to_end_run_pushes_a_servable_accurate_model(workdir):
     methods = {k: v.method_name for k, v in saved.meta_graphs[0].signature_def.items() if not k.startswith("__")}
     assert methods == {"serving_default": "tensorflow/serving/predict", "classify": "tensorflow/serving/classify"}
     assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
+    shipped = json.loads((version_dir / "assets.extra" / "schema.json").read_text())  # what the server counts inputs by
+    assert len(shipped["features"]) == 64 and shipped["features"][0]["max"] >= shipped["features"][0]["min"]
     selected = json.loads(next((workdir / "runs" / "latest" / "compress").glob("report.json")).read_text())["selected"]
     assert selected != "baseline"
     assert (version_dir / "assets.extra" / f"{selected}+int8.tflite").stat().st_size > 0
