@@ -152,6 +152,7 @@ EXAMPLES = RunFile("ingest", "examples/examples.npz")
 EXAMPLES_META = RunFile("ingest", "examples/meta.json")
 ENCODED = RunFile("ingest", "examples/encoded.npz")  # image files as clients send them
 SCHEMA = RunFile("validate", "schema/schema.json")
+TRAIN_STATISTICS = RunFile("validate", "schema/train_statistics.pb")  # tensorflow_metadata's, for drift (monitor)
 REJECTS = RunFile("validate", "rejects.csv")
 DATASET = RunFile("validate", "dataset")
 BEST_HYPERPARAMETERS = RunFile("tune", "hyperparameters/best.json")
@@ -170,6 +171,7 @@ SAVED_MODEL_EVALUATION = RunFile("export", "saved_model_evaluation/metrics.json"
 SAMPLE_REQUEST = RunFile("export", "sample_request.json")
 SHIPPED_SAMPLE_REQUEST = "assets.extra/sample_request.json"  # the same, inside the SavedModel: push's smoke test
 SHIPPED_SCHEMA = "assets.extra/schema.json"  # validate's schema, inside the SavedModel: what the server checks inputs by
+SHIPPED_TRAIN_STATISTICS = "assets.extra/train_statistics.pb"  # the same for the statistics: what drift compares with
 INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
 PUSHED = RunFile("push", "pushed.json")
 
@@ -184,6 +186,13 @@ def write_json(file: RunFile, out: Path, value) -> None:
 def read_json(file: RunFile, artefact: Path):
     """Read JSON file `file` from the artefact directory a stage was handed."""
     return json.loads(file.in_artefact(artefact).read_text())
+
+
+def read_data_origin(saved_model: Path) -> dict:
+    """Where the exported model's training data came from, as its shipped schema says: `{"request_logs": {rows,
+    versions, first, last}}` for rows exported from a server's request logs, else {}."""
+    shipped = saved_model / SHIPPED_SCHEMA
+    return json.loads(shipped.read_text()).get("origin", {}) if shipped.is_file() else {}
 
 
 def read_best_hyperparameters(hyperparameters: Path) -> dict:

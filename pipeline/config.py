@@ -132,6 +132,24 @@ def config_from_dict(raw: dict, source: str) -> PipelineConfig:
     return cfg
 
 
+def section_from_dict(name: str, raw: dict, overrides: list[str], source: str) -> Any:
+    """Section `name` of a saved config (`raw`, as `to_dict` wrote it; a section it lacks takes its defaults) with
+    `name.key=value` overrides, type-checked: what a tool outside the pipeline reads of the config a model was
+    trained with (pipeline.monitor reads `monitor`)."""
+    problems: list[str] = []
+    hint = typing.get_type_hints(PipelineConfig)[name]
+    section = {name: dict(raw.get(name, {}))}
+    for item in overrides:
+        if not item.startswith(f"{name}."):
+            problems.append(f"{item!r}: only {name}.* keys can be set here, e.g. {all_keys(hint, name + '.')[0]}=...")
+            continue
+        _apply_override(section, item, problems)
+    values = from_dict(hint, section[name], problems, f"{name}.")
+    if problems:
+        raise ConfigError(source, problems)
+    return values
+
+
 def all_keys(cls: type = PipelineConfig, prefix: str = "") -> list[str]:
     """Every valid dotted key, for suggestions and documentation."""
     keys = []

@@ -36,7 +36,8 @@ class DataConfig:
     # of images with one sub-folder per class (pipeline.images)
     task: Literal["auto", "classification", "regression"] = "auto"  # auto: decided from the labels, and said why
     label: str = "label"  # the CSV label column
-    features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label
+    features: tuple[str, ...] = ()  # CSV feature columns; empty = every column but the label and the logged_* ones
+    # (what `python -m pipeline.monitor export` adds: the served prediction, version and time)
     categorical: tuple[str, ...] = ()  # CSV columns of categories (strings): the model looks them up in vocabularies
     # adapted on the train split, and clients send the strings as inputs named after the columns
     input_shape: tuple[int, ...] = ()  # each row reshaped to this for the model; empty = as stored
@@ -278,6 +279,43 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """`python -m pipeline.monitor drift`: when a feature of served requests has drifted from training (TFDV's
+    measures: Jensen–Shannon divergence for numbers, L-infinity distance for categories and text tokens)."""
+
+    numeric_threshold: float = 0.1  # a number drifted above this Jensen–Shannon divergence (0..1); the digits test
+    # split against its train split stays below 0.03, a pixel brightened by 6 of 16 reaches 0.27
+    categorical_threshold: float = 0.1  # a category or text drifted when a value's share moved by more than this
+    feature_thresholds: tuple[str, ...] = ()  # per feature, NAME=THRESHOLD, e.g. [pixel_20=0.2, city=0.05]
+    min_rows: int = 100  # fewer logged rows than this: distances are mostly sampling noise, and drift says so
+
+    def problems(self) -> list[str]:
+        found = [f"{name}: expected a number in (0, 1], received {value}." for name, value in
+                 (("numeric_threshold", self.numeric_threshold), ("categorical_threshold", self.categorical_threshold))
+                 if not 0 < value <= 1]
+        for item in self.feature_thresholds:
+            name, _, value = item.rpartition("=")
+            if not name or not _is_threshold(value):
+                found.append(f"feature_thresholds: expected NAME=THRESHOLD with a threshold in (0, 1], e.g. "
+                             f"pixel_20=0.2, received {item!r}.")
+        if self.min_rows < 1:
+            found.append(f"min_rows: expected a positive integer, received {self.min_rows}.")
+        return found
+
+    def threshold(self, feature: str, numeric: bool) -> float:
+        """The threshold of `feature`: its own in feature_thresholds, else its kind's."""
+        own = {name: float(value) for name, _, value in (item.rpartition("=") for item in self.feature_thresholds)}
+        return own.get(feature, self.numeric_threshold if numeric else self.categorical_threshold)
+
+
+def _is_threshold(text: str) -> bool:
+    try:
+        return 0 < float(text) <= 1
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     output_dir: str = "runs"  # where runs (and the stage cache, in .cache/) go
     seed: int = 42  # the split, weight initialisation and shuffling: the same seed, the same run
@@ -291,6 +329,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     infra_validate: InfraValidateConfig = field(default_factory=InfraValidateConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 @dataclass(frozen=True)

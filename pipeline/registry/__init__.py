@@ -44,10 +44,14 @@ MIGRATIONS = (  # one entry per schema version; never edit a released one, appen
     """
     ALTER TABLE versions ADD COLUMN trained_metrics TEXT NOT NULL DEFAULT '{}';
     """,
+    # Where the training data came from beyond its file: rows exported from request logs (pipeline.monitor).
+    """
+    ALTER TABLE versions ADD COLUMN data_origin TEXT NOT NULL DEFAULT '{}';
+    """,
 )
-JSON_COLUMNS = ("metrics", "trained_metrics", "infra_validation", "config")
+JSON_COLUMNS = ("metrics", "trained_metrics", "infra_validation", "config", "data_origin")
 RECORD_COLUMNS = ("created", "run_id", "config_hash", "metrics", "trained_metrics", "data_fingerprint", "variant",
-                  "saved_model_bytes", "infra_validation", "config", "content")
+                  "saved_model_bytes", "infra_validation", "config", "content", "data_origin")
 
 
 class RegistryError(PipelineError):

@@ -17,8 +17,8 @@ import numpy as np
 
 from pipeline import specs
 from pipeline.artifacts import (COMPRESSED_MODEL, COMPRESSED_TFLITE, SAMPLE_REQUEST, SAVED_MODEL_EVALUATION, SCHEMA,
-                                SHIPPED_SAMPLE_REQUEST, SHIPPED_SCHEMA, SIGNATURES, Inputs, raw_inputs, read_schema,
-                                read_split, write_json)
+                                SHIPPED_SAMPLE_REQUEST, SHIPPED_SCHEMA, SHIPPED_TRAIN_STATISTICS, SIGNATURES,
+                                TRAIN_STATISTICS, Inputs, raw_inputs, read_schema, read_split, write_json)
 from pipeline.metrics import classification_metrics, format_metrics, regression_metrics
 from pipeline.views import ExportView
 
@@ -54,6 +54,9 @@ def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
     (path / "assets.extra").mkdir(exist_ok=True)
     (path / SHIPPED_SAMPLE_REQUEST).write_text(request)
     shutil.copy(SCHEMA.in_artefact(inputs["schema"]), path / SHIPPED_SCHEMA)  # the server's per-feature counts
+    statistics = TRAIN_STATISTICS.in_artefact(inputs["schema"])
+    if statistics.is_file():  # what drift compares served requests with (not kept for image pixels)
+        shutil.copy(statistics, path / SHIPPED_TRAIN_STATISTICS)
     y = read_split(inputs["dataset"], "test").y
     held_out = _held_out(path, schema, test, y)
     write_json(SAVED_MODEL_EVALUATION, out, held_out)

@@ -67,6 +67,7 @@ def run(cfg: IngestView, inputs: Inputs, out: Path) -> dict:
         "categorical": list(data.categorical) if table.categorical is not None else [],
         "input_shape": list(input_shape),
         "rows": counts,
+        **({"origin": table.origin} if table.origin else {}),
     }
     write_examples(out, dict(x=x, label=labels, row=rows, problem=problems, split=split, **categorical), meta,
                    None if table.encoded is None else images.pack(table.encoded))  # files as clients will send them
@@ -90,8 +91,10 @@ class Table(NamedTuple):
     kind: str = "numeric"
     encoded: list[bytes] | None = None  # image files as stored
     categorical: np.ndarray | None = None  # str [rows, categorical columns]
+    origin: dict | None = None  # rows exported from request logs: which versions were asked them, when
 
 
+LOGGED = "logged_"  # columns pipeline.monitor export adds beside the training columns: never features
 MAX_CLASSES = 20  # whole-number labels with more distinct values than this are taken as a quantity
 
 
@@ -227,12 +230,26 @@ def _read_text_table(path: Path, data: DataConfig) -> Table:
         raise StageError(f"data.source {str(path)!r}: text column {data.text_column!r} is empty in all {len(body)} "
                          f"rows; name the column that holds the text in data.text_column.")
     rows = np.arange(2, len(body) + 2)
-    return Table(texts.astype(str), labels.astype(str), rows, problems.astype(str), [data.text_column], (), "text")
+    return Table(texts.astype(str), labels.astype(str), rows, problems.astype(str), [data.text_column], (), "text",
+                 origin=_logged_origin(header, body))
+
+
+def _logged_origin(header: list[str], body: list[list[str]]) -> dict | None:
+    """Where rows exported from request logs (python -m pipeline.monitor export) came from: the versions that were
+    asked them, and when; None for other data."""
+    if "logged_version" not in header:
+        return None
+    version, at = header.index("logged_version"), header.index("logged_at") if "logged_at" in header else None
+    whole = [r for r in body if len(r) == len(header)]
+    times = sorted(r[at] for r in whole if r[at]) if at is not None else []
+    return {"request_logs": {"rows": len(whole), "versions": sorted({int(r[version]) for r in whole
+                                                                     if r[version].strip().isdigit()}),
+                             "first": times[0] if times else None, "last": times[-1] if times else None}}
 
 
 def _read_table(path: Path, data: DataConfig) -> Table:
     header, body = _records(path, data)
-    chosen = list(data.features) or [h for h in header if h != data.label]
+    chosen = list(data.features) or [h for h in header if h != data.label and not h.startswith(LOGGED)]
     categorical = list(data.categorical)
     features = [c for c in chosen if c not in categorical]
     absent = [c for c in features + categorical if c not in header]
@@ -270,7 +287,7 @@ def _read_table(path: Path, data: DataConfig) -> Table:
     rows = np.arange(2, len(body) + 2)  # line numbers in the file, header is line 1
     names = features + categorical
     return Table(x, labels.astype(str), rows, problems.astype(str), names, (len(names),),
-                 categorical=categories.astype(str) if categorical else None)
+                 categorical=categories.astype(str) if categorical else None, origin=_logged_origin(header, body))
 
 
 def _check_numeric_columns(path: Path, bad_cells: dict[str, list[str]], n_rows: int) -> None:

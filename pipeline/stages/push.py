@@ -21,8 +21,9 @@ from pathlib import Path
 
 import repository
 from pipeline import specs
-from pipeline.artifacts import (PUSHED, SHIPPED_SAMPLE_REQUEST, Inputs, dir_fingerprint, read_evaluation,
-                                read_infra_validation, read_saved_model_evaluation, read_selection, write_json)
+from pipeline.artifacts import (PUSHED, SHIPPED_SAMPLE_REQUEST, Inputs, dir_fingerprint, read_data_origin,
+                                read_evaluation, read_infra_validation, read_saved_model_evaluation, read_selection,
+                                write_json)
 from pipeline.errors import StageError
 from pipeline.registry import Registry
 from pipeline.views import PushView
@@ -83,6 +84,7 @@ def _lineage(inputs: Inputs, digest: str) -> dict:
         "metrics": read_saved_model_evaluation(inputs["saved_model_evaluation"]),  # of exactly this SavedModel
         "trained_metrics": read_evaluation(inputs["evaluation"]),  # of the trained model, before compression
         "data_fingerprint": dir_fingerprint(inputs["dataset"]),
+        "data_origin": read_data_origin(inputs["saved_model"]),  # e.g. rows exported from request logs
         "variant": read_selection(inputs["compressed"]),
         "saved_model_bytes": sum(f.stat().st_size for f in inputs["saved_model"].rglob("*") if f.is_file()),
         "infra_validation": read_infra_validation(inputs["infra_validation"]),

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import images, specs
-from pipeline.artifacts import (ENCODED_TEST, REJECTS, SCHEMA, SPLITS, Inputs, read_encoded, read_examples,
-                                write_json, write_split)
+from pipeline.artifacts import (ENCODED_TEST, REJECTS, SCHEMA, SPLITS, TRAIN_STATISTICS, Inputs, read_encoded,
+                                read_examples, write_json, write_split)
 from pipeline.errors import StageError
+from pipeline.monitor.statistics import DatasetCounts, StatisticsList
 from pipeline.views import ValidateView
 
 
@@ -24,6 +25,7 @@ def run(cfg: ValidateView, inputs: Inputs, out: Path) -> dict:
     raw, meta = read_examples(inputs["examples"])
     x, labels, split = raw["x"], raw["label"], raw["split"]
     text = meta["kind"] == "text"
+    images_kind = meta["kind"] == "image"
     reasons = _reject_reasons(x, labels, raw["problem"], meta, cfg.data.classes)
     rejected = reasons != ""
     _write_rejects(REJECTS.in_output(out), raw["row"], split, reasons)
@@ -58,9 +60,22 @@ def run(cfg: ValidateView, inputs: Inputs, out: Path) -> dict:
         np.savez(dataset / ENCODED_TEST, **images.pack([files[i] for i in test_rows]))
     schema = _text_schema(meta, x[split == 0], cfg.data) if text else \
         _schema(meta, x[split == 0], raw["x"], vocabularies, categories)
-    write_json(SCHEMA, out, schema | _label_schema(meta, classes, y, split, int(rejected.sum())))
+    origin = {"origin": meta["origin"]} if "origin" in meta else {}  # rows from request logs: the version records it
+    write_json(SCHEMA, out, schema | _label_schema(meta, classes, y, split, int(rejected.sum())) | origin)
+    if not images_kind:
+        train = {"x": x[split == 0], **({} if categories is None else
+                                        {name: categories[split == 0, j] for j, name in enumerate(vocabularies)})}
+        _write_train_statistics(TRAIN_STATISTICS.in_output(out), schema, train)
     print(f"validate: kept {keep.sum()} rows, rejected {rejected.sum()} ({fraction:.1%})")
     return {"rows_kept": int(keep.sum()), "rows_rejected": int(rejected.sum())}
+
+
+def _write_train_statistics(path: Path, schema: dict, train: dict[str, np.ndarray]) -> None:
+    """The train split's per-feature statistics (histograms, value counts) as TFDV writes them: what served
+    requests are compared with (python -m pipeline.monitor drift). Image pixels are not compared, so not kept."""
+    counts = DatasetCounts.for_training(schema)
+    counts.add(train)
+    path.write_bytes(StatisticsList(datasets=[counts.statistics("train")]).SerializeToString())
 
 
 def _check_classes(classes: list[str], y: np.ndarray, split: np.ndarray, labels_from: str) -> None:

@@ -14,7 +14,7 @@ import requests
 import repository
 from localhost import loadgen
 from localhost.ports import free_port
-from pipeline.registry import NotInRegistry, Registry, RegistryError
+from pipeline.registry import MIGRATIONS, NotInRegistry, Registry, RegistryError
 from pipeline.registry.__main__ import main
 from serving.model_config import load_model_server_config
 from serving.process import ServerProcess
@@ -144,7 +144,7 @@ def test_a_locked_or_corrupt_database_is_explained(repo, capsys):
 def test_a_newer_schema_is_refused(repo):
     with sqlite3.connect(repo / "registry.sqlite") as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(RegistryError, match="schema version 99, newer than this program's 2"):
+    with pytest.raises(RegistryError, match=f"schema version 99, newer than this program's {len(MIGRATIONS)}"):
         Registry(repo)
 
 
