@@ -1,14 +1,18 @@
 """pipeline/configs/text_rnn.yaml and tabular_regression.yaml as shipped: each meets the figure it states,
 pushes a model named after itself, and the served model takes raw text (vectorized inside the SavedModel)
 or rows of numbers and answers exactly as the model it published computes."""
+import json
+
 import numpy as np
 import pytest
 import requests
 from sklearn.linear_model import LinearRegression
 
 from pipeline.artifacts import read_split
+from pipeline.monitor.__main__ import main as monitor
 from serving.client import GrpcClient, RestClient
 from tests.integration.example_configs import assert_meets_its_stated_figure, example_fixture
+from tests.pipeline.request_logs import predict_log, write_logs
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_example_text")]  # module fixture: once, on one worker
 text = example_fixture("text_rnn")
@@ -40,6 +44,20 @@ def test_clients_send_raw_text_and_get_the_published_models_answer(text):
             assert max(scores, key=lambda c: c[1])[0] == "weather"
     finally:
         server.stop()
+
+
+def test_text_drift_is_measured_on_tokens(text, tmp_path):
+    """Test texts as traffic have not drifted; texts of a new vocabulary have, by the L-infinity distance of their
+    tokens' shares (an unseen token takes the largest share)."""
+    texts = np.concatenate([read_split(text.run_dir / "validate" / "dataset", split).x for split in ("val", "test")])
+    repository = str(text.workdir / "repo")
+    for name, sent in (("same", texts), ("moved", np.array(["quantum entanglement of the qubit"] * len(texts)))):
+        write_logs(tmp_path / f"{name}-1.tfrecord", [predict_log("text_rnn", 1, {"x": sent.astype(bytes)})])
+    assert monitor(["drift", "--logs", str(tmp_path / "same"), "--repository", repository, "--out", str(tmp_path)]) == 0
+    assert monitor(["drift", "--logs", str(tmp_path / "moved"), "--repository", repository, "--out", str(tmp_path)]) == 3
+    (feature,) = json.loads((tmp_path / "drift.json").read_text())["features"]
+    assert feature["kind"] == "text" and feature["measure"] == "l_infinity" and feature["drifted"]
+    assert feature["value"] in ("quantum", "entanglement", "of", "the", "qubit")
 
 
 def test_tabular_regression_meets_its_stated_mae_and_beats_the_baselines(tabular):

@@ -10,8 +10,10 @@ import pytest
 import requests
 
 from localhost.ports import free_port
+from pipeline.monitor.__main__ import main as monitor
 from serving.client import GrpcClient, RestClient
 from serving.process import ServerProcess
+from tests.pipeline.request_logs import predict_log, write_logs
 from tests.pipeline_cli import run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -97,3 +99,21 @@ def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
             assert missing.status_code == 400 and "city" in missing.json()["error"], (api, missing.text)
     finally:
         server.stop()
+    _drift_is_found_in_the_city_column_only(run, tmp_path)
+
+
+def _drift_is_found_in_the_city_column_only(run, tmp_path):
+    """Every row as traffic has not drifted; the same rows all from rome have, in `city` (L-infinity), not `size`."""
+    splits = [np.load(run / "validate" / "dataset" / f"{split}.npz") for split in ("train", "val", "test")]
+    size = np.concatenate([split["x"][:, :1] for split in splits])
+    city = np.concatenate([split["categorical"][:, 0] for split in splits]).astype(bytes)
+    for name, cities in (("same", city), ("moved", np.full_like(city, b"rome"))):
+        write_logs(tmp_path / "logs" / f"{name}-1.tfrecord", [predict_log("weather", 1, {"x": size, "city": cities})])
+    out = tmp_path / "drift"
+    for name, code in (("same", 0), ("moved", 3)):
+        assert monitor(["drift", "--logs", str(tmp_path / "logs" / name), "--repository", str(tmp_path / "repo"),
+                        "--out", str(out)]) == code
+    features = {f["feature"]: f for f in json.loads((out / "drift.json").read_text())["features"]}
+    assert features["city"]["measure"] == "l_infinity" and features["city"]["value"] == "rome"
+    assert features["city"]["distance"] == pytest.approx(0.75, abs=0.05)  # rome's share: a quarter, then all
+    assert not features["size"]["drifted"] and features["size"]["distance"] < 0.01
