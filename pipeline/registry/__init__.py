@@ -255,11 +255,14 @@ class Registry:
     def mark_deleted(self, model: str, version: int) -> None:
         self._db.execute("UPDATE versions SET deleted = ? WHERE model = ? AND version = ?", (now(), model, version))
 
-    def models_config(self, base_path_root: str | None = None):
+    def models_config(self, base_path_root: str | None = None, logging: dict | None = None):
         """The ModelServerConfig servers should run: labelled models serve their labelled versions, others
-        their latest. Base paths are the repository's, or `<base_path_root>/<model>` (a container's view)."""
+        their latest; each model logs requests as `logging` says (name -> LoggingConfig), by default as the
+        models.config on disk does (`logging` below). Base paths are the repository's, or
+        `<base_path_root>/<model>` (a container's view)."""
         from serving.model_config import ModelServerConfig
 
+        logging = self.logging() if logging is None else logging
         config = ModelServerConfig()
         for model in self.models():
             base = f"{base_path_root.rstrip('/')}/{model}" if base_path_root else str((self.repository / model).resolve())
@@ -271,14 +274,46 @@ class Registry:
                     entry.version_labels[label] = version
             else:
                 entry.model_version_policy.latest.num_versions = 1
+            if model in logging:
+                entry.logging_config.CopyFrom(logging[model])
         return config
 
-    def write_models_config(self) -> Path:
+    def logging(self) -> dict:
+        """Each model's request logging (TF Serving's LoggingConfig) in the models.config on disk: kept when the
+        file is rewritten, so a label change does not turn a model's logging off."""
+        path = self.repository / CONFIG_NAME
+        if not path.is_file():
+            return {}
+        from serving.model_config import load_model_server_config
+
+        try:
+            config = load_model_server_config(str(path))
+        except ValueError as e:
+            raise RegistryError(f"{e} Fix or remove it, then try again.") from None
+        return {m.name: m.logging_config for m in config.model_config_list.config if m.HasField("logging_config")}
+
+    def set_logging(self, model: str, filename_prefix: str | None, sampling_rate: float) -> Path:
+        """Log `model`'s requests to `filename_prefix`-* (TF Serving's tfrecord collector) at `sampling_rate`, or,
+        without a prefix, stop: models.config rewritten."""
+        from serving.model_config import ModelConfig
+
+        self.check_model(model)
+        logging = dict(self.logging())
+        logging.pop(model, None)
+        if filename_prefix:
+            config = ModelConfig().logging_config
+            config.log_collector_config.type = "tfrecord"
+            config.log_collector_config.filename_prefix = filename_prefix
+            config.sampling_config.sampling_rate = sampling_rate
+            logging[model] = config
+        return self.write_models_config(logging)
+
+    def write_models_config(self, logging: dict | None = None) -> Path:
         """Write models.config beside the versions (temp file + rename: a poller never reads half of it)."""
         from google.protobuf import text_format
 
         path = self.repository / CONFIG_NAME
         temp = path.with_name(f".{CONFIG_NAME}.tmp")
-        temp.write_text(text_format.MessageToString(self.models_config()))
+        temp.write_text(text_format.MessageToString(self.models_config(logging=logging)))
         temp.replace(path)
         return path

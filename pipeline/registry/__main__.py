@@ -6,6 +6,8 @@
     promote MODEL [--from canary] [--to stable]     move --to to where --from points
     rollback MODEL [--label stable]       move a label back to where it pointed before its last change
     gc MODEL --keep K --server H:P|--no-server   delete old versions, never a labelled, configured or served one
+    logging MODEL --filename-prefix P [--sampling-rate R] | --off   log MODEL's requests (models.config's
+                                          logging_config: our server writes PredictionLog TFRecords P-*)
     diff MODEL A B                        metrics and config of two versions (numbers or labels)
 
 Label changes rewrite <repository>/models.config and, with --server HOST:PORT (gRPC; ours or
@@ -66,6 +68,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="newest versions to keep (labelled ones, those models.config names and served ones stay)")
     gc.add_argument("--no-server", action="store_true",
                     help="no server serves this repository: delete without asking one (else --server is required)")
+    logging = command("logging", "log a model's requests, or stop (models.config's logging_config)")
+    logging.add_argument("model")
+    where = logging.add_mutually_exclusive_group(required=True)
+    where.add_argument("--filename-prefix", help="log files are PREFIX-* (a path; relative to where the server runs)")
+    where.add_argument("--off", action="store_true", help="stop logging this model's requests")
+    logging.add_argument("--sampling-rate", type=float, default=1.0, help="the share of requests logged (0 to 1)")
     for command in (label, promote, rollback, gc):
         command.add_argument("--server", help="HOST:PORT of a running server's gRPC API to apply the change to")
         command.add_argument("--base-path-root", help="the repository's path as that server sees it (e.g. /models)")
@@ -180,6 +188,15 @@ def rollback(registry: Registry, args) -> None:
     change_label(registry, args, args.model, args.label, previous, "rollback")
 
 
+def set_logging(registry: Registry, args) -> None:
+    if not 0 <= args.sampling_rate <= 1:
+        raise CommandLineError(f"--sampling-rate: expected a share of requests from 0 to 1, received {args.sampling_rate}.")
+    path = registry.set_logging(args.model, None if args.off else args.filename_prefix, args.sampling_rate)
+    print(f"{args.model}: requests no longer logged; {path} rewritten" if args.off else
+          f"{args.model}: {args.sampling_rate:.0%} of requests logged to {args.filename_prefix}-* (PredictionLog "
+          f"TFRecords); {path} rewritten (servers polling it follow; tensorflow_model_server cannot log)")
+
+
 def change_label(registry: Registry, args, model: str, name: str, version: int, action: str) -> None:
     """Move the label in one transaction; apply it to the server (if any) before committing, so a refusal
     leaves everything as it was; then write models.config."""
@@ -272,7 +289,7 @@ def _served(server: str, model: str) -> set[int]:
 
 
 COMMANDS = {"list": list_versions, "show": show, "diff": diff, "label": label, "promote": promote,
-            "rollback": rollback, "gc": collect}
+            "rollback": rollback, "gc": collect, "logging": set_logging}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,6 +73,21 @@ def test_labels_have_a_history_and_become_the_servers_config(repo, capsys):
     assert "acc 0.9100" in listing and "stable" in listing and "run-3" in listing
 
 
+def test_a_models_logging_is_set_kept_through_label_changes_and_turned_off(repo, capsys):
+    assert run_cli(repo, "logging", "hpt", "--filename-prefix", "logs/hpt", "--sampling-rate", "0.25") == 0
+    assert "hpt: 25% of requests logged to logs/hpt-* (PredictionLog TFRecords)" in capsys.readouterr().out
+    assert run_cli(repo, "label", "hpt", "stable", "2") == 0  # models.config rewritten: the logging stays
+    (model,) = load_model_server_config(str(repo / "models.config")).model_config_list.config
+    assert (model.logging_config.log_collector_config.type, model.logging_config.log_collector_config.filename_prefix,
+            model.logging_config.sampling_config.sampling_rate) == ("tfrecord", "logs/hpt", 0.25)
+    assert dict(model.version_labels) == {"stable": 2}
+    assert run_cli(repo, "logging", "hpt", "--off") == 0
+    (model,) = load_model_server_config(str(repo / "models.config")).model_config_list.config
+    assert not model.HasField("logging_config") and dict(model.version_labels) == {"stable": 2}
+    assert run_cli(repo, "logging", "hpt", "--filename-prefix", "x", "--sampling-rate", "2") == 2
+    assert "--sampling-rate: expected a share of requests from 0 to 1, received 2.0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (("label", "nope", "stable", "1"), "no model 'nope' in"),
     (("label", "hpt", "stable", "9"), "version 9 of model 'hpt' does not exist; versions: [3, 2, 1]"),
