@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     logging = command("logging", "log a model's requests, or stop (models.config's logging_config)")
     logging.add_argument("model")
     where = logging.add_mutually_exclusive_group(required=True)
-    where.add_argument("--filename-prefix", help="log files are PREFIX-* (a path; relative to where the server runs)")
+    where.add_argument("--filename-prefix", help="log files are PREFIX-* (a path, made absolute here)")
     where.add_argument("--off", action="store_true", help="stop logging this model's requests")
     logging.add_argument("--sampling-rate", type=float, default=1.0, help="the share of requests logged (0 to 1)")
     for command in (label, promote, rollback, gc):
@@ -191,9 +191,10 @@ def rollback(registry: Registry, args) -> None:
 def set_logging(registry: Registry, args) -> None:
     if not 0 <= args.sampling_rate <= 1:
         raise CommandLineError(f"--sampling-rate: expected a share of requests from 0 to 1, received {args.sampling_rate}.")
-    path = registry.set_logging(args.model, None if args.off else args.filename_prefix, args.sampling_rate)
+    prefix = None if args.off else str(Path(args.filename_prefix).resolve())  # a server may run elsewhere
+    path = registry.set_logging(args.model, prefix, args.sampling_rate)
     print(f"{args.model}: requests no longer logged; {path} rewritten" if args.off else
-          f"{args.model}: {args.sampling_rate:.0%} of requests logged to {args.filename_prefix}-* (PredictionLog "
+          f"{args.model}: {args.sampling_rate:.0%} of requests logged to {prefix}-* (PredictionLog "
           f"TFRecords); {path} rewritten (servers polling it follow; tensorflow_model_server cannot log)")
 
 

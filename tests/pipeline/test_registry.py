@@ -73,13 +73,15 @@ def test_labels_have_a_history_and_become_the_servers_config(repo, capsys):
     assert "acc 0.9100" in listing and "stable" in listing and "run-3" in listing
 
 
-def test_a_models_logging_is_set_kept_through_label_changes_and_turned_off(repo, capsys):
+def test_a_models_logging_is_set_kept_through_label_changes_and_turned_off(repo, capsys, monkeypatch):
+    monkeypatch.chdir(repo.parent)
     assert run_cli(repo, "logging", "hpt", "--filename-prefix", "logs/hpt", "--sampling-rate", "0.25") == 0
-    assert "hpt: 25% of requests logged to logs/hpt-* (PredictionLog TFRecords)" in capsys.readouterr().out
+    prefix = str(repo.parent / "logs" / "hpt")  # as given, from where the command ran: a server runs elsewhere
+    assert f"hpt: 25% of requests logged to {prefix}-* (PredictionLog TFRecords)" in capsys.readouterr().out
     assert run_cli(repo, "label", "hpt", "stable", "2") == 0  # models.config rewritten: the logging stays
     (model,) = load_model_server_config(str(repo / "models.config")).model_config_list.config
     assert (model.logging_config.log_collector_config.type, model.logging_config.log_collector_config.filename_prefix,
-            model.logging_config.sampling_config.sampling_rate) == ("tfrecord", "logs/hpt", 0.25)
+            model.logging_config.sampling_config.sampling_rate) == ("tfrecord", prefix, 0.25)
     assert dict(model.version_labels) == {"stable": 2}
     assert run_cli(repo, "logging", "hpt", "--off") == 0
     (model,) = load_model_server_config(str(repo / "models.config")).model_config_list.config
