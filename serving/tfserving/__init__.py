@@ -6,7 +6,7 @@ sweep that chooses its batching parameters.
 
 The bundle holds the model versions its models.config serves, the three config files tensorflow_model_server
 reads (models.config, batching_parameters.txt, monitoring.config), Dockerfiles (GPU and CPU),
-docker-compose.yml, Kubernetes manifests (k8s/) and a README. Our embedded server accepts the same files
+docker-compose.yml, Kubernetes manifests (k8s/), the request logging pod beside it (logging/) and a README. Our embedded server accepts the same files
 and flags, so the tests serve a bundle locally before it is deployed.
 
     errors.py     UsageError: a problem with the command's input (one line, exit 2)
@@ -14,6 +14,7 @@ and flags, so the tests serve a bundle locally before it is deployed.
     served.py     which models and versions a bundle serves (the repository's models.config, or generated)
     docker.py     Dockerfile, Dockerfile.gpu, docker-compose.yml
     k8s.py        Deployment, Service, HorizontalPodAutoscaler, ConfigMap
+    request_logging.py  logging/: the request logs TF Serving's build cannot write, by maas's server beside it
     yamlfile.py   YAML as people write it (no anchors, config files as literal blocks)
     readme.py     the bundle's README
     bundle.py     build: all of the above into a temp dir, renamed into place
