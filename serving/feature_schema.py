@@ -31,6 +31,7 @@ class FeatureSchema:
     low: np.ndarray  # their training minimum and maximum (float64)
     high: np.ndarray
     categorical: dict[str, frozenset[bytes]]  # input name -> vocabulary
+    categorical_names: tuple[str, ...]  # its keys, in order
 
     @classmethod
     def read(cls, version_dir: Path) -> FeatureSchema | None:
@@ -52,7 +53,7 @@ class FeatureSchema:
         categorical = {f["name"]: frozenset(str(v).encode() for v in f["vocabulary"])
                        for f in features if f["dtype"] == "category"}
         return cls(tuple(f["name"] for f in numeric), np.array([float(f["min"]) for f in numeric]),
-                   np.array([float(f["max"]) for f in numeric]), categorical)
+                   np.array([float(f["max"]) for f in numeric]), categorical, tuple(categorical))
 
     def count(self, columns: dict[str, np.ndarray]) -> tuple[int, np.ndarray, np.ndarray]:
         """(rows, out-of-range values per numeric feature, unseen values per categorical feature) of a request's

@@ -89,15 +89,26 @@ class _Tally:
         self.names: list[str] = []
         self.index: dict[str, int] = {}
         self.counts = np.zeros(0, np.int64)
+        self._positions: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}  # id(names) -> (names, their indices)
 
     def add(self, names: tuple[str, ...], counts: np.ndarray) -> None:
+        indices = self._indices(names)  # first: it may grow self.counts
+        self.counts[indices] += counts
+
+    def _indices(self, names: tuple[str, ...]) -> np.ndarray:
+        """Where a schema's features are counted: found once per schema (its tuple of names), not per row."""
+        found = self._positions.get(id(names))
+        if found is not None and found[0] is names:
+            return found[1]
         for name in names:
             if name not in self.index:
                 self.index[name] = len(self.names)
                 self.names.append(name)
         if len(self.counts) < len(self.names):
             self.counts = np.concatenate([self.counts, np.zeros(len(self.names) - len(self.counts), np.int64)])
-        self.counts[[self.index[name] for name in names]] += counts
+        indices = np.array([self.index[name] for name in names], np.intp)
+        self._positions[id(names)] = (names, indices)
+        return indices
 
 
 class FeatureCounts:

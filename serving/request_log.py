@@ -374,10 +374,7 @@ class RequestLog:
                 item.retired = True
                 item.close()
             elif item is not None:
-                try:
-                    self._handle(*item)
-                except Exception:  # noqa: BLE001 -- a bug here must not stop the logging of later requests
-                    log.exception("Request log: a record could not be made")
+                self._handle(*item)
             if item is None or time.monotonic() - flushed >= FLUSH_EVERY_S:
                 for files in list(self._files.values()):
                     files.flush()
@@ -388,11 +385,20 @@ class RequestLog:
     def _handle(self, answered: Answered, logger: ModelLogger | None, size: int) -> None:
         with self._lock:
             self._queued_bytes -= size
+        # a bug in one must not stop the other, nor what later requests are logged and counted
+        if answered.servable.schema is not None:
+            try:
+                self._count(answered)
+            except Exception:  # noqa: BLE001
+                log.exception("Request log: %s's values could not be counted", answered.servable)
+        if logger is not None:
+            try:
+                self._log(answered, logger)
+            except Exception:  # noqa: BLE001
+                log.exception("Request log: a record of %s could not be made", answered.servable)
+
+    def _log(self, answered: Answered, logger: ModelLogger) -> None:
         servable = answered.servable
-        if servable.schema is not None:
-            self._count(answered)
-        if logger is None:
-            return
         record = prediction_log(answered, logger.sampling)
         files = logger.files
         if self._disk_bytes() + len(record) + RECORD_OVERHEAD > self.max_disk_bytes:
@@ -412,7 +418,7 @@ class RequestLog:
         schema = answered.servable.schema
         columns = answered.request if answered.api == "predict" else schema.example_columns(answered.request)
         rows, out_of_range, unseen = schema.count(columns)
-        self.metrics.features.add(answered.servable.name, schema.numeric, tuple(schema.categorical), rows,
+        self.metrics.features.add(answered.servable.name, schema.numeric, schema.categorical_names, rows,
                                   out_of_range, unseen)
 
     def close(self) -> None:

@@ -260,6 +260,7 @@ def test_sigterm_flushes_what_was_answered(server, traffic):
         post(server, "tabular:predict", {"instances": ROWS[:1]})
     assert server.stop() == 0, server.log_tail()  # at once: before the next periodic flush
     assert len(records(server.work / "logs" / "tabular")) == before + 5
+    assert "could not be" not in server.log.read_text()  # no record failed to be made, no row to be counted
 
 
 BAD = {  # logging_config -> what the refusal says after "model 'hpt': logging_config."
