@@ -92,8 +92,9 @@ class _Tally:
         self._positions: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}  # id(names) -> (names, their indices)
 
     def add(self, names: tuple[str, ...], counts: np.ndarray) -> None:
-        indices = self._indices(names)  # first: it may grow self.counts
-        self.counts[indices] += counts
+        indices = self._indices(names)  # first: it may grow self.counts (and names each feature: 0 is a count)
+        if counts.any():  # most rows are within the schema: nothing to add
+            self.counts[indices] += counts
 
     def _indices(self, names: tuple[str, ...]) -> np.ndarray:
         """Where a schema's features are counted: found once per schema (its tuple of names), not per row."""
