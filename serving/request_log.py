@@ -12,9 +12,9 @@ e.g. /var/log/maas/digits-20261206T064700Z-4242-000003.tfrecord: tf.io.TFRecordW
 mode 0600 in a directory made 0700 when missing. The sequence counts the files this server opened, every prefix
 together, so names sort in the order written. A file is rotated (closed, complete) once the next record would take
 it past --request_log_max_file_bytes; the file being written may end in a partial record. Every record holds
-`log_metadata` (model_spec: the model, the version that answered, the signature decided; sampling_config as
-configured; saved_model_tags ["serve"]; timestamp_secs) and one of predict_log, classify_log, regress_log,
-multi_inference_log with the request and the response. REST requests are logged as the gRPC request that means
+`log_metadata` (model_spec: the model, the version that answered, the signature decided, a MultiInference's first
+task's; sampling_config as configured; saved_model_tags ["serve"]; timestamp_secs, the answer's time) and one of
+predict_log, classify_log, regress_log, multi_inference_log with the request and the response. REST requests are logged as the gRPC request that means
 the same and both front ends' requests are rebuilt from what the model was given (inputs as tf.make_tensor_proto
 encodes them, tf.Examples with any context merged in), so one request gives the same record on either port; the
 response is what gRPC answers (typed fields). Only requests answered OK are logged, as in TF Serving.
@@ -77,7 +77,7 @@ class Answered:
 
     api: str  # predict, classify, regress or multi_inference
     servable: Servable
-    signature: str  # as decided; a MultiInference's: (method, signature) per task
+    signature: str | list[tuple[str, str]]  # as decided; a MultiInference's: (method, signature) per task
     requested: model_pb2.ModelSpec | list | None
     request: dict | list
     result: object
@@ -122,10 +122,12 @@ def prediction_log(answered: Answered, sampling: logging_config_pb2.SamplingConf
     else:
         entry = getattr(record, f"{a.api}_log")
         entry.request.input.CopyFrom(api_protos.example_list_input(a.request))
-        response = (api_protos.classification_response(servable, a.signature, *a.result, len(a.request))
-                    if a.api == "classify" else
-                    api_protos.regression_response(servable, a.signature, a.result) if a.api == "regress" else
-                    api_protos.multi_inference_response(servable, a.signature, a.result, len(a.request)))
+        if a.api == "classify":
+            response = api_protos.classification_response(servable, a.signature, *a.result, len(a.request))
+        elif a.api == "regress":
+            response = api_protos.regression_response(servable, a.signature, a.result)
+        else:
+            response = api_protos.multi_inference_response(servable, a.signature, a.result, len(a.request))
     entry.response.CopyFrom(response)
     if a.api == "multi_inference":
         entry.request.tasks.extend(a.requested or [])
