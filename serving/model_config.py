@@ -1,8 +1,8 @@
 """Which models the server serves and which of their versions: the ModelServerConfig.
 
-Built from `--model_name`/`--model_base_path` or read from a `--model_config_file` (text-format
-ModelServerConfig), checked (a model's logging_config included: what serving.request_log can honour), and asked which versions a model's version policy wants among those
-the model repository holds (what a version is, is the `repository` module's rule).
+Built from `--model_name`/`--model_base_path` or read from a `--model_config_file` (text-format ModelServerConfig),
+checked (a model's logging_config included: what serving.request_log can honour), and asked which versions a model's
+version policy wants among those the model repository holds (what a version is, is the `repository` module's rule).
 """
 from __future__ import annotations
 

@@ -14,10 +14,11 @@ together, so names sort in the order written. A file is rotated (closed, complet
 it past --request_log_max_file_bytes; the file being written may end in a partial record. Every record holds
 `log_metadata` (model_spec: the model, the version that answered, the signature decided, a MultiInference's first
 task's; sampling_config as configured; saved_model_tags ["serve"]; timestamp_secs, the answer's time) and one of
-predict_log, classify_log, regress_log, multi_inference_log with the request and the response. REST requests are logged as the gRPC request that means
-the same and both front ends' requests are rebuilt from what the model was given (inputs as tf.make_tensor_proto
-encodes them, tf.Examples with any context merged in), so one request gives the same record on either port; the
-response is what gRPC answers (typed fields). Only requests answered OK are logged, as in TF Serving.
+predict_log, classify_log, regress_log, multi_inference_log with the request and the response. REST requests are
+logged as the gRPC request that means the same and both front ends' requests are rebuilt from what the model was
+given (inputs as tf.make_tensor_proto encodes them, tf.Examples with any context merged in), so one request gives
+the same record on either port; the response is what gRPC answers (typed fields). Only requests answered OK are
+logged, as in TF Serving.
 
 Nothing here runs on the event loop or can fail a request: the request path decides sampling and queues
 references to the request's arrays (at most MAX_QUEUED_BYTES of them); one thread builds the records, counts

@@ -55,7 +55,8 @@ def build(repository: Path, out: Path, image_tag: str, name: str, gpus: int, log
     first_model = what.config.model_config_list.config[0].name
     image = container.image(name, image_tag, gpu=gpus > 0)
     files.update({f"k8s/{file}": text for file, text in k8s.manifests(name, image, first_model, gpus, configs).items()})
-    logging_configs = {**configs, container.MODELS_CONFIG: request_logging.models_config(what.config, log_sampling_rate)}
+    logged_models = request_logging.models_config(what.config, log_sampling_rate)
+    logging_configs = {**configs, container.MODELS_CONFIG: logged_models}
     files.update({f"logging/{container.MODELS_CONFIG}": logging_configs[container.MODELS_CONFIG],
                   "logging/Dockerfile": request_logging.dockerfile()})
     files.update({f"logging/k8s/{file}": text for file, text in

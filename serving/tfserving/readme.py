@@ -107,9 +107,10 @@ kubectl apply -f logging/k8s/
 kubectl set image deployment/{name}-logging maas-serving=REGISTRY/{logging_image}
 ```
 
-`{request_logging.MAAS_IMAGE}` is built at the maas repository's root (`docker build -t {request_logging.MAAS_IMAGE} .`).
-The logs go to the claim `{request_logging.claim_name(name)}` ({request_logging.STORAGE_GIB} Gi, mounted at
-`{container.LOGS_DIR}`): `{container.LOGS_DIR}/<model>-<start>-<pid>-<sequence>.tfrecord`, TFRecord files of
+`{request_logging.MAAS_IMAGE}` is built at the maas repository's root
+(`docker build -t {request_logging.MAAS_IMAGE} .`). The logs go to the claim
+`{request_logging.claim_name(name)}` ({request_logging.STORAGE_GIB} Gi, mounted at `{container.LOGS_DIR}`):
+`{container.LOGS_DIR}/<model>-<start>-<pid>-<sequence>.tfrecord`, TFRecord files of
 `tensorflow.serving.PredictionLog` records, rotated at 64 MiB and kept under 90 % of the claim (past it records are
 dropped and counted, never a request failed); read them where the claim is mounted. The pod runs on CPU, as
 uid 1000. Its metrics (`{container.METRICS_PATH}` on the `{name}-logging` Service) add the records dropped and,

@@ -97,7 +97,8 @@ def deployment(name: str, tag: str, first_model: str, mode: str) -> dict:
             "selector": {"matchLabels": selector(name)},
             "strategy": {"type": "Recreate"},  # the old pod lets go of the claim before the new one mounts it
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": replica["spec"]["template"]["metadata"]["annotations"]},
+                "metadata": {"labels": pod_labels,
+                             "annotations": replica["spec"]["template"]["metadata"]["annotations"]},
                 "spec": {
                     # the maas image runs as uid 1000; the volume is made writable for its group
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
