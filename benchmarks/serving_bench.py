@@ -1,6 +1,7 @@
 """Serving throughput and latency, ours against the in-process limit and against peers, in one run.
 
     python benchmarks/serving_bench.py [--model mid] [--seconds 8] [--quick]
+    python benchmarks/serving_bench.py --logging [--model mid] [--seconds 8]   # request logging's cost
 
 Measured side by side on this machine, in one run (the host drifts, so only ratios within a run
 mean anything), twice: "pinned" (the server, and the in-process limit, on core 0; load generators on the
@@ -21,10 +22,18 @@ localhost/loadgen.py, open loop at fixed arrival rates (latency from the schedul
 the knee: the highest rate whose p99 stays under --p99-bound-ms. The client's CPU share is reported.
 Only 127.0.0.1. Writes
 benchmarks/results/serving_<model>.json, .md and a latency-vs-throughput plot (_latency.png).
+
+With --logging it measures only what request logging costs (issue #29's target: >= 0.9 of the throughput with
+logging off), pinned (the servers on CPU 0, the load on the others): two servers with batching, one serving the
+model as it is, the other a copy that ships a schema.json (every input value a float32 feature, so each request is
+also counted against it) with a logging_config at sampling_rate 1.0; closed-loop REST and gRPC load in
+alternating rounds (medians), from localhost.loadgen's Python clients (wrk and h2load are not needed); then the
+records written and dropped. Writes benchmarks/results/logging.json and .md.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -51,6 +60,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
+from localhost import loadgen  # noqa: E402
 from localhost.loadgen import knee  # noqa: E402
 from localhost.machine import machine  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
@@ -242,10 +252,13 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 
 # -- servers ---------------------------------------------------------------------------------------
 
-def start_ours(repo: Path, name: str, workdir: Path, batching: str | None, grpc_port: int = 0) -> ServerProcess:
-    """`batching`: None for none, "" for --enable_batching with its defaults, else a BatchingParameters text."""
-    flags = [f"--model_name={name}", f"--model_base_path={repo / name}", f"--port={grpc_port}",
-             "--file_system_poll_wait_seconds=0"]
+def start_ours(repo: Path, name: str, workdir: Path, batching: str | None, grpc_port: int = 0,
+               model_config: Path | None = None, flags: list[str] = ()) -> ServerProcess:
+    """`batching`: None for none, "" for --enable_batching with its defaults, else a BatchingParameters text;
+    `model_config` serves that --model_config_file instead of repo/name; `flags` are more of them."""
+    models_flags = ([f"--model_config_file={model_config}"] if model_config else
+                    [f"--model_name={name}", f"--model_base_path={repo / name}"])
+    flags = [*models_flags, f"--port={grpc_port}", "--file_system_poll_wait_seconds=0", *flags]
     if batching is not None:
         flags.append("--enable_batching")
     if batching:
@@ -343,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3-second measurements, no naive peer")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--p99-bound-ms", type=float, default=100.0, help="latency bound that defines the knee")
+    parser.add_argument("--logging", action="store_true", help="measure request logging's cost only")
     parser.add_argument("--limit-of", nargs=2, metavar=("MODEL_DIR", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seconds = 3.0 if args.quick else args.seconds
@@ -351,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 1 <= seconds <= 60:
         parser.error(f"--seconds must be within 1..60 (a bounded run), received {seconds}")
+    if args.logging:
+        return logging_cost(args.model, seconds, args.out)
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
         parser.error(f"{' and '.join(missing)} not found: apt-get install wrk nghttp2-client")
@@ -452,6 +468,147 @@ def measure_layout(layout: str, cpus: tuple[set[int], set[int]], repo: Path, mod
         finally:
             server.stop()
     return r
+
+
+# -- request logging's cost ---------------------------------------------------------------------------
+
+LOGGING_ROUNDS = 5
+
+
+def logged_copy(model_dir: Path, name: str, workdir: Path, sampling_rate: float) -> Path:
+    """The model again, shipping a schema.json with each value of its (flattened) input a float32 feature seen in
+    [0, 1] (what bench_models.sample draws), and a --model_config_file logging it; returns the config file."""
+    version = workdir / "logged" / name / "1"
+    shutil.copytree(model_dir, version)
+    width = int(np.prod(models.MODELS[name][1]))
+    features = [{"name": f"v{j}", "dtype": "float32", "min": 0.0, "max": 1.0, "mean": 0.5, "std": 0.29}
+                for j in range(width)]
+    (version / "assets.extra").mkdir(exist_ok=True)
+    (version / "assets.extra" / "schema.json").write_text(json.dumps({"kind": "numeric", "features": features}))
+    config = workdir / "logged.config"
+    config.write_text(f'model_config_list {{ config {{ name: "{name}" base_path: "{version.parent}" '
+                      f'logging_config {{ log_collector_config {{ type: "tfrecord" '
+                      f'filename_prefix: "{workdir / "logs" / name}" }} '
+                      f'sampling_config {{ sampling_rate: {sampling_rate} }} }} }} }}')
+    return config
+
+
+def logging_cost(model: str, seconds: float, out: Path) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="logging-bench-"))
+    server_cpus, client_cpus = LAYOUTS["pinned"]
+    model_dir = models.build(model, workdir / "repo")
+    x1 = models.sample(model, 1)
+    body = json.dumps({"instances": np.round(x1.astype(np.float64), 3).tolist()}).encode()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x1))
+    monitoring = workdir / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }")
+    config = logged_copy(model_dir, model, workdir, 1.0)
+    results = {"machine": machine(), "model": model, "seconds": seconds, "request_bytes": len(body),
+               "connections": CONNECTIONS, "rounds": LOGGING_ROUNDS, "server_cpus": sorted(server_cpus),
+               "client_cpus": sorted(client_cpus), "runs": {}}
+    ports = {"off": free_port(), "on": free_port()}
+    print(f"[logging] {model}: servers on CPUs {sorted(server_cpus)}, load on {sorted(client_cpus)}", flush=True)
+    with on_cpus(server_cpus):
+        servers = {"off": start_ours(workdir / "repo", model, workdir, "", ports["off"]),
+                   "on": start_ours(workdir / "repo", model, workdir, "", ports["on"], model_config=config,
+                                    flags=[f"--monitoring_config_file={monitoring}",
+                                           "--request_log_max_disk_bytes=8589934592"])}
+    try:
+        with on_cpus(client_cpus):
+            for round_ in range(LOGGING_ROUNDS):
+                for api in ("rest", "grpc"):
+                    for which in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
+                        load = (loadgen.closed_loop(servers[which].url + predict_url(model), body, CONNECTIONS,
+                                                    seconds) if api == "rest" else
+                                loadgen.grpc_closed_loop(f"127.0.0.1:{ports[which]}",
+                                                         "/tensorflow.serving.PredictionService/Predict",
+                                                         request.SerializeToString(), CONNECTIONS, seconds))
+                        server_cpu = cpu_seconds(servers[which].process.pid)
+                        run, cpu = _with_cpu(load)
+                        run["client_cpu_share"] = cpu / (run["seconds"] * len(client_cpus))
+                        run["server_cpu_ms"] = (cpu_seconds(servers[which].process.pid) - server_cpu) * 1000 / max(
+                            run["ok"], 1)  # per request: what other work on the host does not change much
+                        results["runs"].setdefault(f"{api}_{which}", []).append(run)
+                        print(f"  round {round_ + 1} {api} logging {which}: {run['per_s']:.0f}/s, "
+                              f"p50 {run['p50_ms']:.1f} ms, errors {run['errors'] or 0}", flush=True)
+        time.sleep(2)  # the logging thread flushes within a second
+        results["logged"] = _log_counts(servers["on"].url, workdir / "logs", model)
+        results["rss_mib"] = {which: server.rss_mib() for which, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    results["load_average_end"] = os.getloadavg()
+    for api in ("rest", "grpc"):  # each round's two runs are neighbours in time: their ratio is the least drifted
+        offs, ons = ([r["per_s"] for r in results["runs"][f"{api}_{w}"]] for w in ("off", "on"))
+        off, on = statistics.median(offs), statistics.median(ons)
+        cpu_off, cpu_on = (statistics.median(r["server_cpu_ms"] for r in results["runs"][f"{api}_{w}"])
+                           for w in ("off", "on"))
+        results[api] = {"off_per_s": off, "on_per_s": on, "ratio": statistics.median(b / a for a, b in zip(offs, ons)),
+                        "ratio_of_medians": on / off, "cost_us": (1 / on - 1 / off) * 1e6,
+                        "server_cpu_ms_off": cpu_off, "server_cpu_ms_on": cpu_on, "cpu_ratio": cpu_off / cpu_on}
+    write_logging(results, out / "logging")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _with_cpu(load) -> tuple[dict, float]:
+    """Run a load coroutine here; its result and the CPU seconds this process spent on it."""
+    started = time.process_time()
+    result = asyncio.run(load)
+    return result, time.process_time() - started
+
+
+def _log_counts(url: str, logs: Path, model: str) -> dict:
+    import requests
+
+    text = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=30).text
+    count = lambda pattern: sum(float(v) for v in re.findall(pattern, text))  # noqa: E731
+    files = sorted(logs.glob(f"{model}-*.tfrecord"))
+    return {"written": count(rf':tensorflow:serving:request_log_count{{model_name="{model}",status_code="OK"}} (\d+)'),
+            "dropped": count(rf'serving_request_log_dropped_total{{model="{model}",reason="\w+"}} (\S+)'),
+            "rows_counted": count(rf'serving_feature_rows_total{{model="{model}"}} (\S+)'),
+            "rows_not_counted": count(rf'serving_feature_rows_skipped_total{{model="{model}"}} (\S+)'),
+            "files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+
+
+def write_logging(results: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    m, logged = results["machine"], results["logged"]
+    lines = [f"# Request logging's cost: {results['model']} ({results['request_bytes']} B JSON request)", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; "
+             f"load average {m['load_average_1m']:g} at the start and {results['load_average_end'][0]:.2f} at the "
+             f"end (other work shared the host: re-run on a quiet one). `python benchmarks/serving_bench.py "
+             f"--logging --model {results['model']} --seconds {results['seconds']:g}`.", "",
+             f"Both servers with batching (its defaults) on CPU {results['server_cpus']}, the Python load generators "
+             f"(localhost.loadgen, {results['connections']} connections or calls, closed loop) on CPUs "
+             f"{results['client_cpus']}; {results['rounds']} rounds of {results['seconds']:g} s, the two servers in "
+             f"turn, medians. Logging on: the same SavedModel shipping a schema.json (every input value a feature, "
+             f"counted per request) and a logging_config with sampling_rate 1.0 (every request a PredictionLog "
+             f"record).", "",
+             "| API | logging off, req/s | logging on, req/s | on / off, median of the rounds' (target >= 0.9) | "
+             "of the medians | server CPU per request, off / on | throughput its CPU allows, on / off |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for api in ("rest", "grpc"):
+        r = results[api]
+        lines.append(f"| {api.upper() if api == 'rest' else 'gRPC'} | {r['off_per_s']:.0f} | {r['on_per_s']:.0f} | "
+                     f"**{r['ratio']:.2f}** | {r['ratio_of_medians']:.2f} | {r['server_cpu_ms_off']:.2f} / "
+                     f"{r['server_cpu_ms_on']:.2f} ms | **{r['cpu_ratio']:.2f}** |")
+    lines += ["", f"Records written {logged['written']:.0f}, dropped {logged['dropped']:.0f}, in {logged['files']} "
+              f"files of {logged['bytes'] / 2**20:.0f} MiB; rows counted against the schema "
+              f"{logged['rows_counted']:.0f}, not counted (queue full) {logged['rows_not_counted']:.0f}. Server RSS "
+              f"at the end: {results['rss_mib']['off']:.0f} MiB off, {results['rss_mib']['on']:.0f} MiB on.", "",
+              "The server's CPU time per request (utime + stime from /proc, over each run) is what the host's other "
+              "work changes least: its ratio is the throughput ratio a server alone on its core would see.", "",
+              "| run | per s | p50 ms | p99 ms | errors | server CPU ms per request | client CPU share |",
+              "|---|---:|---:|---:|---|---:|---:|"]
+    for key, runs in results["runs"].items():
+        lines += [f"| {key} | {r['per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or ''} | "
+                  f"{r['server_cpu_ms']:.2f} | {r['client_cpu_share']:.2f} |" for r in runs]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def ratios(r: dict) -> dict:

@@ -8,6 +8,9 @@ its queueing in the numbers instead of hiding it (closed-loop clients slow down 
 
 Prints one JSON line: achieved rate, p50/p90/p99/max latency, errors by kind. Only loopback
 targets, at most 60 s and 20 000 requests/s: a load test never leaves this machine or runs on.
+
+`closed_loop` (REST) and `grpc_closed_loop` are the other kind, for throughput where wrk and h2load are not
+installed: a fixed number of connections (calls) each sending its next request when the last is answered.
 """
 from __future__ import annotations
 
@@ -101,6 +104,75 @@ async def open_loop(url: str, body: bytes, rate: float, seconds: float, connecti
     return {"offered_per_s": rate, "achieved_per_s": len(latencies) / elapsed, "requests": total,
             "ok": len(latencies), "errors": dict(errors), "p50_ms": float(np.percentile(ms, 50)),
             "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+
+
+def _checked_seconds(seconds: float) -> None:
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"a bounded run needs 0 < seconds <= {MAX_SECONDS}; received seconds={seconds}")
+
+
+def _summary(latencies: list[float], errors: Counter, elapsed: float) -> dict:
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {"per_s": len(latencies) / elapsed, "requests": len(latencies) + sum(errors.values()), "ok": len(latencies),
+            "errors": dict(errors), "seconds": elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+async def closed_loop(url: str, body: bytes, connections: int, seconds: float) -> dict:
+    """`connections` keep-alive HTTP connections, each posting `body` again as soon as it is answered, for
+    `seconds`: answered 200 per second, latency percentiles, errors by kind."""
+    host, port, path = check_target(url)
+    _checked_seconds(seconds)
+    payload = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    latencies, errors = [], Counter()
+    deadline = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                status = await _request(reader, writer, payload)
+                if status == 200:
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    errors[f"http_{status}"] += 1
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            errors[type(e).__name__] += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(connections)))
+    return _summary(latencies, errors, time.perf_counter() - started)
+
+
+async def grpc_closed_loop(target: str, method: str, request: bytes, calls: int, seconds: float) -> dict:
+    """`calls` concurrent unary calls of `method` ("/package.Service/Method") with the serialized `request` on one
+    channel, each made again as soon as it is answered, for `seconds` (the messages are not parsed: the client's
+    cost stays small)."""
+    import grpc
+
+    check_target(f"http://{target}/")
+    _checked_seconds(seconds)
+    latencies, errors = [], Counter()
+    deadline = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+        async def caller() -> None:
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                try:
+                    await call(request, timeout=30)
+                    latencies.append(time.perf_counter() - sent)
+                except grpc.aio.AioRpcError as e:
+                    errors[e.code().name] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(calls)))
+        return _summary(latencies, errors, time.perf_counter() - started)
 
 
 def holds(point: dict, p99_bound_ms: float) -> bool:

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
          help="close REST connections that send no complete request header for this long (idle or trickling)")
     flag("--drain_timeout_s", type=float, default=10.0,
          help="on SIGTERM: status answers 503, listeners close, requests in flight get this long to finish")
+    flag("--request_log_max_file_bytes", type=int, default=64 * 2**20,
+         help="request log files (a model's logging_config) are rotated before they grow past this")
+    flag("--request_log_max_disk_bytes", type=int, default=2**30,
+         help="the request log files of every filename_prefix together may hold this much on disk; past it records "
+              "are dropped and counted (serving_request_log_dropped{reason=\"disk_bound\"}) until files are removed")
     for name in UNSUPPORTED:
         flag(f"--{name}", dest=f"unsupported_{name}", default=None, help=argparse.SUPPRESS)
     return p
@@ -131,6 +136,10 @@ def parse_settings(argv: list[str]) -> Settings:
     if not args.port and not args.rest_api_port:
         problems.append("neither --port nor --rest_api_port is set: nothing would serve.")
     model_config = batching = metrics_path = grpc_options = access = ssl_config = session = None
+    if args.request_log_max_file_bytes <= 0 or args.request_log_max_disk_bytes < 0:
+        problems.append(f"--request_log_max_file_bytes={args.request_log_max_file_bytes} and "
+                        f"--request_log_max_disk_bytes={args.request_log_max_disk_bytes}: expected a positive size "
+                        f"and a size of at least 0 (bytes).")
     if args.auth_allow_status and not args.auth_token_file:
         problems.append("--auth_allow_status needs --auth_token_file (without tokens everything is open).")
     try:

@@ -1,7 +1,9 @@
 """The request path both front ends (REST, gRPC) share: admit the request (credentials, role, the bound on
 requests in flight), find the servable, decide the signature and check the request against it (once), run it
 (through the dynamic batcher, or on the thread pool), shape the result, count it. Front ends reach models,
-signatures, metrics, the audit log and config reloads only through this class.
+signatures, metrics, the audit log, config reloads and the request log only through this class. Each model call
+answered OK is handed to the request log (serving.request_log), which samples it for the log and counts its values
+against the version's schema on a thread of its own.
 
 Model calls never run on the event loop: TF releases the GIL while a graph runs, so the loop keeps
 parsing and answering other requests meanwhile.
@@ -27,6 +29,7 @@ from serving.errors import InvalidArgument, ResourceExhausted, ServingError, Una
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
+from serving.request_log import Answered, RequestLog
 from serving.servable import Servable, SignatureRunner, TensorSpec, Tensors
 
 log = logging.getLogger("serving")
@@ -42,9 +45,10 @@ RELEASE_AFTER_ANSWER_S = 0.1  # after a large request: by then its answer is wri
 class ServingCore:
     def __init__(self, manager: ModelManager, metrics: Metrics, batching: BatchingParameters | None,
                  num_threads: int, check_method_names: bool = False, access: Access | None = None,
-                 audit: AuditLog | None = None, max_in_flight: int = 0):
+                 audit: AuditLog | None = None, max_in_flight: int = 0, request_log: RequestLog | None = None):
         self.manager = manager
         self.metrics = metrics
+        self.request_log = request_log or RequestLog(metrics)
         self.check_method_names = check_method_names
         self.access = access or Access()
         self.audit = audit or AuditLog()
@@ -165,16 +169,27 @@ class ServingCore:
         """The ModelServerConfig in force."""
         return self.manager.config
 
+    def start(self, poll_wait_seconds: float) -> None:
+        """Apply the first config (blocking): its request logs checked writable before any model loads, the
+        models loaded (manager.start), then the request logs in force."""
+        plan = self.request_log.prepare(self.manager.config)
+        self.manager.start(poll_wait_seconds)
+        self.request_log.apply(plan)
+
     def reload_config(self, config: ModelServerConfig, token: Token | None = None, peer: str = "local",
                       retry: bool = False) -> None:
         """Apply a new ModelServerConfig now (blocking: run it off the event loop); audited, labels moved included,
         whoever asked: a ReloadConfigRequest (its token and peer) or the --model_config_file watcher. A `retry` (the
-        watcher applying again, at its next poll, a file it could not apply) is audited only once it succeeds."""
+        watcher applying again, at its next poll, a file it could not apply) is audited only once it succeeds. Its
+        request logs are checked writable first and put in force once the models are: a refused config changes
+        neither."""
         target = ",".join(m.name for m in config.model_config_list.config)
         before = self.manager.labels()
         token_id = token.id if token else None
         try:
+            plan = self.request_log.prepare(config)
             self.manager.reload_config(config)
+            self.request_log.apply(plan)
         except ServingError as e:
             if not retry:
                 self.audit.record("reload", target, e.status_string(), token_id, peer)
@@ -253,35 +268,54 @@ class ServingCore:
         gRPC request's tensors are checked before they are decoded)."""
         signatures.check_predict_request(servable, signature, inputs, output_filter, self.check_method_names)
 
-    async def predict(self, servable: Servable, signature: str, inputs: Tensors,
-                      output_filter: list[str] = ()) -> Tensors:
+    # `requested`: the ModelSpec the request sent (a REST request's as gRPC would send it), for the request log.
+
+    async def predict(self, servable: Servable, signature: str, inputs: Tensors, output_filter: list[str] = (),
+                      requested: model_pb2.ModelSpec | None = None) -> Tensors:
         """The outputs of a decided signature, as TF Serving's Predict: the request checked, then run."""
         self.check_predict_request(servable, signature, inputs, list(output_filter))
         outputs = await self._run(servable, signature, inputs, "Predict")
-        return signatures.filter_outputs(outputs, list(output_filter))
+        outputs = signatures.filter_outputs(outputs, list(output_filter))
+        self.request_log.observe(Answered("predict", servable, signature, requested, inputs, outputs,
+                                          tuple(output_filter)))
+        return outputs
 
-    async def classify(self, servable: Servable, signature: str,
-                       examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    async def classify(self, servable: Servable, signature: str, examples: list[bytes],
+                       requested: model_pb2.ModelSpec | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) of a decided signature for serialized tf.Examples, as TF Serving's Classify."""
+        result = await self._classify(servable, signature, examples)
+        self.request_log.observe(Answered("classify", servable, signature, requested, examples, result))
+        return result
+
+    async def regress(self, servable: Servable, signature: str, examples: list[bytes],
+                      requested: model_pb2.ModelSpec | None = None) -> np.ndarray:
+        """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
+        values = await self._regress(servable, signature, examples)
+        self.request_log.observe(Answered("regress", servable, signature, requested, examples, values))
+        return values
+
+    async def _classify(self, servable: Servable, signature: str, examples: list[bytes]):
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
                                   "Classify")
         return signatures.classification_result(outputs, len(examples))
 
-    async def regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
-        """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
+    async def _regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
                                   "Regress")
         return signatures.regression_result(outputs, len(examples))
 
-    async def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]],
-                              examples: list[bytes]) -> list[tuple[np.ndarray | None, np.ndarray | None] | np.ndarray]:
+    async def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]], examples: list[bytes],
+                              requested: list[inference_pb2.InferenceTask] | None = None
+                              ) -> list[tuple[np.ndarray | None, np.ndarray | None] | np.ndarray]:
         """Each decided task on the same tf.Examples, in order (a classification's (classes, scores), a regression's
-        values), counted as TF Serving's RecordRequestExampleCount counts a MultiInference's examples."""
+        values), counted as TF Serving's RecordRequestExampleCount counts a MultiInference's examples; logged as one
+        request (`requested`: the request's tasks)."""
         results = []
         for method, signature in tasks:
-            run = self.classify if method == signatures.CLASSIFY else self.regress
+            run = self._classify if method == signatures.CLASSIFY else self._regress
             results.append(await run(servable, signature, examples))
         self.metrics.examples(servable.name, len(examples))
+        self.request_log.observe(Answered("multi_inference", servable, tasks, requested, examples, results))
         return results
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
@@ -305,7 +339,9 @@ class ServingCore:
         return spec, signature_defs
 
     def close(self) -> None:
-        """After the drain: model calls still running past it are not waited for (the process exits)."""
+        """After the drain: model calls still running past it are not waited for (the process exits); what the
+        request log has queued is written and its files closed."""
+        self.request_log.close()
         if self._batcher is not None:
             self._batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError, Message
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -33,7 +33,8 @@ from tensorflow_serving.apis import (
 )
 
 import repository
-from serving import signatures
+from serving import api_protos, signatures
+from serving.api_protos import typed_tensor_proto
 from serving.auth import Token
 from serving.core import ServingCore
 from serving.errors import InvalidArgument, PayloadTooLarge, PermissionDenied, as_serving_error
@@ -134,14 +135,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             label=spec.version_label if choice == "version_label" else None,
         )
 
-    @staticmethod
-    def _spec(response_spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
-        """util.cc MakeModelSpec, with the signature as decided (a request naming none is answered with the default
-        one's name)."""
-        response_spec.name = servable.name
-        response_spec.version.value = servable.version
-        response_spec.signature_name = signature
-
     @_answer("predict")
     async def Predict(self, request: predict_pb2.PredictRequest, caller: Caller) -> Answer:
         """Nothing is expanded before it is known to be wanted and affordable: the signature, each tensor as its
@@ -164,38 +157,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         async with self.core.decoding(expanded) as run:
             inputs = await run(lambda tensors: {name: tensor.decode() for name, tensor in tensors.items()}, declared)
             del declared
-            outputs = await self.core.predict(servable, signature, inputs, output_filter)
+            outputs = await self.core.predict(servable, signature, inputs, output_filter, request.model_spec)
             del inputs
-            return await run(self._predict_response, servable, signature, outputs), servable
-
-    def _predict_response(self, servable: Servable, signature: str, outputs) -> predict_pb2.PredictResponse:
-        response = predict_pb2.PredictResponse()
-        self._spec(response.model_spec, servable, signature)
-        for name, value in outputs.items():
-            response.outputs[name].CopyFrom(self.to_proto(value))
-        return response
+            return await run(api_protos.predict_response, servable, signature, outputs, self.to_proto), servable
 
     @_answer("classify")
     async def Classify(self, request: classification_pb2.ClassificationRequest, caller: Caller) -> Answer:
         servable = self._servable(request.model_spec)
         signature = self.core.classify_signature(servable, request.model_spec.signature_name)  # before the input
         examples = signatures.serialized_examples(request.input)
-        classes, scores = await self.core.classify(servable, signature, examples)
-        response = classification_pb2.ClassificationResponse()
-        self._spec(response.model_spec, servable, signature)
-        _fill_classifications(response.result, classes, scores, len(examples))
-        return response, servable
+        classes, scores = await self.core.classify(servable, signature, examples, request.model_spec)
+        return api_protos.classification_response(servable, signature, classes, scores, len(examples)), servable
 
     @_answer("regress")
     async def Regress(self, request: regression_pb2.RegressionRequest, caller: Caller) -> Answer:
         servable = self._servable(request.model_spec)
         signature = self.core.regress_signature(servable, request.model_spec.signature_name)  # before the input
         examples = signatures.serialized_examples(request.input)
-        values = await self.core.regress(servable, signature, examples)
-        response = regression_pb2.RegressionResponse()
-        self._spec(response.model_spec, servable, signature)
-        response.result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in values)
-        return response, servable
+        values = await self.core.regress(servable, signature, examples, request.model_spec)
+        return api_protos.regression_response(servable, signature, values), servable
 
     @_answer("multi_inference")
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, caller: Caller) -> Answer:
@@ -206,16 +186,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = self._servable(spec)
         tasks = self.core.multi_inference_tasks(servable, list(request.tasks))
         examples = signatures.serialized_examples(request.input)
-        response = inference_pb2.MultiInferenceResponse()
-        outcomes = await self.core.multi_inference(servable, tasks, examples)
-        for (method, signature), outcome in zip(tasks, outcomes):
-            result = response.results.add()
-            self._spec(result.model_spec, servable, signature)
-            if method == signatures.CLASSIFY:
-                _fill_classifications(result.classification_result, *outcome, len(examples))
-            else:
-                result.regression_result.regressions.extend(regression_pb2.Regression(value=float(v)) for v in outcome)
-        return response, servable
+        outcomes = await self.core.multi_inference(servable, tasks, examples, list(request.tasks))
+        return api_protos.multi_inference_response(servable, tasks, outcomes, len(examples)), servable
 
     @_answer("metadata")
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, caller: Caller) -> Answer:
@@ -278,52 +250,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return None
 
 
-TYPED_FIELDS = {  # numpy dtype -> the TensorProto repeated field TF's AsProtoField fills
-    np.dtype(np.float32): "float_val", np.dtype(np.float64): "double_val", np.dtype(np.int64): "int64_val",
-    np.dtype(np.int32): "int_val", np.dtype(np.int16): "int_val", np.dtype(np.int8): "int_val",
-    np.dtype(np.uint8): "int_val", np.dtype(np.uint16): "int_val", np.dtype(np.bool_): "bool_val",
-    np.dtype(np.uint32): "uint32_val", np.dtype(np.uint64): "uint64_val", np.dtype(object): "string_val",
-}
-
-
-DATA_TYPES = {dtype: tf.as_dtype(dtype).as_datatype_enum for dtype in TYPED_FIELDS}
 CONTENT_DTYPES = {  # DataType -> numpy dtype, for tensor_content read in place
     tf.as_dtype(dtype).as_datatype_enum: np.dtype(dtype)
     for dtype in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                   np.uint32, np.uint64, np.bool_)
 }
-
-
-PACKED_AS_BYTES = {  # numpy dtype -> the packed field's key: these fields are little-endian values, as numpy has them
-    np.dtype(np.float32): bytes([tensor_pb2.TensorProto.FLOAT_VAL_FIELD_NUMBER << 3 | 2]),
-    np.dtype(np.float64): bytes([tensor_pb2.TensorProto.DOUBLE_VAL_FIELD_NUMBER << 3 | 2]),
-}
-
-
-def typed_tensor_proto(value: np.ndarray) -> tensor_pb2.TensorProto:
-    """A TensorProto with values in the typed repeated field, as TF Serving writes outputs. float_val and double_val
-    are parsed from their packed encoding, numpy's own bytes: extending them with Python floats took 24 bytes and
-    a Python object per value (a 32 MB output: 190 MB more, and seconds)."""
-    field = TYPED_FIELDS.get(value.dtype)
-    if field is None:
-        return tf.make_tensor_proto(value)
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in value.shape])
-    proto = tensor_pb2.TensorProto(dtype=DATA_TYPES[value.dtype], tensor_shape=shape)
-    key = PACKED_AS_BYTES.get(value.dtype)
-    if key is not None and value.size:
-        data = np.ascontiguousarray(value, value.dtype.newbyteorder("<")).tobytes()
-        proto.MergeFromString(key + _varint(len(data)) + data)
-    else:
-        getattr(proto, field).extend(value.ravel().tolist())
-    return proto
-
-
-def _varint(number: int) -> bytes:
-    out = bytearray()
-    while number > 0x7F:
-        out.append(number & 0x7F | 0x80)
-        number >>= 7
-    return bytes(out + bytes([number]))
 
 
 NOT_REQUEST_DTYPES = (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT)
@@ -394,18 +325,6 @@ class Declared:
 
 def parsing_error(name: str) -> InvalidArgument:
     return InvalidArgument(f"tensor parsing error: {name}")
-
-
-def _fill_classifications(result: classification_pb2.ClassificationResult, classes, scores, n: int) -> None:
-    n_classes = (classes if classes is not None else scores).shape[1]
-    for i in range(n):
-        entry = result.classifications.add()
-        for c in range(n_classes):
-            item = entry.classes.add()
-            if classes is not None:
-                item.label = classes[i, c].decode() if isinstance(classes[i, c], bytes) else str(classes[i, c])
-            if scores is not None:
-                item.score = float(scores[i, c])
 
 
 class UndecodableRequests(grpc.aio.ServerInterceptor):

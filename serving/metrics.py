@@ -9,7 +9,9 @@ Two families side by side, recorded always (cheap), exposed only if the monitori
   prometheus_client cannot write that (it appends `_total` to counters), so `TFMetric` writes these lines.
 - Ours (serving_*, prometheus_client): requests by model, version, API, entry point and status; request
   latency; batch sizes; model version state and load time; whether a rewritten --model_config_file could not
-  be applied.
+  be applied; request log records dropped and the bytes its files hold; served values outside the schema a
+  version ships, per model and feature (`FeatureCounts`: kept as numpy arrays, so counting a row costs no Python
+  per feature).
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import bisect
 import re
 import threading
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
@@ -78,6 +82,81 @@ class TFMetric:
         return lines
 
 
+class _Tally:
+    """Counts by feature name for one model, in an array that grows when a version brings new features."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.counts = np.zeros(0, np.int64)
+        self._positions: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}  # id(names) -> (names, their indices)
+
+    def add(self, names: tuple[str, ...], counts: np.ndarray) -> None:
+        indices = self._indices(names)  # first: it may grow self.counts (and names each feature: 0 is a count)
+        if counts.any():  # most rows are within the schema: nothing to add
+            self.counts[indices] += counts
+
+    def _indices(self, names: tuple[str, ...]) -> np.ndarray:
+        """Where a schema's features are counted: found once per schema (its tuple of names), not per row."""
+        found = self._positions.get(id(names))
+        if found is not None and found[0] is names:
+            return found[1]
+        for name in names:
+            if name not in self.index:
+                self.index[name] = len(self.names)
+                self.names.append(name)
+        if len(self.counts) < len(self.names):
+            self.counts = np.concatenate([self.counts, np.zeros(len(self.names) - len(self.counts), np.int64)])
+        indices = np.array([self.index[name] for name in names], np.intp)
+        self._positions[id(names)] = (names, indices)
+        return indices
+
+
+class FeatureCounts:
+    """Served values against the schema each version ships (serving.feature_schema), per model and feature: a
+    prometheus_client collector, rendered from its arrays at each scrape."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rows: dict[str, list[int]] = {}  # model -> [rows counted, rows skipped]
+        self._out_of_range: dict[str, _Tally] = {}
+        self._unseen: dict[str, _Tally] = {}
+
+    def add(self, model: str, numeric: tuple[str, ...], categorical: tuple[str, ...], rows: int,
+            out_of_range: np.ndarray, unseen: np.ndarray) -> None:
+        with self._lock:
+            self._rows.setdefault(model, [0, 0])[0] += rows
+            self._out_of_range.setdefault(model, _Tally()).add(numeric, out_of_range)
+            self._unseen.setdefault(model, _Tally()).add(categorical, unseen)
+
+    def skipped(self, model: str, rows: int) -> None:
+        """Rows not counted: the request log's queue was full."""
+        with self._lock:
+            self._rows.setdefault(model, [0, 0])[1] += rows
+
+    def collect(self):
+        rows = CounterMetricFamily("serving_feature_rows", "Served rows counted against their version's schema",
+                                   labels=("model",))
+        skipped = CounterMetricFamily("serving_feature_rows_skipped",
+                                      "Served rows of a version with a schema not counted (the queue was full)",
+                                      labels=("model",))
+        out = CounterMetricFamily("serving_feature_out_of_range",
+                                  "Served numeric values outside the feature's training [min, max] (or not finite)",
+                                  labels=("model", "feature"))
+        unseen = CounterMetricFamily("serving_feature_unseen",
+                                     "Served categories outside the feature's training vocabulary (empty: missing, "
+                                     "not counted)", labels=("model", "feature"))
+        with self._lock:
+            for model, (counted, not_counted) in self._rows.items():
+                rows.add_metric([model], counted)
+                skipped.add_metric([model], not_counted)
+            for family, tallies in ((out, self._out_of_range), (unseen, self._unseen)):
+                for model, tally in tallies.items():
+                    for name, count in zip(tally.names, tally.counts.tolist()):
+                        family.add_metric([model, name], count)
+        return [rows, skipped, out, unseen]
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -108,6 +187,7 @@ class Metrics:
         self.warmup_latency = TFMetric("/tensorflow/serving/model_warmup_latency", ("model_path", "status"),
                                        latency_us)
         self.warmup_records = TFMetric("/tensorflow/serving/model_warmup_records_read", ("model_path", "status"))
+        self.request_log_count = TFMetric("/tensorflow/serving/request_log_count", ("model_name", "status_code"))
         # in name order, as the exporter walks a std::map of names
         self.tf = sorted((m for m in vars(self).values() if isinstance(m, TFMetric)), key=lambda m: m.name)
 
@@ -129,6 +209,16 @@ class Metrics:
             "serving_model_config_file_error",
             "1 while a rewritten --model_config_file cannot be applied (the previous config stays in force)",
             registry=self.registry)
+        self.log_dropped = Counter("serving_request_log_dropped",
+                                   "Sampled requests whose log record was not written (queue_full, disk_bound: "
+                                   "--request_log_max_disk_bytes, write_error: the files cannot be written)",
+                                   ("model", "reason"), registry=self.registry)
+        self.log_bytes = Gauge("serving_request_log_bytes",
+                               "Bytes the request log files of a filename_prefix hold (all servers' that write "
+                               "there), as --request_log_max_disk_bytes counts them", ("filename_prefix",),
+                               registry=self.registry)
+        self.features = FeatureCounts()
+        self.registry.register(self.features)
 
     def request(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
         self.requests.labels(model, version, api, entrypoint, status).inc()
@@ -182,6 +272,15 @@ class Metrics:
 
     def model_loaded(self, model: str, seconds: float) -> None:
         self.load_seconds.labels(model).observe(seconds)
+
+    def logged(self, model: str, records: int) -> None:
+        """Request log records written and flushed (TF Serving counts each sampled request's Log status)."""
+        self.request_log_count.add(records, model, "OK")
+
+    def log_dropped_records(self, model: str, reason: str, records: int = 1) -> None:
+        """Sampled requests not logged; TF Serving's count takes the status its Log would have returned."""
+        self.log_dropped.labels(model, reason).inc(records)
+        self.request_log_count.add(records, model, "UNAVAILABLE" if reason == "write_error" else "RESOURCE_EXHAUSTED")
 
     def render(self) -> bytes:
         tf_lines = "".join(line + "\n" for metric in self.tf for line in metric.lines())

@@ -1,8 +1,8 @@
 """Which models the server serves and which of their versions: the ModelServerConfig.
 
-Built from `--model_name`/`--model_base_path` or read from a `--model_config_file` (text-format
-ModelServerConfig), checked, and asked which versions a model's version policy wants among those
-the model repository holds (what a version is, is the `repository` module's rule).
+Built from `--model_name`/`--model_base_path` or read from a `--model_config_file` (text-format ModelServerConfig),
+checked (a model's logging_config included: what serving.request_log can honour), and asked which versions a model's
+version policy wants among those the model repository holds (what a version is, is the `repository` module's rule).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from serving import protos
 
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
+LOG_COLLECTOR_TYPES = ("tfrecord",)  # logging_config.log_collector_config.type: what serving.request_log writes
 
 
 def aspired_versions(available: list[int], config: ModelConfig) -> set[int]:
@@ -77,3 +78,30 @@ def check_model_config(model: ModelConfig, source: str) -> None:
             raise ValueError(f"{source}: model {model.name!r}: label: {problem}")
         if version < 0:
             raise ValueError(f"{source}: model {model.name!r}: label {label!r} points at version {version}.")
+    if model.HasField("logging_config"):
+        problem = logging_config_problem(model.logging_config)
+        if problem:
+            raise ValueError(f"{source}: model {model.name!r}: logging_config.{problem}")
+
+
+def logging_config_problem(config) -> str:
+    """What is wrong with a model's LoggingConfig (the field first), or "" if this server can honour it."""
+    collector, sampling = config.log_collector_config, config.sampling_config
+    if collector.type not in LOG_COLLECTOR_TYPES:
+        return (f"log_collector_config.type: {collector.type!r} is not a log collector this server has; expected "
+                f"one of {list(LOG_COLLECTOR_TYPES)}. Collectors registered in C++ for TF Serving "
+                f"(LogCollector::RegisterFactory) are not supported (TF Serving's open-source build has none).")
+    if not collector.filename_prefix:
+        return ("log_collector_config.filename_prefix is empty; expected where the files go, e.g. "
+                "\"/var/log/maas/<model>\" (files <prefix>-<start time>-<pid>-<sequence>.tfrecord).")
+    if not 0.0 <= sampling.sampling_rate <= 1.0:  # NaN too
+        return (f"sampling_config.sampling_rate: expected a fraction of requests within [0, 1], received "
+                f"{sampling.sampling_rate!r}.")
+    unsupported = [name for name, present in (
+        ("sampling_config.per_task_sampling_configs", bool(sampling.per_task_sampling_configs)),
+        ("sampling_config.attributes", bool(sampling.attributes)),
+        ("custom_logging_config", config.HasField("custom_logging_config"))) if present]
+    if unsupported:
+        return (f"{unsupported[0]} is not supported by this server (it has no datacenter, task index or request "
+                f"attributes); remove it and use sampling_config.sampling_rate.")
+    return ""

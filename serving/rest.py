@@ -26,6 +26,7 @@ from urllib.parse import unquote, unquote_to_bytes
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from google.protobuf import json_format
+from tensorflow_serving.apis import model_pb2
 
 from serving import codec, signatures
 from serving.core import ServingCore
@@ -171,24 +172,26 @@ class RestApi:
     async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
         async with self.core.decoding(len(body)) as run:
             document = await run(codec.decode_predict_json, body)
-            signature = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
+            signature_name = codec.signature_name(document)
+            signature = signature_name or signatures.DEFAULT_SIGNATURE
             servable = self._servable(route)
             inputs, row_format = await run(codec.parse_predict_request, document,
                                            self.core.predict_inputs(servable, signature))
             del document
-            outputs = await self.core.predict(servable, signature, inputs)
+            outputs = await self.core.predict(servable, signature, inputs, requested=route.model_spec(signature_name))
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
         async with self.core.decoding(len(body)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
+            requested = route.model_spec(signature_name)  # after the body and the model, as TF Serving checks them
             if route.api == "classify":
                 signature = self.core.classify_signature(servable, signature_name)
-                classes, scores = await self.core.classify(servable, signature, examples)
+                classes, scores = await self.core.classify(servable, signature, examples, requested)
                 return await run(codec.format_classify_response, classes, scores), servable
             signature = self.core.regress_signature(servable, signature_name)
-            values = await self.core.regress(servable, signature, examples)
+            values = await self.core.regress(servable, signature, examples, requested)
             return await run(codec.format_regress_response, values), servable
 
     def _servable(self, route: Route) -> Servable:
@@ -228,6 +231,16 @@ class Route:
     version: int | None = None
     label: str | None = None
     problem: str = ""  # why the URL's model, version or label cannot be used: a 400, answered after authorization
+
+    def model_spec(self, signature_name: str | None) -> model_pb2.ModelSpec:
+        """The ModelSpec a gRPC request for the same model, version or label and signature would send."""
+        signature_name = (signature_name or "").encode("utf-8", "replace").decode()  # a body's invalid UTF-8
+        spec = model_pb2.ModelSpec(name=self.model, signature_name=signature_name)
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.label is not None:
+            spec.version_label = self.label
+        return spec
 
 
 def match(request: BaseRequest, metrics_path: str | None) -> Route | None:

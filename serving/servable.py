@@ -1,4 +1,5 @@
-"""One loaded SavedModel version: its SignatureDefs, and running a signature on numpy inputs.
+"""One loaded SavedModel version: its SignatureDefs, the feature schema it ships, and running a signature on numpy
+inputs.
 
 Loaded the way TF Serving loads it: the MetaGraphDef tagged `serve` into a TF session, run by
 feeding and fetching the tensor names the SignatureDef lists. So any SavedModel TF Serving
@@ -21,6 +22,7 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model.loader_impl import SavedModelLoader
 
 from serving import errors
+from serving.feature_schema import FeatureSchema
 
 SignatureDef = meta_graph_pb2.SignatureDef
 Tensors = dict[str, np.ndarray]
@@ -75,6 +77,7 @@ class Servable:
         self.signature_defs: dict[str, SignatureDef] = dict(meta_graph.signature_def)
         self.inputs = {k: {n: TensorSpec.from_info(i) for n, i in s.inputs.items()} for k, s in self.signature_defs.items()}
         self._runners = {k: SignatureRunner(self, k) for k in self.signature_defs}
+        self.schema = FeatureSchema.read(self.path)  # what its served values are counted against (None: nothing)
         self._callables: dict[tuple[str, tuple[str, ...]], tuple[object, list[str]]] = {}
         self._lock = threading.Lock()
 

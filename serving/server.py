@@ -27,6 +27,7 @@ from serving.grpc_service import UndecodableRequests, add_services
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig, load_model_server_config
+from serving.request_log import RequestLog
 from serving.rest import RestApi
 from serving.tls import grpc_credentials, rest_context
 
@@ -60,7 +61,9 @@ async def serve(settings: Settings) -> None:
                            path_root=args.model_base_path_root)
     core = ServingCore(manager, metrics, settings.batching, args.rest_api_num_threads,
                        check_method_names=args.enable_signature_method_name_check, access=settings.access,
-                       audit=AuditLog(args.audit_log_file), max_in_flight=args.max_requests_in_flight)
+                       audit=AuditLog(args.audit_log_file), max_in_flight=args.max_requests_in_flight,
+                       request_log=RequestLog(metrics, args.request_log_max_file_bytes,
+                                              args.request_log_max_disk_bytes))
     loop = asyncio.get_running_loop()
     # Both ports are taken before the models load (seconds to minutes), so a port in use fails at once; they answer
     # only once the models are loaded, as TF Serving's do. Its words (server.cc, main.cc), then ours.
@@ -94,7 +97,7 @@ async def serve(settings: Settings) -> None:
             raise SystemExit(f"Failed to start HTTP Server at {args.host}:{args.rest_api_port} "
                              f"{port_in_use('--rest_api_port', args.rest_api_port, os.strerror(e.errno))}") from None
     try:
-        await loop.run_in_executor(None, manager.start, args.file_system_poll_wait_seconds)
+        await loop.run_in_executor(None, core.start, args.file_system_poll_wait_seconds)
     except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
         raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
@@ -127,7 +130,7 @@ async def serve(settings: Settings) -> None:
     for server in servers:
         await server.wait_closed()
     manager.stop()
-    core.close()
+    core.close()  # after the drain: the request log's files are flushed and closed
 
 
 def warn_if_exposed(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from localhost import loadgen
-from serving.tfserving import bundle, container, sweep
+from serving.tfserving import bundle, container, request_logging, sweep
 from serving.tfserving.errors import UsageError
 
 PROG = "python -m serving.tfserving"
@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--name", default="maas-serving", help="image and Kubernetes object name (%(default)s)")
     build.add_argument("--gpus", type=int, default=1,
                        help="nvidia.com/gpu per Kubernetes pod; 0 deploys the CPU image (%(default)s)")
+    build.add_argument("--request-logging", choices=request_logging.MODES, default="canary",
+                       help="how logging/k8s/ gets requests to log (TF Serving's build cannot): canary, a pod of "
+                            "maas's server in the Service; mirror, a mesh copies every request to it (%(default)s)")
+    build.add_argument("--log-sampling-rate", type=float, default=1.0,
+                       help="fraction of the requests it answers that the logging pod logs (%(default)s)")
     build.set_defaults(run=run_build)
 
     tune = commands.add_parser("sweep", help="measure batching parameters against no batching; write the best",
@@ -53,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    out = bundle.build(args.repository, args.out, args.image_tag, args.name, args.gpus)
+    out = bundle.build(args.repository, args.out, args.image_tag, args.name, args.gpus, args.request_logging,
+                       args.log_sampling_rate)
     print(f"Wrote {out}; next: see {out / 'README.md'}")
     return 0
 

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 
 from serving import protos
 from serving.batching import BatchingParameters
-from serving.tfserving import container, docker, k8s, served
+from serving.tfserving import container, docker, k8s, request_logging, served
 from serving.tfserving.errors import UsageError
 from serving.tfserving.readme import readme
 
@@ -29,7 +29,8 @@ batch_timeout_micros { value: 2000 }
 """
 
 
-def build(repository: Path, out: Path, image_tag: str, name: str, gpus: int) -> Path:
+def build(repository: Path, out: Path, image_tag: str, name: str, gpus: int, logging_mode: str = "canary",
+          log_sampling_rate: float = 1.0) -> Path:
     """Write the bundle for `repository` to `out` (which must not exist); returns `out`."""
     if not NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: expected a Kubernetes name (lowercase letters, digits and '-', "
@@ -41,16 +42,25 @@ def build(repository: Path, out: Path, image_tag: str, name: str, gpus: int) -> 
         raise UsageError(f"--gpus {gpus}: expected 0 (CPU) or a positive number of GPUs per pod.")
     if out.exists():
         raise UsageError(f"--out {out} already exists; remove it or choose another directory.")
+    if not 0.0 <= log_sampling_rate <= 1.0:
+        raise UsageError(f"--log-sampling-rate {log_sampling_rate:g}: expected the fraction of requests logged, "
+                         f"within [0, 1].")
     what = served.read(repository)
     configs = {container.MODELS_CONFIG: what.text(), container.BATCHING: batching_text(repository),
                container.MONITORING: monitoring_text()}
     files = {"Dockerfile.gpu": docker.dockerfile(image_tag, gpu=True),
              "Dockerfile": docker.dockerfile(image_tag, gpu=False),
              "docker-compose.yml": docker.compose(name, image_tag),
-             "README.md": readme(what, name, image_tag, gpus), **configs}
+             "README.md": readme(what, name, image_tag, gpus, logging_mode), **configs}
     first_model = what.config.model_config_list.config[0].name
     image = container.image(name, image_tag, gpu=gpus > 0)
     files.update({f"k8s/{file}": text for file, text in k8s.manifests(name, image, first_model, gpus, configs).items()})
+    logged_models = request_logging.models_config(what.config, log_sampling_rate)
+    logging_configs = {**configs, container.MODELS_CONFIG: logged_models}
+    files.update({f"logging/{container.MODELS_CONFIG}": logging_configs[container.MODELS_CONFIG],
+                  "logging/Dockerfile": request_logging.dockerfile()})
+    files.update({f"logging/k8s/{file}": text for file, text in
+                  request_logging.manifests(name, image_tag, first_model, logging_mode, logging_configs).items()})
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"

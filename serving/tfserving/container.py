@@ -9,6 +9,7 @@ GRPC_PORT = 8500
 REST_PORT = 8501
 MODELS_DIR = "/models"  # the bundle's models/<name>/<version>/; models.config's base paths point here
 CONFIG_DIR = "/config"  # the three config files; on Kubernetes the ConfigMap is mounted over it
+LOGS_DIR = "/logs"  # the request logs of the logging pods (request_logging.py); on Kubernetes a volume
 MODELS_CONFIG = "models.config"
 BATCHING = "batching_parameters.txt"
 MONITORING = "monitoring.config"

@@ -1,11 +1,11 @@
 """The bundle's README: what it serves, and the commands that build, run, deploy and check it."""
 from __future__ import annotations
 
-from serving.tfserving import container
+from serving.tfserving import container, request_logging
 from serving.tfserving.served import Served
 
 
-def readme(served: Served, name: str, tag: str, gpus: int) -> str:
+def readme(served: Served, name: str, tag: str, gpus: int, logging_mode: str = "canary") -> str:
     models = served.config.model_config_list.config
     first = models[0].name
     rest = f"localhost:{container.REST_PORT}"
@@ -19,6 +19,14 @@ def readme(served: Served, name: str, tag: str, gpus: int) -> str:
         lines.append(f"- `{model.name}`: version{'s' * (len(versions) > 1)} {', '.join(map(str, versions))}"
                      + (f"; labels {labels}" if labels else ""))
     served_list = "\n".join(lines)
+    logging_image = request_logging.image(name, tag)
+    how = (f"Its pods carry the Service's label (`app.kubernetes.io/name: {name}`): they take their share of the "
+           f"requests, 1 in N+1 with N TF Serving pods, and log what they answer. The autoscaler of `k8s/hpa.yaml` "
+           f"averages their CPU in (Kubernetes selects pods by that label)." if logging_mode == "canary" else
+           f"Its pods are not in the `{name}` Service: a service mesh copies every request to the `{name}-logging` "
+           f"Service and drops the copy's answer, so every request is logged while TF Serving answers the "
+           f"clients. With Istio, in the VirtualService that routes to `{name}`: `mirror: {{host: {name}-logging}}` "
+           f"and `mirrorPercentage: {{value: 100}}` (not generated: it is your mesh's).")
     return f"""\
 # {name}: a TensorFlow Serving bundle
 
@@ -80,4 +88,31 @@ when its only version failed to load); rollouts keep every old pod until its rep
   `kubectl rollout restart deployment/{name}` after changing them in the ConfigMap.
 - Batching parameters for your hardware: run `python -m serving.tfserving sweep --model <repository>/<model>`
   on it; it writes `<repository>/batching_parameters.txt`, which the next build takes.
+
+## Request logs
+
+TensorFlow Serving's open-source build cannot log requests: it accepts `logging_config` in `models.config` but
+has no log collector, and a config with one fails at start ("No request-logger-creator provided"). This bundle's
+`models.config` has none, and no setting of TF Serving's gives the logs. The supported way to get them is maas's
+own server beside the TF Serving replicas, with the same models and `logging/models.config`, which logs every
+model ({logging_mode} mode, `--request-logging` of `build`):
+
+{how}
+
+```sh
+docker build -f logging/Dockerfile -t {logging_image} .     # FROM {request_logging.MAAS_IMAGE}: build it first
+docker tag {logging_image} REGISTRY/{logging_image}
+docker push REGISTRY/{logging_image}
+kubectl apply -f logging/k8s/
+kubectl set image deployment/{name}-logging maas-serving=REGISTRY/{logging_image}
+```
+
+`{request_logging.MAAS_IMAGE}` is built at the maas repository's root
+(`docker build -t {request_logging.MAAS_IMAGE} .`). The logs go to the claim
+`{request_logging.claim_name(name)}` ({request_logging.STORAGE_GIB} Gi, mounted at `{container.LOGS_DIR}`):
+`{container.LOGS_DIR}/<model>-<start>-<pid>-<sequence>.tfrecord`, TFRecord files of
+`tensorflow.serving.PredictionLog` records, rotated at 64 MiB and kept under 90 % of the claim (past it records are
+dropped and counted, never a request failed); read them where the claim is mounted. The pod runs on CPU, as
+uid 1000. Its metrics (`{container.METRICS_PATH}` on the `{name}-logging` Service) add the records dropped and,
+for models that ship a schema, values outside it per feature. Move a label in `logging/k8s/configmap.yaml` too.
 """

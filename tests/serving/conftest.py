@@ -4,7 +4,7 @@
 - `digits`: a digits classifier built directly (digits_model.py), with the pipeline's signatures for digits. It
   stands in, for these tests, for tests/conftest.py's model trained by a pipeline run.
 - `tabular`: a model of several named inputs (a float row `x` and a string `city`) with classify and regress
-  signatures on tf.Examples (tabular_model.py).
+  signatures on tf.Examples, shipping the pipeline's schema.json (tabular_model.py).
 - `reference_server`: one server for test_rest_api.py and test_grpc_api.py, started once; both modules are in
   xdist group "reference_server", so `-n ... --dist loadgroup` runs them in one worker.
 

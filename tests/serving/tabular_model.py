@@ -5,9 +5,14 @@ exports for a table with a categorical column (README "Your data"), with weights
 product of `x` with WEIGHTS plus the city's offset (CITIES; any other city 0). `regress` and `classify` take
 serialized tf.Examples with the float feature `x` (5 values) and the bytes feature `city`: `regress` answers the
 score; `classify` answers classes "low" and "high" with scores 1 - sigmoid(score) and sigmoid(score).
+
+It ships SCHEMA as `assets.extra/schema.json`, as the pipeline's export does: the five numeric features of `x` (each
+seen in [0, 10] in training) and `city` with the vocabulary of CITIES, which the server counts served values
+against.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 WEIGHTS = np.array([0.5, -1.0, 0.01, 0.001, -0.002], np.float32)
 CITIES = {"rome": 1.0, "oslo": -2.0}
+FEATURES = ("age", "income", "visits", "tenure", "spend")  # the columns of x
+SCHEMA = {"kind": "numeric", "input_shape": [5],
+          "features": [{"name": name, "dtype": "float32", "min": 0.0, "max": 10.0, "mean": 5.0, "std": 2.0}
+                       for name in FEATURES] + [{"name": "city", "dtype": "category", "vocabulary": list(CITIES)}]}
 
 
 def score(x, city: str) -> float:
@@ -65,4 +74,6 @@ def build(base: Path) -> Path:
     for key in ("regress", "classify"):
         saved.meta_graphs[0].signature_def[key].method_name = f"tensorflow/serving/{key}"
     pb.write_bytes(saved.SerializeToString())
+    (export_dir / "assets.extra").mkdir()
+    (export_dir / "assets.extra" / "schema.json").write_text(json.dumps(SCHEMA))
     return base

@@ -361,3 +361,56 @@ def test_sweep_writes_the_best_candidate_with_its_table(half_plus_two_base, tmp_
     for row in ("# no batching", "# 8, 1000, 2", "# Machine: ", "# Chosen: "):
         assert any(line.startswith(row) for line in table), (row, text)
     assert f"{result['chosen_vs_no_batching']:.2f}x the no-batching knee" in text
+
+
+# -- request logging beside TF Serving --------------------------------------------------------------
+
+def test_the_readme_says_tf_serving_cannot_log_and_how_the_logs_are_made(bundle):
+    text = (bundle / "README.md").read_text()
+    assert "TensorFlow Serving's open-source build cannot log requests" in text
+    assert "docker build -f logging/Dockerfile" in text and "kubectl apply -f logging/k8s/" in text
+    assert "logging_config" not in (bundle / "models.config").read_text()  # TF Serving would refuse to start
+
+
+@pytest.mark.parametrize("mode", ["canary", "mirror"])
+def test_the_logging_pod_manifests_pass_the_strict_schemas(mode, repo, tmp_path):
+    out = tmp_path / "bundle"
+    assert build("--repository", repo, "--out", out, "--name", "hpt-serving", "--request-logging", mode,
+                 "--log-sampling-rate", "0.25") == 0
+    version = kubernetes_validate.latest_version()
+    for path in sorted((out / "logging" / "k8s").iterdir()):
+        kubernetes_validate.validate(yaml.safe_load(path.read_text()), version, strict=True)
+    logging_pod = yaml.safe_load((out / "logging/k8s/deployment.yaml").read_text())["spec"]
+    service = manifest(out, "service.yaml")["spec"]["selector"]
+    labels = logging_pod["template"]["metadata"]["labels"]
+    assert (service.items() <= labels.items()) == (mode == "canary")  # a canary takes its share of the Service
+    assert logging_pod["selector"]["matchLabels"].items() <= labels.items()
+    assert not manifest(out, "deployment.yaml")["spec"]["selector"]["matchLabels"].items() \
+        <= logging_pod["selector"]["matchLabels"].items()  # the TF Serving Deployment does not own its pods
+    (server,) = logging_pod["template"]["spec"]["containers"]
+    args = build_parser().parse_args(server["args"])  # flags `python -m serving` takes
+    assert server["command"] == ["python", "-m", "serving"] and args.model_config_file == "/config/models.config"
+    claim = yaml.safe_load((out / "logging/k8s/pvc.yaml").read_text())
+    claim_bytes = int(claim["spec"]["resources"]["requests"]["storage"].removesuffix("Gi")) * 2**30
+    assert 0 < args.request_log_max_disk_bytes < claim_bytes
+    mounts = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in logging_pod["template"]["spec"]["volumes"]}
+    assert volumes["request-logs"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    config = yaml.safe_load((out / "logging/k8s/configmap.yaml").read_text())["data"]["models.config"]
+    assert config == (out / "logging" / "models.config").read_text()
+    path = tmp_path / "logging.config"
+    path.write_text(config)
+    logged = load_model_server_config(str(path))  # our server's checks, logging_config included
+    assert [(m.name, m.logging_config.log_collector_config.type, m.logging_config.log_collector_config.filename_prefix,
+             m.logging_config.sampling_config.sampling_rate) for m in logged.model_config_list.config] == \
+        [("hpt", "tfrecord", f"{mounts['request-logs']}/hpt", 0.25), ("digits", "tfrecord",
+                                                                      f"{mounts['request-logs']}/digits", 0.25)]
+    unlogged = models_config(out)
+    for model in logged.model_config_list.config:
+        model.ClearField("logging_config")
+    assert logged == unlogged  # the same models, versions and labels as the TF Serving replicas
+    instructions = dockerfile(out / "logging" / "Dockerfile")
+    assert json.loads(instructions["CMD"][0]) == ["python", "-m", "serving", *server["args"]]
+    for copy in instructions["COPY"]:
+        *sources, _ = copy.split()
+        assert all((out / source).exists() for source in sources), copy
