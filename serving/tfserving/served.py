@@ -49,6 +49,9 @@ def read(repo: Path) -> Served:
     for model in config.model_config_list.config:
         model.base_path = f"{container.MODELS_DIR}/{model.name}"
         model.model_platform = "tensorflow"
+        if model.HasField("logging_config"):  # TF Serving's open-source build refuses to start with one (the
+            model.ClearField("logging_config")  # bundle's logging/ serves the models with request logging)
+            source += f" Model {model.name!r}'s logging_config removed: tensorflow_model_server cannot log."
     return Served(config, versions, source)
 
 

@@ -42,12 +42,15 @@ LABELS = 'model_version_policy { specific { versions: 2 versions: 3 } } ' \
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, half_plus_two_base, digits) -> Path:
     """As the model registry leaves it: hpt versions 1, 2 (y = x/2 + 2) and 3 (y = x/2 + 3), a models.config
-    serving 2 and 3 with labels and digits from its own base path, and a sweep's batching file."""
+    serving 2 and 3 with labels and digits from its own base path, its requests logged (`registry logging`), and a
+    sweep's batching file."""
     repo = tmp_path_factory.mktemp("registry")
     copy_version(half_plus_two_base, 123, repo / "hpt" / "1")
     copy_version(half_plus_two_base, 123, repo / "hpt" / "2")
     half_plus_two.build(repo / "hpt" / "3", offset=3.0)
-    write_config(repo / "models.config", [("hpt", repo / "hpt", LABELS), ("digits", digits.base, "")])
+    logged = ('logging_config { log_collector_config { type: "tfrecord" filename_prefix: "/var/log/digits" } '
+              'sampling_config { sampling_rate: 1.0 } }')
+    write_config(repo / "models.config", [("hpt", repo / "hpt", LABELS), ("digits", digits.base, logged)])
     (repo / "batching_parameters.txt").write_text(SWEEP_FILE)
     return repo
 
@@ -87,6 +90,7 @@ def test_the_bundle_serves_what_the_repository_config_says(bundle, repo, digits)
     assert (hpt.name, hpt.base_path, digits_model.base_path) == ("hpt", "/models/hpt", "/models/digits")
     assert list(hpt.model_version_policy.specific.versions) == [2, 3]
     assert dict(hpt.version_labels) == {"stable": 2, "canary": 3}
+    assert not digits_model.HasField("logging_config")  # TF Serving's open-source build would refuse to start
     assert (bundle / "batching_parameters.txt").read_text() == SWEEP_FILE  # the sweep's file, comments and all
 
 
@@ -369,7 +373,8 @@ def test_the_readme_says_tf_serving_cannot_log_and_how_the_logs_are_made(bundle)
     text = (bundle / "README.md").read_text()
     assert "TensorFlow Serving's open-source build cannot log requests" in text
     assert "docker build -f logging/Dockerfile" in text and "kubectl apply -f logging/k8s/" in text
-    assert "logging_config" not in (bundle / "models.config").read_text()  # TF Serving would refuse to start
+    assert not any(m.HasField("logging_config") for m in models_config(bundle).model_config_list.config)  # TF
+    # Serving would refuse to start
 
 
 @pytest.mark.parametrize("mode", ["canary", "mirror"])
