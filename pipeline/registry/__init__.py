@@ -292,9 +292,9 @@ class Registry:
             raise RegistryError(f"{e} Fix or remove it, then try again.") from None
         return {m.name: m.logging_config for m in config.model_config_list.config if m.HasField("logging_config")}
 
-    def set_logging(self, model: str, filename_prefix: str | None, sampling_rate: float) -> Path:
-        """Log `model`'s requests to `filename_prefix`-* (TF Serving's tfrecord collector) at `sampling_rate`, or,
-        without a prefix, stop: models.config rewritten."""
+    def logging_changed(self, model: str, filename_prefix: str | None, sampling_rate: float) -> dict:
+        """Every model's logging, with `model` logging to `filename_prefix`-* (TF Serving's tfrecord collector) at
+        `sampling_rate`, or, without a prefix, not logging: what models_config and write_models_config take."""
         from serving.model_config import ModelConfig
 
         self.check_model(model)
@@ -306,7 +306,7 @@ class Registry:
             config.log_collector_config.filename_prefix = filename_prefix
             config.sampling_config.sampling_rate = sampling_rate
             logging[model] = config
-        return self.write_models_config(logging)
+        return logging
 
     def write_models_config(self, logging: dict | None = None) -> Path:
         """Write models.config beside the versions (temp file + rename: a poller never reads half of it)."""

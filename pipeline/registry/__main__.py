@@ -74,7 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     where.add_argument("--filename-prefix", help="log files are PREFIX-* (a path, made absolute here)")
     where.add_argument("--off", action="store_true", help="stop logging this model's requests")
     logging.add_argument("--sampling-rate", type=float, default=1.0, help="the share of requests logged (0 to 1)")
-    for command in (label, promote, rollback, gc):
+    for command in (label, promote, rollback, gc, logging):
         command.add_argument("--server", help="HOST:PORT of a running server's gRPC API to apply the change to")
         command.add_argument("--base-path-root", help="the repository's path as that server sees it (e.g. /models)")
         command.add_argument("--timeout-s", type=float, default=120.0, help="for the server to load and relabel")
@@ -192,10 +192,15 @@ def set_logging(registry: Registry, args) -> None:
     if not 0 <= args.sampling_rate <= 1:
         raise CommandLineError(f"--sampling-rate: expected a share of requests from 0 to 1, received {args.sampling_rate}.")
     prefix = None if args.off else str(Path(args.filename_prefix).resolve())  # a server may run elsewhere
-    path = registry.set_logging(args.model, prefix, args.sampling_rate)
-    print(f"{args.model}: requests no longer logged; {path} rewritten" if args.off else
-          f"{args.model}: {args.sampling_rate:.0%} of requests logged to {prefix}-* (PredictionLog "
-          f"TFRecords); {path} rewritten (servers polling it follow; tensorflow_model_server cannot log)")
+    logging = registry.logging_changed(args.model, prefix, args.sampling_rate)
+    if args.server:
+        rollout.reload(args.server, registry.models_config(args.base_path_root, logging),
+                       f"the logging of {args.model!r}", args.timeout_s, client_options(args))
+    path = registry.write_models_config(logging)
+    where = f" on {args.server} and" if args.server else ""
+    print(f"{args.model}: requests no longer logged{where}; {path} rewritten" if args.off else
+          f"{args.model}: {args.sampling_rate:.0%} of requests logged to {prefix}-* (PredictionLog TFRecords)"
+          f"{where}; {path} rewritten (tensorflow_model_server cannot log)")
 
 
 def change_label(registry: Registry, args, model: str, name: str, version: int, action: str) -> None:

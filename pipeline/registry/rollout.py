@@ -34,6 +34,19 @@ def apply(server: str, current, target, model: str, label: str, version: int, ti
                                 f"unchanged.") from None
 
 
+def reload(server: str, target, what: str, timeout_s: float = 120.0, client_options: dict | None = None) -> None:
+    """Give the server at `server` the config `target` in one reload (a change that moves no label: `what`, in
+    words); it has taken effect when this returns."""
+    from serving.client import GrpcClient, ServingClientError
+
+    with GrpcClient(server, timeout_s=min(timeout_s, 60), **(client_options or {})) as client:
+        try:
+            client.reload_config(target)
+        except ServingClientError as e:
+            raise RegistryError(f"server {server} refused {what} ({e.status}: {e.message}); it keeps its previous "
+                                f"config, and models.config is unchanged.") from None
+
+
 def _both(current, target, serving: dict[str, set[int]]):
     """`target`'s models, each serving the versions `target` wants and those the server serves now (`serving`),
     with the labels of `current` (none for a model `current` lacks)."""

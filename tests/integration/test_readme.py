@@ -133,7 +133,12 @@ def test_every_readme_block_works(digits, tmp_path):
                 elif words[:2] == [".venv/bin/python", "-c"]:  # a snippet against the server `make serve` started
                     run([sys.executable, "-c", words[2].replace("localhost:8500", f"127.0.0.1:{grpc_port}")])
                 elif words[:3] == [".venv/bin/python", "-m", "pipeline.registry"]:
-                    run([sys.executable, *words[1:]])
+                    run([sys.executable, *(w.replace("localhost:8500", f"127.0.0.1:{grpc_port}") for w in words[1:])])
+                elif words[:3] == [".venv/bin/python", "-m", "pipeline.monitor"]:  # on what the server logged
+                    result = subprocess.run([sys.executable, *words[1:]], cwd=digits.workdir, env=pipeline_env(),
+                                            capture_output=True, text=True, timeout=120)
+                    assert result.returncode in ((0, 3) if words[3] == "drift" else (0,)), (command, result.stderr)
+                    assert "logged rows of 'digits'" in result.stdout, (command, result.stdout)
                 elif words[:3] == [".venv/bin/python", "-m", "pipeline.run"]:
                     args = [digits.run_id if w == "RUN_ID" else w for w in words[3:]]
                     if section == TOUR:  # for real; a tour command training from scratch with CI's epochs
