@@ -132,7 +132,7 @@ def diff(registry: Registry, args) -> None:
     a, b = registry.get(args.model, args.a), registry.get(args.model, args.b)
     rows = [(key, a.get(key), b.get(key)) for key in ("created", "run_id", "variant", "data_fingerprint",
                                                        "saved_model_bytes")]
-    for section in ("metrics", "trained_metrics", "infra_validation"):
+    for section in ("metrics", "trained_metrics", "infra_validation", "data_origin"):
         rows += [(f"{section}.{key}", a[section].get(key), b[section].get(key))
                  for key in sorted(a[section].keys() | b[section].keys())]
     flat_a, flat_b = _flatten(a["config"]), _flatten(b["config"])
