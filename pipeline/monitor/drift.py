@@ -120,7 +120,7 @@ def _plot(drift: FeatureDrift, training, serving) -> str:
     ax.bar(positions + 0.2, serving_shares, 0.4, label="serving")
     ax.set_xticks(positions, labels, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("share of values")
-    ax.legend()
+    ax.legend(loc="upper center", ncols=2, bbox_to_anchor=(0.5, 1.18), frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
