@@ -38,6 +38,7 @@ class Plan:
     """Where each input's path runs: the numbers' from `numbers` (None for text), and each embedded input's from its
     baseline embedding (by the id of the Keras node that embeds it)."""
 
+    task: str  # classification: the score is the predicted class's probability; regression: the predicted value
     steps: int
     numbers: np.ndarray | None  # the baseline row of the numbers (or decoded pixels) the model reads
     embedded: dict[int, "Embedded"]
@@ -48,9 +49,9 @@ class Plan:
 
     def description(self) -> dict:
         """What explain.json says of the signature."""
+        score = "the predicted class's probability" if self.task == "classification" else "the predicted value"
         return {"method": "integrated gradients", "rule": "Riemann sum at the midpoints", "steps": self.steps,
-                "points_per_row": self.steps + 2, "baseline": self.baseline,
-                "score": "the predicted class's probability (classification), the predicted value (regression)"}
+                "points_per_row": self.steps + 2, "baseline": self.baseline, "score": score}
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def plan(model: keras.Model, schema: dict, train_x: np.ndarray, steps: int) -> P
     categorical = [f["name"] for f in categorical_features(schema)]
     if kind == "text":
         node, vectorizer = _text_embedding(model)
-        found = Plan(steps, None, {id(node): Embedded("x", None)}, vectorizer, None,
+        found = Plan(schema["task"], steps, None, {id(node): Embedded("x", None)}, vectorizer, None,
                      "for each token, a zero embedding (padding keeps its own, so it gets 0)")
     else:
         n = train_x.shape[1] - len(categorical)
@@ -76,11 +77,12 @@ def plan(model: keras.Model, schema: dict, train_x: np.ndarray, steps: int) -> P
         embedded = _category_embeddings(model, categorical, train_x) if categorical else {}
         if categorical:
             baseline += "; for each categorical column, its mean embedding over the train split"
-        found = Plan(steps, numbers, embedded, None, tuple(schema["input_shape"]) if kind == "image" else None,
+        found = Plan(schema["task"], steps, numbers, embedded, None,
+                     tuple(schema["input_shape"]) if kind == "image" else None,
                      baseline)
     probe = (tf.constant(["a"]) if kind == "text" else tf.constant(found.numbers[None]),
              tf.zeros([1, len(categorical)]) if categorical else None)
-    attribute(model, found, *probe, schema["task"])  # eagerly, once: an input without a gradient is found now
+    attribute(model, found, *probe)  # eagerly, once: an input without a gradient is found now
     return found
 
 
@@ -111,7 +113,7 @@ def completeness(answer: dict[str, np.ndarray], least: float) -> dict:
             "within_5_percent": round(float(np.mean(errors <= 0.05)), 4)}
 
 
-def attribute(model: keras.Model, plan: Plan, x, indices, task: str) -> dict:
+def attribute(model: keras.Model, plan: Plan, x, indices) -> dict:
     """The explain outputs for a batch: `x` the numbers (or decoded pixels) the model reads, float32 [rows, n], or
     the texts, string [rows]; `indices` the categorical columns' indices, float32 [rows, k], or None.
     NotExplainable when an input gets no gradient (at trace time in a graph). Written with broadcasts and static
@@ -159,7 +161,8 @@ def attribute(model: keras.Model, plan: Plan, x, indices, task: str) -> dict:
 
         y = per_row(run_around(model, model_x, cut) if plan.embedded else model(model_x, training=False))
     class_id = tf.argmax(tf.gather(y, points - 1, axis=1), axis=-1)  # the class predicted at the input (point 1)
-    chosen = tf.expand_dims(tf.one_hot(class_id, y.shape[-1]), 1) if task == "classification" else tf.ones([1, 1, 1])
+    chosen = tf.expand_dims(tf.one_hot(class_id, y.shape[-1]), 1) if plan.task == "classification" \
+        else tf.ones([1, 1, 1])
     scores = tf.reduce_sum(y * chosen, axis=-1)  # [rows, points]: F along each row's path
     gradients = tape.gradient(y, [t for _, t in watched], output_gradients=tf.broadcast_to(chosen, tf.shape(y)))
     for (name, _), gradient in zip(watched, gradients):
@@ -171,7 +174,7 @@ def attribute(model: keras.Model, plan: Plan, x, indices, task: str) -> dict:
 
     baseline_score, score = tf.unstack(tf.gather(scores, [0, points - 1], axis=1), axis=1)
     outputs = {"score": score, "baseline_score": baseline_score,
-               **({"class_id": class_id} if task == "classification" else {})}
+               **({"class_id": class_id} if plan.task == "classification" else {})}
     if plan.numbers is not None:
         shares = (x - baseline) * means.pop(0)
         outputs["attributions"] = tf.reshape(shares, [-1, *plan.image_shape]) if plan.image_shape else shares

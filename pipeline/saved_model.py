@@ -80,7 +80,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
 
     signatures = {"serving_default": _predict_fn(run, specs, schema["task"], schema.get("classes", []))}
     if explain is not None:
-        signatures["explain"] = _explain_fn(model, explain, prepared, specs, schema["task"], schema.get("classes", []))
+        signatures["explain"] = _explain_fn(model, explain, prepared, specs, schema.get("classes", []))
     if schema["task"] == "classification":
         signatures["classify"] = _classify_fn(run, parse, schema["classes"])
     else:
@@ -142,12 +142,12 @@ def _predict_fn(run, specs: list[tf.TensorSpec], task: str, classes: list[str]):
     return predict
 
 
-def _explain_fn(model: keras.Model, plan: Plan, prepared, specs: list[tf.TensorSpec], task: str, classes: list[str]):
+def _explain_fn(model: keras.Model, plan: Plan, prepared, specs: list[tf.TensorSpec], classes: list[str]):
     """Explain's outputs (pipeline.explain.attribute), and the explained class's name as predict gives it."""
     @tf.function(input_signature=specs, autograph=False)
     def explain(*inputs):
-        outputs = attribute(model, plan, *prepared({spec.name: value for spec, value in zip(specs, inputs)}), task)
-        return {**outputs, **(_class_name(outputs["class_id"], classes) if task == "classification" else {})}
+        outputs = attribute(model, plan, *prepared({spec.name: value for spec, value in zip(specs, inputs)}))
+        return {**outputs, **(_class_name(outputs["class_id"], classes) if "class_id" in outputs else {})}
 
     return explain
 

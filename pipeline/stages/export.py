@@ -66,11 +66,12 @@ def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
     held_out = _held_out(path, schema, test, y)
     write_json(SAVED_MODEL_EVALUATION, out, held_out)
     print(f"export: the SavedModel on the {len(y)} test rows, as a client sends them: {format_metrics(held_out)}")
-    explained = {}
+    explanations = explain_said  # {} with export.explain off, {"skipped": why} for a model it cannot explain
     if plan is not None:
         explanations = _explanations(path, schema, test, read_split(inputs["dataset"], "test"), explain_said)
+    if explanations:
         write_json(EXPLANATIONS, out, explanations)
-        explained = {"explain_completeness_error": explanations["completeness"]["median"]}
+    explained = {"explain_completeness_error": explanations["completeness"]["median"]} if plan is not None else {}
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     label = schema["classes"][y[0]] if schema["task"] == "classification" else f"{y[0]:.6g}"
     return {"saved_model_bytes": size, "signatures": described, "sample_label": label, **explained,
