@@ -246,7 +246,8 @@ class ExportConfig:
     warmup: bool = True  # write assets.extra/tf_serving_warmup_requests (TF Serving replays it on load)
     reject_nonfinite: bool = True  # a request with NaN or Infinity in `x` fails (400) instead of being answered
     explain: bool = True  # add the `explain` signature: each input value's share of the prediction (integrated
-    # gradients, computed in the graph, so TF Serving answers it too); a model it cannot explain is exported without
+    # gradients, computed in the graph, so TF Serving answers it too); a model with an input it cannot attribute to is
+    # exported without it, and export says why
     explain_steps: int = 32  # explain: intervals of the path from the baseline to the input (each row runs the model
     # at steps + 2 points, in one batch)
 

@@ -1,5 +1,6 @@
 """The notebooks run top to bottom in CI, with small settings injected after their parameters cell, the
-way papermill does; the committed files hold no outputs."""
+way papermill does; the committed files hold no outputs. A notebook about a trained model (06) is given a copy of
+the test run's shared digits run as its WORKDIR instead of training one."""
 import json
 import os
 from pathlib import Path
@@ -15,10 +16,12 @@ CI_PARAMETERS = {  # small enough for CI on 2 cores, big enough for each noteboo
     "02_compression": {"EPOCHS": 4, "FINE_TUNE_EPOCHS": 1, "VARIANTS": ["qat"]},
     "03_distributed_and_online_update": {"EPOCHS": 3},
     "04_bring_your_own_data": {"EPOCHS": 10},
+    "06_explain": {"EPOCHS": 3},
 }
+ON_THE_DIGITS_RUN = ("06_explain",)  # WORKDIR: a copy of tests/conftest.py's digits run
 
 
-def test_there_are_the_four_notebooks_and_ci_knows_each():
+def test_there_are_the_five_notebooks_and_ci_knows_each():
     assert [n.stem for n in NOTEBOOKS] == sorted(CI_PARAMETERS)
 
 
@@ -32,7 +35,9 @@ def test_committed_notebooks_hold_no_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, request):
+    if path.stem in ON_THE_DIGITS_RUN:
+        request.getfixturevalue("digits").copy(tmp_path / "work")
     notebook = nbformat.read(path, as_version=4)
     parameters = {**CI_PARAMETERS[path.stem], "WORKDIR": str(tmp_path / "work")}
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {json.dumps(v)}" for k, v in parameters.items()))

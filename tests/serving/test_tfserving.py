@@ -88,6 +88,10 @@ def test_the_bundle_serves_what_the_repository_config_says(bundle, repo, digits)
     assert list(hpt.model_version_policy.specific.versions) == [2, 3]
     assert dict(hpt.version_labels) == {"stable": 2, "canary": 3}
     assert (bundle / "batching_parameters.txt").read_text() == SWEEP_FILE  # the sweep's file, comments and all
+    readme = (bundle / "README.md").read_text()  # how to ask digits why (hpt has no explain signature)
+    assert "`digits` answers why, with an `explain` signature" in readme
+    assert ("jq '. + {signature_name: \"explain\"}' models/digits/1/assets.extra/sample_request.json \\\n"
+            "  | curl -d @- localhost:8501/v1/models/digits:predict") in readme
 
 
 def test_a_repository_without_config_serves_every_model_at_its_latest_version(half_plus_two_base, digits, tmp_path):
@@ -241,6 +245,12 @@ def test_the_bundle_serves_its_labelled_versions_with_metrics(kind, bundle, tmp_
         assert predict(url, "hpt/labels/stable") == [[2.5]]  # version 2: x/2 + 2
         assert predict(url, "hpt/labels/canary") == [[3.5]]  # version 3: x/2 + 3
         assert predict(url, "hpt") == [[3.5]]  # the latest served version
+        body = {**json.loads((bundle / "models/digits/1/assets.extra/sample_request.json").read_text()),
+                "signature_name": "explain"}  # the README's request: the pipeline's explain signature, in the graph
+        explained = requests.post(f"{url}/v1/models/digits:predict", json=body, timeout=30)
+        assert explained.status_code == 200, explained.text
+        (row,) = explained.json()["predictions"]
+        assert len(row["attributions"]) == 64 and abs(sum(row["attributions"]) - row["score"] + row["baseline_score"]) < 0.1
         metrics = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=10)
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
         # Promote: the label moves in the config file (the ConfigMap), the running server follows.
