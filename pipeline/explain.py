@@ -160,9 +160,10 @@ def attribute(model: keras.Model, plan: Plan, x, indices) -> dict:
             return point
 
         y = per_row(run_around(model, model_x, cut) if plan.embedded else model(model_x, training=False))
-    class_id = tf.argmax(tf.gather(y, points - 1, axis=1), axis=-1)  # the class predicted at the input (point 1)
-    chosen = tf.expand_dims(tf.one_hot(class_id, y.shape[-1]), 1) if plan.task == "classification" \
-        else tf.ones([1, 1, 1])
+    outputs, chosen = {}, tf.ones([1, 1, 1])  # regression: F is the one output
+    if plan.task == "classification":  # F is the probability of the class predicted at the input (point 1)
+        outputs["class_id"] = tf.argmax(tf.gather(y, points - 1, axis=1), axis=-1)
+        chosen = tf.expand_dims(tf.one_hot(outputs["class_id"], y.shape[-1]), 1)
     scores = tf.reduce_sum(y * chosen, axis=-1)  # [rows, points]: F along each row's path
     gradients = tape.gradient(y, [t for _, t in watched], output_gradients=tf.broadcast_to(chosen, tf.shape(y)))
     for (name, _), gradient in zip(watched, gradients):
@@ -172,9 +173,7 @@ def attribute(model: keras.Model, plan: Plan, x, indices) -> dict:
                                  f"cannot give it a share; the model is exported without the explain signature.")
     means = [tf.reduce_sum(per_row(g) * over_points(weights, g.shape.rank + 1), axis=1) for g in gradients]
 
-    baseline_score, score = tf.unstack(tf.gather(scores, [0, points - 1], axis=1), axis=1)
-    outputs = {"score": score, "baseline_score": baseline_score,
-               **({"class_id": class_id} if plan.task == "classification" else {})}
+    outputs["baseline_score"], outputs["score"] = tf.unstack(tf.gather(scores, [0, points - 1], axis=1), axis=1)
     if plan.numbers is not None:
         shares = (x - baseline) * means.pop(0)
         outputs["attributions"] = tf.reshape(shares, [-1, *plan.image_shape]) if plan.image_shape else shares

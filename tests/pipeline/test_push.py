@@ -13,35 +13,17 @@ import numpy as np
 import pytest
 
 import repository
-from models import ModelConfig, build_model
-from pipeline import saved_model
 from pipeline.artifacts import Inputs, RunInfo
 from pipeline.config import load_config
 from pipeline.errors import StageError
 from pipeline.runner import stage_view
 from pipeline.stages import push
+from tests.exported import export
 
 pytestmark = pytest.mark.xdist_group("test_push")  # its module-scoped fixture runs once, on one worker
 
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def export(path: Path, n_features: int, seed: int = 0, explain: bool = False) -> Path:
-    """A small classifier exported the way the export stage does it (with the explain signature, or without)."""
-    import tf_keras as keras
-
-    from pipeline import explain as explained
-    from pipeline.artifacts import data_spec
-
-    keras.utils.set_random_seed(seed)
-    schema = {"task": "classification", "input_shape": [n_features], "classes": ["a", "b"],
-              "features": [{"mean": 0.0, "std": 1.0} for _ in range(n_features)]}
-    model = build_model(ModelConfig(name="mlp", width=4, depth=1), data_spec(schema))
-    plan = explained.plan(model, schema, np.zeros((4, n_features), np.float32), 8) if explain else None
-    saved_model.save(model, schema, path, warmup=True, reject_nonfinite=True,
-                     sample={"x": np.zeros((1, n_features), np.float32)}, explain=plan)
-    return path
 
 
 def view(repo: Path, *overrides: str):
@@ -169,6 +151,7 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.runner import stage_view
 from pipeline.stages import push
+from tests.exported import export
 from tests.pipeline.test_push import stage_inputs
 cfg = stage_view(load_config(None, [f"push.repository={sys.argv[1]}", "push.smoke_test=true"]), push)
 push.run(cfg, stage_inputs(Path(sys.argv[3]), Path(sys.argv[2])), Path(sys.argv[3]))
