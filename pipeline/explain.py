@@ -6,10 +6,11 @@ value i gets (x_i − b_i) times the mean of ∂F/∂x_i along the straight path
 shares add up to F(x) − F(b) (completeness), up to the error of the rule that takes the mean. Here:
 - F is the predicted class's probability (classification) or the predicted value (regression);
 - the baseline is a black image (zeros) when the model reads images, the train split's mean row otherwise;
-- the mean is a Riemann sum at the midpoints of `steps` equal intervals. For a smooth F (the GRU, the tables'
-  MLPs) its error is half the trapezoid rule's at the same steps, as theory says, and on the ReLU CNN, whose kinks
-  make every rule first order, the two are equal within noise (benchmarks/results/explain.md); both ends of the
-  path are computed too (weight 0), for `score` and `baseline_score`: steps + 2 points a row;
+- the mean is a Riemann sum at the midpoints of `steps` equal intervals, chosen over the trapezoid rule for its
+  smaller completeness error at the same steps (benchmarks/results/explain.md): half of it on the GRU, whose F is
+  smooth (as theory says for the two rules), and on the ReLU models, whose kinks make both rules first order, about
+  the same on the median row and smaller on the worst. Both ends of the path are computed too (weight 0), for `score` and `baseline_score`:
+  steps + 2 points a row;
 - every point of every row's path is one row of one batch, run forward and back in one graph call;
 - a categorical column or a text's tokens reach the model as indices, which have no gradient: their path runs in
   embedding space instead, the model run in two parts around its Embedding layers. A category starts from the train

@@ -329,9 +329,11 @@ def _serving(run_dir: Path) -> str:
     if result is not None:
         parts.append("<p>Infra validation: skipped.</p>" if result.get("skipped") else
                      f"<p>Infra validation: {result['rows']} test rows served over REST and gRPC as computed in "
-                     f"process (largest difference {max(result['max_abs_difference'].values()):.2g}); single-row "
-                     f"latency over {result['requests']} requests: p50 {result['p50_ms']:.2f} ms, p99 "
-                     f"{result['p99_ms']:.2f} ms.</p>")
+                     f"process (largest difference {max(result['max_abs_difference'].values()):.2g}"
+                     + (f"; explain's {max(result['explain_max_abs_difference'].values()):.2g}"
+                        if "explain_max_abs_difference" in result else "")
+                     + f"); single-row latency over {result['requests']} requests: p50 {result['p50_ms']:.2f} ms, p99 "
+                       f"{result['p99_ms']:.2f} ms.</p>")
     pushed = _read(PUSHED, run_dir)
     if pushed is not None:
         path = Path(pushed["path"]).resolve()

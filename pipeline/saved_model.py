@@ -93,7 +93,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
         tf.get_logger().removeFilter(untrue)
     _set_method_names(path)
     if warmup:
-        _write_warmup(path, sample)
+        _write_warmup(path, sample, [key for key in ("serving_default", "explain") if key in signatures])
 
 
 def _checked_width(x, n: int):
@@ -229,13 +229,15 @@ def _set_method_names(path: Path) -> None:
     pb.write_bytes(saved.SerializeToString())
 
 
-def _write_warmup(path: Path, inputs: dict[str, np.ndarray]) -> None:
-    """One predict request in TF Serving's warmup format, so the first real request is not slow."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.signature_name = "serving_default"
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+def _write_warmup(path: Path, inputs: dict[str, np.ndarray], signature_names: list[str]) -> None:
+    """One predict request per signature (serving_default, and explain where there is one) in TF Serving's warmup
+    format, so the first real request to either is not slow."""
     (path / "assets.extra").mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
-        writer.write(log.SerializeToString())
+        for signature_name in signature_names:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature_name
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
