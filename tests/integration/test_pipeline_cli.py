@@ -97,7 +97,7 @@ def test_explain_shares_each_rows_score_out_among_its_pixels(workdir):
                                                                  "the predicted class's probability")
     served = json.loads((workdir / "runs" / "latest" / "infra_validate" / "infra_validation" / "report.json").read_text())
     assert set(served["explain_max_abs_difference"]) == {"REST", "gRPC"}
-    assert max(served["explain_max_abs_difference"].values()) <= 1e-5
+    assert max(served["explain_max_abs_difference"].values()) <= 1e-4
 
 
 def test_a_whole_run_prints_no_tensorflow_warnings_or_noise(workdir):
