@@ -240,7 +240,7 @@ def _category_embeddings(model: keras.Model, names: list[str], train_x: np.ndarr
     """The Embedding node of each categorical column (found by moving one column at a time and seeing which node's
     input moves), with the column's mean embedding over the train rows."""
     k = len(names)
-    nodes = {id(node): node for node in _embedding_nodes(model, f"categorical input(s) {names}")}
+    nodes = {id(node) for node in _embedding_nodes(model, f"categorical input(s) {names}")}
     probe = np.zeros((k + 1, train_x.shape[1]), np.float32)
     probe[np.arange(1, k + 1), train_x.shape[1] - k + np.arange(k)] = 1  # row 1 + j: column j's index moved to 1
     moved_by = {}
