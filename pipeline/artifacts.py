@@ -172,6 +172,8 @@ SAMPLE_REQUEST = RunFile("export", "sample_request.json")
 SHIPPED_SAMPLE_REQUEST = "assets.extra/sample_request.json"  # the same, inside the SavedModel: push's smoke test
 SHIPPED_SCHEMA = "assets.extra/schema.json"  # validate's schema, inside the SavedModel: what the server checks inputs by
 SHIPPED_TRAIN_STATISTICS = "assets.extra/train_statistics.pb"  # the same for the statistics: what drift compares with
+SHIPPED_EXPLAIN = "assets.extra/explain.json"  # how the explain signature explains (baseline, steps), or why it is not there
+EXPLANATIONS = RunFile("export", "explanations.json")  # the explain signature's answers for a few test rows
 INFRA_VALIDATION = RunFile("infra_validate", "infra_validation/report.json")
 PUSHED = RunFile("push", "pushed.json")
 

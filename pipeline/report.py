@@ -3,8 +3,10 @@
 Sections, each present when its artefacts are: the run (status, config source and overrides, and for a
 failed run the failing stage's reason and log tail), stages (timings, cache hits), data (per-feature
 statistics, label distribution, rejected rows), tuning (trials), training (curves), evaluation
-(metrics, confusion matrix), compression (table and plot), serving (infra-validation and smoke-test
-latencies, the pushed version and a command to query it), signatures, config.
+(metrics, confusion matrix), explanations (the explain signature on a few test rows: attribution maps,
+a table row's largest shares or a text's tokens, beside the predictions; its completeness error), compression
+(table and plot), serving (infra-validation and smoke-test latencies, the pushed version and a command to query
+it), signatures, config.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.artifacts import (COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, EVALUATION, HISTORY,
+from pipeline.artifacts import (COMPRESSION_PLOT, COMPRESSION_REPORT, CONFUSION, EVALUATION, EXPLANATIONS, HISTORY,
                                 INFRA_VALIDATION, PUSHED, REJECTS, SAVED_MODEL_EVALUATION, SCHEMA,
                                 SHIPPED_SAMPLE_REQUEST, SIGNATURES, TRIALS, RunFile)
 from pipeline.compression import summary
@@ -34,6 +36,7 @@ border-bottom:1px solid #eee} th{background:#f5f5f5} td.l,th.l{text-align:left}
 .failed{color:#b00} .ok{color:#070} img{max-width:100%} pre.command{white-space:pre-wrap;overflow-wrap:anywhere}
 """
 LOG_TAIL_LINES = 40
+TOP_FEATURES = 5  # a table row's largest shares shown
 
 
 def write_report(run_dir: Path, records: list[StageRecord], failure: StageFailed | None = None) -> Path:
@@ -46,6 +49,7 @@ def write_report(run_dir: Path, records: list[StageRecord], failure: StageFailed
         ("tuning", "Tuning", _tuning(run_dir)),
         ("training", "Training", _training(run_dir)),
         ("evaluation", "Evaluation (test split)", _evaluation(run_dir)),
+        ("explanations", "Explanations (the explain signature on test rows)", _explanations(run_dir)),
         ("compression", "Compression (measured on the validation split)", _compression(run_dir)),
         ("serving", "Serving", _serving(run_dir)),
         ("signatures", "Signatures", _signatures(run_dir)),
@@ -206,6 +210,82 @@ def _evaluation(run_dir: Path) -> str:
     return "".join(parts)
 
 
+def _explanations(run_dir: Path) -> str:
+    explained = _read(EXPLANATIONS, run_dir)
+    if explained is None:
+        return ""
+    if "skipped" in explained:
+        return f"<p>The model has no <code>explain</code> signature: {html.escape(explained['skipped'])}</p>"
+    said, figures = explained["described"], explained["completeness"]
+    intro = (f"<p>Each input's share of the score ({html.escape(said['score'])}): {html.escape(said['method'])}, "
+             f"{html.escape(said['rule'])} over {said['steps']} steps, from the baseline: "
+             f"{html.escape(said['baseline'])}. Shares add up to the score's move from the baseline "
+             f"(completeness) within {_percent(figures['median'])} on the median row, {_percent(figures['p95'])} "
+             f"at the 95th percentile and {_percent(figures['max'])} at most, on the {figures['rows']} test rows "
+             f"whose score moved at least {figures['least_move']:.3g}.</p>")
+    show = {"image": _attribution_maps, "table": _largest_shares, "text": _token_shares}[explained["kind"]]
+    return intro + show(explained)
+
+
+def _percent(fraction: float | None) -> str:
+    return "–" if fraction is None else f"{100 * fraction:.1f} %"
+
+
+def _prediction(row: dict) -> str:
+    """What a shown row's model said, and what it was: "predicted 3 (score 0.99, baseline 0.02), true 3"."""
+    predicted = row["predicted"] if isinstance(row["predicted"], str) else f"{row['predicted']:.4g}"
+    label = row["label"] if isinstance(row["label"], str) else f"{row['label']:.4g}"
+    return f"predicted {predicted} (score {row['score']:.3g}, baseline {row['baseline_score']:.3g}), true {label}"
+
+
+def _attribution_maps(explained: dict) -> str:
+    """Each shown image above its shares per pixel (channels summed): red raised the score, blue lowered it."""
+    from matplotlib.figure import Figure
+    import numpy as np
+
+    rows = explained["rows"]
+    fig = Figure(figsize=(2.4 * len(rows), 5))
+    axes = fig.subplots(2, len(rows), squeeze=False)
+    for column, row in enumerate(rows):
+        pixels = np.asarray(row["pixels"])
+        shares = np.asarray(row["attributions"]).sum(axis=-1)
+        image, heat = axes[0][column], axes[1][column]
+        image.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels / max(pixels.max(), 1e-9),
+                     cmap="gray_r" if pixels.shape[-1] == 1 else None)
+        image.set_title(f"predicted {row['predicted']} ({row['score']:.2f})\ntrue {row['label']}", fontsize=8)
+        limit = max(float(np.abs(shares).max()), 1e-9)
+        heat.imshow(shares, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        heat.set_title(f"shares, sum {shares.sum():.3g}", fontsize=8)
+        for ax in (image, heat):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return _image(buffer.getvalue(), "attribution maps")
+
+
+def _largest_shares(explained: dict) -> str:
+    rows = [[html.escape(_prediction(row)), *(f"{html.escape(name)} = {_number(value)}: {share:+.3g}"
+                                              for name, value, share in row["features"][:TOP_FEATURES])]
+            for row in explained["rows"]]
+    width = max(len(r) for r in rows)
+    return _table(["row", *(f"share {i}" for i in range(1, width))], [r + [""] * (width - len(r)) for r in rows],
+                  left="l" * width)
+
+
+def _token_shares(explained: dict) -> str:
+    """Each shown text, its tokens shaded by their share: green raised the score, red lowered it."""
+    parts = []
+    for row in explained["rows"]:
+        largest = max((abs(share) for _, share in row["tokens"]), default=0.0) or 1.0
+        tokens = " ".join(f"<span title='{share:+.3g}' style='background:rgba("
+                          f"{'0,150,0' if share >= 0 else '200,0,0'},{abs(share) / largest:.2f})'>"
+                          f"{html.escape(token)}</span>" for token, share in row["tokens"])
+        parts.append(f"<p>{tokens}<br><small>{html.escape(_prediction(row))}</small></p>")
+    return "".join(parts)
+
+
 def _compression(run_dir: Path) -> str:
     report = _read(COMPRESSION_REPORT, run_dir)
     if report is None:
@@ -249,9 +329,11 @@ def _serving(run_dir: Path) -> str:
     if result is not None:
         parts.append("<p>Infra validation: skipped.</p>" if result.get("skipped") else
                      f"<p>Infra validation: {result['rows']} test rows served over REST and gRPC as computed in "
-                     f"process (largest difference {max(result['max_abs_difference'].values()):.2g}); single-row "
-                     f"latency over {result['requests']} requests: p50 {result['p50_ms']:.2f} ms, p99 "
-                     f"{result['p99_ms']:.2f} ms.</p>")
+                     f"process (largest difference {max(result['max_abs_difference'].values()):.2g}"
+                     + (f"; explain's {max(result['explain_max_abs_difference'].values()):.2g}"
+                        if "explain_max_abs_difference" in result else "")
+                     + f"); single-row latency over {result['requests']} requests: p50 {result['p50_ms']:.2f} ms, p99 "
+                       f"{result['p99_ms']:.2f} ms.</p>")
     pushed = _read(PUSHED, run_dir)
     if pushed is not None:
         path = Path(pushed["path"]).resolve()

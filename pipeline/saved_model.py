@@ -9,6 +9,8 @@ numbers into int64_list, so `{"x": [0, 5, 13]}` must work like `[0.0, 5.0, 13.0]
 as a bytes_list.
 With `reject_nonfinite`, NaN or Infinity in `x` fails the request (INVALID_ARGUMENT, naming `x`),
 since training never saw such rows and a model answers them with confident nonsense.
+Given an explain plan (pipeline.explain), `explain` takes what `serving_default` takes and answers why: each input
+value's share of the predicted score, computed in the graph (integrated gradients), so TF Serving answers it too.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from pipeline.artifacts import categorical_features
+from pipeline.explain import Plan, attribute
 
 INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
@@ -37,15 +40,18 @@ class UncompiledIsNotAProblem(logging.Filter):
 
 
 def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonfinite: bool,
-         sample: dict[str, np.ndarray]) -> None:
+         sample: dict[str, np.ndarray], explain: Plan | None = None) -> None:
     """Write `model` as a SavedModel at `path` with TF Serving's signatures (and Keras metadata: warm starts load
-    it); `sample` (one row as a client sends it, by input name) is the warmup request."""
+    it); `sample` (one row as a client sends it, by input name) is the warmup request; with `explain`, the explain
+    signature too."""
     kind = schema.get("kind", "numeric")
     categorical = categorical_features(schema)
     n = len(schema["features"]) - len(categorical)
     pixels = _image_pixels(schema) if kind == "image" else None
 
-    def run(inputs: dict):
+    def prepared(inputs: dict) -> tuple:
+        """What the model reads of a request: the numbers (checked), decoded pixels or texts, and the categorical
+        columns' indices (None without)."""
         x = inputs[INPUT]
         if kind == "numeric":
             x = _checked_width(x, n)
@@ -53,9 +59,13 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
             x = tf.debugging.assert_all_finite(x, f"input '{INPUT}' must hold finite numbers, as in training")
         if pixels:
             x = pixels(x)
-        if categorical:
-            x = tf.concat([x, *(_category_index(inputs[f["name"]], f["vocabulary"]) for f in categorical)], axis=1)
-        return model(x, training=False)
+        if not categorical:
+            return x, None
+        return x, tf.concat([_category_index(inputs[f["name"]], f["vocabulary"]) for f in categorical], axis=1)
+
+    def run(inputs: dict):
+        x, indices = prepared(inputs)
+        return model(x if indices is None else tf.concat([x, indices], axis=1), training=False)
 
     specs = [tf.TensorSpec([None, n], tf.float32, name=INPUT) if kind == "numeric" else
              tf.TensorSpec([None], tf.string, name=INPUT), *(tf.TensorSpec([None], tf.string, name=f["name"])
@@ -69,6 +79,8 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
         return {INPUT: numeric_feature(examples, INPUT, n), **parsed} if kind == "numeric" else parsed
 
     signatures = {"serving_default": _predict_fn(run, specs, schema["task"], schema.get("classes", []))}
+    if explain is not None:
+        signatures["explain"] = _explain_fn(model, explain, prepared, specs, schema.get("classes", []))
     if schema["task"] == "classification":
         signatures["classify"] = _classify_fn(run, parse, schema["classes"])
     else:
@@ -81,7 +93,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
         tf.get_logger().removeFilter(untrue)
     _set_method_names(path)
     if warmup:
-        _write_warmup(path, sample)
+        _write_warmup(path, sample, [key for key in ("serving_default", "explain") if key in signatures])
 
 
 def _checked_width(x, n: int):
@@ -119,18 +131,32 @@ def _image_pixels(schema: dict):
 def _predict_fn(run, specs: list[tf.TensorSpec], task: str, classes: list[str]):
     """Predict's outputs: a classifier's probabilities and class id, and its class name when the labels are names
     (not the ids themselves, as digits' are); a regressor's value."""
-    named = classes != [str(i) for i in range(len(classes))]
-
     @tf.function(input_signature=specs)
     def predict(*inputs):
         y = run({spec.name: value for spec, value in zip(specs, inputs)})
         if task != "classification":
             return {"value": tf.squeeze(y, axis=-1)}
         class_id = tf.argmax(y, axis=-1)
-        return {"probabilities": y, "class_id": class_id,
-                **({"class_name": tf.gather(tf.constant(classes), class_id)} if named else {})}
+        return {"probabilities": y, "class_id": class_id, **_class_name(class_id, classes)}
 
     return predict
+
+
+def _explain_fn(model: keras.Model, plan: Plan, prepared, specs: list[tf.TensorSpec], classes: list[str]):
+    """Explain's outputs (pipeline.explain.attribute), and the explained class's name as predict gives it."""
+    @tf.function(input_signature=specs, autograph=False)
+    def explain(*inputs):
+        outputs = attribute(model, plan, *prepared({spec.name: value for spec, value in zip(specs, inputs)}))
+        return {**outputs, **(_class_name(outputs["class_id"], classes) if "class_id" in outputs else {})}
+
+    return explain
+
+
+def _class_name(class_id, classes: list[str]) -> dict:
+    """{"class_name": ...} when the labels are names, not the ids themselves (as digits' are); {} otherwise."""
+    if classes == [str(i) for i in range(len(classes))]:
+        return {}
+    return {"class_name": tf.gather(tf.constant(classes), class_id)}
 
 
 def _classify_fn(run, parse, classes: list[str]):
@@ -203,13 +229,15 @@ def _set_method_names(path: Path) -> None:
     pb.write_bytes(saved.SerializeToString())
 
 
-def _write_warmup(path: Path, inputs: dict[str, np.ndarray]) -> None:
-    """One predict request in TF Serving's warmup format, so the first real request is not slow."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.signature_name = "serving_default"
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+def _write_warmup(path: Path, inputs: dict[str, np.ndarray], signature_names: list[str]) -> None:
+    """One predict request per signature (serving_default, and explain where there is one) in TF Serving's warmup
+    format, so the first real request to either is not slow."""
     (path / "assets.extra").mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
-        writer.write(log.SerializeToString())
+        for signature_name in signature_names:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature_name
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())

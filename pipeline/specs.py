@@ -239,10 +239,25 @@ class CompressConfig:
         return found
 
 
+EXPLAIN_STEPS = (2, 1024)  # export.explain_steps: the fewest and the most
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     warmup: bool = True  # write assets.extra/tf_serving_warmup_requests (TF Serving replays it on load)
     reject_nonfinite: bool = True  # a request with NaN or Infinity in `x` fails (400) instead of being answered
+    explain: bool = True  # add the `explain` signature: each input value's share of the prediction (integrated
+    # gradients, computed in the graph, so TF Serving answers it too); a model with an input it cannot attribute to is
+    # exported without it, and export says why
+    explain_steps: int = 32  # explain: intervals of the path from the baseline to the input (each row runs the model
+    # at steps + 2 points, in one batch)
+
+    def problems(self) -> list[str]:
+        low, high = EXPLAIN_STEPS
+        if not low <= self.explain_steps <= high:
+            return [f"explain_steps: expected an integer in [{low}, {high}] (32 is the default; fewer steps share the "
+                    f"score out less exactly, more cost time per request), received {self.explain_steps}."]
+        return []
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""The bundle's README: what it serves, and the commands that build, run, deploy and check it."""
+"""The bundle's README: what it serves, and the commands that build, run, deploy and check it (and ask its models
+why, where they have an `explain` signature)."""
 from __future__ import annotations
 
+import repository
 from serving.tfserving import container, request_logging
 from serving.tfserving.served import Served
+
+SAMPLE_REQUEST = "assets.extra/sample_request.json"  # a predict body the pipeline ships inside each version
 
 
 def readme(served: Served, name: str, tag: str, gpus: int, logging_mode: str = "canary") -> str:
@@ -57,6 +61,7 @@ With Compose: `docker compose --profile gpu up --build` (or `--profile cpu`).
 Predict with `curl -d '{{"instances": [...]}}' {rest}/v1/models/{first}:predict` (the input names and shapes are
 in the metadata), a labelled version with `.../v1/models/<model>/labels/<label>:predict`.
 
+{_explanations(served, rest)}
 ## Kubernetes
 
 Push the image to a registry the cluster pulls from, apply the manifests and point the Deployment at it:
@@ -115,4 +120,33 @@ kubectl set image deployment/{name}-logging maas-serving=REGISTRY/{logging_image
 dropped and counted, never a request failed); read them where the claim is mounted. The pod runs on CPU, as
 uid 1000. Its metrics (`{container.METRICS_PATH}` on the `{name}-logging` Service) add the records dropped and,
 for models that ship a schema, values outside it per feature. Move a label in `logging/k8s/configmap.yaml` too.
+"""
+
+
+def _explanations(served: Served, rest: str) -> str:
+    """The explain request for the models whose served versions have the signature (the pipeline's export adds it)."""
+    explained = {name: (version, path) for name, versions in served.versions.items()
+                 for version, path in sorted(versions.items()) if "explain" in repository.signatures(path)}
+    if not explained:
+        return ("## Explanations\n\nNo served version has an `explain` signature; the pipeline's export adds one "
+                "(`export.explain`, on by default).\n")
+    name, (version, path) = next(iter(explained.items()))
+    sample = (f"jq '. + {{signature_name: \"explain\"}}' models/{name}/{version}/{SAMPLE_REQUEST} \\\n"
+              f"  | curl -d @- {rest}/v1/models/{name}:predict\n" if (path / SAMPLE_REQUEST).is_file() else "")
+    return f"""## Explanations
+
+{", ".join(f"`{n}`" for n in explained)} answer{"s" * (len(explained) == 1)} why, with an `explain` signature: the \
+request is a prediction's with the signature's name, and `tensorflow_model_server` runs it as it is (the integrated \
+gradients are ops in the SavedModel's graph: nothing else to deploy).
+
+```sh
+curl -d '{{"signature_name": "explain", "instances": [...]}}' {rest}/v1/models/{name}:predict
+{sample}```
+
+Each row answers `attributions` (each value of `x`: its share of `score`; for image files, each decoded pixel's),
+`attributions_<column>` (a categorical column's share), `token_attributions` and `tokens` (text: each token's
+share), `class_id` (the class explained: the predicted one), `score` (the predicted class's probability, or the
+predicted value) and `baseline_score` (the same at the baseline): a row's shares add up to `score - baseline_score`.
+Each version's `assets.extra/explain.json` says its baseline and steps. Over gRPC: a PredictRequest with
+`model_spec.signature_name: "explain"`; `/v1/models/<model>/metadata` lists its inputs and outputs.
 """

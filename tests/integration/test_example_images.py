@@ -47,6 +47,9 @@ def test_served_predictions_on_image_files_equal_the_training_pipelines(images):
             assert answer["class_id"][0] == expected[0].argmax()
             (top, _), *_ = sorted(rest.classify("images", [{"x": files[0]}], signature_name="classify")[0], key=lambda c: -c[1])
             assert top == schema["classes"][expected[0].argmax()]
+            explained = rest.predict("images", files[:2], signature_name="explain")  # shares of the decoded pixels
+            assert explained["attributions"].shape == (2, 32, 32, 3)
+            np.testing.assert_allclose(explained["score"], expected[:2].max(axis=1), rtol=1e-4)
     finally:
         server.stop()
 

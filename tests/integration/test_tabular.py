@@ -13,6 +13,7 @@ from localhost.ports import free_port
 from pipeline.monitor.__main__ import main as monitor
 from serving.client import GrpcClient, RestClient
 from serving.process import ServerProcess
+from tests.integration.completeness import assert_shares_add_up
 from tests.pipeline.request_logs import predict_log, write_logs
 from tests.pipeline_cli import run_pipeline
 
@@ -55,7 +56,8 @@ def test_breast_cancer_int8_is_as_accurate_as_float(tmp_path):
 
 
 def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
-    """The label depends on a categorical column only: clients send the city's name, the model looks it up."""
+    """The label depends on a categorical column only: clients send the city's name, the model looks it up, and
+    explain gives the city (its embedding's share) nearly all of the score's move from the train split's mean row."""
     rng = np.random.default_rng(0)
     cities = {"paris": "cold", "oslo": "cold", "rome": "warm", "lima": "warm"}
     source = tmp_path / "weather.csv"
@@ -69,12 +71,19 @@ def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
                           "compress.variants=[]", "infra_validate.enabled=false", "push.smoke_test=true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert stage(tmp_path, "evaluate")["metrics"]["accuracy"] == 1.0
+    import tensorflow as tf
     import tf_keras as keras
 
     run = tmp_path / "runs" / "latest"
     test = np.load(run / "validate" / "dataset" / "test.npz")
     expected = keras.models.load_model(run / "train" / "model" / "model.keras").predict(test["x"][:6], verbose=0)
     rows = {"x": test["x"][:6, :1], "city": test["categorical"][:6, 0]}
+    explain = tf.saved_model.load(str(tmp_path / "repo" / "weather" / "1")).signatures["explain"]
+    answer = {k: v.numpy() for k, v in explain(x=tf.constant(test["x"][:, :1]),
+                                               city=tf.constant(test["categorical"][:, 0])).items()}
+    assert_shares_add_up(answer, ["attributions", "attributions_city"])  # every test row within 5 %
+    city, size = np.abs(answer["attributions_city"]), np.abs(answer["attributions"][:, 0])
+    assert np.all(city > size) and city.sum() > 10 * size.sum()  # measured: 0.39 to 0.69 against 0.001 to 0.09
     grpc_port = free_port()
     server = ServerProcess("--model_name=weather", f"--model_base_path={tmp_path / 'repo' / 'weather'}",
                            f"--port={grpc_port}", log_dir=tmp_path)
@@ -89,6 +98,13 @@ def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
             scores = rest.classify("weather", [{"x": [0.2], "city": "rome"}, {"x": [0.2], "city": "oslo"}],
                                    signature_name="classify")
             assert [max(s, key=lambda c: c[1])[0] for s in scores] == ["warm", "cold"]
+            for client in (rest, grpc_client):  # explain: what it computes in process, over both protocols
+                explained = client.predict("weather", rows, signature_name="explain")
+                assert sorted(explained) == ["attributions", "attributions_city", "baseline_score", "class_id",
+                                             "class_name", "score"]
+                for name in ("attributions", "attributions_city", "score", "baseline_score"):
+                    np.testing.assert_allclose(explained[name], answer[name][:6], rtol=1e-5, atol=1e-6, err_msg=name)
+                assert explained["class_id"].tolist() == answer["class_id"][:6].tolist()
         answer = requests.post(f"{server.url}/v1/models/weather:predict", timeout=30,
                                json={"instances": [{"x": [0.2], "city": "atlantis"}]})  # unseen: index 0
         assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
@@ -97,6 +113,13 @@ def test_categorical_columns_are_served_as_named_string_inputs(tmp_path):
                                                                           "examples": [{"x": [0.2]}]}
             missing = requests.post(f"{server.url}/v1/models/weather:{api}", json=body, timeout=30)
             assert missing.status_code == 400 and "city" in missing.json()["error"], (api, missing.text)
+        for body in ({"instances": [{"x": [0.2]}]}, {"instances": [{"x": [0.2, 0.3], "city": "rome"}]}):
+            refused = requests.post(f"{server.url}/v1/models/weather:predict", timeout=30,
+                                    json={"signature_name": "explain", **body})  # explain refuses what predict does
+            predicted = requests.post(f"{server.url}/v1/models/weather:predict", json=body, timeout=30)
+            assert refused.status_code == predicted.status_code == 400
+            words = [reply.json()["error"].split("\n\t")[0] for reply in (refused, predicted)]  # then the graph's
+            assert words[0] == words[1], words                                                  # node, of each
     finally:
         server.stop()
     _drift_is_found_in_the_city_column_only(run, tmp_path)

@@ -1,5 +1,6 @@
 """The notebooks run top to bottom in CI, with small settings injected after their parameters cell, the
-way papermill does; the committed files hold no outputs."""
+way papermill does; the committed files hold no outputs. A notebook about a trained model (06) is given a copy of
+the test run's shared digits run as its WORKDIR instead of training one."""
 import json
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ CI_PARAMETERS = {  # small enough for CI on 2 cores, big enough for each noteboo
     "03_distributed_and_online_update": {"EPOCHS": 3},
     "04_bring_your_own_data": {"EPOCHS": 10},
     "05_monitoring": {"UPDATE_EPOCHS": 5, "TRAINED": "SHARED_DIGITS_RUN"},
+    "06_explain": {"EPOCHS": 3, "WORKDIR": "SHARED_DIGITS_RUN"},
 }
 SHARED_DIGITS_RUN = "SHARED_DIGITS_RUN"  # a parameter's value: a copy of the digits run the tests share (conftest)
 
@@ -36,7 +38,7 @@ def test_committed_notebooks_hold_no_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch, request):
     notebook = nbformat.read(path, as_version=4)
-    parameters = {**CI_PARAMETERS[path.stem], "WORKDIR": str(tmp_path / "work")}
+    parameters = {"WORKDIR": str(tmp_path / "work"), **CI_PARAMETERS[path.stem]}
     for name, value in parameters.items():
         if value == SHARED_DIGITS_RUN:  # instead of training one: what the notebook trains is tested elsewhere
             parameters[name] = str(request.getfixturevalue("digits").copy(tmp_path / "trained").workdir)

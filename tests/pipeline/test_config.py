@@ -120,3 +120,12 @@ def test_errors_name_where_they_come_from_and_how_to_fix_them(tmp_path):
     with pytest.raises(ConfigError, match="model 'rnn' needs sequences"):
         load_config(None, ["model.name=rnn"])
     assert load_config(None, ["model.name=rnn", "data.input_shape=[8, 8]"]).model.name == "rnn"
+
+
+@pytest.mark.parametrize("steps", [1, 1025])
+def test_explain_steps_out_of_range_is_a_config_error(steps):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"export.explain_steps={steps}"])
+    assert (f"export.explain_steps: expected an integer in [2, 1024] (32 is the default; fewer steps share the score "
+            f"out less exactly, more cost time per request), received {steps}.") in str(info.value)
+    assert load_config(None, ["export.explain_steps=2", "export.explain=false"]).export.explain_steps == 2

@@ -27,6 +27,8 @@ def test_served_predictions_equal_in_process_ones_and_latency_is_measured(digits
     assert result["rows"] == 16 and result["requests"] == 30
     assert set(result["max_abs_difference"]) == {"REST", "gRPC"}
     assert all(d <= 1e-5 for d in result["max_abs_difference"].values())
+    assert set(result["explain_max_abs_difference"]) == {"REST", "gRPC"}  # the explain signature, asked once each
+    assert all(d <= 1e-4 for d in result["explain_max_abs_difference"].values())
     assert 0 < result["p50_ms"] <= result["p99_ms"] < 100
     assert json.loads((tmp_path / "infra_validation" / "report.json").read_text()) == result
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "infra_validation"]  # temp copy gone

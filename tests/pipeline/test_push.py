@@ -13,33 +13,17 @@ import numpy as np
 import pytest
 
 import repository
-from models import ModelConfig, build_model
-from pipeline import saved_model
 from pipeline.artifacts import Inputs, RunInfo
 from pipeline.config import load_config
 from pipeline.errors import StageError
 from pipeline.runner import stage_view
 from pipeline.stages import push
+from tests.exported import export
 
 pytestmark = pytest.mark.xdist_group("test_push")  # its module-scoped fixture runs once, on one worker
 
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def export(path: Path, n_features: int, seed: int = 0) -> Path:
-    """A small classifier exported the way the export stage does it."""
-    import tf_keras as keras
-
-    from pipeline.artifacts import data_spec
-
-    keras.utils.set_random_seed(seed)
-    schema = {"task": "classification", "input_shape": [n_features], "classes": ["a", "b"],
-              "features": [{"mean": 0.0, "std": 1.0} for _ in range(n_features)]}
-    model = build_model(ModelConfig(name="mlp", width=4, depth=1), data_spec(schema))
-    saved_model.save(model, schema, path, warmup=True, reject_nonfinite=True,
-                     sample={"x": np.zeros((1, n_features), np.float32)})
-    return path
 
 
 def view(repo: Path, *overrides: str):
@@ -76,7 +60,8 @@ def entries(model_dir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def candidates(tmp_path_factory):
     root = tmp_path_factory.mktemp("candidates")
-    return {"64": export(root / "64", 64), "64b": export(root / "64b", 64, seed=1), "30": export(root / "30", 30)}
+    return {"64": export(root / "64", 64), "64b": export(root / "64b", 64, seed=1), "30": export(root / "30", 30),
+            "64e": export(root / "64e", 64, explain=True)}
 
 
 def test_a_push_that_would_break_clients_is_refused_with_the_differences(tmp_path, candidates):
@@ -89,6 +74,14 @@ def test_a_push_that_would_break_clients_is_refused_with_the_differences(tmp_pat
     assert "push.model_name=" in message and "push.allow_signature_change=true" in message
     assert entries(tmp_path / "repo" / "digits") == ["1"]
     assert push_run(tmp_path, candidates["30"], "push.allow_signature_change=true")["version"] == 2
+
+
+def test_adding_the_explain_signature_breaks_no_client_and_removing_it_does(tmp_path, candidates):
+    assert push_run(tmp_path, candidates["64"])["version"] == 1
+    assert push_run(tmp_path, candidates["64e"])["version"] == 2  # a new signature: clients of 1 keep working
+    assert "explain" in repository.signatures(tmp_path / "repo" / "digits" / "2")
+    with pytest.raises(StageError, match="signature 'explain' is gone"):
+        push_run(tmp_path, candidates["64b"])  # its clients may call explain (export.explain=false, say)
 
 
 def test_the_same_model_is_not_published_twice(tmp_path, candidates):
@@ -158,6 +151,7 @@ from pathlib import Path
 from pipeline.config import load_config
 from pipeline.runner import stage_view
 from pipeline.stages import push
+from tests.exported import export
 from tests.pipeline.test_push import stage_inputs
 cfg = stage_view(load_config(None, [f"push.repository={sys.argv[1]}", "push.smoke_test=true"]), push)
 push.run(cfg, stage_inputs(Path(sys.argv[3]), Path(sys.argv[2])), Path(sys.argv[3]))
@@ -203,14 +197,15 @@ def test_a_pipeline_killed_during_the_smoke_test_leaves_no_server_and_no_version
 
 @pytest.mark.slow  # a server
 def test_a_row_of_the_wrong_width_is_refused_by_the_model_itself_over_rest_grpc_and_classify(candidates, tmp_path):
-    """The check is in the SavedModel's graph, so tensorflow_model_server answers the same 400 / INVALID_ARGUMENT."""
+    """The check is in the SavedModel's graph, so tensorflow_model_server answers the same 400 / INVALID_ARGUMENT,
+    to predict, classify and explain alike."""
     import requests
 
     from localhost.ports import free_port
     from serving.client import GrpcClient, ServingClientError
     from serving.process import ServerProcess
 
-    repository.publish(candidates["64"], tmp_path / "digits")
+    repository.publish(candidates["64e"], tmp_path / "digits")
     grpc_port = free_port()
     server = ServerProcess(f"--model_base_path={tmp_path / 'digits'}", "--model_name=digits", f"--port={grpc_port}",
                            log_dir=tmp_path)
@@ -225,6 +220,12 @@ def test_a_row_of_the_wrong_width_is_refused_by_the_model_itself_over_rest_grpc_
         classify = requests.post(f"{server.url}/v1/models/digits:classify", json={
             "signature_name": "classify", "examples": [{"x": [1.0] * 63}]}, timeout=30)
         assert classify.status_code == 400 and "Feature: x must hold 64 numbers" in classify.json()["error"]
+        explain = requests.post(f"{server.url}/v1/models/digits:predict", json={
+            "signature_name": "explain", "instances": [[1.0] * 63]}, timeout=30)  # explain: the same check, the same words
+        assert explain.status_code == 400 and "x must hold 64 numbers per row, received 63" in explain.json()["error"]
+        with GrpcClient(f"127.0.0.1:{grpc_port}") as client, pytest.raises(ServingClientError) as info:
+            client.predict("digits", np.ones((1, 63), np.float32), signature_name="explain")
+        assert info.value.status == "INVALID_ARGUMENT" and "x must hold 64 numbers per row" in info.value.message
     finally:
         server.stop()
 

@@ -24,6 +24,7 @@ from google.protobuf import text_format
 from repo_files import copy_version, write_config
 
 from localhost.ports import free_ports
+from pipeline.artifacts import SHIPPED_SAMPLE_REQUEST
 from serving import protos
 from serving.__main__ import build_parser
 from serving.batching import BatchingParameters
@@ -31,6 +32,7 @@ from serving.model_config import ModelServerConfig, load_model_server_config
 from serving.process import ServerProcess, wait_available
 from serving.tfserving import k8s, sweep
 from serving.tfserving.__main__ import main
+from tests.exported import export
 
 pytestmark = pytest.mark.xdist_group("test_tfserving")  # its module-scoped server starts once, in one worker
 TF_SERVING = importlib.metadata.version("tensorflow-serving-api")
@@ -42,15 +44,19 @@ LABELS = 'model_version_policy { specific { versions: 2 versions: 3 } } ' \
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, half_plus_two_base, digits) -> Path:
     """As the model registry leaves it: hpt versions 1, 2 (y = x/2 + 2) and 3 (y = x/2 + 3), a models.config
-    serving 2 and 3 with labels and digits from its own base path, its requests logged (`registry logging`), and a
-    sweep's batching file."""
+    serving 2 and 3 with labels, digits from its own base path with its requests logged (`registry logging`) and
+    `explained`, a model exported by the pipeline's code with its explain signature and sample request, and a sweep's
+    batching file."""
     repo = tmp_path_factory.mktemp("registry")
     copy_version(half_plus_two_base, 123, repo / "hpt" / "1")
     copy_version(half_plus_two_base, 123, repo / "hpt" / "2")
     half_plus_two.build(repo / "hpt" / "3", offset=3.0)
+    export(repo / "explained" / "1", 4, explain=True)
+    (repo / "explained" / "1" / SHIPPED_SAMPLE_REQUEST).write_text('{"instances": [[1.0, 2.0, 3.0, 4.0]]}')
     logged = ('logging_config { log_collector_config { type: "tfrecord" filename_prefix: "/var/log/digits" } '
               'sampling_config { sampling_rate: 1.0 } }')
-    write_config(repo / "models.config", [("hpt", repo / "hpt", LABELS), ("digits", digits.base, logged)])
+    write_config(repo / "models.config", [("hpt", repo / "hpt", LABELS), ("digits", digits.base, logged),
+                                          ("explained", repo / "explained", "")])
     (repo / "batching_parameters.txt").write_text(SWEEP_FILE)
     return repo
 
@@ -84,14 +90,18 @@ def manifest(bundle: Path, name: str) -> dict:
 
 def test_the_bundle_serves_what_the_repository_config_says(bundle, repo, digits):
     assert sorted(p.relative_to(bundle).as_posix() for p in (bundle / "models").glob("*/*")) == \
-        ["models/digits/1", "models/hpt/2", "models/hpt/3"]  # hpt/1 is not served: not copied
+        ["models/digits/1", "models/explained/1", "models/hpt/2", "models/hpt/3"]  # hpt/1 is not served: not copied
     assert (bundle / "models/hpt/3/saved_model.pb").read_bytes() == (repo / "hpt/3/saved_model.pb").read_bytes()
-    hpt, digits_model = models_config(bundle).model_config_list.config
+    hpt, digits_model, _ = models_config(bundle).model_config_list.config
     assert (hpt.name, hpt.base_path, digits_model.base_path) == ("hpt", "/models/hpt", "/models/digits")
     assert list(hpt.model_version_policy.specific.versions) == [2, 3]
     assert dict(hpt.version_labels) == {"stable": 2, "canary": 3}
     assert not digits_model.HasField("logging_config")  # TF Serving's open-source build would refuse to start
     assert (bundle / "batching_parameters.txt").read_text() == SWEEP_FILE  # the sweep's file, comments and all
+    readme = (bundle / "README.md").read_text()  # how to ask `explained` why (hpt and digits have no explain)
+    assert "`explained` answers why, with an `explain` signature" in readme
+    assert ("jq '. + {signature_name: \"explain\"}' models/explained/1/assets.extra/sample_request.json \\\n"
+            "  | curl -d @- localhost:8501/v1/models/explained:predict") in readme
 
 
 def test_a_repository_without_config_serves_every_model_at_its_latest_version(half_plus_two_base, digits, tmp_path):
@@ -207,6 +217,7 @@ def serving(kind: str, flags: list[str], work: Path):
         try:
             server.wait_available("hpt", 2)
             server.wait_available("digits")
+            server.wait_available("explained")
             yield server.url
         finally:
             assert server.stop() == 0, server.log_tail()
@@ -221,7 +232,7 @@ def serving(kind: str, flags: list[str], work: Path):
                                     *flags], stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{rest_port}"
     try:
-        for model in ("hpt", "digits"):
+        for model in ("hpt", "digits", "explained"):
             wait_available(url, model, timeout_s=120, alive=lambda: process.poll() is None, describe=log.read_text)
         yield url
     finally:
@@ -245,6 +256,12 @@ def test_the_bundle_serves_its_labelled_versions_with_metrics(kind, bundle, tmp_
         assert predict(url, "hpt/labels/stable") == [[2.5]]  # version 2: x/2 + 2
         assert predict(url, "hpt/labels/canary") == [[3.5]]  # version 3: x/2 + 3
         assert predict(url, "hpt") == [[3.5]]  # the latest served version
+        body = {**json.loads((bundle / "models/explained/1" / SHIPPED_SAMPLE_REQUEST).read_text()),
+                "signature_name": "explain"}  # the README's request: the pipeline's explain signature, in the graph
+        explained = requests.post(f"{url}/v1/models/explained:predict", json=body, timeout=30)
+        assert explained.status_code == 200, explained.text
+        (row,) = explained.json()["predictions"]
+        assert len(row["attributions"]) == 4 and row["class_id"] in (0, 1) and 0 < row["score"] <= 1
         metrics = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=10)
         assert metrics.status_code == 200 and "# TYPE" in metrics.text
         # Promote: the label moves in the config file (the ConfigMap), the running server follows.
