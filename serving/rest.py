@@ -171,7 +171,7 @@ class RestApi:
         raise InvalidArgument(f"Malformed request: {route.method} {route.path}")
 
     async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self.core.decoding(len(body)) as run:
+        async with self.core.decoding(codec.parse_cost(body)) as run:
             document = await run(codec.decode_predict_json, body)
             signature = codec.signature_name(document) or signatures.DEFAULT_SIGNATURE
             servable = self._servable(route)
@@ -182,7 +182,7 @@ class RestApi:
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self.core.decoding(len(body)) as run:
+        async with self.core.decoding(codec.parse_cost(body)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
             if route.api == "classify":
