@@ -213,13 +213,17 @@ class ServingCore:
         """Run a signature (`api`: Predict, Classify or Regress), timed as TF Serving's runtime_latency times its
         Session::Run, which includes the wait in the batching queue."""
         started = time.perf_counter()
+        fetched = await self._session_run(servable, (signature,), inputs)
+        self.metrics.runtime(servable.name, api, time.perf_counter() - started)
+        return servable.outputs(signature, fetched)
+
+    async def _session_run(self, servable: Servable, signatures: tuple[str, ...], inputs: Tensors) -> Tensors:
+        """One session call of `signatures` together (through the dynamic batcher, or on the thread pool); the
+        outputs by tensor name."""
         if self._batcher is not None:
             self.metrics.batch_input(inputs)
-            outputs = await self._batcher.submit_async(servable.runner(signature), inputs)
-        else:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, servable.run, signature, inputs)
-        self.metrics.runtime(servable.name, api, time.perf_counter() - started)
-        return outputs
+            return await self._batcher.submit_async(servable.runner(*signatures), inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, servable.run_together, signatures, inputs)
 
     # Signatures are decided once per request, by the front end's call of one of these (where TF Serving decides
     # it: gRPC before reading the request's tensors, REST after parsing its body), and passed on as decided.
@@ -263,25 +267,29 @@ class ServingCore:
     async def classify(self, servable: Servable, signature: str,
                        examples: list[bytes]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) of a decided signature for serialized tf.Examples, as TF Serving's Classify."""
-        outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
+        outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Classify")
         return signatures.classification_result(outputs, len(examples))
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
         """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
-        outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
+        outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Regress")
         return signatures.regression_result(outputs, len(examples))
 
     async def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]],
                               examples: list[bytes]) -> list[tuple[np.ndarray | None, np.ndarray | None] | np.ndarray]:
-        """Each decided task on the same tf.Examples, in order (a classification's (classes, scores), a regression's
-        values), counted as TF Serving's RecordRequestExampleCount counts a MultiInference's examples."""
+        """The decided tasks on the same tf.Examples in one session call, as multi_inference.cc runs them (their
+        signatures' outputs fetched together), then each task's result in order (a classification's (classes,
+        scores), a regression's values). Counted as TF Serving counts it: its examples once the call succeeded
+        (RecordRequestExampleCount), no runtime latency (its one-shot computation records none)."""
+        names = tuple(signature for _, signature in tasks)
+        fetched = await self._session_run(servable, names, signatures.example_inputs(servable, names, examples))
+        self.metrics.examples(servable.name, len(examples))
         results = []
         for method, signature in tasks:
-            run = self.classify if method == signatures.CLASSIFY else self.regress
-            results.append(await run(servable, signature, examples))
-        self.metrics.examples(servable.name, len(examples))
+            shape = signatures.classification_result if method == signatures.CLASSIFY else signatures.regression_result
+            results.append(shape(servable.outputs(signature, fetched), len(examples)))
         return results
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
