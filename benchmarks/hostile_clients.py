@@ -39,6 +39,8 @@ import half_plus_two  # noqa: E402
 import hostile  # noqa: E402
 from localhost.machine import machine  # noqa: E402
 from serving.__main__ import build_parser  # noqa: E402
+from serving.codec.deep import LEVEL_COST_BYTES  # noqa: E402
+from serving.core import LARGE_REQUEST_BYTES  # noqa: E402
 from serving.client import GrpcClient, RestClient, ServingClientError  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 
@@ -208,6 +210,22 @@ def body_at_the_limit(bench: Bench, limit: int) -> dict:
     return {"body_bytes": len(body), "answer": answer.status, "answer_s": round(answer.seconds, 1)}
 
 
+def deep_bodies(bench: Bench, limit: int) -> dict:
+    """JSON nested past the recursive parsers: TF Serving's own case (a 500,000-deep array under a key the request
+    ignores, json_tensor_test.cc), then `[1,[1,...` (the slowest nesting per byte to parse) at the most levels the
+    server decodes on its event loop, and up to `limit` bytes; each well formed, so parsed to its end."""
+    prefix, suffix = b'{"instances": [1.0], "nested": ', b"}"
+    inline_levels = (LARGE_REQUEST_BYTES - len(prefix) - 100) // (3 + 1 + LEVEL_COST_BYTES)
+    bodies = {"tf_serving_500k": prefix + b"[" * 500_000 + b"]" * 500_000 + suffix,
+              f"inline_{inline_levels}_levels": prefix + b"[1," * inline_levels + b"1" + b"]" * inline_levels + suffix,
+              "at_the_limit": prefix + b"[1," * ((limit - 100) // 4) + b"1" + b"]" * ((limit - 100) // 4) + suffix}
+    answers = {}
+    for name, body in bodies.items():
+        answer = bench.send("POST", f"/v1/models/{MODEL}:predict", body, bench.auth)
+        answers[name] = {"body_bytes": len(body), "answer": answer.status, "answer_s": round(answer.seconds, 2)}
+    return answers
+
+
 def log_and_echo(bench: Bench) -> dict:
     """A bearer token with a stray CR, one that is not UTF-8, and a body falsely marked gzip: their answers, whether
     the token comes back or reaches the log, and the log lines each adds."""
@@ -323,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 "Content-Length 999,999,999,999": lambda: declared_length(bench),
                 "a body at the limit": lambda: body_at_the_limit(bench, DEFAULTS.rest_api_max_body_bytes),
                 "tokens and bodies that were logged or echoed": lambda: log_and_echo(bench),
+                "deep JSON bodies": lambda: deep_bodies(bench, DEFAULTS.rest_api_max_body_bytes),
             }
             rows = [bench.run(name, attack) for name, attack in attacks.items()
                     if not args.only or any(word in name for word in args.only)]

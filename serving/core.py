@@ -228,13 +228,17 @@ class ServingCore:
         """Run a signature (`api`: Predict, Classify or Regress), timed as TF Serving's runtime_latency times its
         Session::Run, which includes the wait in the batching queue."""
         started = time.perf_counter()
+        fetched = await self._session_run(servable, (signature,), inputs)
+        self.metrics.runtime(servable.name, api, time.perf_counter() - started)
+        return servable.outputs(signature, fetched)
+
+    async def _session_run(self, servable: Servable, signatures: tuple[str, ...], inputs: Tensors) -> Tensors:
+        """One session call of `signatures` together (through the dynamic batcher, or on the thread pool); the
+        outputs by tensor name."""
         if self._batcher is not None:
             self.metrics.batch_input(inputs)
-            outputs = await self._batcher.submit_async(servable.runner(signature), inputs)
-        else:
-            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, servable.run, signature, inputs)
-        self.metrics.runtime(servable.name, api, time.perf_counter() - started)
-        return outputs
+            return await self._batcher.submit_async(servable.runner(*signatures), inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, servable.run_together, signatures, inputs)
 
     # Signatures are decided once per request, by the front end's call of one of these (where TF Serving decides
     # it: gRPC before reading the request's tensors, REST after parsing its body), and passed on as decided.
@@ -283,38 +287,36 @@ class ServingCore:
     async def classify(self, servable: Servable, signature: str, examples: list[bytes],
                        requested: model_pb2.ModelSpec | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) of a decided signature for serialized tf.Examples, as TF Serving's Classify."""
-        result = await self._classify(servable, signature, examples)
+        outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
+                                  "Classify")
+        result = signatures.classification_result(outputs, len(examples))
         self.request_log.observe(Answered("classify", servable, signature, requested, examples, result))
         return result
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes],
                       requested: model_pb2.ModelSpec | None = None) -> np.ndarray:
         """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
-        values = await self._regress(servable, signature, examples)
+        outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
+                                  "Regress")
+        values = signatures.regression_result(outputs, len(examples))
         self.request_log.observe(Answered("regress", servable, signature, requested, examples, values))
         return values
-
-    async def _classify(self, servable: Servable, signature: str, examples: list[bytes]):
-        outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
-                                  "Classify")
-        return signatures.classification_result(outputs, len(examples))
-
-    async def _regress(self, servable: Servable, signature: str, examples: list[bytes]) -> np.ndarray:
-        outputs = await self._run(servable, signature, signatures.example_inputs(servable, signature, examples),
-                                  "Regress")
-        return signatures.regression_result(outputs, len(examples))
 
     async def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]], examples: list[bytes],
                               requested: list[inference_pb2.InferenceTask] | None = None
                               ) -> list[tuple[np.ndarray | None, np.ndarray | None] | np.ndarray]:
-        """Each decided task on the same tf.Examples, in order (a classification's (classes, scores), a regression's
-        values), counted as TF Serving's RecordRequestExampleCount counts a MultiInference's examples; logged as one
+        """The decided tasks on the same tf.Examples in one session call, as multi_inference.cc runs them (their
+        signatures' outputs fetched together), then each task's result in order (a classification's (classes,
+        scores), a regression's values). Counted as TF Serving counts it: its examples once the call succeeded
+        (RecordRequestExampleCount), no runtime latency (its one-shot computation records none); logged as one
         request (`requested`: the request's tasks)."""
+        names = tuple(signature for _, signature in tasks)
+        fetched = await self._session_run(servable, names, signatures.example_inputs(servable, names, examples))
+        self.metrics.examples(servable.name, len(examples))
         results = []
         for method, signature in tasks:
-            run = self._classify if method == signatures.CLASSIFY else self._regress
-            results.append(await run(servable, signature, examples))
-        self.metrics.examples(servable.name, len(examples))
+            shape = signatures.classification_result if method == signatures.CLASSIFY else signatures.regression_result
+            results.append(shape(servable.outputs(signature, fetched), len(examples)))
         self.request_log.observe(Answered("multi_inference", servable, tasks, requested, examples, results))
         return results
 

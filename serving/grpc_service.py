@@ -180,8 +180,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_answer("multi_inference")
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, caller: Caller) -> Answer:
         """multi_inference_helper.cc and multi_inference.cc, in their order: the first task's model is looked up
-        (no task: no name), then each task is checked in turn, then the input is read; Regress and Classify run
-        per task where TF Serving runs one session for all."""
+        (no task: no name), then each task is checked in turn, then the input is read and every task runs in one
+        session call."""
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         servable = self._servable(spec)
         tasks = self.core.multi_inference_tasks(servable, list(request.tasks))

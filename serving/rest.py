@@ -6,7 +6,8 @@ outside /v1/ is libevent's 404 page. Routes are matched against the path with it
 as net_http's uri_path() gives it to TF Serving: `:predict?x=1` is a malformed request. A path is
 matched once, into a `Route`, which authorization, dispatch and the request's metrics all read. The
 body is parsed before the model is looked up, so a malformed body is a 400 even for an unknown model.
-Errors are {"error": message} with the status TF Serving maps the error's code to.
+Errors are {"error": message} with the status TF Serving maps the error's code to; a version that is no int64 is a
+400 with no body (ParseModelInfo's error, returned before TF Serving writes one).
 
 What a request may cost before it is refused: a request is authorized before anything else; only a request that
 runs a model (predict, classify, regress) has its body read (rest_body.py) and takes one of the slots
@@ -104,7 +105,8 @@ class RestApi:
                 answer, servable = await self._answer(route, b"")
         except Exception as e:  # every error becomes an answer; the server keeps serving
             error = as_serving_error(e, f"REST {route.method} {route.path[:200]}")
-            answer, status, code = codec.format_error_response(error.message), error.http_status, error.code.name
+            answer = b"" if isinstance(error, UnparsedVersion) else codec.format_error_response(error.message)
+            status, code = error.http_status, error.code.name
             headers.update(ERROR_HEADERS.get(type(error), {}))
             del error  # it holds this frame (its traceback) and this frame it: a cycle keeping the request's
             # data (a large document) alive until a full collection, which the server's gc settings make rare
@@ -155,7 +157,7 @@ class RestApi:
 
     async def _dispatch(self, route: Route, body: bytes) -> tuple[bytes, Servable | None]:
         if route.problem:
-            raise InvalidArgument(route.problem)
+            raise route.problem_type(route.problem)
         if route.api == "predict":
             return await self._predict(route, body)
         if route.api in ("classify", "regress"):
@@ -170,7 +172,7 @@ class RestApi:
         raise InvalidArgument(f"Malformed request: {route.method} {route.path}")
 
     async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self.core.decoding(len(body)) as run:
+        async with self.core.decoding(codec.parse_cost(body)) as run:
             document = await run(codec.decode_predict_json, body)
             signature_name = codec.signature_name(document)
             signature = signature_name or signatures.DEFAULT_SIGNATURE
@@ -182,7 +184,7 @@ class RestApi:
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self.core.decoding(len(body)) as run:
+        async with self.core.decoding(codec.parse_cost(body)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
             requested = route.model_spec(signature_name)  # after the body and the model, as TF Serving checks them
@@ -231,6 +233,7 @@ class Route:
     version: int | None = None
     label: str | None = None
     problem: str = ""  # why the URL's model, version or label cannot be used: a 400, answered after authorization
+    problem_type: type[InvalidArgument] = InvalidArgument  # UnparsedVersion: answered with no body
 
     def model_spec(self, signature_name: str | None) -> model_pb2.ModelSpec:
         """The ModelSpec a gRPC request for the same model, version or label and signature would send."""
@@ -261,14 +264,14 @@ def match(request: BaseRequest, metrics_path: str | None) -> Route | None:
     try:
         return Route(method, path, api, *_model_spec(name, version, label))
     except InvalidArgument as e:  # the model as the URL names it (undecodable bytes replaced), for authorization
-        return Route(method, path, api, unquote(name or ""), problem=e.message)
+        return Route(method, path, api, unquote(name or ""), problem=e.message, problem_type=type(e))
 
 
 def _model_spec(name: str | None, version: str | None, label: str | None) -> tuple[str, int | None, str | None]:
     """Decode the URL parts the regex captured, with TF Serving's errors for bad ones, in its order."""
     if version is not None:
         if len(version.lstrip("0")) > 19 or int(version) > INT64_MAX:  # int() refuses more than 4,300 digits
-            raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
+            raise UnparsedVersion(f"Failed to convert version: {version} to numeric.")
         version = int(version)
     name = _decode(name, "model name") if name is not None else ""
     if label is not None:
@@ -278,6 +281,13 @@ def _model_spec(name: str | None, version: str | None, label: str | None) -> tup
     if not name:
         raise InvalidArgument("Missing model name in request.")
     return name, version, label
+
+
+class UnparsedVersion(InvalidArgument):
+    """A version in the URL that does not fit in int64: ParseModelInfo's error (http_rest_api_util.cc), which
+    ProcessRequest returns before MakeJsonFromStatus writes a body, so TF Serving's 400 has none (its log and
+    metrics have the message). The one ParseModelInfo error it gives: its name and label decoding (curl) cannot
+    fail, while ours refuses bytes that are not UTF-8, with a body that says so."""
 
 
 def _decode(text: str, what: str) -> str:

@@ -5,7 +5,8 @@ Loaded the way TF Serving loads it: the MetaGraphDef tagged `serve` into a TF se
 feeding and fetching the tensor names the SignatureDef lists. So any SavedModel TF Serving
 serves (TF1 graphs, TF2 functions, Keras) runs here with the same semantics, and one session
 per version takes TF Serving's intra/inter-op thread settings. A prepared callable per
-signature keeps Python's per-call work small; TF releases the GIL while it runs.
+signature (or set of signatures run together, as a MultiInference runs its tasks) keeps Python's
+per-call work small; TF releases the GIL while it runs.
 """
 from __future__ import annotations
 
@@ -76,51 +77,70 @@ class Servable:
         meta_graph = SavedModelLoader(str(self.path)).load(self._session, ["serve"])
         self.signature_defs: dict[str, SignatureDef] = dict(meta_graph.signature_def)
         self.inputs = {k: {n: TensorSpec.from_info(i) for n, i in s.inputs.items()} for k, s in self.signature_defs.items()}
-        self._runners = {k: SignatureRunner(self, k) for k in self.signature_defs}
+        self._outputs = {k: [(alias, s.outputs[alias].name) for alias in sorted(s.outputs)]
+                         for k, s in self.signature_defs.items()}
+        self._runners = {(k,): SignatureRunner(self, (k,)) for k in self.signature_defs}
         self.schema = FeatureSchema.read(self.path)  # what its served values are counted against (None: nothing)
-        self._callables: dict[tuple[str, tuple[str, ...]], tuple[object, list[str]]] = {}
+        self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[object, list[str], list[str]]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Servable({self.name!r}, version={self.version})"
 
-    def runner(self, signature: str) -> SignatureRunner:
-        """A stable callable per signature: the batcher only merges requests for the same one."""
-        return self._runners[signature]
+    def runner(self, *signatures: str) -> SignatureRunner:
+        """A stable callable per signature, or set of signatures run together: the batcher only merges requests
+        for the same one."""
+        found = self._runners.get(signatures)
+        if found is None:
+            with self._lock:
+                found = self._runners.setdefault(signatures, SignatureRunner(self, signatures))
+        return found
 
     def run(self, signature: str, inputs: Tensors) -> Tensors:
         """Run `signature` (its every output) on inputs keyed by the signature's input names, with the dtypes it
         takes (serving.signatures checks a request's)."""
+        return self.outputs(signature, self.run_together((signature,), inputs))
+
+    def run_together(self, signatures: tuple[str, ...], inputs: Tensors) -> Tensors:
+        """Run several signatures in one session call, as TF Serving's MultiInference runs its tasks: each input
+        fed to the tensor every signature names for it, the union of their outputs fetched once, keyed by tensor
+        name (`outputs` gives one signature's)."""
         names = tuple(sorted(inputs))
-        run, outputs = self._callable(signature, names)
+        run, feeds, fetches = self._callable(signatures, names)
         try:
-            values = run(*(inputs[n] for n in names))
+            values = run(*(inputs[n] for n in feeds))
         except tf.errors.OpError as e:
             raise errors.from_code(e.error_code, e.message) from None  # TF Serving passes the session's error on
         except UnicodeDecodeError as e:  # an op's error quoting input bytes that are not UTF-8 (ParseExample's does)
             # cannot become a Python message and loses its code: the bytes are the request's, so the client's mistake
             raise errors.InvalidArgument(e.object.decode("utf-8", "replace").split("\n\t [[")[0]) from None
-        return dict(zip(outputs, values))
+        return dict(zip(fetches, values))
 
-    def _callable(self, signature: str, names: tuple[str, ...]):
-        key = (signature, names)
+    def outputs(self, signature: str, fetched: Tensors) -> Tensors:
+        """`signature`'s outputs, by its names for them, from what a run fetched (by tensor name)."""
+        return {alias: fetched[name] for alias, name in self._outputs[signature]}
+
+    def _callable(self, signatures: tuple[str, ...], names: tuple[str, ...]):
+        """(callable, the input name fed to each of its feeds, the tensor name of each of its fetches)."""
+        key = (signatures, names)
         found = self._callables.get(key)
         if found is None:
-            sig = self.signature_defs[signature]
-            outputs = sorted(sig.outputs)
-            options = config_pb2.CallableOptions(feed=[sig.inputs[n].name for n in names],
-                                                 fetch=[sig.outputs[o].name for o in outputs])
+            defs = [self.signature_defs[s] for s in signatures]
+            feeds = dict(sorted({(d.inputs[n].name, n) for d in defs for n in names}))  # tensor name -> input name
+            fetches = sorted({name for s in signatures for _, name in self._outputs[s]})
+            options = config_pb2.CallableOptions(feed=list(feeds), fetch=fetches)
             with self._lock:
-                found = self._callables.setdefault(key, (self._session._make_callable_from_options(options), outputs))
+                found = self._callables.setdefault(
+                    key, (self._session._make_callable_from_options(options), list(feeds.values()), fetches))
         return found
 
 
 @dataclass(frozen=True, eq=False)
 class SignatureRunner:
-    """`servable.run(signature, inputs)` as one object: what the batcher groups requests by."""
+    """`servable.run_together(signatures, inputs)` as one object: what the batcher groups requests by."""
 
     servable: Servable
-    signature: str
+    signatures: tuple[str, ...]
 
     def __call__(self, inputs: Tensors) -> Tensors:
-        return self.servable.run(self.signature, inputs)
+        return self.servable.run_together(self.signatures, inputs)

@@ -77,11 +77,12 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
     _check_dtypes(servable, signature, inputs)
 
 
-def example_inputs(servable: Servable, signature: str, examples: list[bytes]) -> Tensors:
-    """The feed of a Classify or Regress `signature` (as classify_signature or regress_signature decided it): the
-    serialized tf.Examples as its one input, which must then be a string tensor."""
+def example_inputs(servable: Servable, signatures: tuple[str, ...], examples: list[bytes]) -> Tensors:
+    """The feed of Classify or Regress `signatures` (as classify_signature or regress_signature decided them; several
+    for a MultiInference): the serialized tf.Examples as the one input of each, which must then be a string tensor."""
     inputs = {"inputs": np.array(examples, dtype=object)}
-    _check_dtypes(servable, signature, inputs)
+    for signature in signatures:
+        _check_dtypes(servable, signature, inputs)
     return inputs
 
 

@@ -43,6 +43,6 @@ def _replay_one(servable: Servable, log: prediction_log_pb2.PredictionLog) -> No
         choose = signatures.classify_signature if kind == "classify_log" else signatures.regress_signature
         signature = choose(servable, request.model_spec.signature_name, check_method=False)
         examples = signatures.serialized_examples(request.input)
-        servable.run(signature, signatures.example_inputs(servable, signature, examples))
+        servable.run(signature, signatures.example_inputs(servable, (signature,), examples))
     else:
         raise ValueError(f"warmup record of type {kind!r} is not supported; expected predict, classify or regress logs")

@@ -10,10 +10,12 @@ they round-trip, else 9 for float32 / 17 for float64, "1.0" for whole numbers, b
 Every bad input raises a ServingError whose message is TF Serving's (`CodecError`, INVALID_ARGUMENT,
 for almost all; UNIMPLEMENTED for a dtype TF Serving's JSON does not convert).
 
-Modules: document (parsing, rapidjson's parse messages), numeric (simdjson for plain numeric
-tensors), request (predict), examples (classify/regress, dict -> tf.Example), response, floats,
-dtypes, rapidjson (its writer and debug quoting).
+Modules: document (parsing, rapidjson's parse messages), deep (bodies nested past the recursive
+parsers, parsed iteratively), numeric (simdjson for plain numeric tensors), request (predict),
+examples (classify/regress, dict -> tf.Example), response, floats, dtypes, rapidjson (its writer
+and debug quoting).
 """
+from serving.codec.deep import parse_cost
 from serving.codec.document import Document, decode_json, signature_name
 from serving.codec.examples import example_from_json, parse_examples_request
 from serving.codec.numeric import decode_predict_json
@@ -24,4 +26,4 @@ from serving.errors import CodecError
 
 __all__ = ["COLUMNAR_FORMAT", "ROW_FORMAT", "CodecError", "Document", "decode_json", "decode_predict_json",
            "example_from_json", "format_classify_response", "format_error_response", "format_predict_response", "format_regress_response",
-           "parse_examples_request", "parse_predict_request", "signature_name"]
+           "parse_cost", "parse_examples_request", "parse_predict_request", "signature_name"]

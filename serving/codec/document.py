@@ -3,7 +3,8 @@
 
 orjson handles the usual strict, UTF-8, single-document body; anything it refuses is parsed
 again leniently, because TF Serving accepts NaN/Infinity, ignores what follows the document
-(kParseStopWhenDoneFlag) and does not validate UTF-8.
+(kParseStopWhenDoneFlag) and does not validate UTF-8; a body nested deeper than Python's json goes
+is parsed iteratively (deep.py), as rapidjson parses it, to any depth.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from serving.codec import deep
 from serving.codec.dtypes import INT64_MIN, UINT64_MAX
 from serving.codec.rapidjson import debug_string
 from serving.errors import CodecError
@@ -96,9 +98,12 @@ def _decode_leniently(body: bytes) -> Any:
     if start == len(text):
         raise CodecError(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
-        document, _ = _LENIENT_DECODER.raw_decode(text, start)
-    except RecursionError:  # rapidjson parses iteratively; Python's json recurses
-        raise CodecError("JSON Parse error: Arrays and objects nested too deep (limit: about 1000 levels)") from None
+        try:
+            document, _ = _LENIENT_DECODER.raw_decode(text, start)
+        except RecursionError:  # rapidjson parses iteratively, to any depth; Python's json recurses
+            document = deep.parse(text, start, _LENIENT_DECODER.scan_once)
+    except deep.ParseError as e:
+        raise CodecError(f"JSON Parse error: {e.message} at offset: {_byte_offset(text, e.pos)}") from None
     except _NumberTooBig as e:
         offset = _byte_offset(text, text.find(e.literal, start))
         raise CodecError(f"JSON Parse error: Number too big to be stored in double. at offset: {offset}") from None
@@ -125,25 +130,11 @@ def _byte_offset(text: str, position: int) -> int:
 
 def _rapidjson_message(error: json.JSONDecodeError, text: str) -> str:
     if error.msg.startswith("Expecting ',' delimiter"):
-        if _innermost_container(text[: error.pos]) == "{":
-            return "Missing a comma or '}' after an object member."
-        return "Missing a comma or ']' after an array element."
+        return deep.missing_comma(deep.innermost_container(text[: error.pos]))
     for python_message, rapidjson_message in _PARSE_ERRORS:
         if error.msg.startswith(python_message):
             return rapidjson_message
     return error.msg
-
-
-def _innermost_container(prefix: str) -> str:
-    """'{' or '[' for the innermost object/array still open at the end of `prefix`."""
-    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', "", prefix)
-    open_containers: list[str] = []
-    for bracket in re.findall(r"[\[\]{}]", without_strings):
-        if bracket in "[{":
-            open_containers.append(bracket)
-        elif open_containers:
-            open_containers.pop()
-    return open_containers[-1] if open_containers else ""
 
 
 def signature_name(document: dict) -> str:

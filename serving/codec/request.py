@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving.codec.deep import DeepValue
 from serving.codec.document import signature_name
 from serving.codec.dtypes import (FLOAT_DTYPES, INT_INPUT_RANGES, STRING, TensorSpecLike, dtype_name, input_dtype,
                                   shape_string)
@@ -218,15 +219,17 @@ _MAX_DIMS = 254  # TensorShape::MaxDimensions(); TF Serving fails later on deepe
 
 
 def _dense_shape(value: Any) -> list[int]:
-    """Shape read along first elements, as GetDenseTensorShape; the walk then checks the rest."""
+    """Shape read along first elements, as GetDenseTensorShape; the walk then checks the rest. Lists nested deeper
+    than the parser keeps are counted from the DeepValue that stands for them."""
     shape = []
     while isinstance(value, list):
         shape.append(len(value))
         if not value:
             break
         value = value[0]
-    if len(shape) > _MAX_DIMS:
-        raise CodecError(f"Lists nested {len(shape)} deep exceed the {_MAX_DIMS} dimensions a tensor can have")
+    rank = len(shape) + (value.nested_arrays if isinstance(value, DeepValue) else 0)
+    if rank > _MAX_DIMS:
+        raise CodecError(f"Lists nested {rank} deep exceed the {_MAX_DIMS} dimensions a tensor can have")
     return shape
 
 

@@ -91,7 +91,8 @@ def test_concurrent_requests_are_coalesced_into_full_batches():
 def test_batches_never_exceed_max_batch_size():
     model = FakeModel()
     requests = [rows(i * 3, 1 + i % 3) for i in range(24)]
-    with Batcher(params(max_batch_size=5, batch_timeout_micros=2_000)) as batcher:
+    # room for all 24 at once: on busy cores the threads may not have started a batch before the 11th is made
+    with Batcher(params(max_batch_size=5, batch_timeout_micros=2_000, max_enqueued_batches=24)) as batcher:
         results = submit_from_threads(batcher, model, requests)
     assert max(model.sizes) <= 5
     assert sum(model.sizes) == sum(len(r["x"]) for r in requests)

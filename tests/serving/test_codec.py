@@ -6,14 +6,18 @@ with json_tensor.cc's call sequence; expected error texts follow json_tensor.cc'
 """
 import json
 import math
+import random
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import tensorflow as tf
 import pytest
 
+import fuzzing
 from serving import codec
 from serving.codec import COLUMNAR_FORMAT, ROW_FORMAT, CodecError, floats, request, response
+from serving.codec.deep import KEPT_DEPTH, DeepValue
 from serving.errors import Unimplemented
 
 F32, F64, I32, I64, U32, STR, BOOL = np.float32, np.float64, np.int32, np.int64, np.uint32, object, np.bool_
@@ -76,8 +80,8 @@ PREDICT_REQUESTS = [
      {"default": tensor([1, 2], I32, [1, 2])}),
     ("TensorFromNonNullTerminatedBuffer: bytes after the document are ignored", specs(default=I32),
      b'{"instances": [[1,2],[3,4],[5,6]]}X', ROW_FORMAT, {"default": tensor([1, 2, 3, 4, 5, 6], I32, [3, 2])}),
-    ("DeeplyNestedWellFormed (shallower: ours stops near 1000 levels)", specs(default=I32),
-     b'{"instances":[1], "nested":' + b"[" * 900 + b"]" * 900 + b"}", ROW_FORMAT, {"default": tensor([1], I32)}),
+    ("DeeplyNestedWellFormed", specs(default=I32), b'{"instances":[1], "nested":' + NESTED_500K + b"}", ROW_FORMAT,
+     {"default": tensor([1], I32)}),
     ("SingleUnnamedTensorBase64Scalars", specs(default=STR),
      b'{"instances": [ { "b64" : "aGVsbG8=" }, { "b64": "d29ybGQ=" } ]}', ROW_FORMAT,
      {"default": tensor([b"hello", b"world"], STR)}),
@@ -237,8 +241,16 @@ PREDICT_ERRORS = [
      "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
     ("lone surrogate escape", specs(x=STR), b'{"inputs": ["\\ud800"]}',
      "JSON Parse error: The surrogate pair in string is invalid. at offset: 13"),
-    ("nested beyond the parser", specs(x=I32), b'{"instances":[1], "nested":' + NESTED_500K + b"}",
-     "JSON Parse error: Arrays and objects nested too deep (limit: about 1000 levels)"),
+    ("DeeplyNestedMalformed", specs(default=I32), b'{"signature_name":' + NESTED_500K + b"}",  # quoted to 256 bytes
+     'JSON Value: {\n    "signature_name": ' + "[" * 232 + " not formatted correctly. 'signature_name' key must be a "
+     "string value."),
+    ("a tensor nested beyond the parser", specs(x=I32), b'{"inputs":' + b"[" * 500000 + b"1" + b"]" * 500000 + b"}",
+     "Lists nested 500000 deep exceed the 254 dimensions a tensor can have"),
+    ("the same as an instance", specs(x=I32), b'{"instances":[' + NESTED_500K + b"]}",
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Lists nested 500000 deep exceed the "
+     "254 dimensions a tensor can have"),
+    ("the same after the first element: FillTensorProto's walk", specs(x=I32), b'{"inputs":[1, ' + NESTED_500K + b"]}",
+     "Encountered list at unexpected level: 1 expected < 1"),
     ("more dimensions than a tensor", specs(x=I32), b'{"inputs":' + b"[" * 300 + b"1" + b"]" * 300 + b"}",
      "Lists nested 300 deep exceed the 254 dimensions a tensor can have"),
 ]
@@ -331,6 +343,114 @@ def test_decode_json_errors(body, message):
     with pytest.raises(CodecError) as error:
         codec.decode_json(body)
     assert str(error.value) == message
+
+
+# Bodies nested past the recursive parsers (rapidjson parses iteratively): each of the errors above, inside 5,000
+# arrays (the iterative loop reaches it) or 2,060 (the scanner, given the last levels, does), fails at the same place
+DEEP_DECODE_ERRORS = [(body, message) for body, message in DECODE_ERRORS if body.startswith(b"{")] + [
+    (b'{"a": [1, 2}', "JSON Parse error: Missing a comma or ']' after an array element. at offset: 11"),
+    (b'{"a": {"b": 1]}', "JSON Parse error: Missing a comma or '}' after an object member. at offset: 13"),
+    (b'{"a": [}', "JSON Parse error: Invalid value. at offset: 7"),
+    (b"{]", "JSON Parse error: Missing a name for object member. at offset: 1"),
+    (b'{"a":', "JSON Parse error: Invalid value. at offset: 5"),
+    (b'{"a": "\\ud800"}', "JSON Parse error: The surrogate pair in string is invalid. at offset: 7"),
+]
+
+
+@pytest.mark.parametrize("depth", [5000, 2060])
+@pytest.mark.parametrize("body, message", DEEP_DECODE_ERRORS)
+def test_deep_bodies_fail_where_shallow_ones_do(body, message, depth):
+    with pytest.raises(CodecError) as shallow:
+        codec.decode_json(body)
+    assert str(shallow.value) == message
+    with pytest.raises(CodecError) as deep:
+        codec.decode_json(b"[" * depth + body + b"]" * depth)
+    offset = int(message.rsplit(" ", 1)[1])
+    assert str(deep.value) == message.replace(f"offset: {offset}", f"offset: {offset + depth}")
+
+
+N = 5000
+DEEP_STRUCTURE_ERRORS = [  # where only a deep body can go wrong: long runs of brackets, the end of the body
+    (b"[" * N + b"]" * (N - 1) + b"}", f"Missing a comma or ']' after an array element. at offset: {2 * N - 1}"),
+    (b'{"a":' + b"[" * N + b"]" * N, f"Missing a comma or '}}' after an object member. at offset: {5 + 2 * N}"),
+    (b'{"a":' + b"[" * N, f"Invalid value. at offset: {5 + N}"),
+    (b'{"a":' + b'{"b":' * N + b"1" + b"}" * N + b"]", f"Missing a comma or '}}' after an object member. at offset: "
+                                                       f"{6 + 6 * N}"),
+    (b'{"a":' + b'[{"b": 1, "c":' * N + b"1" + b"}]" * N + b"}", None),  # well formed, to the end
+    (b'{"a":' + b"[1," * N + b"]" * N + b"}", f"Invalid value. at offset: {5 + 3 * N}"),
+    (b'{"a":' + b"[1 " * N, f"Missing a comma or ']' after an array element. at offset: {8}"),
+]
+
+
+@pytest.mark.parametrize("body, message", DEEP_STRUCTURE_ERRORS, ids=range(len(DEEP_STRUCTURE_ERRORS)))
+def test_deep_bodies_are_checked_to_the_end(body, message):
+    if message is None:
+        assert codec.decode_json(body).keys() == {"a"}
+        return
+    with pytest.raises(CodecError) as error:
+        codec.decode_json(body)
+    assert str(error.value) == "JSON Parse error: " + message
+
+
+def test_a_deep_body_is_kept_to_a_depth_and_counted_below():
+    """What lies deeper than KEPT_DEPTH is checked, not kept; a DeepValue stands for it, counting the arrays that
+    open it along first elements (a tensor's dimensions). The rest parses as it would shallow."""
+    body = (b'{"deep": ' + b"[" * 500_000 + b"]" * 500_000 + b', "x": [NaN, 18446744073709551616], "objects": '
+            + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b', "late": [1, [[2]]]} trailing bytes')
+    document = codec.decode_json(body)
+    assert json.dumps(document["x"]) == "[NaN, 1.8446744073709552e+19]" and document["late"] == [1, [[2]]]
+    for key, arrays in (("deep", 500_000 - (KEPT_DEPTH - 1)), ("objects", 0)):
+        value = document[key]  # one level down
+        for _ in range(KEPT_DEPTH - 1):
+            (value,) = value.values() if isinstance(value, dict) else value
+        assert value == DeepValue(arrays)
+
+
+# How each level of a deep chain opens and closes: arrays and objects, first elements and later ones, siblings
+CHAIN_LEVELS = [(b"[", b"]"), (b"[1, ", b", 3]"), (b'{"k": ', b"}"), (b'{"s": "x", "k": ', b', "t": false}'),
+                (b'[{"a": [2.5, null]}, ', b"]"), (b"[[true], ", b', {"b": [-0.0]}]'), (b"[\n ", b" ]")]
+
+
+def _cut(value, level=0):
+    """A document as the deep path keeps it: containers at KEPT_DEPTH become a DeepValue counting their arrays."""
+    if not isinstance(value, (list, dict)):
+        return value
+    if level == KEPT_DEPTH:
+        arrays = 0
+        while isinstance(value, list):
+            arrays, value = arrays + 1, value[0] if value else None
+        return DeepValue(arrays)
+    if isinstance(value, dict):
+        return {k: _cut(v, level + 1) for k, v in value.items()}
+    return [_cut(v, level + 1) for v in value]
+
+
+def _outcome(body: bytes) -> dict | str:
+    try:
+        return codec.decode_json(body)
+    except CodecError as e:
+        return str(e)
+
+
+def test_mutated_deep_bodies_parse_as_the_recursive_path_does_given_room():
+    """Differential: 150 deep bodies (about 1,300 levels of mixed arrays and objects), each edited at random, give
+    what the recursive path gives once the recursion limit lets it through: the same document to KEPT_DEPTH, or
+    the same error at the same offset."""
+    rng = random.Random(0)
+    levels = [rng.choice(CHAIN_LEVELS) for _ in range(1300)]
+    chain = b"".join(o for o, _ in levels) + b'"leaf"' + b"".join(c for _, c in reversed(levels))
+    base = b'{"instances": [1], "deep": ' + chain + b', "after": [1, {"x": NaN}]}'
+    inserts = [b"[", b"]", b"{", b"}", b",", b":", b'"', b"1e999", b"NaN", b" ", b"\\", b"[1]"]
+    bodies = [base] + [fuzzing.mutate(rng, base, inserts) for _ in range(150)]
+    deep = [_outcome(body) for body in bodies]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        recursive = [_outcome(body) for body in bodies]
+        assert [repr(_cut(o)) for o in deep] == [repr(_cut(o)) for o in recursive]
+    finally:
+        sys.setrecursionlimit(limit)
+    assert "DeepValue" in repr(deep[0]) and sum(isinstance(o, str) for o in deep) > 50
 
 
 DECODED = [

@@ -134,8 +134,10 @@ def test_tf_serving_metrics_and_a_base_path_without_versions(tmp_path, half_plus
     ]:
         assert line in text.splitlines(), line
     for line in [':tensorflow:serving:request_example_counts_sum{model="hpt"} 3',
-                 ':tensorflow:serving:request_example_count_total{model="hpt"} 3']:  # MultiInference only
+                 ':tensorflow:serving:request_example_count_total{model="hpt"} 3',  # MultiInference only
+                 ":tensorflow:serving:batching_session:wrapped_run_count{} 3"]:  # its two tasks: one session call
         assert line in after_multi_inference.splitlines(), line
+    assert 'API="Regress"' not in after_multi_inference  # multi_inference.cc records no runtime latency
     ok_gets = re.search(r':tensorflow:serving:request_latency_count\{model_name="hpt",API="",entrypoint="REST"\} (\d+)',
                         text)
     assert ok_gets and int(ok_gets[1]) >= 1  # status GETs, counted under the empty API as TF Serving counts them

@@ -1,0 +1,160 @@
+"""Latency at one connection (issue #31 item 3): ours with batching and without, against the in-process batch-1 call.
+
+    python benchmarks/low_load_bench.py [--model mid] [--requests 3000]
+
+Targets: the p99 of REST at one connection at most 2 ms over the in-process batch-1 p99, and batching no slower
+than no batching there (a lone request must not pay for the batcher). Two servers (`python -m serving` with
+--enable_batching and its defaults, and without) and the in-process call (the server's Servable, in this process)
+take turns request by request (the order rotating), so that the host's drift and the other users of the CPUs
+weigh on all three alike; pooled percentiles are reported, and the median of the paired differences (batching
+minus no batching, request by request), with the load average before and after. The client is a raw keep-alive
+socket (one `sendall`, reads to Content-Length: ~30 us of Python per request, counted in the REST figures). Only
+127.0.0.1. Writes benchmarks/results/low_load_<model>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+import bench_models as models  # noqa: E402
+from localhost.machine import machine  # noqa: E402
+from serving.process import ServerProcess  # noqa: E402
+from serving.servable import Servable, session_config  # noqa: E402
+
+TARGET_P99_OVER_IN_PROCESS_MS = 2.0
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to 127.0.0.1 sending the same POST."""
+
+    def __init__(self, port: int, path: str, body: bytes):
+        self.socket = socket.create_connection(("127.0.0.1", port))
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def post(self) -> bytes:
+        self.socket.sendall(self.request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += self.socket.recv(65536)
+        head, _, body = received.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"expected 200, received {head.splitlines()[0]!r}")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += self.socket.recv(65536)
+        return body
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def start(repo: Path, name: str, workdir: Path, batching: bool) -> ServerProcess:
+    flags = [f"--model_name={name}", f"--model_base_path={repo / name}", "--port=0",
+             "--file_system_poll_wait_seconds=0", *(["--enable_batching"] if batching else [])]
+    server = ServerProcess(*flags, log_dir=workdir)
+    server.wait_available(name)
+    return server
+
+
+def percentiles(ms: list[float]) -> dict:
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "requests": len(ms)}
+
+
+def measure(model: str, requests: int, workdir: Path) -> dict:
+    repo = workdir / "repo"
+    model_dir = models.build(model, repo)
+    x = models.sample(model, 1)
+    body = json.dumps({"instances": np.round(x.astype(np.float64), 3).tolist()}).encode()
+    servable = Servable(model, 1, model_dir, session_config(0, 0))  # the server's defaults (no thread flag)
+    inputs = {"x": np.round(x.astype(np.float64), 3).astype(np.float32)}
+    servers = {"rest_batching": start(repo, model, workdir, batching=True),
+               "rest_no_batching": start(repo, model, workdir, batching=False)}
+    path = f"/v1/models/{model}:predict"
+    connections = {key: Connection(server.rest_port, path, body) for key, server in servers.items()}
+    calls = {"in_process": lambda: servable.run("serving_default", inputs), **{
+        key: connection.post for key, connection in connections.items()}}
+    latencies: dict[str, list[float]] = {key: [] for key in calls}
+    load_before = os.getloadavg()[0]
+    try:
+        for key, call in calls.items():  # warm up: kernels, caches, connections
+            for _ in range(50):
+                call()
+        order = list(calls)
+        for i in range(requests):
+            for key in order[i % 3:] + order[:i % 3]:
+                started = time.perf_counter()
+                calls[key]()
+                latencies[key].append((time.perf_counter() - started) * 1000)
+    finally:
+        for connection in connections.values():
+            connection.close()
+        for server in servers.values():
+            server.stop()
+    result = {key: percentiles(ms) for key, ms in latencies.items()}
+    in_process_p99 = result["in_process"]["p99_ms"]
+    paired = np.subtract(latencies["rest_batching"], latencies["rest_no_batching"])
+    return {"model": model, "body_bytes": len(body), "requests": requests,
+            "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+            "results": result,
+            "p99_over_in_process_ms": {key: round(result[key]["p99_ms"] - in_process_p99, 3) for key in servers},
+            "batching_minus_no_batching_ms": {
+                **{q: round(result["rest_batching"][q] - result["rest_no_batching"][q], 3)
+                   for q in ("p50_ms", "p90_ms", "p99_ms")},
+                "median_of_paired_differences": round(float(np.median(paired)), 3)}}
+
+
+def report(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"# Latency at one connection: {r['model']} ({r['body_bytes']} B JSON request)", "",
+             f"Machine: {m['cpu']}, {m['cores']} vCPU, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; load "
+             f"average (1 min) {r['load_average_1m']['before']} before, {r['load_average_1m']['after']} after (other "
+             f"users of the CPUs: re-run on a quiet machine). `python benchmarks/low_load_bench.py --model "
+             f"{r['model']} --requests {r['requests']}`: the three take turns, request by request, "
+             f"{r['requests']} each.", "",
+             "| what | p50 ms | p90 ms | p99 ms |", "|---|---:|---:|---:|"]
+    for key, q in r["results"].items():
+        lines.append(f"| {key.replace('_', ' ')} | {q['p50_ms']} | {q['p90_ms']} | {q['p99_ms']} |")
+    over = r["p99_over_in_process_ms"]
+    diff = r["batching_minus_no_batching_ms"]
+    lines += ["", f"- p99 over the in-process batch-1 p99 (target at most {TARGET_P99_OVER_IN_PROCESS_MS} ms): "
+              f"batching {over['rest_batching']} ms, no batching {over['rest_no_batching']} ms.",
+              f"- batching minus no batching: p50 {diff['p50_ms']} ms, p90 {diff['p90_ms']} ms, p99 {diff['p99_ms']} ms; "
+              f"median of the paired differences {diff['median_of_paired_differences']} ms (target: not above 0).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mid", choices=sorted(models.MODELS))
+    parser.add_argument("--requests", type=int, default=3000, help="sequential requests to each of the three")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="low-load-") as work:
+        result = {"machine": machine(), **measure(args.model, args.requests, Path(work))}
+    stem = args.out / f"low_load_{args.model}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(report(result))
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
