@@ -425,8 +425,7 @@ def test_the_logging_pod_manifests_pass_the_strict_schemas(mode, repo, tmp_path)
     logged = load_model_server_config(str(path))  # our server's checks, logging_config included
     assert [(m.name, m.logging_config.log_collector_config.type, m.logging_config.log_collector_config.filename_prefix,
              m.logging_config.sampling_config.sampling_rate) for m in logged.model_config_list.config] == \
-        [("hpt", "tfrecord", f"{mounts['request-logs']}/hpt", 0.25), ("digits", "tfrecord",
-                                                                      f"{mounts['request-logs']}/digits", 0.25)]
+        [(name, "tfrecord", f"{mounts['request-logs']}/{name}", 0.25) for name in ("hpt", "digits", "explained")]
     unlogged = models_config(out)
     for model in logged.model_config_list.config:
         model.ClearField("logging_config")
