@@ -27,7 +27,7 @@ from pipeline.errors import CommandLineError, PipelineError
 from pipeline.monitor import drift, export
 from pipeline.monitor.logs import LogReader, log_files
 from pipeline.monitor.statistics import DatasetCounts, read_list
-from pipeline.registry import Registry
+from pipeline.registry import DB_NAME, Registry
 from pipeline.specs import DataConfig, MonitorConfig
 
 DRIFTED = 3
@@ -126,6 +126,14 @@ class Served:
         return section_from_dict("monitor", self.lineage.get("config", {}), overrides,
                                  f"the config version {self.version} was trained with, and the command line")
 
+    def init_from(self) -> str:
+        """What train.init_from names the served version by: its `stable` label when it has it, else its number."""
+        if (self.root / DB_NAME).is_file():
+            with Registry(self.root, read_only=True) as registry:
+                if registry.labels(self.name).get("stable") == self.version:
+                    return "label:stable"
+        return str(self.version)
+
     def label(self, config: str | None) -> str:
         """The label column of the data the version was trained on."""
         return load_config(config).data.label if config else self.lineage.get("config", {}).get("data", {}).get(
@@ -181,7 +189,9 @@ def run_export(args) -> int:
     written = export.write_csv(out, served.schema, label, reader.rows(version))
     _check_usable(reader, served, written)
     print(f"monitor: wrote {written} logged rows of {served.name!r} to {out}; fill in its {label!r} column, then "
-          f"train on it: python -m pipeline.run data.source={out} train.init_from=label:stable")
+          f"continue training from the served version on it, with the config it was trained with:\n"
+          f"  python -m pipeline.run --config CONFIG data.source={out} push.model_name={served.name} "
+          f"train.init_from={served.init_from()}")
     return 0
 
 

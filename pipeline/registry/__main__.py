@@ -197,7 +197,7 @@ def set_logging(registry: Registry, args) -> None:
         rollout.reload(args.server, registry.models_config(args.base_path_root, logging),
                        f"the logging of {args.model!r}", args.timeout_s, client_options(args))
     path = registry.write_models_config(logging)
-    where = f" on {args.server} and" if args.server else ""
+    where = f", applied on {args.server}" if args.server else ""
     print(f"{args.model}: requests no longer logged{where}; {path} rewritten" if args.off else
           f"{args.model}: {args.sampling_rate:.0%} of requests logged to {prefix}-* (PredictionLog TFRecords)"
           f"{where}; {path} rewritten (tensorflow_model_server cannot log)")

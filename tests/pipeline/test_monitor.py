@@ -159,7 +159,9 @@ def test_logged_rows_export_as_training_data_that_ingest_takes(served, tmp_path,
     out = tmp_path / "labelled.csv"
     assert main(["export", "--logs", str(tmp_path / "logs" / "requests"), "--repository", str(repo),
                  "--out", str(out)]) == 0
-    assert "wrote 50 logged rows of 'digits'" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote 50 logged rows of 'digits'" in printed  # and the command that trains on them, from version 1:
+    assert f"python -m pipeline.run --config CONFIG data.source={out} push.model_name=digits train.init_from=1" in printed
     with out.open() as f:
         header, *rows = list(csv.reader(f))
     assert header == [f"pixel_{i}" for i in range(64)] + ["label", "logged_prediction", "logged_version", "logged_at"]
