@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
@@ -117,7 +118,7 @@ class LogReader:
             self.tally.records += 1
             try:
                 yield prediction_log_pb2.PredictionLog.FromString(serialized)
-            except Exception:  # noqa: BLE001 -- protobuf's DecodeError, or a message its parser refuses otherwise
+            except DecodeError:
                 self._unusable(f"not a PredictionLog (in {path.name})")
 
     def _unknown(self, names: list[str]) -> None:

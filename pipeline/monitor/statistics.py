@@ -88,10 +88,6 @@ class NumericCounts:
         return statistics_pb2.FeatureNameStatistics(path=_path(self.name), type=statistics_pb2.FeatureNameStatistics.FLOAT,
                                                     num_stats=numbers)
 
-    def outside(self) -> int:
-        """Values below or above the edges (or NaN): out of the training range."""
-        return int(self.buckets[-3:].sum())
-
 
 @dataclass
 class StringCounts:
@@ -178,16 +174,10 @@ class DatasetCounts:
         features = [c.statistics() for c in (*self.numeric, *self.categorical, *self.text)]
         return Statistics(name=name, num_examples=self.examples, features=features)
 
-    def features(self) -> list[NumericCounts | StringCounts]:
-        return [*self.numeric, *self.categorical, *self.text]
-
-
-def feature_name(feature: statistics_pb2.FeatureNameStatistics) -> str:
-    return ".".join(feature.path.step)
-
 
 def by_name(statistics: Statistics) -> dict[str, statistics_pb2.FeatureNameStatistics]:
-    return {feature_name(f): f for f in statistics.features}
+    """Each feature's statistics by its name (its path's steps joined with dots, as TFDV prints them)."""
+    return {".".join(f.path.step): f for f in statistics.features}
 
 
 def value_counts(feature: statistics_pb2.FeatureNameStatistics) -> dict[str, float]:

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from pipeline.cli import main as pipeline_main
@@ -123,10 +124,12 @@ def test_bad_logs_are_named_in_one_line_each_and_the_rest_is_used(served, tmp_pa
     ])
     last = digits_logs(tmp_path / "logs" / "mixed-3.tfrecord", x[100:110])
     last.write_bytes(last.read_bytes()[:-7])  # the file being written: its last record cut short
+    with tf.io.TFRecordWriter(str(tmp_path / "logs" / "mixed-0.tfrecord")) as writer:
+        writer.write(b"\xff\xff\xff")  # a record that is not a PredictionLog
     assert drift(repo, logs, tmp_path / "out", "--model", "digits", "--version", "1") == 0
     error = capsys.readouterr().err.splitlines()
-    assert len(error) == 5 and all(line.startswith("monitor: ") for line in error)  # one line per kind of problem
-    for said in ("skipping records of model 'other' (not 'digits')", "inputs the model's training schema does not have, "
+    assert len(error) == 6 and all(line.startswith("monitor: ") for line in error)  # one line per kind of problem
+    for said in ("not a PredictionLog (in mixed-0.tfrecord)", "skipping records of model 'other' (not 'digits')", "inputs the model's training schema does not have, "
                  "not compared: ['extra']", "x of shape [10] per request, the model takes [64]",
                  "a request without the model's input 'x'", "mixed-3.tfrecord: truncated or corrupt after record 9"):
         assert sum(said in line for line in error) == 1, said
