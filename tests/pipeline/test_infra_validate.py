@@ -50,3 +50,18 @@ def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="infra_validate.max_p99_ms: expected a positive number, received 0"):
         load_config(None, ["infra_validate.max_p99_ms=0"])
     assert np.isfinite(load_config().infra_validate.tolerance)
+
+
+def test_explain_answers_are_compared_at_the_scale_of_the_score_move_they_share_out():
+    """A saturated probability's shares are small beside its move from the baseline: their last digits, which the
+    server's thread layout changes, pass; a share that is wrong by a visible part of the move does not."""
+    expected = {"attributions": np.array([[0.09, -0.01, 0.0]], np.float32), "score": np.array([0.999], np.float32),
+                "baseline_score": np.array([0.1], np.float32), "class_id": np.array([3])}
+    noise = infra_validate.EXPLAIN_NOISE * infra_validate._score_move(expected)
+    last_digits = {**expected, "attributions": expected["attributions"] + np.float32(2e-4)}
+    assert infra_validate._worst_difference(last_digits, expected, 1e-5, "REST (explain)", noise) == \
+        pytest.approx(2e-4, rel=1e-3)
+    wrong = {**expected, "attributions": expected["attributions"] + np.float32(0.01)}
+    with pytest.raises(StageError, match=r"over REST \(explain\), output 'attributions' differs from the in-process "
+                                         r"model by up to 0.01 \(tolerance 1e-05, and 0.000899 absolute\)"):
+        infra_validate._worst_difference(wrong, expected, 1e-5, "REST (explain)", noise)
