@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run serve bench bench-quick fuzz soak test test-quick clean clean-models
+.PHONY: run serve bench bench-growth bench-quick fuzz soak test test-quick clean clean-models
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
@@ -39,6 +39,11 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/serving_bench.py --model mid $(ARGS)
 	$(BIN)/python benchmarks/serving_bench.py --model digits $(ARGS)
+
+# The ratio and the server's overhead per request for a tiny, a mid and a big model at 1, 8 and 64 rows a request
+bench-growth: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/cost_growth_bench.py $(ARGS)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

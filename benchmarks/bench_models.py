@@ -1,8 +1,9 @@
 """The benchmark models, built deterministically (seeded random weights) in TF Serving's layout.
 
 digits: the pipeline's CNN shape on 8x8x1. mid: a 32x32x3 CNN with ~2.4 M parameters (batch-1 a
-few ms on 2 cores). large: MobileNetV2 at 224x224x3 (batch-1 tens of ms). Weights are random:
-speed does not depend on them.
+few ms on 2 cores). big: mid's shape with four times its filters (more than 10 ms a row on one core, on the same
+small input). large: MobileNetV2 at 224x224x3 (batch-1 tens of ms). Weights are random: speed does not depend on
+them.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ def digits_cnn() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Dense(64, activation="relu")(x)))
 
 
-def mid_cnn() -> keras.Model:
+def mid_cnn(filters_of: tuple[int, ...] = (32, 64, 128)) -> keras.Model:
     inputs = keras.Input((32, 32, 3), name="x")
     x = inputs
-    for filters in (32, 64, 128):
+    for filters in filters_of:
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = keras.layers.MaxPooling2D()(x)
@@ -37,11 +38,16 @@ def mid_cnn() -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
 
 
+def big_cnn() -> keras.Model:
+    return mid_cnn((128, 256, 512))
+
+
 def large_cnn() -> keras.Model:
     return keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None, classes=100)
 
 
-MODELS = {"digits": (digits_cnn, (64,)), "mid": (mid_cnn, (32, 32, 3)), "large": (large_cnn, (224, 224, 3))}
+MODELS = {"digits": (digits_cnn, (64,)), "mid": (mid_cnn, (32, 32, 3)), "big": (big_cnn, (32, 32, 3)),
+          "large": (large_cnn, (224, 224, 3))}
 
 
 def build(name: str, repository: Path) -> Path:
