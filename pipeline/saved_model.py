@@ -15,6 +15,7 @@ value's share of the predicted score, computed in the graph (integrated gradient
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from pipeline.explain import Plan, attribute
 
 INPUT = "x"  # the feature name in predict requests and in tf.Example features
 METHOD_NAMES = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+EXPLAIN_FUNCTION = re.compile(r"__inference_explain_\d+")  # the traced _explain_fn, as the saver names it
 
 
 class UncompiledIsNotAProblem(logging.Filter):
@@ -219,14 +221,38 @@ def numeric_feature(serialized, name: str, n: int):
 
 
 def _set_method_names(path: Path) -> None:
-    """TF2's saver marks every signature as predict; TF Serving's Classify/Regress check this."""
+    """TF2's saver marks every signature as predict; TF Serving's Classify/Regress check this. And the explain
+    function loses the nodes that never run (_without_unused_nodes)."""
     pb = path / "saved_model.pb"
     saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
     for meta_graph in saved.meta_graphs:
         for key, method in METHOD_NAMES.items():
             if key in meta_graph.signature_def:
                 meta_graph.signature_def[key].method_name = method
+        for function in meta_graph.graph_def.library.function:
+            if EXPLAIN_FUNCTION.fullmatch(function.signature.name):
+                _without_unused_nodes(function)
     pb.write_bytes(saved.SerializeToString())
+
+
+def _without_unused_nodes(function) -> None:
+    """Drop the nodes of a FunctionDef that no output or control output depends on, and the shape hints of those
+    kept (`_output_shapes`: TF infers shapes when it loads a function). A gradient tape's backward pass makes every
+    input's gradient of each op it goes through (a convolution's filter gradient, a bias's), and explain fetches
+    only the inputs': TF prunes the others at each call. Stored, the two were 7 of the 29 KB explain added to the
+    digits SavedModel (benchmarks/results/explain.md)."""
+    nodes = {node.name: node for node in function.node_def}
+    needed, pending = set(), [*function.ret.values(), *function.control_ret.values()]
+    while pending:
+        name = pending.pop().lstrip("^").split(":")[0]
+        if name in nodes and name not in needed:
+            needed.add(name)
+            pending.extend(nodes[name].input)
+    kept = [node for node in function.node_def if node.name in needed]
+    for node in kept:
+        node.attr.pop("_output_shapes", None)
+    del function.node_def[:]
+    function.node_def.extend(kept)
 
 
 def _write_warmup(path: Path, inputs: dict[str, np.ndarray], signature_names: list[str]) -> None:

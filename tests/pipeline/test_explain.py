@@ -94,3 +94,32 @@ def test_a_subclassed_model_with_categorical_columns_is_named():
     with pytest.raises(explain.NotExplainable, match=r"categorical input\(s\) \['user', 'item'\]: integrated gradients "
                                                      r"run over its embeddings.*not a functional model"):
         explain.plan(Scorer(), TABLE, table_rows(8), 32)
+
+
+def test_the_saved_explain_function_keeps_only_what_its_outputs_need(tmp_path):
+    """The tape's backward pass also makes the filter's and the bias's gradients, which explain never fetches:
+    the SavedModel stores neither them nor shape hints, and the signature still answers what attribute computes."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from pipeline import saved_model
+
+    keras.utils.set_random_seed(0)
+    schema = {"task": "classification", "input_shape": [4, 4, 1], "classes": ["0", "1"],
+              "features": [{"name": f"p{i}", "mean": 0.0, "std": 1.0} for i in range(16)]}
+    inputs = keras.Input(shape=(16,), name="x")
+    hidden = keras.layers.Conv2D(2, 3, activation="relu")(keras.layers.Reshape((4, 4, 1))(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(hidden)))
+    rows = np.random.default_rng(0).random((8, 16), dtype=np.float32)
+    plan = explain.plan(model, schema, rows, 8)
+    saved_model.save(model, schema, tmp_path / "1", False, True, {"x": rows[:1]}, plan)
+
+    saved = saved_model_pb2.SavedModel.FromString((tmp_path / "1" / "saved_model.pb").read_bytes())
+    explain_fn, = [f for f in saved.meta_graphs[0].graph_def.library.function
+                   if saved_model.EXPLAIN_FUNCTION.fullmatch(f.signature.name)]
+    ops = {node.op for node in explain_fn.node_def}
+    assert "Conv2DBackpropInput" in ops and not ops & {"Conv2DBackpropFilter", "BiasAddGrad"}
+    assert not [node.name for node in explain_fn.node_def if "_output_shapes" in node.attr]
+    served = tf.saved_model.load(str(tmp_path / "1")).signatures["explain"](x=tf.constant(rows))
+    expected = explain.attribute(model, plan, tf.constant(rows), None)
+    for name in ("attributions", "score", "baseline_score"):
+        np.testing.assert_allclose(served[name].numpy(), expected[name].numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
