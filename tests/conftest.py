@@ -82,3 +82,16 @@ def half_plus_two_base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("repo") / "half_plus_two"
     half_plus_two.build(base / "123")
     return base
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test-quick` (-m 'not slow') stays quick: a test that needs the shared digits run (a real pipeline run,
+    half a minute on 2 cores, every worker waiting for it) must be marked slow. (tests/serving has a `digits` of its
+    own, a model built in a second.)"""
+    here = Path(__file__).parent.relative_to(config.rootpath).as_posix()  # this conftest's fixtures' baseid
+    unmarked = [item.nodeid for item in items if item.get_closest_marker("slow") is None
+                and [d.baseid for d in item._fixtureinfo.name2fixturedefs.get("digits", ())][-1:] == [here]]  # the
+    # last definition is the one the test gets
+    if unmarked:
+        raise pytest.UsageError(f"{len(unmarked)} test(s) use the shared digits pipeline run without "
+                                f"@pytest.mark.slow (make test-quick leaves slow tests out): {unmarked[:5]}")

@@ -51,6 +51,7 @@ def drift(repo, logs, out, *more) -> int:
     return main(["drift", "--logs", str(logs), "--repository", str(repo), "--out", str(out), *more])
 
 
+@pytest.mark.slow  # the shared digits run: a real pipeline run (tests/conftest.py)
 def test_the_version_ships_its_train_split_statistics_as_tfdv_reads_them(served):
     repo, _ = served
     shipped = repo / "digits" / "1" / "assets.extra"
@@ -67,6 +68,7 @@ def test_the_version_ships_its_train_split_statistics_as_tfdv_reads_them(served)
         assert standard.buckets[-1].high_value == feature.num_stats.max
 
 
+@pytest.mark.slow  # the shared digits run: a real pipeline run (tests/conftest.py)
 def test_test_like_traffic_has_not_drifted_and_a_shifted_pixel_has(served, tmp_path, capsys):
     repo, x = served
     digits_logs(tmp_path / "logs" / "same-1.tfrecord", x)
@@ -97,6 +99,7 @@ def test_test_like_traffic_has_not_drifted_and_a_shifted_pixel_has(served, tmp_p
     assert serving.datasets[0].num_examples == len(x)
 
 
+@pytest.mark.slow  # the shared digits run: a real pipeline run (tests/conftest.py)
 def test_a_threshold_from_the_command_line_or_per_feature_decides(served, tmp_path, capsys):
     repo, x = served
     shifted = x.copy()
@@ -112,6 +115,7 @@ def test_a_threshold_from_the_command_line_or_per_feature_decides(served, tmp_pa
     assert "'train.epochs=3': only monitor.* keys can be set here" in error
 
 
+@pytest.mark.slow  # the shared digits run: a real pipeline run (tests/conftest.py)
 def test_bad_logs_are_named_in_one_line_each_and_the_rest_is_used(served, tmp_path, capsys):
     repo, x = served
     logs = tmp_path / "logs" / "mixed"
@@ -137,6 +141,7 @@ def test_bad_logs_are_named_in_one_line_each_and_the_rest_is_used(served, tmp_pa
     assert rows == 100 + 2 + 9  # the first file, the request with an extra input, the complete records of the last
 
 
+@pytest.mark.slow  # the shared digits run: a real pipeline run (tests/conftest.py)
 def test_nothing_usable_exits_1_with_what_was_found(served, tmp_path, capsys):
     repo, x = served
     assert drift(repo, tmp_path / "none", tmp_path / "out") == 1
@@ -156,6 +161,7 @@ def test_nothing_usable_exits_1_with_what_was_found(served, tmp_path, capsys):
     assert "version 1 of 'digits' ships no training statistics" in error and error.count("\n") == 1
 
 
+@pytest.mark.slow  # the shared digits run: a real pipeline run (tests/conftest.py)
 def test_logged_rows_export_as_training_data_that_ingest_takes(served, tmp_path, capsys, monkeypatch):
     repo, x = served
     digits_logs(tmp_path / "logs" / "requests-1.tfrecord", x[:50], rows_per_request=5)
