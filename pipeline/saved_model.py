@@ -93,7 +93,7 @@ def save(model: keras.Model, schema: dict, path: Path, warmup: bool, reject_nonf
         model.save(str(path), save_format="tf", signatures=signatures)
     finally:
         tf.get_logger().removeFilter(untrue)
-    _set_method_names(path)
+    _amend_saved_model(path)
     if warmup:
         _write_warmup(path, sample, [key for key in ("serving_default", "explain") if key in signatures])
 
@@ -220,9 +220,10 @@ def numeric_feature(serialized, name: str, n: int):
         return tf.where(has_floats[:, None], columns(float_values), tf.cast(columns(int_values), tf.float32))
 
 
-def _set_method_names(path: Path) -> None:
-    """TF2's saver marks every signature as predict; TF Serving's Classify/Regress check this. And the explain
-    function loses the nodes that never run (_without_unused_nodes)."""
+def _amend_saved_model(path: Path) -> None:
+    """What TF2's saver leaves to do, in one rewrite of saved_model.pb: it marks every signature as predict, and TF
+    Serving's Classify/Regress check the method name; the explain function loses the nodes that never run
+    (_without_unused_nodes)."""
     pb = path / "saved_model.pb"
     saved = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
     for meta_graph in saved.meta_graphs:

@@ -89,9 +89,12 @@ def pytest_collection_modifyitems(config, items):
     half a minute on 2 cores, every worker waiting for it) must be marked slow. (tests/serving has a `digits` of its
     own, a model built in a second.)"""
     here = Path(__file__).parent.relative_to(config.rootpath).as_posix()  # this conftest's fixtures' baseid
-    unmarked = [item.nodeid for item in items if item.get_closest_marker("slow") is None
-                and [d.baseid for d in item._fixtureinfo.name2fixturedefs.get("digits", ())][-1:] == [here]]  # the
-    # last definition is the one the test gets
+
+    def uses_the_shared_run(item) -> bool:
+        definitions = item._fixtureinfo.name2fixturedefs.get("digits", ())
+        return bool(definitions) and definitions[-1].baseid == here  # the last one is the one the test gets
+
+    unmarked = [item.nodeid for item in items if item.get_closest_marker("slow") is None and uses_the_shared_run(item)]
     if unmarked:
         raise pytest.UsageError(f"{len(unmarked)} test(s) use the shared digits pipeline run without "
                                 f"@pytest.mark.slow (make test-quick leaves slow tests out): {unmarked[:5]}")

@@ -73,7 +73,7 @@ def _validate(c, base: Path, rows: dict[str, np.ndarray], expected: dict[str, di
                      for name, client in clients}
             explained = {name: _worst_difference(client.predict(NAME, rows, signature_name="explain"),
                                                  expected["explain"], c.tolerance, f"{name} (explain)",
-                                                 EXPLAIN_NOISE * _score_move(expected["explain"]))
+                                                 _score_move(expected["explain"]))
                          for name, client in clients if "explain" in expected}
             latencies = []
             for i in np.arange(c.requests) % n:
@@ -103,10 +103,10 @@ def _score_move(explained: dict[str, np.ndarray]) -> float:
 
 
 def _worst_difference(served: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: float,
-                      protocol: str, noise: float = 0.0) -> float:
+                      protocol: str, explain_scale: float | None = None) -> float:
     """The largest |served - expected| over the numeric outputs (strings, class names, must be equal), each within
-    `tolerance` relative and, absolute, the largest of 1e-6, `noise` and EXPLAIN_NOISE times the output's largest
-    value when `noise` is given; StageError naming the output when one disagrees."""
+    `tolerance` relative and 1e-6 absolute, or for an explain answer EXPLAIN_NOISE of the larger of `explain_scale`
+    (its score move) and the output's largest value; StageError naming the output when one disagrees."""
     if served.keys() != expected.keys():
         raise StageError(f"infra_validate: over {protocol} the server returned outputs {sorted(served)}, "
                          f"the model computes {sorted(expected)}.")
@@ -117,10 +117,11 @@ def _worst_difference(served: dict[str, np.ndarray], expected: dict[str, np.ndar
                 raise StageError(f"infra_validate: over {protocol}, output {name!r} is {served[name][:3].tolist()}..., "
                                  f"the in-process model's {value[:3].tolist()}...")
             continue
-        atol = max(1e-6, noise, EXPLAIN_NOISE * float(np.max(np.abs(value), initial=0)) if noise else 0.0)
+        largest = float(np.max(np.abs(value), initial=0))
+        atol = 1e-6 if explain_scale is None else max(1e-6, EXPLAIN_NOISE * max(explain_scale, largest))
         if not np.allclose(served[name], value, rtol=tolerance, atol=atol):
             raise StageError(f"infra_validate: over {protocol}, output {name!r} differs from the in-process model "
                              f"by up to {float(np.max(np.abs(served[name] - value))):.3g} (tolerance {tolerance}"
-                             f"{f', and {atol:.3g} absolute' if noise else ''}).")
+                             f"{f', and {atol:.3g} absolute' if explain_scale is not None else ''}).")
         worst = max(worst, float(np.max(np.abs(served[name].astype(np.float64) - value), initial=0)))
     return worst

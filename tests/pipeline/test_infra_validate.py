@@ -57,11 +57,11 @@ def test_explain_answers_are_compared_at_the_scale_of_the_score_move_they_share_
     server's thread layout changes, pass; a share that is wrong by a visible part of the move does not."""
     expected = {"attributions": np.array([[0.09, -0.01, 0.0]], np.float32), "score": np.array([0.999], np.float32),
                 "baseline_score": np.array([0.1], np.float32), "class_id": np.array([3])}
-    noise = infra_validate.EXPLAIN_NOISE * infra_validate._score_move(expected)
+    move = infra_validate._score_move(expected)
     last_digits = {**expected, "attributions": expected["attributions"] + np.float32(2e-4)}
-    assert infra_validate._worst_difference(last_digits, expected, 1e-5, "REST (explain)", noise) == \
+    assert infra_validate._worst_difference(last_digits, expected, 1e-5, "REST (explain)", move) == \
         pytest.approx(2e-4, rel=1e-3)
     wrong = {**expected, "attributions": expected["attributions"] + np.float32(0.01)}
     with pytest.raises(StageError, match=r"over REST \(explain\), output 'attributions' differs from the in-process "
                                          r"model by up to 0.01 \(tolerance 1e-05, and 0.000899 absolute\)"):
-        infra_validate._worst_difference(wrong, expected, 1e-5, "REST (explain)", noise)
+        infra_validate._worst_difference(wrong, expected, 1e-5, "REST (explain)", move)
