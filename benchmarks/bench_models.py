@@ -7,6 +7,7 @@ them.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
+from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 
 def digits_cnn() -> keras.Model:
@@ -69,3 +71,16 @@ def build(name: str, repository: Path) -> Path:
 
 def sample(name: str, batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((batch, *MODELS[name][1]), dtype=np.float32)
+
+
+def json_body(x: np.ndarray) -> bytes:
+    """`x` as a REST predict body in row format, values with 3 decimals (what every benchmark sends)."""
+    return json.dumps({"instances": np.round(x.astype(np.float64), 3).tolist()}).encode()
+
+
+def grpc_request(name: str, x: np.ndarray) -> predict_pb2.PredictRequest:
+    """`x` as a gRPC PredictRequest for model `name`."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+    return request

@@ -27,18 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from serving_bench import (LAYOUTS, cpu_seconds, h2load_grpc, measure_limit, on_cpus, predict_url,  # noqa: E402
                            start_ours, wrk)
 import bench_models as models  # noqa: E402
-
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2  # noqa: E402
-
 from localhost.machine import machine  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
 
@@ -67,10 +61,8 @@ def measure_model(name: str, rows_per_request: list[int], seconds: float, workdi
             duration = max(seconds, REQUESTS_PER_CONNECTION * connections * rows * row_ms / 1000)
             x = models.sample(name, rows)
             body = workdir / f"{name}-{rows}.json"
-            body.write_text(json.dumps({"instances": np.round(x.astype(np.float64), 3).tolist()}))
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = name
-            request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+            body.write_bytes(models.json_body(x))
+            request = models.grpc_request(name, x)
             print(f"[{name}] {rows} row(s) per request, {connections} connections, {duration:.0f} s each", flush=True)
             with on_cpus(client_cpus):
                 rest = measured(server.process.pid, lambda: wrk(server.url + predict_url(name), body, connections,

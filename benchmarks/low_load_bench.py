@@ -81,7 +81,7 @@ def measure(model: str, requests: int, workdir: Path) -> dict:
     repo = workdir / "repo"
     model_dir = models.build(model, repo)
     x = models.sample(model, 1)
-    body = json.dumps({"instances": np.round(x.astype(np.float64), 3).tolist()}).encode()
+    body = models.json_body(x)
     servable = Servable(model, 1, model_dir, session_config(0, 0))  # the server's defaults (no thread flag)
     inputs = {"x": np.round(x.astype(np.float64), 3).astype(np.float32)}
     servers = {"rest_batching": start(repo, model, workdir, batching=True),

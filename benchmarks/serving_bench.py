@@ -56,7 +56,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
@@ -377,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = models.build(args.model, repo)
     x1 = models.sample(args.model, 1)
     body = workdir / "body.json"
-    body.write_text(json.dumps({"instances": np.round(x1.astype(np.float64), 3).tolist()}))
+    body.write_bytes(models.json_body(x1))
     results = {"machine": machine(), "model": args.model, "seconds": seconds, "request_bytes": body.stat().st_size,
                "connections": CONNECTIONS, "p99_bound_ms": args.p99_bound_ms, "layouts": {}, "ratios": {}}
     for layout, cpus in LAYOUTS.items():
@@ -425,9 +424,7 @@ def measure_layout(layout: str, cpus: tuple[set[int], set[int]], repo: Path, mod
         with on_cpus(client_cpus):
             r["rest_batching"] = wrk(batching.url + url, body, CONNECTIONS, seconds, workdir)
             r["rest_open_loop"] = sweep(batching.url + url, body, r["rest_batching"]["per_s"], seconds / 2)
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model
-            request.inputs["x"].CopyFrom(tf.make_tensor_proto(models.sample(model, 1)))
+            request = models.grpc_request(model, models.sample(model, 1))
             r["grpc_batching"] = h2load_grpc(f"127.0.0.1:{grpc_port}", request, CONNECTIONS, seconds, workdir)
             r["rest_no_batching"] = wrk(plain.url + url, body, CONNECTIONS, seconds, workdir)
             rounds: dict[str, list[dict]] = {"rest_low_load": [], "rest_low_load_no_batching": []}
@@ -498,10 +495,8 @@ def logging_cost(model: str, seconds: float, out: Path) -> int:
     server_cpus, client_cpus = LAYOUTS["pinned"]
     model_dir = models.build(model, workdir / "repo")
     x1 = models.sample(model, 1)
-    body = json.dumps({"instances": np.round(x1.astype(np.float64), 3).tolist()}).encode()
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x1))
+    body = models.json_body(x1)
+    request = models.grpc_request(model, x1)
     monitoring = workdir / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }")
     config = logged_copy(model_dir, model, workdir, 1.0)
