@@ -179,6 +179,15 @@ class Batcher:
         the request if its batch has not started yet."""
         return await asyncio.wrap_future(self._enqueue(run, inputs))
 
+    def run_alone(self, run: RunFn, inputs: Tensors) -> dict[str, np.ndarray]:
+        """Runs `inputs` at once as a batch of their own on the calling thread, checked, padded, counted and split
+        as every batch: for a request the caller knows no other could join (with batch_timeout_micros 0 it would
+        run alone at once anyway), so it skips the hand-off to a batch thread and back."""
+        rows, _ = _describe(inputs, self.params.max_batch_size)
+        if self._closed:
+            raise _closed_error()
+        return self._run_batch(run, [_Task(inputs, rows)])[0]
+
     def close(self) -> None:
         """Fails every request not yet running with BatcherClosedError, waits for the running
         batches and joins the threads. Idempotent."""
@@ -209,8 +218,7 @@ class Batcher:
         task = _Task(inputs, rows)
         with self._lock:
             if self._closed:
-                raise BatcherClosedError("the batcher is closed; received a request after "
-                                         "close()")
+                raise _closed_error()
             queue = self._queues.get((run, shapes))
             if queue is None:
                 queue = self._queues[(run, shapes)] = _Queue(run)
@@ -282,23 +290,31 @@ class Batcher:
         tasks = [task for task in batch.tasks if task.future.set_running_or_notify_cancel()]
         if not tasks:
             return
-        rows = sum(task.rows for task in tasks)
-        padded = _round_up(rows, self.params.allowed_batch_sizes)
         try:
-            if self._on_queued is not None:
-                dequeued = time.monotonic()
-                for task in tasks:
-                    self._on_queued(dequeued - task.enqueued)
-            if self._on_batch is not None:
-                self._on_batch(run, rows, padded)
-            outputs = run(_merge(tasks, padded - rows))
-            results = _split(outputs, [task.rows for task in tasks], padded)
+            results = self._run_batch(run, tasks)
         except BaseException as error:  # every waiting request must get an answer
             for task in tasks:
                 task.future.set_exception(error)
             return
         for task, result in zip(tasks, results):
             task.future.set_result(result)
+
+    def _run_batch(self, run: RunFn, tasks: list[_Task]) -> list[dict[str, np.ndarray]]:
+        """The tasks' inputs merged (padded to an allowed size), counted, run and split back: each task's outputs."""
+        rows = sum(task.rows for task in tasks)
+        padded = _round_up(rows, self.params.allowed_batch_sizes)
+        if self._on_queued is not None:
+            dequeued = time.monotonic()
+            for task in tasks:
+                self._on_queued(dequeued - task.enqueued)
+        if self._on_batch is not None:
+            self._on_batch(run, rows, padded)
+        outputs = run(_merge(tasks, padded - rows))
+        return _split(outputs, [task.rows for task in tasks], padded)
+
+
+def _closed_error() -> BatcherClosedError:
+    return BatcherClosedError("the batcher is closed; received a request after close()")
 
 
 def _describe(inputs: Tensors, max_batch_size: int) -> tuple[int, Hashable]:

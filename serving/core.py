@@ -5,13 +5,16 @@ signatures, metrics, the audit log, config reloads and the request log only thro
 answered OK is handed to the request log (serving.request_log), which samples it for the log and counts its values
 against the version's schema on a thread of its own.
 
-Model calls never run on the event loop: TF releases the GIL while a graph runs, so the loop keeps
-parsing and answering other requests meanwhile.
+Model calls run on threads: TF releases the GIL while a graph runs, so the loop keeps parsing and answering other
+requests meanwhile. One exception: a request alone in the server whose call is quick (SignatureRunner.is_quick, under
+2 ms) runs on the event loop, sparing the two thread hand-offs (benchmarks/results/low_load_mid.md); a request
+arriving meanwhile waits for it at most that long.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -233,12 +236,20 @@ class ServingCore:
         return servable.outputs(signature, fetched)
 
     async def _session_run(self, servable: Servable, signatures: tuple[str, ...], inputs: Tensors) -> Tensors:
-        """One session call of `signatures` together (through the dynamic batcher, or on the thread pool); the
-        outputs by tensor name."""
-        if self._batcher is not None:
+        """One session call of `signatures` together, the outputs by tensor name: through the dynamic batcher, or on
+        the thread pool. A request alone in the server (where the batcher would not wait for others to join it)
+        skips the batch queue: its batch of one runs on the pool, or, when quick, right here on the event loop."""
+        runner = servable.runner(*signatures)
+        batcher = self._batcher
+        if batcher is not None:
             self.metrics.batch_input(inputs)
-            return await self._batcher.submit_async(servable.runner(*signatures), inputs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, servable.run_together, signatures, inputs)
+        alone = self.in_flight == 1 and (batcher is None or batcher.params.batch_timeout_micros == 0)
+        if batcher is not None and not alone:
+            return await batcher.submit_async(runner, inputs)
+        run = runner if batcher is None else functools.partial(batcher.run_alone, runner)
+        if alone and runner.is_quick(inputs):
+            return run(inputs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run, inputs)
 
     # Signatures are decided once per request, by the front end's call of one of these (where TF Serving decides
     # it: gRPC before reading the request's tensors, REST after parsing its body), and passed on as decided.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from serving.feature_schema import FeatureSchema
 
 SignatureDef = meta_graph_pb2.SignatureDef
 Tensors = dict[str, np.ndarray]
+QUICK_CALL_S = 0.002  # a call at most this long is quick: alone in the server, it may run on the event loop (core.py)
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,31 @@ class Servable:
         return found
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class SignatureRunner:
-    """`servable.run_together(signatures, inputs)` as one object: what the batcher groups requests by."""
+    """`servable.run_together(signatures, inputs)` as one object: what the batcher groups requests by. It times its
+    calls: `quick_rows` is the most rows a call ran in under QUICK_CALL_S, lowered when a call that size ran slower
+    (a busier host), so the server knows which requests are quick before running them."""
 
     servable: Servable
     signatures: tuple[str, ...]
+    quick_rows: int = field(default=0, init=False)
 
     def __call__(self, inputs: Tensors) -> Tensors:
-        return self.servable.run_together(self.signatures, inputs)
+        started = time.perf_counter()
+        outputs = self.servable.run_together(self.signatures, inputs)
+        rows = batch_rows(inputs)
+        if time.perf_counter() - started <= QUICK_CALL_S:
+            self.quick_rows = max(self.quick_rows, rows)
+        elif rows <= self.quick_rows:
+            self.quick_rows = rows - 1
+        return outputs
+
+    def is_quick(self, inputs: Tensors) -> bool:
+        """Whether a call of this many rows took under QUICK_CALL_S the last time one this size or larger ran."""
+        return batch_rows(inputs) <= self.quick_rows
+
+
+def batch_rows(inputs: Tensors) -> int:
+    """The rows of a call: its inputs' largest first dimension (1 for scalars only)."""
+    return max((len(value) for value in inputs.values() if value.ndim), default=1)

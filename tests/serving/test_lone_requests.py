@@ -1,0 +1,80 @@
+"""A request alone in the server skips the batch queue: its call runs on the event loop when quick (sparing two
+thread hand-offs), else on the pool of unbatched calls; every other call runs on a thread as before. Shown through
+the real request path (ServingCore, a real Servable of TF Serving's half_plus_two), with a runner that notes the
+thread each call ran on.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from serving import servable as servable_module
+from serving.batching import BatchingParameters
+from serving.core import ServingCore
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.model_config import single_model_config
+from serving.servable import Servable, SignatureRunner
+
+ROWS = {"x": np.array([[1.0], [2.0]], np.float32)}
+
+
+@dataclass(eq=False)
+class NotingRunner(SignatureRunner):
+    ran_on: list[threading.Thread] = field(default_factory=list, init=False)
+
+    def __call__(self, inputs):
+        self.ran_on.append(threading.current_thread())
+        return super().__call__(inputs)
+
+
+def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[str]:
+    """Sends ROWS once per step ("alone", or "with another" request in flight; "slow" sends nothing: every call is
+    slow from then on, while before it every call is quick, whatever this host's speed); where each call ran: "loop",
+    "model" (the thread pool of calls without batching) or "batch_threads"."""
+    monkeypatch.setattr(servable_module, "QUICK_CALL_S", 60.0)
+    servable = Servable("half_plus_two", 123, half_plus_two_base / "123")
+    runner = NotingRunner(servable, ("serving_default",))
+    servable.runner = lambda *signatures: runner
+    metrics = Metrics()
+    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
+                       metrics, batching, num_threads=1)
+
+    async def main() -> threading.Thread:
+        for step in steps:
+            if step == "slow":
+                monkeypatch.setattr(servable_module, "QUICK_CALL_S", 0.0)
+                continue
+            with contextlib.ExitStack() as admitted:
+                for _ in range(2 if step == "with another" else 1):
+                    admitted.enter_context(core.admitted())
+                outputs = await core.predict(servable, "serving_default", ROWS)
+            assert outputs["y"].tolist() == [[2.5], [3.0]]
+        return threading.current_thread()
+
+    try:
+        loop_thread = asyncio.run(main())
+    finally:
+        core.close()
+    return ["loop" if thread is loop_thread else thread.name.rsplit("_", 1)[0] for thread in runner.ran_on]
+
+
+@pytest.mark.parametrize("batching", [None, BatchingParameters(num_batch_threads=1)], ids=["unbatched", "batched"])
+def test_a_lone_quick_request_runs_on_the_event_loop_and_others_on_threads(half_plus_two_base, batching, monkeypatch):
+    steps = ["alone", "alone", "with another", "alone", "slow", "alone", "alone"]
+    # not known to be quick yet: on the pool, not the batch queue; quick and alone: on the loop; with another in flight:
+    # batched (or on the pool); alone again; from now on each call is slow: the first still runs on the loop (its size
+    # was quick) and shows it, so the next goes to the pool
+    shared = "model" if batching is None else "batch_threads"
+    assert where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) == [
+        "model", "loop", shared, "loop", "loop", "model"]
+
+
+def test_a_batcher_that_waits_for_others_to_join_is_never_bypassed(half_plus_two_base, monkeypatch):
+    waiting = BatchingParameters(num_batch_threads=1, batch_timeout_micros=1000)
+    assert where_calls_ran(half_plus_two_base, waiting, ["alone"] * 3, monkeypatch) == ["batch_threads"] * 3
