@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run serve bench bench-growth bench-quick fuzz soak test test-quick clean clean-models
+.PHONY: run serve bench bench-growth bench-multicore bench-quick fuzz soak test test-quick clean clean-models
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
@@ -44,6 +44,12 @@ bench: $(STAMP)
 bench-growth: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/cost_growth_bench.py $(ARGS)
+
+# One server process against --server_processes=2, every core shared, on mid and digits (about 6 minutes)
+bench-multicore: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/multicore_bench.py --model mid $(ARGS)
+	$(BIN)/python benchmarks/multicore_bench.py --model digits $(ARGS)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

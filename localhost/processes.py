@@ -14,6 +14,11 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def how_it_ended(code: int) -> str:
+    """A child's return code in words: "was killed by SIGKILL", "exited with code 1"."""
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+
+
 def rss_mib(pid: int) -> float:
     """A process's resident memory (VmRSS) in MiB, 0 once it has exited: what memory checks under load sample."""
     try:

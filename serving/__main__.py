@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--request_log_max_disk_bytes", type=int, default=2**30,
          help="the request log files of every filename_prefix together may hold this much on disk; past it records "
               "are dropped and counted (serving_request_log_dropped{reason=\"disk_bound\"}) until files are removed")
+    flag("--server_processes", type=int, default=1,
+         help="complete servers sharing the ports (SO_REUSEPORT) under one parent, each with its share of TF threads: "
+              "uses every core where one process's Python is the limit (small models; benchmarks/results/multicore_*.md)"
+              "; each holds its own copy of the models; HandleReloadConfigRequest is refused (serving/supervisor.py)")
+    flag("--server_process_index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent for a child
+    flag("--server_processes_dir", default="", help=argparse.SUPPRESS)  # where the children publish their metrics
     for name in UNSUPPORTED:
         flag(f"--{name}", dest=f"unsupported_{name}", default=None, help=argparse.SUPPRESS)
     return p
@@ -140,14 +146,15 @@ def parse_settings(argv: list[str]) -> Settings:
         problems.append(f"--request_log_max_file_bytes={args.request_log_max_file_bytes} and "
                         f"--request_log_max_disk_bytes={args.request_log_max_disk_bytes}: expected a positive size "
                         f"and a size of at least 0 (bytes).")
+    if args.server_processes < 1:
+        problems.append(f"--server_processes={args.server_processes}: expected at least 1.")
     if args.auth_allow_status and not args.auth_token_file:
         problems.append("--auth_allow_status needs --auth_token_file (without tokens everything is open).")
     try:
         access = Access(args.auth_token_file, args.auth_allow_status)
         ssl_config = load_ssl_config(args.ssl_config_file) if args.ssl_config_file else None
         grpc_options = server_options(args.grpc_channel_arguments)
-        session = session_config(args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism,
-                                 args.tensorflow_session_parallelism)
+        session = session_config(*thread_counts(args))
         if args.model_config_file and args.model_base_path:
             raise ValueError("use either --model_config_file or --model_name/--model_base_path, not both.")
         if args.model_config_file:
@@ -180,6 +187,16 @@ def parse_settings(argv: list[str]) -> Settings:
     return Settings(args, model_config, batching, metrics_path, grpc_options, access, ssl_config, session)
 
 
+def thread_counts(args: argparse.Namespace) -> tuple[int, int, int]:
+    """TF's (intra-op, inter-op, session) threads as the flags set them; with several server processes and none set,
+    each process takes its share of the cores: 1 intra-op thread and cores / N inter-op."""
+    counts = (args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism,
+              args.tensorflow_session_parallelism)
+    if args.server_processes > 1 and not any(counts):
+        return 1, max(1, len(os.sched_getaffinity(0)) // args.server_processes), 0
+    return counts
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from serving.server import serve
@@ -189,7 +206,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
     # throughput on a 23 KB request). Loaded models are frozen out of collection (manager.py); collect
     # the young generation less often.
     gc.set_threshold(10_000, 50, 1000)
-    settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    settings = parse_settings(argv)
+    if settings.args.server_processes > 1 and settings.args.server_process_index is None:
+        from serving.supervisor import supervise
+
+        logging.shutdown()
+        os._exit(supervise(argv, settings.args))
+    if settings.args.server_process_index is not None:
+        logging.getLogger().handlers[0].setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s [process {settings.args.server_process_index + 1}]: %(message)s"))
     asyncio.run(serve(settings))
     logging.shutdown()
     os._exit(0)  # drained: a model call still running past the drain is abandoned, not waited for at exit

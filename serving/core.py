@@ -34,6 +34,7 @@ from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
 from serving.request_log import Answered, RequestLog
 from serving.servable import Servable, SignatureRunner, TensorSpec, Tensors
+from serving.shared_metrics import SharedMetrics
 
 log = logging.getLogger("serving")
 
@@ -48,7 +49,8 @@ RELEASE_AFTER_ANSWER_S = 0.1  # after a large request: by then its answer is wri
 class ServingCore:
     def __init__(self, manager: ModelManager, metrics: Metrics, batching: BatchingParameters | None,
                  num_threads: int, check_method_names: bool = False, access: Access | None = None,
-                 audit: AuditLog | None = None, max_in_flight: int = 0, request_log: RequestLog | None = None):
+                 audit: AuditLog | None = None, max_in_flight: int = 0, request_log: RequestLog | None = None,
+                 shared_metrics: SharedMetrics | None = None):
         self.manager = manager
         self.metrics = metrics
         self.request_log = request_log or RequestLog(metrics)
@@ -56,6 +58,7 @@ class ServingCore:
         self.access = access or Access()
         self.audit = audit or AuditLog()
         self.max_in_flight = max_in_flight
+        self.shared_metrics = shared_metrics  # one of several server processes: the metrics are the whole server's
         self.in_flight = 0
         self.shutting_down = False  # SIGTERM came: readiness answers 503
         self._refusing = False  # ...and, once what had arrived is taken in, new requests are UNAVAILABLE
@@ -218,8 +221,9 @@ class ServingCore:
         self.metrics.config_file_error.set(0 if applies else 1)
 
     def metrics_text(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return self.metrics.render()
+        """The Prometheus text exposition of every metric, of every process of the server."""
+        own = self.metrics.render()
+        return own if self.shared_metrics is None else self.shared_metrics.merged(own)
 
     def _record_batch(self, run: SignatureRunner, size: int, padded: int) -> None:
         self.metrics.batch(run.servable.name, run.servable.version, size, padded)

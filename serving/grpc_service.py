@@ -37,7 +37,7 @@ from serving import api_protos, signatures
 from serving.api_protos import typed_tensor_proto
 from serving.auth import Token
 from serving.core import ServingCore
-from serving.errors import InvalidArgument, PayloadTooLarge, PermissionDenied, as_serving_error
+from serving.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
 from serving.servable import Servable
@@ -207,12 +207,15 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """Status, and config reloads: a reload names directories the server loads and runs models from, so it is
     accepted only from an admin token (with --auth_token_file) or, with auth off, from this machine (unless
     --allow_remote_config_reload), and with --model_base_path_root only for base paths that resolve (symlinks
-    followed) inside that directory. Every reload is audited."""
+    followed) inside that directory. Every reload is audited. A server of several processes (--server_processes)
+    refuses reloads: one would reach one process only."""
 
-    def __init__(self, core: ServingCore, remote_reload: bool = False, base_path_root: Path | None = None):
+    def __init__(self, core: ServingCore, remote_reload: bool = False, base_path_root: Path | None = None,
+                 one_of_processes: int = 1):
         self.core = core
         self.remote_reload = remote_reload
         self.base_path_root = base_path_root
+        self.one_of_processes = one_of_processes
 
     @_answer("status")
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, caller: Caller) -> Answer:
@@ -224,6 +227,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
                                         caller: Caller) -> Answer:
         """Apply a new ModelServerConfig: add and remove models, change policies and labels."""
+        if self.one_of_processes > 1:
+            raise FailedPrecondition(
+                f"HandleReloadConfigRequest would change one of this server's {self.one_of_processes} processes "
+                "(--server_processes), not the others: change the --model_config_file they poll instead "
+                "(--model_config_file_poll_wait_seconds), or run one process.")
         refusal = self._refusal(request.config, caller.peer)
         if refusal is not None:
             self.core.audit_refusal(refusal, "gRPC HandleReloadConfigRequest", caller.token, caller.peer)
@@ -352,10 +360,11 @@ class UndecodableRequests(grpc.aio.ServerInterceptor):
 
 
 def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False, remote_reload: bool = False,
-                 base_path_root: Path | None = None, max_tensor_bytes: int = 0) -> None:
+                 base_path_root: Path | None = None, max_tensor_bytes: int = 0, one_of_processes: int = 1) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core, tensor_content, max_tensor_bytes), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, remote_reload, base_path_root), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelService(core, remote_reload, base_path_root, one_of_processes), server)
 
 
 def is_loopback(peer: str) -> bool:

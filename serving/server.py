@@ -28,6 +28,7 @@ from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig, load_model_server_config
 from serving.request_log import RequestLog
+from serving.shared_metrics import PUBLISH_EVERY_S, SharedMetrics
 from serving.rest import RestApi
 from serving.tls import grpc_credentials, rest_context
 
@@ -53,6 +54,8 @@ class Settings:
 async def serve(settings: Settings) -> None:
     args = settings.args
     metrics = Metrics()
+    shared = (SharedMetrics(Path(args.server_processes_dir), args.server_process_index)
+              if args.server_process_index is not None else None)  # one of several processes (serving.supervisor)
     manager = ModelManager(settings.model_config, metrics, enable_warmup=args.enable_model_warmup,
                            session_config=settings.session_config,
                            allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
@@ -63,17 +66,18 @@ async def serve(settings: Settings) -> None:
                        check_method_names=args.enable_signature_method_name_check, access=settings.access,
                        audit=AuditLog(args.audit_log_file), max_in_flight=args.max_requests_in_flight,
                        request_log=RequestLog(metrics, args.request_log_max_file_bytes,
-                                              args.request_log_max_disk_bytes))
+                                              args.request_log_max_disk_bytes), shared_metrics=shared)
     loop = asyncio.get_running_loop()
     # Both ports are taken before the models load (seconds to minutes), so a port in use fails at once; they answer
     # only once the models are loaded, as TF Serving's do. Its words (server.cc, main.cc), then ours.
     if args.port:
-        # not SO_REUSEPORT (gRPC's default): with it a second server on the port shares it silently
-        options = list(dict([("grpc.so_reuseport", 0), *settings.grpc_options]).items())
+        # SO_REUSEPORT (gRPC's default) only for the processes of one server (the parent checked the ports were free):
+        # otherwise a second server on the port would share it silently
+        options = list(dict([("grpc.so_reuseport", int(shared is not None)), *settings.grpc_options]).items())
         grpc_server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
         add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
                      Path(args.model_base_path_root) if args.model_base_path_root else None,
-                     args.grpc_max_tensor_bytes)
+                     args.grpc_max_tensor_bytes, one_of_processes=args.server_processes if shared else 1)
         try:
             address = f"{args.host}:{args.port}"
             bound = (grpc_server.add_secure_port(address, grpc_credentials(settings.ssl_config)) if settings.ssl_config
@@ -92,7 +96,7 @@ async def serve(settings: Settings) -> None:
                        max_connections=args.rest_api_max_connections, tls=tls)
         try:
             servers.append(await loop.create_server(rest.make_server(), args.host, args.rest_api_port,
-                                                    start_serving=False))
+                                                    start_serving=False, reuse_port=shared is not None))
         except OSError as e:
             raise SystemExit(f"Failed to start HTTP Server at {args.host}:{args.rest_api_port} "
                              f"{port_in_use('--rest_api_port', args.rest_api_port, os.strerror(e.errno))}") from None
@@ -100,6 +104,8 @@ async def serve(settings: Settings) -> None:
         await loop.run_in_executor(None, core.start, args.file_system_poll_wait_seconds)
     except ServingError as e:  # TF Serving: "Failed to start server. Error: FAILED_PRECONDITION: ..."
         raise SystemExit(f"Failed to start server. Error: {e.status_string()}") from None
+    if shared is not None and settings.metrics_path:
+        asyncio.create_task(publish_metrics(core, shared))
     if args.model_config_file and args.model_config_file_poll_wait_seconds > 0:
         asyncio.create_task(watch_config_file(core, args.model_config_file, args.model_config_file_poll_wait_seconds))
     warn_if_exposed(args)
@@ -165,6 +171,13 @@ def fit_descriptor_limit(connection_caps: list[int]) -> None:
 
 def port_in_use(flag: str, port: int, reason: str | None) -> str:
     return f"({flag}={port}: {reason}); another server is probably using it: stop it, or choose another port."
+
+
+async def publish_metrics(core: ServingCore, shared: SharedMetrics) -> None:
+    """This process's metrics where its siblings read them, every PUBLISH_EVERY_S (a render takes ~1 ms)."""
+    while True:
+        await asyncio.sleep(PUBLISH_EVERY_S)
+        shared.publish(core.metrics.render())
 
 
 async def watch_config_file(core: ServingCore, path: str, every_s: int) -> None:

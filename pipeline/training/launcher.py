@@ -17,14 +17,13 @@ import importlib
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 
 from localhost.ports import free_ports
-from localhost.processes import die_with_parent
+from localhost.processes import die_with_parent, how_it_ended
 from pipeline.errors import StageError
 
 TAIL_LINES = 20
@@ -35,12 +34,8 @@ class TaskFailed(StageError):
 
     def __init__(self, name: str, code: int, tail: list[str], consequence: str = ""):
         lines = "\n".join(f"  {line}" for line in tail)
-        super().__init__(f"{name} {_how(code)}; {consequence}the other tasks were stopped. Its last {len(tail)} "
-                         f"lines:\n{lines}")
-
-
-def _how(code: int) -> str:
-    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        super().__init__(f"{name} {how_it_ended(code)}; {consequence}the other tasks were stopped. Its last "
+                         f"{len(tail)} lines:\n{lines}")
 
 
 PS_LOST = ("TensorFlow cannot go on without a parameter server (the variables it held are gone); run the stage "
@@ -95,7 +90,7 @@ def launch(target: str, arg: str, workers: int, ps: int = 0, log: Callable[[str]
             task, code = finished.get()
             if code != 0 and task.name.startswith("worker") and serving_workers > 1:
                 serving_workers -= 1
-                log(f"[launcher] {task.name} {_how(code)}; the coordinator reschedules its steps on the "
+                log(f"[launcher] {task.name} {how_it_ended(code)}; the coordinator reschedules its steps on the "
                     f"{serving_workers} worker(s) left")
                 continue
             if code != 0:

@@ -1,0 +1,142 @@
+"""Using both cores (issue #31, item 2): one server process against --server_processes N, every CPU shared.
+
+    python benchmarks/multicore_bench.py [--model mid] [--seconds 8] [--rounds 3] [--processes 2]
+
+One process runs its Python (parsing, the event loop) on one core at a time. --server_processes N runs N complete
+servers on the same ports (serving/supervisor.py: SO_REUSEPORT spreads the connections; each process 1 intra-op and
+cores / N inter-op TensorFlow threads). Against one server with its defaults (one intra-op thread per op, one op per
+core). Both with batching (its defaults); closed loop, CONNECTIONS connections, from wrk (REST) and h2load (gRPC), C
+programs; the layouts take turns, round by round (medians). The ratio is to the in-process limit on every CPU
+(serving_bench's: the model's best batch, one calling thread per core); beside it the server's CPU per request (every
+process, from /proc) and the cores it kept busy: near the machine's count, the CPUs are spent and only a cheaper
+request goes faster. Only 127.0.0.1. Writes benchmarks/results/multicore_<model>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from serving_bench import CONNECTIONS, cpu_seconds, h2load_grpc, measure_limit, predict_url, start_ours, wrk  # noqa: E402
+import bench_models as models  # noqa: E402
+from localhost.machine import machine  # noqa: E402
+from localhost.ports import free_port  # noqa: E402
+from serving.process import ServerProcess  # noqa: E402
+
+
+def start_layout(processes: int, repo: Path, name: str, workdir: Path) -> tuple[ServerProcess, int]:
+    """The server (with `processes` processes, each serving once this returns) and its gRPC port."""
+    port = free_port()
+    server = start_ours(repo, name, workdir, batching="", grpc_port=port, flags=[f"--server_processes={processes}"])
+    deadline = time.monotonic() + 120
+    while processes > 1 and server.log.read_text().count("Exporting HTTP/REST API") < processes:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every process of the server started:\n{server.log_tail()}")
+        time.sleep(0.1)
+    return server, port
+
+
+def load(layout: tuple[ServerProcess, int], protocol: str, name: str, body: Path, seconds: float,
+         workdir: Path) -> dict:
+    """CONNECTIONS connections to the server; its rate, and the CPU per request of all its processes."""
+    server, port = layout
+    pids = [server.process.pid, *map(int, Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+                                     .read_text().split())]
+    before = sum(cpu_seconds(pid) for pid in pids)
+    if protocol == "rest":
+        result = wrk(server.url + predict_url(name), body, CONNECTIONS, seconds, workdir)
+        errors = result["non2xx"] + result["socket_errors"]
+    else:
+        result = h2load_grpc(f"127.0.0.1:{port}", models.grpc_request(name, models.sample(name, 1)), CONNECTIONS,
+                             seconds, workdir)
+        errors = result["failed"]
+    server_cpu_s = sum(cpu_seconds(pid) for pid in pids) - before
+    return {"per_s": result["per_s"], "errors": errors,
+            "server_cpu_ms_per_request": server_cpu_s * 1000 / (result["per_s"] * seconds),
+            "server_cores_busy": server_cpu_s / seconds, "client_cpu_share": result["client_cpu_share"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mid", choices=sorted(models.MODELS))
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=os.cpu_count(), help="server processes of the other layout")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    if args.processes < 2:
+        parser.error(f"--processes must be at least 2; received {args.processes}")
+    if shutil.which("wrk") is None or shutil.which("h2load") is None:
+        parser.error("wrk and h2load are needed: apt-get install wrk nghttp2-client")
+    workdir = Path(tempfile.mkdtemp(prefix="multicore-bench-"))
+    repo = workdir / "repo"
+    model_dir = models.build(args.model, repo)
+    body = workdir / "body.json"
+    body.write_bytes(models.json_body(models.sample(args.model, 1)))
+    results = {"machine": machine(), "model": args.model, "seconds": args.seconds, "rounds": args.rounds,
+               "connections": CONNECTIONS}
+    print(f"[limit] in-process, {args.model}, every CPU", flush=True)
+    results["limit"] = measure_limit(model_dir, args.model, args.seconds)
+    layouts = {"1 process": 1, f"--server_processes={args.processes}": args.processes}
+    started = {label: start_layout(n, repo, args.model, workdir) for label, n in layouts.items()}
+    runs: dict[str, dict[str, list[dict]]] = {label: {"rest": [], "grpc": []} for label in layouts}
+    try:
+        for round_ in range(args.rounds):
+            order = list(layouts) if round_ % 2 == 0 else list(reversed(layouts))
+            for label in order:
+                for protocol in ("rest", "grpc"):
+                    print(f"[round {round_ + 1}] {label}, {protocol}", flush=True)
+                    runs[label][protocol].append(load(started[label], protocol, args.model, body, args.seconds,
+                                                      workdir))
+    finally:
+        for server, _ in started.values():
+            server.stop()
+    limit = results["limit"]["items_per_s"]
+    results["layouts"] = {label: {protocol: {
+        "per_s": statistics.median(run["per_s"] for run in measured),
+        "ratio": statistics.median(run["per_s"] for run in measured) / limit,
+        "server_cpu_ms_per_request": statistics.median(run["server_cpu_ms_per_request"] for run in measured),
+        "server_cores_busy": statistics.median(run["server_cores_busy"] for run in measured),
+        "errors": sum(run["errors"] for run in measured), "rounds": measured}
+        for protocol, measured in by_protocol.items()} for label, by_protocol in runs.items()}
+    write(results, args.out / f"multicore_{args.model}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def write(results: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    m, limit = results["machine"], results["limit"]
+    lines = [f"# Every core: one server process or several ({results['model']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; load "
+             f"average (1 min) {m['load_average_1m']} at the start. `python benchmarks/multicore_bench.py --model "
+             f"{results['model']}`: every CPU shared by the servers and the load generators, batching on, "
+             f"{results['connections']} connections in all, {results['seconds']:.0f} s a measurement, medians of "
+             f"{results['rounds']} rounds (the layouts alternating).", "",
+             f"In-process limit on every CPU: {limit['items_per_s']:.0f} rows/s (batch {limit['best_batch']}, "
+             f"{limit['threads']} calling threads), {1000 * limit['threads'] / limit['items_per_s']:.3f} CPU ms a row.",
+             "", "| layout | REST per s | REST ratio | REST server CPU ms/request | gRPC per s | gRPC ratio | "
+             "gRPC server CPU ms/request | server cores busy (REST / gRPC) | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in results["layouts"].items():
+        rest, grpc = r["rest"], r["grpc"]
+        lines.append(f"| {label} | {rest['per_s']:.0f} | {rest['ratio']:.2f} | {rest['server_cpu_ms_per_request']:.3f} "
+                     f"| {grpc['per_s']:.0f} | {grpc['ratio']:.2f} | {grpc['server_cpu_ms_per_request']:.3f} | "
+                     f"{rest['server_cores_busy']:.2f} / {grpc['server_cores_busy']:.2f} | "
+                     f"{rest['errors'] + grpc['errors']} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""--server_processes N: N complete servers on the same ports, under one parent process.
+
+One server process runs its Python (parsing, the event loop) on one core at a time: with a small model it leaves the
+other cores idle (benchmarks/results/multicore_*.md). Here the parent starts N copies of itself, each a whole server
+(its own models, batcher and TensorFlow threads: 1 intra-op, cores / N inter-op unless set) that binds the ports with
+SO_REUSEPORT, so the kernel spreads the connections over them. The parent checks first that the ports are free (a
+port some other server shares by SO_REUSEPORT too would be shared silently), forwards SIGTERM, SIGINT and SIGHUP
+(each child drains, or reloads its tokens, as a lone server does) and waits for them; when one exits unbidden (a
+model that cannot load, a crash) it stops the others and exits with that one's status, for the supervisor above it
+(a container runtime, Kubernetes) to restart the whole. Each process polls the model base paths and
+--model_config_file itself: a new version is hot-swapped in each, with no failed request; the metrics endpoint
+answers for the whole server (serving.shared_metrics). What the processes cannot share is refused:
+HandleReloadConfigRequest would change one process of N (change the polled --model_config_file instead).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from localhost.processes import die_with_parent, how_it_ended
+from serving.server import port_in_use
+
+log = logging.getLogger("serving")
+POLL_S = 0.1
+
+
+def supervise(argv: list[str], args: argparse.Namespace) -> int:
+    """Run args.server_processes children of `python -m serving argv`; their exit status (0 when stopped by a
+    signal and every child drained)."""
+    check_ports_free(args)
+    children: list[subprocess.Popen] = []
+    stopping = []  # the signals that came to stop the server
+
+    def forward(signum, _frame) -> None:
+        if signum != signal.SIGHUP:
+            stopping.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    directory = tempfile.mkdtemp(prefix="serving-processes-")
+    status = 0
+    try:
+        for index in range(args.server_processes):
+            if stopping:  # those started were told already
+                break
+            command = [sys.executable, "-m", "serving", *argv, f"--server_process_index={index}",
+                       f"--server_processes_dir={directory}"]
+            children.append(subprocess.Popen(command, preexec_fn=die_with_parent))
+            log.info("Started server process %d of %d (pid %d)", index + 1, args.server_processes, children[-1].pid)
+        while [child.poll() for child in children].count(None):  # each polled: poll() sets returncode
+            ended = next((child for child in children if child.returncode is not None), None)
+            if ended is not None and not stopping:
+                status = exit_status(ended.returncode) or 1
+                log.error("Server process %d (pid %d) %s; stopping the other %d", children.index(ended) + 1,
+                          ended.pid, how_it_ended(ended.returncode), len(children) - 1)
+                forward(signal.SIGTERM, None)
+            time.sleep(POLL_S)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return status or next((exit_status(child.returncode) for child in children if child.returncode), 0)
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it: 128 + the signal that killed it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def check_ports_free(args: argparse.Namespace) -> None:
+    """SystemExit, in the server's words, when --port or --rest_api_port is taken (bound without SO_REUSEPORT, as
+    the children's would fail on a port taken by another program, and not share one taken by another server)."""
+    for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
+        if not port:
+            continue
+        family = socket.getaddrinfo(args.host, port, type=socket.SOCK_STREAM)[0][0]
+        try:
+            socket.create_server((args.host, port), family=family).close()
+        except OSError as e:
+            raise SystemExit(f"Failed to start server at {args.host}:{port} "
+                             f"{port_in_use(flag, port, os.strerror(e.errno))}") from None
