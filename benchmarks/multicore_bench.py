@@ -26,7 +26,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from serving_bench import CONNECTIONS, cpu_seconds, h2load_grpc, measure_limit, predict_url, start_ours, wrk  # noqa: E402
+from serving_bench import (CONNECTIONS, cpu_seconds, h2load_grpc, measure_limit, predict_url, start_ours,  # noqa: E402
+                           wrk)
 import bench_models as models  # noqa: E402
 from localhost.machine import machine  # noqa: E402
 from localhost.ports import free_port  # noqa: E402

@@ -90,8 +90,8 @@ def launch(target: str, arg: str, workers: int, ps: int = 0, log: Callable[[str]
             task, code = finished.get()
             if code != 0 and task.name.startswith("worker") and serving_workers > 1:
                 serving_workers -= 1
-                log(f"[launcher] {task.name} {how_it_ended(code)}; the coordinator reschedules its steps on the "
-                    f"{serving_workers} worker(s) left")
+                log(f"[launcher] {task.name} {how_it_ended(code)}; the coordinator reschedules its steps on "
+                    f"the {serving_workers} worker(s) left")
                 continue
             if code != 0:
                 raise TaskFailed(task.name, code, list(task.tail), PS_LOST if task.name.startswith("ps") else "")

@@ -32,8 +32,9 @@ from serving.supervisor import supervise
 def predict(url: str, x: float) -> float:
     """One REST predict on a connection of its own (so the kernel chooses a process for each)."""
     body = json.dumps({"instances": [[x]]}).encode()
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/v1/models/half_plus_two:predict", body), timeout=10) as r:
-        return json.loads(r.read())["predictions"][0][0]
+    request = urllib.request.Request(f"{url}/v1/models/half_plus_two:predict", body)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["predictions"][0][0]
 
 
 def children_of(pid: int) -> list[int]:
@@ -41,8 +42,9 @@ def children_of(pid: int) -> list[int]:
 
 
 def predictions_counted(text: str) -> int:
-    return sum(int(float(n)) for n in re.findall(r'^serving_requests_total\{api="predict",entrypoint="REST",'
-                                                 r'model="half_plus_two",status="OK",version="123"\} (\S+)$', text, re.M))
+    counts = re.findall(r'^serving_requests_total\{api="predict",entrypoint="REST",model="half_plus_two",status="OK",'
+                        r'version="123"\} (\S+)$', text, re.M)
+    return sum(int(float(n)) for n in counts)
 
 
 def grpc_port(server: ServerProcess) -> int:
