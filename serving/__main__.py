@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import io
 import logging
 import os
 import sys
@@ -199,23 +201,27 @@ def thread_counts(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving.server import serve
-
     # Each JSON request allocates thousands of short-lived objects; with TensorFlow's millions of
     # long-lived ones in the heap, default collector settings cost more than parsing (measured 2.5x
     # throughput on a 23 KB request). Loaded models are frozen out of collection (manager.py); collect
     # the young generation less often.
     gc.set_threshold(10_000, 50, 1000)
     argv = sys.argv[1:] if argv is None else argv
-    settings = parse_settings(argv)
-    if settings.args.server_processes > 1 and settings.args.server_process_index is None:
+    flags = build_parser().parse_args(argv)  # without TensorFlow: a supervisor of several processes needs none
+    index = flags.server_process_index
+    if flags.server_processes > 1 and index is None and not flags.version:
         from serving.supervisor import supervise
 
+        status = supervise(argv, flags)
         logging.shutdown()
-        os._exit(supervise(argv, settings.args))
-    if settings.args.server_process_index is not None:
+        os._exit(status)
+    with contextlib.redirect_stderr(io.StringIO()) if index else contextlib.nullcontext():  # the 1st process says
+        settings = parse_settings(argv)  # what is wrong with the flags, for all of them
+    if index is not None:
         logging.getLogger().handlers[0].setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s %(name)s [process {settings.args.server_process_index + 1}]: %(message)s"))
+            f"%(asctime)s %(levelname)s %(name)s [process {index + 1}]: %(message)s"))
+    from serving.server import serve
+
     asyncio.run(serve(settings))
     logging.shutdown()
     os._exit(0)  # drained: a model call still running past the drain is abandoned, not waited for at exit

@@ -27,6 +27,7 @@ from serving.grpc_service import UndecodableRequests, add_services
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig, load_model_server_config
+from serving.ports import port_in_use
 from serving.request_log import RequestLog
 from serving.shared_metrics import PUBLISH_EVERY_S, SharedMetrics
 from serving.rest import RestApi
@@ -167,10 +168,6 @@ def fit_descriptor_limit(connection_caps: list[int]) -> None:
                     "grpc.max_allowed_incoming_connections: %s; 0 is none) and %d descriptors for the rest do not "
                     "fit; a flood of connections can exhaust it. Lower the caps or raise the limit (ulimit -n).",
                     hard, " and ".join(map(str, connection_caps)), DESCRIPTOR_RESERVE)
-
-
-def port_in_use(flag: str, port: int, reason: str | None) -> str:
-    return f"({flag}={port}: {reason}); another server is probably using it: stop it, or choose another port."
 
 
 async def publish_metrics(core: ServingCore, shared: SharedMetrics) -> None:

@@ -11,22 +11,22 @@ model that cannot load, a crash) it stops the others and exits with that one's s
 --model_config_file itself: a new version is hot-swapped in each, with no failed request; the metrics endpoint
 answers for the whole server (serving.shared_metrics). What the processes cannot share is refused:
 HandleReloadConfigRequest would change one process of N (change the polled --model_config_file instead).
+The parent imports no TensorFlow (~20 MB, where a server process holds ~650 MB before any model): the flags it reads
+are parsed without it, and the children check the rest, the first of them reporting what is wrong.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 from localhost.processes import die_with_parent, how_it_ended
-from serving.server import port_in_use
+from serving.ports import check_ports_free
 
 log = logging.getLogger("serving")
 POLL_S = 0.1
@@ -74,17 +74,3 @@ def supervise(argv: list[str], args: argparse.Namespace) -> int:
 def exit_status(returncode: int) -> int:
     """A child's return code as a shell reports it: 128 + the signal that killed it."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-def check_ports_free(args: argparse.Namespace) -> None:
-    """SystemExit, in the server's words, when --port or --rest_api_port is taken (bound without SO_REUSEPORT, as
-    the children's would fail on a port taken by another program, and not share one taken by another server)."""
-    for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
-        if not port:
-            continue
-        family = socket.getaddrinfo(args.host, port, type=socket.SOCK_STREAM)[0][0]
-        try:
-            socket.create_server((args.host, port), family=family).close()
-        except OSError as e:
-            raise SystemExit(f"Failed to start server at {args.host}:{port} "
-                             f"{port_in_use(flag, port, os.strerror(e.errno))}") from None

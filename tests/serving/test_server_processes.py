@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -22,8 +24,9 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 import half_plus_two
 from localhost.ports import free_port
+from localhost.processes import rss_mib
 from repo_files import copy_version
-from serving.__main__ import parse_settings
+from serving.__main__ import build_parser, parse_settings
 from serving.metrics import Metrics
 from serving.process import ServerProcess
 from serving.shared_metrics import PUBLISH_EVERY_S, merge
@@ -76,6 +79,7 @@ def test_two_processes_share_the_ports_count_as_one_server_swap_versions_and_dra
     server = two_processes
     children = children_of(server.process.pid)
     assert len(children) == 2
+    assert rss_mib(server.process.pid) < 100  # the parent imports no TensorFlow (a server process: ~650 MiB)
     answers = [predict(server.url, x) for x in range(60)]
     assert answers == [0.5 * x + 2 for x in range(60)]
     time.sleep(2 * PUBLISH_EVERY_S)
@@ -135,11 +139,22 @@ def test_a_process_that_dies_stops_the_server_with_its_status(two_processes):
                      server.log.read_text())
 
 
+@pytest.mark.slow
+def test_what_is_wrong_with_the_flags_is_said_once(tmp_path, half_plus_two_base):
+    result = subprocess.run([sys.executable, "-m", "serving", "--rest_api_port=0", f"--port={free_port()}",
+                             "--server_processes=2", "--model_name=half_plus_two",
+                             f"--model_base_path={half_plus_two_base}", "--batching_parameters_file=batching.txt"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("--batching_parameters_file needs --enable_batching.") == 1, result.stderr[-2000:]
+
+
 def test_a_taken_port_is_refused_before_any_process_starts(half_plus_two_base):
     with socket.create_server(("127.0.0.1", 0)) as taken:  # bound without SO_REUSEPORT, as most servers do
         port = taken.getsockname()[1]
-        args = parse_settings([f"--rest_api_port={port}", "--port=0", "--host=127.0.0.1", "--server_processes=2",
-                               "--model_name=half_plus_two", f"--model_base_path={half_plus_two_base}"]).args
+        args = build_parser().parse_args([f"--rest_api_port={port}", "--port=0", "--host=127.0.0.1",
+                                          "--server_processes=2", "--model_name=half_plus_two",
+                                          f"--model_base_path={half_plus_two_base}"])
         with pytest.raises(SystemExit) as refused:
             supervise([], args)
     assert str(refused.value) == (f"Failed to start server at 127.0.0.1:{port} (--rest_api_port={port}: Address "
