@@ -87,15 +87,15 @@ class BatchingParameters:
                                  f"last entry was {sizes[-1]}; expected {self.max_batch_size}")
 
     @classmethod
-    def from_proto(cls, message: Any) -> BatchingParameters:
+    def from_proto(cls, message: Any, defaults: BatchingParameters | None = None) -> BatchingParameters:
         """From a tensorflow.serving.BatchingParameters message; unset wrapper fields keep
-        the defaults, as in TF Serving's bundle_factory_util.h."""
+        the defaults (`defaults`' where given), as in TF Serving's bundle_factory_util.h."""
         if message.HasField("enable_large_batch_splitting") and \
                 message.enable_large_batch_splitting.value:
             raise ValueError("enable_large_batch_splitting is not supported: received true, "
                              "expected false or unset (requests larger than max_batch_size are "
                              "rejected; split them on the client)")
-        defaults = cls()
+        defaults = defaults or cls()
         wrapped = {name: getattr(message, name).value if message.HasField(name)
                    else getattr(defaults, name)
                    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
@@ -104,9 +104,10 @@ class BatchingParameters:
                    pad_variable_length_inputs=message.pad_variable_length_inputs)
 
     @classmethod
-    def from_text(cls, text: str, source: str = "batching parameters") -> BatchingParameters:
+    def from_text(cls, text: str, source: str = "batching parameters",
+                  defaults: BatchingParameters | None = None) -> BatchingParameters:
         """From the text format of TF Serving's --batching_parameters_file."""
-        return cls.from_proto(protos.parse_text(text, protos.BatchingParameters, source))
+        return cls.from_proto(protos.parse_text(text, protos.BatchingParameters, source), defaults)
 
 
 @dataclass

@@ -162,13 +162,18 @@ def test_a_taken_port_is_refused_before_any_process_starts(half_plus_two_base):
                                   "port.")
 
 
-def test_each_process_takes_its_share_of_the_cores_unless_threads_are_set(half_plus_two_base):
+def test_each_process_takes_its_share_of_the_cores_unless_threads_are_set(tmp_path, half_plus_two_base):
     flags = ["--model_name=half_plus_two", f"--model_base_path={half_plus_two_base}", "--server_processes=2"]
     cores = len(os.sched_getaffinity(0))
     shared = parse_settings(flags).session_config
     assert (shared.intra_op_parallelism_threads, shared.inter_op_parallelism_threads) == (1, max(1, cores // 2))
     chosen = parse_settings([*flags, "--tensorflow_intra_op_parallelism=3"]).session_config
     assert chosen.intra_op_parallelism_threads == 3
+    assert parse_settings([*flags, "--enable_batching"]).batching.num_batch_threads == max(1, cores // 2)
+    (tmp_path / "batching.txt").write_text("num_batch_threads { value: 3 }\n")
+    set_in_file = parse_settings([*flags, "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.txt'}"])
+    assert set_in_file.batching.num_batch_threads == 3
+    assert parse_settings(flags[:2] + ["--enable_batching"]).batching.num_batch_threads == cores  # TF Serving's
 
 
 def test_merged_metrics_sum_counters_and_histograms_keep_the_largest_gauge_and_the_earliest_creation():
