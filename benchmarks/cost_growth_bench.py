@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from serving_bench import (LAYOUTS, cpu_seconds, h2load_grpc, measure_limit, on_cpus, predict_url,  # noqa: E402
                            start_ours, wrk)
 import bench_models as models  # noqa: E402
-from localhost.machine import machine  # noqa: E402
+from localhost.machine import described, machine  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
 
 REQUESTS_PER_CONNECTION = 10
@@ -101,7 +101,7 @@ def write(results: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     lines = ["# How the server's cost grows with the model and the request", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; load "
+             f"Machine: {described(m)}; load "
              f"average (1 min) {m['load_average_1m']} at the start. `python benchmarks/cost_growth_bench.py`: the "
              "server (batching on, its defaults) and the in-process limit pinned to CPU 0, wrk (REST) and h2load "
              "(gRPC) on the other CPU, closed loop.", "",

@@ -39,7 +39,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 
-from localhost.machine import machine  # noqa: E402
+from localhost.machine import described, machine  # noqa: E402
 
 DIGITS = ["tune.algorithm=random", "tune.max_trials=2", "tune.epochs=1", "train.epochs=6",
           "compress.variants=[pruned, qat]", "compress.fine_tune_epochs=2", "compress.tflite=[int8]",
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = ["# The explain signature: completeness, cost, size", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; load "
+             f"Machine: {described(m)}; load "
              f"average {m['load_average_1m']} before, {results['load_average_1m_after']} after (a shared host: run "
              f"`python benchmarks/explain_bench.py` again on a quiet one). `benchmarks/explain_bench.py`.", "",
              "## Completeness", "",

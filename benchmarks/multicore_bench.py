@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 from serving_bench import (CONNECTIONS, cpu_seconds, h2load_grpc, measure_limit, predict_url, start_ours,  # noqa: E402
                            wrk)
 import bench_models as models  # noqa: E402
-from localhost.machine import machine  # noqa: E402
+from localhost.machine import described, machine  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 
@@ -119,7 +119,7 @@ def write(results: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     m, limit = results["machine"], results["limit"]
     lines = [f"# Every core: one server process or several ({results['model']})", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; load "
+             f"Machine: {described(m)}; load "
              f"average (1 min) {m['load_average_1m']} at the start. `python benchmarks/multicore_bench.py --model "
              f"{results['model']}`: every CPU shared by the servers and the load generators, batching on, "
              f"{results['connections']} connections in all, {results['seconds']:.0f} s a measurement, medians of "

@@ -61,7 +61,7 @@ from tensorflow_serving.apis import predict_pb2  # noqa: E402
 import bench_models as models  # noqa: E402
 from localhost import loadgen  # noqa: E402
 from localhost.loadgen import knee  # noqa: E402
-from localhost.machine import machine  # noqa: E402
+from localhost.machine import described, machine  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
 from serving.process import ServerProcess, wait_available  # noqa: E402
 from serving.servable import Servable, session_config  # noqa: E402
@@ -573,7 +573,7 @@ def write_logging(results: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     m, logged = results["machine"], results["logged"]
     lines = [f"# Request logging's cost: {results['model']} ({results['request_bytes']} B JSON request)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; "
+             f"Machine: {described(m)}; "
              f"load average {m['load_average_1m']:g} at the start and {results['load_average_end'][0]:.2f} at the "
              f"end (other work shared the host: re-run on a quiet one). `python benchmarks/serving_bench.py "
              f"--logging --model {results['model']} --seconds {results['seconds']:g}`.", "",
@@ -629,7 +629,7 @@ def write(results: dict, stem: Path) -> None:
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     lines = [f"# Serving benchmark: {results['model']} ({results['request_bytes']} B JSON request)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; "
+             f"Machine: {described(m)}; "
              f"{results['seconds']:.0f} s per measurement, {results['connections']} connections (closed loop). "
              "Pinned: the server and the in-process limit on CPU 0, the load generators on the others; shared: "
              "everything on every CPU."]

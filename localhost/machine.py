@@ -17,3 +17,8 @@ def machine() -> dict:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def described(m: dict) -> str:
+    """A machine() as a results file's Machine line begins: "AMD EPYC, 2 cores, Python 3.11.7, TF 2.21.0, <date>"."""
+    return f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, TF {m['tensorflow']}, {m['date']}"
