@@ -171,10 +171,20 @@ def fit_descriptor_limit(connection_caps: list[int]) -> None:
 
 
 async def publish_metrics(core: ServingCore, shared: SharedMetrics) -> None:
-    """This process's metrics where its siblings read them, every PUBLISH_EVERY_S (a render takes ~1 ms)."""
+    """This process's metrics where its siblings read them, every PUBLISH_EVERY_S (a render takes ~1 ms); a write
+    that fails (a full disk) is said once and tried again at the next."""
+    failed = False
     while True:
         await asyncio.sleep(PUBLISH_EVERY_S)
-        shared.publish(core.metrics.render())
+        try:
+            shared.publish(core.metrics.render())
+        except OSError as e:
+            if not failed:
+                log.warning("Cannot publish this process's metrics to the other server processes (%s): the "
+                            "server's metrics lack them until it can", e)
+            failed = True
+        else:
+            failed = False
 
 
 async def watch_config_file(core: ServingCore, path: str, every_s: int) -> None:

@@ -5,6 +5,7 @@ that dies takes the server down with its status.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -29,7 +31,8 @@ from repo_files import copy_version
 from serving.__main__ import build_parser, parse_settings
 from serving.metrics import Metrics
 from serving.process import ServerProcess
-from serving.shared_metrics import PUBLISH_EVERY_S, merge
+from serving import server as server_module
+from serving.shared_metrics import PUBLISH_EVERY_S, SharedMetrics, merge
 from serving.supervisor import supervise
 
 def predict(url: str, x: float) -> float:
@@ -199,3 +202,24 @@ def test_merged_metrics_sum_counters_and_histograms_keep_the_largest_gauge_and_t
     comments = [line for line in lines if line.startswith("#")]
     assert len(comments) == len(set(comments)) and "# TYPE serving_requests_total counter" in comments
     assert len(list(text_string_to_metric_families(merged))) == len(list(text_string_to_metric_families(texts[1])))
+
+
+def test_a_process_that_cannot_publish_its_metrics_says_so_once_and_publishes_once_it_can(tmp_path, monkeypatch,
+                                                                                           caplog):
+    monkeypatch.setattr(server_module, "PUBLISH_EVERY_S", 0.01)
+    shared = SharedMetrics(tmp_path / "not yet", 0)
+    metrics = Metrics()
+    metrics.request("m", "1", "predict", "REST", "OK", 0.001)
+
+    async def publish_for_a_while():
+        task = asyncio.create_task(server_module.publish_metrics(SimpleNamespace(metrics=metrics), shared))
+        await asyncio.sleep(0.2)
+        (tmp_path / "not yet").mkdir()
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(publish_for_a_while())
+    assert [r.getMessage() for r in caplog.records if "Cannot publish" in r.getMessage()] == [
+        f"Cannot publish this process's metrics to the other server processes ([Errno 2] No such file or directory: "
+        f"'{tmp_path / 'not yet' / '0.partial'}'): the server's metrics lack them until it can"]
+    assert (tmp_path / "not yet" / "0.prom").read_bytes().startswith(b"# TYPE :tensorflow:")
