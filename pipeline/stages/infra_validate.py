@@ -24,8 +24,9 @@ from pipeline.errors import StageError
 from pipeline.views import InfraValidateView
 
 NAME = "candidate"
-EXPLAIN_NOISE = 1e-3  # of an explain output's scale (measured on the images config: 6e-5 to 2e-4 of its largest
-# share, which near a saturated probability can be a tenth of the score's move the shares add up to)
+EXPLAIN_NOISE = 5e-3  # of an explain output's scale: the in-process reference (TF2, a thread per core) and the
+# server's session (one intra-op thread) sum in other orders; measured on the images config 6e-5 to 2e-4 of its
+# largest share, once 1.02e-3 in CI (two test workers sharing the cores); a share 1 % of the score's move off fails
 
 
 SPEC = specs.INFRA_VALIDATE

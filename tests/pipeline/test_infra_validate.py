@@ -58,10 +58,10 @@ def test_explain_answers_are_compared_at_the_scale_of_the_score_move_they_share_
     expected = {"attributions": np.array([[0.09, -0.01, 0.0]], np.float32), "score": np.array([0.999], np.float32),
                 "baseline_score": np.array([0.1], np.float32), "class_id": np.array([3])}
     move = infra_validate._score_move(expected)
-    last_digits = {**expected, "attributions": expected["attributions"] + np.float32(2e-4)}
+    last_digits = {**expected, "attributions": expected["attributions"] + np.float32(1e-3)}  # as CI once saw
     assert infra_validate._worst_difference(last_digits, expected, 1e-5, "REST (explain)", move) == \
-        pytest.approx(2e-4, rel=1e-3)
+        pytest.approx(1e-3, rel=1e-3)
     wrong = {**expected, "attributions": expected["attributions"] + np.float32(0.01)}
     with pytest.raises(StageError, match=r"over REST \(explain\), output 'attributions' differs from the in-process "
-                                         r"model by up to 0.01 \(tolerance 1e-05, and 0.000899 absolute\)"):
+                                         r"model by up to 0.01 \(tolerance 1e-05, and 0.0045 absolute\)"):
         infra_validate._worst_difference(wrong, expected, 1e-5, "REST (explain)", move)
