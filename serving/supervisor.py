@@ -37,11 +37,11 @@ def supervise(argv: list[str], args: argparse.Namespace) -> int:
     signal and every child drained)."""
     check_ports_free(args)
     children: list[subprocess.Popen] = []
-    stopping = []  # the signals that came to stop the server
+    stopping = False  # a signal came to stop the server, or the parent stops it
 
     def forward(signum, _frame) -> None:
-        if signum != signal.SIGHUP:
-            stopping.append(signum)
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
