@@ -222,13 +222,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
         status = supervise(argv, flags)
         logging.shutdown()
         os._exit(status)
+    from serving.server import serve  # before parse_settings, as a server has always imported: gRPC, then TensorFlow
+
     with contextlib.redirect_stderr(io.StringIO()) if index else contextlib.nullcontext():  # the 1st process says
         settings = parse_settings(argv)  # what is wrong with the flags, for all of them
     if index is not None:
         logging.getLogger().handlers[0].setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s %(name)s [process {index + 1}]: %(message)s"))
-    from serving.server import serve
-
     asyncio.run(serve(settings))
     logging.shutdown()
     os._exit(0)  # drained: a model call still running past the drain is abandoned, not waited for at exit
