@@ -85,10 +85,10 @@ def run_parts(run_dir: Path):
     """(model, schema, train split, test rows as a client sends them, the test split) of a run."""
     from pipeline.artifacts import (COMPRESSED_MODEL, DATASET, SCHEMA, TRAINED_MODEL, raw_inputs, read_schema,
                                     read_split)
-    from pipeline.compression import variants
+    from pipeline.compression import loading
 
     compressed = COMPRESSED_MODEL.of_run(run_dir)
-    model = variants.load(compressed if compressed.is_file() else TRAINED_MODEL.of_run(run_dir))
+    model = loading.load(compressed if compressed.is_file() else TRAINED_MODEL.of_run(run_dir))
     schema = read_schema(SCHEMA.of_run(run_dir).parent)
     dataset = DATASET.of_run(run_dir)
     return model, schema, read_split(dataset, "train"), raw_inputs(dataset, schema), read_split(dataset, "test")

@@ -8,11 +8,9 @@ stay float and are named in a warning, so any model from models/ can be compress
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +26,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 from models import DataSpec, build_model
 from models.compile_settings import compile_settings
 from pipeline.artifacts import Split
+from pipeline.compression.loading import tfmot_scope
 
 COMPRESSIBLE = (keras.layers.Dense, keras.layers.Conv2D)  # what all three TFMOT techniques handle here
 
@@ -170,18 +169,6 @@ def unsupported(names: tuple[str, ...], trained: keras.Model, clusters: int,
 def strip(model: keras.Model) -> keras.Model:
     """Remove pruning and clustering wrappers: a plain Keras model with the compressed weights."""
     return tfmot.clustering.keras.strip_clustering(tfmot.sparsity.keras.strip_pruning(model))
-
-
-def tfmot_scope() -> contextlib.AbstractContextManager:
-    """Custom objects needed to load a model saved with TFMOT wrappers (QAT keeps them)."""
-    return tfmot.quantization.keras.quantize_scope()
-
-
-def load(path: Path, compile: bool = False) -> keras.Model:
-    """A model the pipeline saved (model.keras, or a published version's SavedModel), whatever variant it is: a
-    quantization-aware one keeps its TFMOT wrappers, which load only inside their scope."""
-    with tfmot_scope():
-        return keras.models.load_model(path, compile=compile)
 
 
 class Distiller(keras.Model):

@@ -45,7 +45,7 @@ def run(cfg: CompressView, inputs: Inputs, out: Path) -> dict:
         return {"selected": "baseline"}
     import tf_keras as keras
 
-    from pipeline.compression import summary, variants
+    from pipeline.compression import loading, summary, variants
     from pipeline.compression.tflite import ConversionFailed, to_tflite
     from pipeline.training.distribute import in_process_strategy
 
@@ -53,7 +53,7 @@ def run(cfg: CompressView, inputs: Inputs, out: Path) -> dict:
     c = cfg.compress
     keras.utils.set_random_seed(cfg.seed)
     import_model_code(cfg.model.name)
-    trained = variants.load(TRAINED_MODEL.in_artefact(inputs["model"]), compile=True)
+    trained = loading.load(TRAINED_MODEL.in_artefact(inputs["model"]), compile=True)
     data = {split: read_split(inputs["dataset"], split) for split in ("train", "val", "test")}
     representative = data["train"].x[: c.representative_rows]
     baseline_tflite, skipped = {}, {}

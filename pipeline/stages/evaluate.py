@@ -23,12 +23,12 @@ def external_inputs(cfg: EvaluateView) -> list[Path]:
 
 
 def run(cfg: EvaluateView, inputs: Inputs, out: Path) -> dict:
-    from pipeline.compression import variants
+    from pipeline.compression import loading
 
     schema = read_schema(inputs["schema"])
     test = read_split(inputs["dataset"], "test")
     import_model_code(cfg.model.name)
-    model = variants.load(TRAINED_MODEL.in_artefact(inputs["model"]))  # a warm start from a QAT version is one
+    model = loading.load(TRAINED_MODEL.in_artefact(inputs["model"]))  # a warm start from a QAT version is one
     predictions = model.predict(test.x, batch_size=256, verbose=0)
     (out / "evaluation").mkdir()
     if schema["task"] == "classification":

@@ -40,11 +40,11 @@ def external_inputs(cfg: ExportView) -> list[Path]:
 def run(cfg: ExportView, inputs: Inputs, out: Path) -> dict:
     from pipeline import saved_model
     from pipeline.saved_model import INPUT
-    from pipeline.compression import variants
+    from pipeline.compression import loading
 
     schema = read_schema(inputs["schema"])
     import_model_code(cfg.model.name)
-    model = variants.load(COMPRESSED_MODEL.in_artefact(inputs["compressed"]))  # served: not compiled, no training state
+    model = loading.load(COMPRESSED_MODEL.in_artefact(inputs["compressed"]))  # served: not compiled, no training state
     path = out / "saved_model"
     test = raw_inputs(inputs["dataset"], schema)  # every test row as a client sends it (an image file, a text...)
     sample = {name: value[:1] for name, value in test.items()}  # the warmup request, and the sample for curl

@@ -112,10 +112,10 @@ class EpochLog(keras.callbacks.Callback):
 def _warm_start(cfg: TrainView, schema: dict) -> keras.Model:
     """The served model, weights and architecture (a quantization-aware variant with its wrappers), to continue
     training on new data."""
-    from pipeline.compression import variants  # TFMOT: imported only for a warm start
+    from pipeline.compression import loading
 
     import_model_code(cfg.model.name)
-    model = variants.load(Path(cfg.train.init_from), compile=True)
+    model = loading.load(Path(cfg.train.init_from), compile=True)
     if model.input_shape[-1] != len(schema["features"]):
         raise ValueError(f"train.init_from: {cfg.train.init_from} takes {model.input_shape[-1]} features, "
                          f"the data has {len(schema['features'])}.")

@@ -13,7 +13,7 @@ import yaml
 
 from localhost.ports import free_port
 from pipeline.artifacts import COMPRESSED_MODEL, TRAINED_MODEL
-from pipeline.compression import variants
+from pipeline.compression import loading
 from serving.process import ServerProcess
 from tests.pipeline_cli import ROOT, pipeline_command, pipeline_env
 
@@ -38,7 +38,7 @@ class ExampleRun:
         """The Keras model export turned into the published SavedModel: the variant compress selected, or the
         trained one when compress kept it (a regression model, or no variant asked for)."""
         compressed = COMPRESSED_MODEL.of_run(self.run_dir)
-        return variants.load(compressed if compressed.is_file() else TRAINED_MODEL.of_run(self.run_dir))
+        return loading.load(compressed if compressed.is_file() else TRAINED_MODEL.of_run(self.run_dir))
 
     def serve(self) -> tuple[ServerProcess, int]:
         grpc_port = free_port()

@@ -1,14 +1,18 @@
 """The compress stage's measures without a pipeline run: the paired drop and its interval, int8 on a table with
-categorical columns, and the config errors."""
+categorical columns, loading a saved variant, and the config errors."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
 from models import DataSpec, ModelConfig, build_model
-from pipeline.compression import tflite
+from pipeline.compression import loading, tflite, variants
 from pipeline.compression.measure import paired_drop
 from pipeline.config import ConfigError, load_config
+from tests.pipeline_cli import pipeline_env
 
 
 def test_a_variant_that_agrees_with_the_trained_model_everywhere_has_no_drop_and_no_uncertainty():
@@ -27,6 +31,33 @@ def test_the_drop_counts_rows_lost_and_gained_on_the_same_rows_and_its_interval_
     low, high = drop["drop_interval"]
     assert low < 0 < 3 / 200 < high < 0.05  # seven disagreements in 200 rows: a loss of 1.5 points may be none
     assert paired_drop(baseline, variant, seed=3) == drop  # the same seed, the same interval
+
+
+LOADS_WITHOUT_TFMOT = """
+import sys
+from pipeline.compression import loading
+model = loading.load(sys.argv[1])
+print(model.count_params(), "tensorflow_model_optimization" in sys.modules)
+"""
+
+
+@pytest.mark.slow  # a process of its own (4 s): whether it imported TFMOT
+def test_a_plain_model_loads_without_importing_tfmot_and_a_qat_one_within_its_scope(tmp_path):
+    import tensorflow_model_optimization as tfmot
+
+    plain = build_model(ModelConfig(name="mlp", width=4, depth=1),
+                        DataSpec(8, (8,), "classification", 2, np.zeros(8, np.float32), np.ones(8, np.float32)))
+    plain.save(tmp_path / "plain.keras")
+    qat = variants.quantize_aware(plain)
+    qat.compile("adam", "sparse_categorical_crossentropy")
+    qat.fit(np.ones((4, 8), np.float32), np.ones(4), verbose=0)  # fine-tuned, then saved as compress does
+    variants.savable(qat).save(tmp_path / "qat.keras")
+    assert not loading.needs_tfmot(tmp_path / "plain.keras") and loading.needs_tfmot(tmp_path / "qat.keras")
+    qat = loading.load(tmp_path / "qat.keras")
+    assert any(isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2) for layer in qat.layers)
+    result = subprocess.run([sys.executable, "-c", LOADS_WITHOUT_TFMOT, str(tmp_path / "plain.keras")],
+                            env=pipeline_env(), capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == [str(plain.count_params()), "False"], result.stderr[-2000:]
 
 
 def test_int8_keeps_a_table_whose_label_is_a_categorical_column():
