@@ -12,6 +12,7 @@ beyond dimension 0 go to separate queues instead of failing the batch they were 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -180,14 +181,24 @@ class Batcher:
         the request if its batch has not started yet."""
         return await asyncio.wrap_future(self._enqueue(run, inputs))
 
-    def run_alone(self, run: RunFn, inputs: Tensors) -> dict[str, np.ndarray]:
-        """Runs `inputs` at once as a batch of their own on the calling thread, checked, padded, counted and split
-        as every batch: for a request the caller knows no other could join (with batch_timeout_micros 0 it would
-        run alone at once anyway), so it skips the hand-off to a batch thread and back."""
+    def run_alone(self, run: RunFn, inputs: Tensors) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
+        """Runs `inputs` at once as a batch of their own on the calling thread, checked, padded and split as every
+        batch: for a request the caller knows no other could join (with batch_timeout_micros 0 it would run alone
+        at once anyway), so it skips the hand-off to a batch thread and back. Returns its outputs and the counting
+        of its batch (the batch metrics), for the caller to do once the answer is on its way: a lone request need
+        not wait for it. A batch that fails is counted before the error propagates, as every batch is."""
         rows, _ = _describe(inputs, self.params.max_batch_size)
         if self._closed:
             raise _closed_error()
-        return self._run_batch(run, [_Task(inputs, rows)])[0]
+        task = _Task(inputs, rows)
+        padded = _round_up(rows, self.params.allowed_batch_sizes)
+        count = functools.partial(self._count, run, [task], rows, padded, time.monotonic())
+        try:
+            outputs = run(_merge([task], padded - rows))
+        except BaseException:
+            count()
+            raise
+        return _split(outputs, [rows], padded)[0], count
 
     def close(self) -> None:
         """Fails every request not yet running with BatcherClosedError, waits for the running
@@ -304,14 +315,17 @@ class Batcher:
         """The tasks' inputs merged (padded to an allowed size), counted, run and split back: each task's outputs."""
         rows = sum(task.rows for task in tasks)
         padded = _round_up(rows, self.params.allowed_batch_sizes)
+        self._count(run, tasks, rows, padded, time.monotonic())
+        outputs = run(_merge(tasks, padded - rows))
+        return _split(outputs, [task.rows for task in tasks], padded)
+
+    def _count(self, run: RunFn, tasks: list[_Task], rows: int, padded: int, dequeued: float) -> None:
+        """A batch's metrics: each task's time in the queue, the batch's size and padding."""
         if self._on_queued is not None:
-            dequeued = time.monotonic()
             for task in tasks:
                 self._on_queued(dequeued - task.enqueued)
         if self._on_batch is not None:
             self._on_batch(run, rows, padded)
-        outputs = run(_merge(tasks, padded - rows))
-        return _split(outputs, [task.rows for task in tasks], padded)
 
 
 def _closed_error() -> BatcherClosedError:

@@ -130,24 +130,32 @@ def test_batch_is_padded_to_an_allowed_size_and_split_back_exactly():
         assert_answers(request, result)
 
 
-def test_a_request_run_alone_is_checked_padded_counted_and_split_on_the_calling_thread():
+def test_a_request_run_alone_is_checked_padded_split_on_the_calling_thread_and_counted_when_the_caller_says():
     model, seen, queued, threads = FakeModel(), [], [], []
 
     def run(inputs):
         threads.append(threading.get_ident())
+        if len(inputs["x"]) == 8:
+            raise ValueError("the model failed")
         return model(inputs)
 
     request = rows(0, 3)
     config = params(max_batch_size=8, allowed_batch_sizes=[4, 8])
     with Batcher(config, on_batch=lambda run, size, padded: seen.append((size, padded)),
                  on_queued=queued.append) as batcher:
-        assert_answers(request, batcher.run_alone(run, request))
+        outputs, count = batcher.run_alone(run, request)
+        assert_answers(request, outputs)
+        assert seen == [] and queued == []  # the caller counts the batch once the answer is on its way
+        count()
+        assert seen == [(3, 4)] and len(queued) == 1 and 0 <= queued[0] < 0.1
         with pytest.raises(InvalidRequestError, match="Task size 9 is larger than maximum input batch size 8"):
             batcher.run_alone(run, rows(0, 9))
+        with pytest.raises(ValueError, match="the model failed"):  # a failed batch is counted before its error
+            batcher.run_alone(run, rows(0, 5))
+        assert seen == [(3, 4), (5, 8)]
     with pytest.raises(BatcherClosedError, match="after close"):
         batcher.run_alone(run, request)
-    assert seen == [(3, 4)] and model.sizes == [4] and threads == [threading.get_ident()]
-    assert len(queued) == 1 and 0 <= queued[0] < 0.1
+    assert model.sizes == [4] and threads == [threading.get_ident()] * 2
 
 
 def test_incompatible_requests_are_never_mixed():

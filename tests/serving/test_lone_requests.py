@@ -78,3 +78,44 @@ def test_a_lone_quick_request_runs_on_the_event_loop_and_others_on_threads(half_
 def test_a_batcher_that_waits_for_others_to_join_is_never_bypassed(half_plus_two_base, monkeypatch):
     waiting = BatchingParameters(num_batch_threads=1, batch_timeout_micros=1000)
     assert where_calls_ran(half_plus_two_base, waiting, ["alone"] * 3, monkeypatch) == ["batch_threads"] * 3
+
+
+class FailingRunner(SignatureRunner):
+    def __call__(self, inputs):
+        if len(inputs["x"]) == 3:
+            raise RuntimeError("the model failed")
+        return super().__call__(inputs)
+
+
+def counted(metrics: Metrics) -> tuple[str, str]:
+    """The batching metrics' counts of batches run and of requests that entered the batcher."""
+    lines = metrics.render().decode().splitlines()
+    return tuple(next((line.rsplit(" ", 1)[1] for line in lines if line.startswith(name)), "0") for name in (
+        ":tensorflow:serving:batching_session:wrapped_run_count{}",
+        ":tensorflow:serving:batching_session:input_batch_size_count{}"))
+
+
+def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_out(half_plus_two_base):
+    """Its batch is counted as every batch is, after the request's task step (where the front end writes the
+    answer), so that the request does not wait for it; a failed one is counted at once, before its error."""
+    servable = Servable("half_plus_two", 123, half_plus_two_base / "123")
+    runner = FailingRunner(servable, ("serving_default",))
+    servable.runner = lambda *signatures: runner
+    metrics = Metrics()
+    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
+                       metrics, BatchingParameters(num_batch_threads=1), num_threads=1)
+
+    async def main() -> list[tuple[str, str]]:
+        seen = []
+        for inputs in (ROWS, {"x": np.ones((3, 1), np.float32)}):  # the second fails in the model call
+            with core.admitted(), contextlib.suppress(Exception):
+                await core.predict(servable, "serving_default", inputs)
+            seen.append(counted(metrics))
+            await asyncio.sleep(0)
+            seen.append(counted(metrics))
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [("0", "0"), ("1", "1"), ("2", "2"), ("2", "2")]
+    finally:
+        core.close()
