@@ -175,7 +175,8 @@ def parse_settings(argv: list[str]) -> Settings:
         if args.enable_batching:
             text = Path(args.batching_parameters_file).read_text() if args.batching_parameters_file else ""
             share = cores_share(args)  # of several server processes, each runs its share of the batches at once
-            batching = BatchingParameters.from_text(text, f"--batching_parameters_file {args.batching_parameters_file!r}",
+            source = f"--batching_parameters_file {args.batching_parameters_file!r}"
+            batching = BatchingParameters.from_text(text, source,
                                                     BatchingParameters(num_batch_threads=share) if share else None)
         if args.monitoring_config_file:
             source = f"--monitoring_config_file {args.monitoring_config_file!r}"

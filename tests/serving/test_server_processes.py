@@ -174,7 +174,8 @@ def test_each_process_takes_its_share_of_the_cores_unless_threads_are_set(tmp_pa
     assert chosen.intra_op_parallelism_threads == 3
     assert parse_settings([*flags, "--enable_batching"]).batching.num_batch_threads == max(1, cores // 2)
     (tmp_path / "batching.txt").write_text("num_batch_threads { value: 3 }\n")
-    set_in_file = parse_settings([*flags, "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.txt'}"])
+    set_in_file = parse_settings([*flags, "--enable_batching",
+                                  f"--batching_parameters_file={tmp_path / 'batching.txt'}"])
     assert set_in_file.batching.num_batch_threads == 3
     assert parse_settings(flags[:2] + ["--enable_batching"]).batching.num_batch_threads == cores  # TF Serving's
 
