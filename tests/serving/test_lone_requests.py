@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from metric_lines import series_value
 
 from serving import servable as servable_module
 from serving.batching import BatchingParameters
@@ -87,12 +88,11 @@ class FailingRunner(SignatureRunner):
         return super().__call__(inputs)
 
 
-def counted(metrics: Metrics) -> tuple[str, str]:
+def counted(metrics: Metrics) -> tuple[float, float]:
     """The batching metrics' counts of batches run and of requests that entered the batcher."""
-    lines = metrics.render().decode().splitlines()
-    return tuple(next((line.rsplit(" ", 1)[1] for line in lines if line.startswith(name)), "0") for name in (
-        ":tensorflow:serving:batching_session:wrapped_run_count{}",
-        ":tensorflow:serving:batching_session:input_batch_size_count{}"))
+    text = metrics.render().decode()
+    return (series_value(text, ":tensorflow:serving:batching_session:wrapped_run_count{}"),
+            series_value(text, ":tensorflow:serving:batching_session:input_batch_size_count{}"))
 
 
 def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_out(half_plus_two_base):
@@ -105,7 +105,7 @@ def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_ou
     core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
                        metrics, BatchingParameters(num_batch_threads=1), num_threads=1)
 
-    async def main() -> list[tuple[str, str]]:
+    async def main() -> list[tuple[float, float]]:
         seen = []
         for inputs in (ROWS, {"x": np.ones((3, 1), np.float32)}):  # the second fails in the model call
             with core.admitted(), contextlib.suppress(Exception):
@@ -116,6 +116,6 @@ def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_ou
         return seen
 
     try:
-        assert asyncio.run(main()) == [("0", "0"), ("1", "1"), ("2", "2"), ("2", "2")]
+        assert asyncio.run(main()) == [(0, 0), (1, 1), (2, 2), (2, 2)]
     finally:
         core.close()

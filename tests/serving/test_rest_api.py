@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from metric_lines import series_value
 
 from serving.client import RestClient, ServingClientError
 
@@ -274,7 +275,7 @@ def _digits_batches(server) -> tuple[float, float]:
     """(batches, rows) the server has run for digits version 1 so far."""
     metrics = call(server, "GET", "/monitoring/prometheus/metrics").text
     series = 'serving_batch_size_{}{{model="digits",version="1"}}'
-    return _metric(metrics, series.format("count")), _metric(metrics, series.format("sum"))
+    return series_value(metrics, series.format("count")), series_value(metrics, series.format("sum"))
 
 
 def test_metrics_count_requests_by_model_version_api_and_status(server):
@@ -282,19 +283,11 @@ def test_metrics_count_requests_by_model_version_api_and_status(server):
     call(server, "POST", "/v1/models/nope:predict", '{"instances": [1.0]}')
     metrics = call(server, "GET", "/monitoring/prometheus/metrics").text
     ok = 'serving_requests_total{api="predict",entrypoint="REST",model="half_plus_two",status="OK",version="123"}'
-    assert _metric(metrics, ok) >= 1
+    assert series_value(metrics, ok) >= 1
     unknown = 'serving_requests_total{api="predict",entrypoint="REST",model="(unknown)",status="NOT_FOUND",version=""}'
-    assert _metric(metrics, unknown) >= 1 and 'model="nope"' not in metrics  # names clients make up: one series
+    assert series_value(metrics, unknown) >= 1 and 'model="nope"' not in metrics  # names clients make up: one series
     assert 'serving_model_version_state{model="half_plus_two",state="AVAILABLE",version="124"} 1.0' in metrics
     assert "serving_model_load_seconds_count" in metrics
-
-
-def _metric(text: str, series: str) -> float:
-    """The series' value; 0 before it has one (a labelled series appears with its first sample)."""
-    for line in text.splitlines():
-        if line.startswith(series + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_rest_client_round_trips_and_raises_typed_errors(server, digits):
