@@ -187,14 +187,13 @@ class Batcher:
         at once anyway), so it skips the hand-off to a batch thread and back. Returns its outputs and the counting
         of its batch (the batch metrics), for the caller to do once the answer is on its way: a lone request need
         not wait for it. A batch that fails is counted before the error propagates, as every batch is."""
-        rows, _ = _describe(inputs, self.params.max_batch_size)
+        rows = _rows(inputs, self.params.max_batch_size)
         if self._closed:
             raise _closed_error()
-        task = _Task(inputs, rows)
         padded = _round_up(rows, self.params.allowed_batch_sizes)
-        count = functools.partial(self._count, run, [task], rows, padded, time.monotonic())
+        count = functools.partial(self._count, run, [0.0], rows, padded)  # it waited in no queue
         try:
-            outputs = run(_merge([task], padded - rows))
+            outputs = run(_merge([inputs], padded - rows))
         except BaseException:
             count()
             raise
@@ -226,7 +225,8 @@ class Batcher:
 
     def _enqueue(self, run: RunFn, inputs: Tensors) -> Future:
         max_batch_size = self.params.max_batch_size
-        rows, shapes = _describe(inputs, max_batch_size)
+        rows = _rows(inputs, max_batch_size)
+        shapes = _queue_key(inputs)
         task = _Task(inputs, rows)
         with self._lock:
             if self._closed:
@@ -315,15 +315,16 @@ class Batcher:
         """The tasks' inputs merged (padded to an allowed size), counted, run and split back: each task's outputs."""
         rows = sum(task.rows for task in tasks)
         padded = _round_up(rows, self.params.allowed_batch_sizes)
-        self._count(run, tasks, rows, padded, time.monotonic())
-        outputs = run(_merge(tasks, padded - rows))
+        dequeued = time.monotonic()
+        self._count(run, [dequeued - task.enqueued for task in tasks], rows, padded)
+        outputs = run(_merge([task.inputs for task in tasks], padded - rows))
         return _split(outputs, [task.rows for task in tasks], padded)
 
-    def _count(self, run: RunFn, tasks: list[_Task], rows: int, padded: int, dequeued: float) -> None:
-        """A batch's metrics: each task's time in the queue, the batch's size and padding."""
+    def _count(self, run: RunFn, waits: list[float], rows: int, padded: int) -> None:
+        """A batch's metrics: each task's time in the queue (seconds), the batch's size and padding."""
         if self._on_queued is not None:
-            for task in tasks:
-                self._on_queued(dequeued - task.enqueued)
+            for wait in waits:
+                self._on_queued(wait)
         if self._on_batch is not None:
             self._on_batch(run, rows, padded)
 
@@ -332,9 +333,8 @@ def _closed_error() -> BatcherClosedError:
     return BatcherClosedError("the batcher is closed; received a request after close()")
 
 
-def _describe(inputs: Tensors, max_batch_size: int) -> tuple[int, Hashable]:
-    """Returns the request's row count and the key of the queue it may share batches in;
-    rejects what TF Serving's ComputeTensorBatchSize and Queue::Schedule reject."""
+def _rows(inputs: Tensors, max_batch_size: int) -> int:
+    """The request's row count; rejects what TF Serving's ComputeTensorBatchSize and Queue::Schedule reject."""
     if not inputs:  # the three messages are batching_util.h's ComputeTensorBatchSize's
         raise InvalidRequestError("Batching Run() must have at least one input tensor")
     sizes = {}
@@ -353,9 +353,12 @@ def _describe(inputs: Tensors, max_batch_size: int) -> tuple[int, Hashable]:
     if rows > max_batch_size:
         raise InvalidRequestError(f"Task size {rows} is larger than maximum input batch size "
                                   f"{max_batch_size} (max_batch_size)")
-    shapes = tuple(sorted((name, value.dtype, value.shape[1:])
-                          for name, value in inputs.items()))
-    return rows, shapes
+    return rows
+
+
+def _queue_key(inputs: Tensors) -> Hashable:
+    """What requests must share to be batched together: their inputs' names, dtypes and shapes beyond dimension 0."""
+    return tuple(sorted((name, value.dtype, value.shape[1:]) for name, value in inputs.items()))
 
 
 def _round_up(rows: int, allowed_batch_sizes: tuple[int, ...]) -> int:
@@ -363,15 +366,17 @@ def _round_up(rows: int, allowed_batch_sizes: tuple[int, ...]) -> int:
     return next((size for size in allowed_batch_sizes if size >= rows), rows)
 
 
-def _merge(tasks: list[_Task], padding: int) -> dict[str, np.ndarray]:
-    """Concatenates the tasks' inputs and appends `padding` copies of the last task's first
-    row, a valid input, as BatchingSession::MergeInputTensors."""
+def _merge(parts: list[Tensors], padding: int) -> Tensors:
+    """Concatenates the requests' inputs and appends `padding` copies of the last one's first row, a valid input, as
+    BatchingSession::MergeInputTensors. One request unpadded is passed on as it came, uncopied."""
+    if len(parts) == 1 and not padding:
+        return parts[0]
     merged = {}
-    for name in tasks[0].inputs:
-        parts = [task.inputs[name] for task in tasks]
+    for name in parts[0]:
+        tensors = [part[name] for part in parts]
         if padding:
-            parts.append(np.repeat(parts[-1][:1], padding, axis=0))
-        merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            tensors.append(np.repeat(tensors[-1][:1], padding, axis=0))
+        merged[name] = np.concatenate(tensors)
     return merged
 
 
@@ -387,6 +392,8 @@ def _split(outputs: Tensors, sizes: list[int], padded: int) -> list[dict[str, np
                 f"Batched output tensor {name!r}'s 0th dimension is {value.shape[0]}; expected "
                 f"{padded}, the sum of the 0th dimension sizes of the input tensors"
                 f"{' plus padding' if padded != sum(sizes) else ''}")
+    if sizes == [padded]:  # one request, unpadded: its outputs are the batch's
+        return [dict(outputs)]
     results, start = [], 0
     for size in sizes:
         results.append({name: value[start:start + size] for name, value in outputs.items()})

@@ -200,6 +200,7 @@ class Metrics:
                                     ("model", "version"), buckets=BATCH_BUCKETS, registry=self.registry)
         self.padded_batch_size = Histogram("serving_padded_batch_size", "Rows per batched model call (after padding)",
                                            ("model", "version"), buckets=BATCH_BUCKETS, registry=self.registry)
+        self._batch_histograms: dict[tuple[str, int], tuple[Histogram, Histogram]] = {}  # (model, version) -> labelled
         self.state = Gauge("serving_model_version_state", "1 for the state a model version is in",
                            ("model", "version", "state"), registry=self.registry)
         self.load_seconds = Histogram("serving_model_load_seconds", "Time to load and warm up a version",
@@ -250,8 +251,12 @@ class Metrics:
         self.queuing_latency.add(_micros(seconds), thread_pool_name)
 
     def batch(self, model: str, version: int, size: int, padded: int) -> None:
-        self.batch_size.labels(model, str(version)).observe(size)
-        self.padded_batch_size.labels(model, str(version)).observe(padded)
+        histograms = self._batch_histograms.get((model, version))
+        if histograms is None:  # found once per version: labels() costs as much as an observe
+            histograms = self._batch_histograms[model, version] = (self.batch_size.labels(model, str(version)),
+                                                                   self.padded_batch_size.labels(model, str(version)))
+        histograms[0].observe(size)
+        histograms[1].observe(padded)
         self.wrapped_run_count.add(1)
         self.padding_size.add(padded - size, str(padded))
         self.processed_batch_size.add(padded)
