@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Ours, not tensorflow_model_server's:
     flag("--host", default="0.0.0.0", help="address both servers bind (TF Serving binds all interfaces)")
     flag("--rest_api_max_body_bytes", type=int, default=8 * 2**20,
-         help="larger REST bodies (also once decompressed) get 413. Parsing holds the GIL: an 8 MB body stalls other "
-              "clients up to ~0.3 s on 2 cores (SECURITY.md); send larger batches over gRPC, or raise it knowingly")
+         help="larger REST bodies (also once decompressed) get 413. A large body is parsed in slices, but each holds "
+              "the GIL: an 8 MB body delays other clients up to ~0.15 s on 2 cores (SECURITY.md); send larger "
+              "batches over gRPC, or raise it knowingly")
     flag("--grpc_max_tensor_bytes", type=int, default=64 * 2**20,
          help="what the tensors of one gRPC request may expand to beyond the bytes it carries (typed values fill "
               "their shape, strings cost 32 bytes each): more is RESOURCE_EXHAUSTED before anything is allocated. "

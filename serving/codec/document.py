@@ -15,13 +15,14 @@ from typing import Any
 
 import orjson
 
-from serving.codec import deep
+from serving.codec import deep, slices
 from serving.codec.dtypes import INT64_MIN, UINT64_MAX
 from serving.codec.rapidjson import debug_string
 from serving.errors import CodecError
 
 
 _UTF8_BOM = b"\xef\xbb\xbf"  # rapidjson's UTF-8 input stream skips it
+SLICED_BYTES = 1 << 20  # bodies from this size are decoded off the event loop (serving.core), and in slices
 
 
 _JSON_WHITESPACE = " \t\n\r"
@@ -81,15 +82,26 @@ def decode_json(body: bytes) -> Document:
         raise CodecError("JSON Parse error: The document is empty")
     if body.startswith(_UTF8_BOM):
         body = body[len(_UTF8_BOM):]
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        document = _decode_leniently(body)
+    document = _parse(body)
     if not isinstance(document, dict):
         raise CodecError(f"JSON Value: {debug_string(document)} Is not object")
     document = Document(document)
     document.may_hold_booleans = b"true" in body or b"false" in body
     return document
+
+
+def _parse(body: bytes) -> Any:
+    """A large body is parsed by simdjson and converted in slices (slices.py: another thread gets the GIL between
+    them), the rest by orjson in one call; what either refuses is parsed leniently."""
+    if len(body) >= SLICED_BYTES:
+        try:
+            return slices.parse(body)
+        except (ValueError, RuntimeError):  # orjson's and the lenient parser's turn to decide
+            pass
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _decode_leniently(body)
 
 
 def _decode_leniently(body: bytes) -> Any:

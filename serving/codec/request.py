@@ -16,6 +16,7 @@ from serving.codec.dtypes import (FLOAT_DTYPES, INT_INPUT_RANGES, STRING, Tensor
                                   shape_string)
 from serving.codec.numeric import NumericDocument
 from serving.codec.rapidjson import debug_string, json_type
+from serving.codec.slices import array as sliced_array
 from serving.errors import CodecError, ServingError, Unimplemented
 
 MAX_RANK = 64  # dimensions of a decoded tensor
@@ -199,7 +200,7 @@ def _fast_tensor(value: Any, dtype: np.dtype, booleans: bool) -> np.ndarray | No
         except orjson.JSONEncodeError:
             return None
     try:
-        array = np.array(value)
+        array = sliced_array(value)
     except (ValueError, OverflowError):
         return None  # ragged
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:

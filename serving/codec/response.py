@@ -11,6 +11,7 @@ import orjson
 from serving.codec.dtypes import INT_OUTPUT_DTYPES, dtype_name, is_string
 from serving.codec.floats import float32_text, float64_token, per_value_text
 from serving.codec.rapidjson import indent, json_string
+from serving.codec.slices import SLICE_VALUES
 from serving.codec.request import COLUMNAR_FORMAT, ROW_FORMAT
 from serving.errors import CodecError
 
@@ -116,6 +117,10 @@ def _numbers_text(array: np.ndarray) -> bytes:
     orjson's text is the same, and NaN (written null) where it is not, replaced afterwards.
     """
     array = np.ascontiguousarray(array)
+    rows = max(1, SLICE_VALUES // max(1, math.prod(array.shape[1:])))
+    if len(array) > rows:  # written a slice of rows at a time: no C call holds the GIL for the whole array
+        parts = [_numbers_text(array[start:start + rows]) for start in range(0, len(array), rows)]
+        return b"[" + b",".join(part[1:-1] for part in parts) + b"]"
     dtype = array.dtype
     if dtype == np.float32:
         return float32_text(array)
