@@ -44,7 +44,7 @@ def parse_bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0))  # TF Serving's port::NumSchedulableCPUs(): the CPUs this process may use
     p = argparse.ArgumentParser(prog="python -m serving", allow_abbrev=False,
                                 description="TensorFlow Serving-compatible model server (REST and gRPC).")
     flag = p.add_argument

@@ -57,7 +57,8 @@ class BatchingParameters:
     """TF Serving's BatchingParameters (session_bundle_config.proto), with its defaults.
 
     The defaults are SharedBatchScheduler's (tensorflow/core/kernels/batching_util/
-    shared_batch_scheduler.h): num_batch_threads is port::MaxParallelism(), i.e. the CPU count.
+    shared_batch_scheduler.h): num_batch_threads is port::MaxParallelism(), the CPUs this process may run on
+    (sched_getaffinity, as port::NumSchedulableCPUs counts them; not the machine's: a pinned server has fewer).
     `pad_variable_length_inputs` is accepted but not applied: inputs whose shapes differ beyond
     dimension 0 are batched in separate queues instead of being padded to a common shape.
     """
@@ -65,7 +66,7 @@ class BatchingParameters:
     max_batch_size: int = 1000
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
-    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    num_batch_threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     thread_pool_name: str = "batch_threads"
     allowed_batch_sizes: tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False

@@ -7,6 +7,7 @@ order, and a gate (an Event) holds a running batch while others queue up behind 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from serving import protos
+from serving.__main__ import build_parser
 from serving.batching import (
     BatcherClosedError,
     Batcher,
@@ -321,8 +323,20 @@ def test_parameters_default_to_tf_serving_values():
     defaults = BatchingParameters()
     assert (defaults.max_batch_size, defaults.batch_timeout_micros,
             defaults.max_enqueued_batches) == (1000, 0, 10)
-    assert defaults.num_batch_threads >= 1
+    assert defaults.num_batch_threads == len(os.sched_getaffinity(0))
     assert defaults.allowed_batch_sizes == () and defaults.pad_variable_length_inputs is False
+
+
+def test_thread_defaults_count_the_cpus_the_server_may_run_on():
+    """As TF Serving's port::NumSchedulableCPUs (sched_getaffinity): a server pinned to one core (taskset, a
+    Kubernetes cpuset) runs one batch thread and 4 REST threads, not the machine's count."""
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})  # this thread only
+    try:
+        assert BatchingParameters().num_batch_threads == 1
+        assert build_parser().get_default("rest_api_num_threads") == 4
+    finally:
+        os.sched_setaffinity(0, everything)
 
 
 def test_parameters_from_a_tf_serving_batching_parameters_file():
