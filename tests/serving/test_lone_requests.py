@@ -35,7 +35,8 @@ class NotingRunner(SignatureRunner):
 
 
 def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[str]:
-    """Sends ROWS once per step ("alone", or "with another" request in flight; "slow" sends nothing: every call is
+    """Sends ROWS once per step ("alone", "with another" request in flight, or "others ready": alone in flight while
+    another callback waits on the loop, as requests read in the same pass do; "slow" sends nothing: every call is
     slow from then on, while before it every call is quick, whatever this host's speed); where each call ran: "loop",
     "model" (the thread pool of calls without batching) or "batch_threads"."""
     monkeypatch.setattr(servable_module, "QUICK_CALL_S", 60.0)
@@ -54,8 +55,11 @@ def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[st
             with contextlib.ExitStack() as admitted:
                 for _ in range(2 if step == "with another" else 1):
                     admitted.enter_context(core.admitted())
+                if step == "others ready":
+                    asyncio.get_running_loop().call_soon(lambda: None)
                 outputs = await core.predict(servable, "serving_default", ROWS)
             assert outputs["y"].tolist() == [[2.5], [3.0]]
+            await asyncio.sleep(0)  # the next request arrives in a later pass, after this one's batch was counted
         return threading.current_thread()
 
     try:
@@ -67,13 +71,13 @@ def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[st
 
 @pytest.mark.parametrize("batching", [None, BatchingParameters(num_batch_threads=1)], ids=["unbatched", "batched"])
 def test_a_lone_quick_request_runs_on_the_event_loop_and_others_on_threads(half_plus_two_base, batching, monkeypatch):
-    steps = ["alone", "alone", "with another", "alone", "slow", "alone", "alone"]
-    # not known to be quick yet: on the pool, not the batch queue; quick and alone: on the loop; with another in flight:
-    # batched (or on the pool); alone again; from now on each call is slow: the first still runs on the loop (its size
-    # was quick) and shows it, so the next goes to the pool
+    steps = ["alone", "alone", "with another", "alone", "others ready", "alone", "slow", "alone", "alone"]
+    # not known to be quick yet: on the pool, not the batch queue; quick and alone: on the loop; with another in flight,
+    # or alone in flight with others read and waiting: batched (or on the pool); alone again; from now on each call is
+    # slow: the first still runs on the loop (its size was quick) and shows it, so the next goes to the pool
     shared = "model" if batching is None else "batch_threads"
     assert where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) == [
-        "model", "loop", shared, "loop", "loop", "model"]
+        "model", "loop", shared, "loop", shared, "loop", "loop", "model"]
 
 
 def test_a_batcher_that_waits_for_others_to_join_is_never_bypassed(half_plus_two_base, monkeypatch):
