@@ -28,6 +28,7 @@ from serving import memory, signatures
 from serving.audit import AuditLog
 from serving.auth import Access, Token
 from serving.batching import Batcher, BatchingParameters
+from serving.codec.document import SLICED_BYTES
 from serving.errors import InvalidArgument, ResourceExhausted, ServingError, Unavailable
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -42,7 +43,9 @@ UNKNOWN_MODEL = "(unknown)"  # the metric label of requests for a model this ser
 FAILURES_PER_COLLECTION = 1000  # a full collection takes ~30 ms with the models' objects frozen
 MAX_NAME_CHARS = 1000  # model names and labels in requests: TF Serving has no limit, but echoing 100 MB back is a DoS
 SETTLE_QUIET_S, SETTLE_MAX_S = 0.05, 1.0  # on SIGTERM, requests still arriving are taken until this quiet, or that long
-LARGE_REQUEST_BYTES = 1 << 20  # a request's body, or what its tensors decode to, from which decoding leaves the loop
+# a request's body, or what its tensors decode to, from which decoding leaves the loop: the size from which the
+# codec decodes a body in slices, letting the loop run between them
+LARGE_REQUEST_BYTES = SLICED_BYTES
 RELEASE_AFTER_ANSWER_S = 0.1  # after a large request: by then its answer is written and what it held is freed
 
 

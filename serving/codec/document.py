@@ -22,7 +22,7 @@ from serving.errors import CodecError
 
 
 _UTF8_BOM = b"\xef\xbb\xbf"  # rapidjson's UTF-8 input stream skips it
-SLICED_BYTES = 1 << 20  # bodies from this size are decoded off the event loop (serving.core), and in slices
+SLICED_BYTES = 1 << 20  # bodies from this size are decoded in slices (and, by serving.core, off the event loop)
 
 
 _JSON_WHITESPACE = " \t\n\r"
