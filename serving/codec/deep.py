@@ -64,7 +64,13 @@ def parse_cost(body: bytes) -> int:
     container it opens, which is a step of this module's loop when the body nests too deep for the scanner (~1.5 us;
     a megabyte of `[1,[1,...` is a third of a second). The server decodes bodies that cost little inline, on its
     event loop: a deep body costs as much as it is slow."""
-    return len(body) + LEVEL_COST_BYTES * (body.count(b"[") + body.count(b"{"))
+    if len(body) < _COUNT_WITH_NUMPY_FROM:
+        return len(body) + LEVEL_COST_BYTES * (body.count(b"[") + body.count(b"{"))
+    opened = np.count_nonzero((np.frombuffer(body, np.uint8) | 0x20) == ord("{"))  # "[" is 0x5b, "{" 0x7b
+    return len(body) + LEVEL_COST_BYTES * int(opened)
+
+
+_COUNT_WITH_NUMPY_FROM = 4096  # bytes; two bytes.count over a 64 KB body: 41 us, numpy's one pass 7 us (2 us fixed)
 
 
 def missing_comma(container: str) -> str:

@@ -16,8 +16,8 @@ import pytest
 
 import fuzzing
 from serving import codec
-from serving.codec import COLUMNAR_FORMAT, ROW_FORMAT, CodecError, floats, request, response
-from serving.codec.deep import KEPT_DEPTH, DeepValue
+from serving.codec import COLUMNAR_FORMAT, ROW_FORMAT, CodecError, deep, floats, request, response
+from serving.codec.deep import KEPT_DEPTH, LEVEL_COST_BYTES, DeepValue
 from serving.errors import Unimplemented
 
 F32, F64, I32, I64, U32, STR, BOOL = np.float32, np.float64, np.int32, np.int64, np.uint32, object, np.bool_
@@ -786,3 +786,13 @@ def test_empty_results(call, message):
 ])
 def test_format_error_response(message, expected):
     assert codec.format_error_response(message) == expected
+
+
+@pytest.mark.parametrize("size", [10, 4095, 4096, 70_000])
+def test_parse_cost_counts_every_opening_bracket_whatever_the_body_size(size):
+    """Its length plus LEVEL_COST_BYTES per "[" or "{" (in strings too): counted by bytes.count or, from 4 KiB, by one
+    numpy pass (which counts both as one: "[" and "{" differ only in 0x20); no other byte counts."""
+    rng = random.Random(size)
+    body = bytes(rng.choice(b"[{") if rng.random() < 0.3 else rng.randrange(256) for _ in range(size))
+    expected = size + LEVEL_COST_BYTES * (body.count(b"[") + body.count(b"{"))
+    assert deep.parse_cost(body) == expected > size
