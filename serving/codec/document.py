@@ -71,18 +71,19 @@ class Document(dict):
     may_hold_booleans = True
 
 
-def decode_json(body: bytes) -> Document:
+def decode_json(body: bytes, parsed: Any = None) -> Document:
     """The request document, parsed with TF Serving's rapidjson settings (util/json_tensor.cc ParseJson).
 
     orjson handles the usual strict, UTF-8, single-document body; anything it refuses is parsed
     again leniently, because TF Serving accepts NaN/Infinity, ignores what follows the document
-    (kParseStopWhenDoneFlag) and does not validate UTF-8.
+    (kParseStopWhenDoneFlag) and does not validate UTF-8. A large body is parsed by simdjson instead, or taken
+    from `parsed`, simdjson's parse of it that a caller made already.
     """
     if not body:
         raise CodecError("JSON Parse error: The document is empty")
     if body.startswith(_UTF8_BOM):
         body = body[len(_UTF8_BOM):]
-    document = _parse(body)
+    document = _parse(body, parsed)
     if not isinstance(document, dict):
         raise CodecError(f"JSON Value: {debug_string(document)} Is not object")
     document = Document(document)
@@ -90,12 +91,13 @@ def decode_json(body: bytes) -> Document:
     return document
 
 
-def _parse(body: bytes) -> Any:
-    """A large body is parsed by simdjson and converted in slices (slices.py: another thread gets the GIL between
-    them), the rest by orjson in one call; what either refuses is parsed leniently."""
+def _parse(body: bytes, parsed: Any) -> Any:
+    """A large body is parsed by simdjson (or was, `parsed`, by the caller's fast path) and converted in slices
+    (slices.py: another thread gets the GIL between them), the rest by orjson in one call; what either refuses is
+    parsed leniently."""
     if len(body) >= SLICED_BYTES:
         try:
-            return slices.parse(body)
+            return slices.to_python(parsed) if parsed is not None else slices.parse(body)
         except (ValueError, RuntimeError):  # orjson's and the lenient parser's turn to decide
             pass
     try:

@@ -16,6 +16,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import simdjson
@@ -68,18 +69,25 @@ class NumericDocument(Document):
 
 
 def decode_predict_json(body: bytes) -> Document:
-    """A predict body as a NumericDocument when it qualifies, else as `decode_json` decodes it."""
-    document = _numeric_document(body)
-    return decode_json(body) if document is None else document  # (an empty dict is falsy: no `or`)
+    """A predict body as a NumericDocument when it qualifies, else as `decode_json` decodes it (a large one from
+    this parse, not a second one)."""
+    parsed = _parsed(body)
+    document = _numeric_document(body, parsed)
+    return decode_json(body, parsed) if document is None else document  # (an empty dict is falsy: no `or`)
 
 
-def _numeric_document(body: bytes) -> NumericDocument | None:
+def _parsed(body: bytes) -> Any:
+    """simdjson's parse of the body; None where it refuses it (malformed, NaN, too deep, beyond 64 bits: the exact
+    path's messages), or where the body holds a backslash (an escape, which _is_dense cannot read)."""
     if b"\\" in body:
         return None
     try:
-        document = simdjson.Parser().parse(body)
-    except (ValueError, RuntimeError):  # malformed, NaN, too deep, beyond 64 bits: the exact path's messages
+        return simdjson.Parser().parse(body)
+    except (ValueError, RuntimeError):
         return None
+
+
+def _numeric_document(body: bytes, document: Any) -> NumericDocument | None:
     if not isinstance(document, simdjson.Object):
         return None
     keys = list(document.keys())

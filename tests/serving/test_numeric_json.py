@@ -99,7 +99,7 @@ def test_fast_and_exact_decoding_agree_on_generated_bodies():
         exact = outcome(codec.decode_json, data, inputs)
         fast = outcome(codec.decode_predict_json, data, inputs)
         assert fast == exact, f"case {case}: {data[:300]!r} with {dtypes}"
-        document = numeric._numeric_document(data)
+        document = numeric._numeric_document(data, numeric._parsed(data))
         fast_taken += document is not None and document.tensors(inputs) is not None
     assert fast_taken > CASES // 5, f"only {fast_taken} of {CASES} bodies took the fast path"
 
@@ -111,7 +111,7 @@ def test_fast_and_exact_decoding_agree_on_generated_bodies():
     b'{"instances": [1, 2], "signature_name": "a\\"b"}', b'{"instances": []}', b'{"instances": [[]]}',
 ])
 def test_bodies_the_fast_path_hands_to_the_exact_one(data):
-    document = numeric._numeric_document(data)
+    document = numeric._numeric_document(data, numeric._parsed(data))
     assert document is None or document.tensors({"x": SimpleNamespace(dtype=np.dtype(np.float32))}) is None
 
 
