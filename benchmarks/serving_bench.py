@@ -13,8 +13,8 @@ other cores, with `sched_setaffinity`, as `taskset` would) and "shared" (everyth
              defaults) and without, gRPC with batching
   flask      Flask + gunicorn (2 workers) with the model loaded once per worker
   naive      Flask loading the model on every request (the tutorial pattern)
-  floor      aiohttp and grpc.aio servers answering a fixed response (floor_servers.py): the stacks' own cost per
-             request, from which the ceiling a handler on them can reach follows (ratio *_ceiling_vs_limit)
+  floor      aiohttp and grpc's thread pool servers answering a fixed response (floor_servers.py): the stacks' own
+             cost per request, from which the ceiling a handler on them can reach follows (ratio *_ceiling_vs_limit)
   tf_serving tensorflow_model_server with the same model and batching file, when it is on PATH
 Load comes from wrk (REST) and h2load (gRPC), C programs, closed loop with 32 connections (and 1
 connection, with and without batching in turn for 4 rounds, medians: latency at low load), and
@@ -445,7 +445,7 @@ def measure_layout(layout: str, cpus: tuple[set[int], set[int]], repo: Path, mod
             r["flask_once"] = wrk(peer.url + url, body, CONNECTIONS, seconds, workdir)
     finally:
         peer.stop()
-    step("the stacks' floor: aiohttp and grpc.aio answering a fixed response")
+    step("the stacks' floor: aiohttp and grpc's thread pool server answering a fixed response")
     for kind in ("rest", "grpc"):
         with on_cpus(server_cpus):
             floor = FloorServer(kind, workdir)
@@ -665,7 +665,7 @@ def _rows(q: dict) -> list[tuple]:
                        ("rest_low_load_no_batching", "ours REST, no batching, 1 connection"),
                        ("grpc_batching", "ours gRPC, batching"), ("flask_once", "Flask + gunicorn, model once"),
                        ("floor_rest", "aiohttp, fixed answer (the stack's floor)"),
-                       ("floor_grpc", "grpc.aio, fixed answer (the stack's floor)"),
+                       ("floor_grpc", "grpc thread pool server, fixed answer (the stack's floor)"),
                        ("tf_serving_rest_batching", "tensorflow_model_server REST, batching")]:
         if key in q:
             v = q[key]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 
 VERSION = "maas-serving 0.1.0 (TensorFlow Serving 2.21 API)"
+GRPC_MIN_THREADS = 64  # the default --grpc_max_threads on any machine: 64 concurrent calls can share one batch
 UNSUPPORTED = (  # tensorflow_model_server flags this server rejects rather than silently ignores
     "grpc_socket_path", "enable_per_model_batching_parameters", "num_load_threads", "num_unload_threads",
     "flush_filesystem_caches",
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="both of the above when neither is set (none set: 1 intra, 1 inter per core; benchmarks/results/threads.md)")
     flag("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
     flag("--enable_serialization_as_tensor_content", type=parse_bool, nargs="?", const=True, default=False)
-    flag("--grpc_max_threads", type=int, default=4 * cpus, help="accepted for compatibility; grpc.aio needs no pool")
+    flag("--grpc_max_threads", type=int, default=max(GRPC_MIN_THREADS, 4 * cpus),
+         help="threads that run gRPC calls; more calls wait for one. A call waiting for its batch holds its thread, "
+              f"so this bounds the calls gRPC brings to one batch: at least {GRPC_MIN_THREADS} (TF Serving: 4 a CPU)")
     flag("--ssl_config_file", default="", help="text-format SSLConfig (PEM key, cert, client CA): TLS on both ports")
     flag("--version", action="store_true", help="print the version and exit")
     # Ours, not tensorflow_model_server's:
@@ -151,6 +154,9 @@ def parse_settings(argv: list[str]) -> Settings:
                         f"and a size of at least 0 (bytes).")
     if args.server_processes < 1:
         problems.append(f"--server_processes={args.server_processes}: expected at least 1.")
+    if args.port and args.grpc_max_threads < 1:
+        problems.append(f"--grpc_max_threads={args.grpc_max_threads}: expected at least 1 (the threads that run "
+                        "gRPC calls).")
     if args.auth_allow_status and not args.auth_token_file:
         problems.append("--auth_allow_status needs --auth_token_file (without tokens everything is open).")
     try:

@@ -9,6 +9,11 @@ Model calls run on threads: TF releases the GIL while a graph runs, so the loop 
 requests meanwhile. One exception: a request alone in the server whose call is quick (SignatureRunner.is_quick, under
 2 ms) runs on the event loop, sparing the two thread hand-offs (benchmarks/results/low_load_mid.md); a request
 arriving meanwhile waits for it at most that long.
+
+The request methods are coroutines the REST front end awaits on the event loop. The gRPC front end runs each call on
+a thread of its own (grpc's thread pool server) and completes them there with `run_blocking`: off the loop they never
+suspend, they block that thread instead (the batch queue, a large request's decoding), so a gRPC call needs no hand-off
+to the loop and back.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ import contextlib
 import functools
 import gc
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -63,6 +69,8 @@ class ServingCore:
         self.max_in_flight = max_in_flight
         self.shared_metrics = shared_metrics  # one of several server processes: the metrics are the whole server's
         self.in_flight = 0
+        self.waiting = 0  # requests received that wait for a thread before admission (gRPC calls)
+        self._counting = threading.Lock()  # guards both counts: the event loop and the gRPC threads change them
         self.shutting_down = False  # SIGTERM came: readiness answers 503
         self._refusing = False  # ...and, once what had arrived is taken in, new requests are UNAVAILABLE
         self._last_arrival = 0.0  # when a request last asked to be admitted
@@ -70,37 +78,53 @@ class ServingCore:
         self._batcher = Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
         self._large = ThreadPoolExecutor(1, thread_name_prefix="large-request")
+        self._large_off_loop = threading.Lock()  # the same one at a time for large requests on gRPC's threads
 
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self, in_time: bool = False) -> Iterator[None]:
         """Count a request in flight from its first byte to its answer; past --max_requests_in_flight it is refused
-        at once (429 / RESOURCE_EXHAUSTED), so overload costs a short answer, not memory for a queue without end."""
+        at once (429 / RESOURCE_EXHAUSTED), so overload costs a short answer, not memory for a queue without end.
+        `in_time`: received before SIGTERM's refusals began (`receive`), so answered even if admitted after."""
         self._last_arrival = time.monotonic()
-        if self._refusing:
+        if self._refusing and not in_time:
             raise Unavailable("Server is shutting down; retry with another server")
-        if self.max_in_flight and self.in_flight >= self.max_in_flight:
-            raise ResourceExhausted(f"Too many requests in flight (limit {self.max_in_flight}, "
-                                    f"--max_requests_in_flight); retry later")
-        self.in_flight += 1
+        with self._counting:
+            if self.max_in_flight and self.in_flight >= self.max_in_flight:
+                raise ResourceExhausted(f"Too many requests in flight (limit {self.max_in_flight}, "
+                                        f"--max_requests_in_flight); retry later")
+            self.in_flight += 1
         try:
             yield
         finally:
-            self.in_flight -= 1
+            with self._counting:
+                self.in_flight -= 1
+
+    def receive(self) -> bool:
+        """A request received that waits for a thread before it asks to be admitted (a gRPC call, until
+        `received_done`): SIGTERM's drain waits for it too. Whether it came before the drain's refusals began."""
+        self._last_arrival = time.monotonic()
+        with self._counting:
+            self.waiting += 1
+        return not self._refusing
+
+    def received_done(self) -> None:
+        with self._counting:
+            self.waiting -= 1
 
     async def drain(self, timeout_s: float) -> bool:
         """SIGTERM: readiness off at once; requests received before it are answered, later ones refused UNAVAILABLE.
         What counts as received: whatever the front ends take in until arrivals pause for SETTLE_QUIET_S (at most
-        SETTLE_MAX_S): gRPC's core holds calls that arrived until the event loop asks for them, and stopping the gRPC
-        server before that CANCELLED them. Then the requests in flight get the rest of `timeout_s`, and calls still
-        queued get their UNAVAILABLE before the front ends stop. Whether every request admitted finished."""
+        SETTLE_MAX_S), and gRPC calls waiting for a thread (`receive`). Then the requests in flight get the rest of
+        `timeout_s`, and calls still arriving get their UNAVAILABLE before the front ends stop. Whether every request
+        received finished."""
         started = time.monotonic()
         self.shutting_down = True
         await self._settle(started, SETTLE_MAX_S)
         self._refusing = True
-        while self.in_flight and time.monotonic() - started < timeout_s:
+        while (self.in_flight or self.waiting) and time.monotonic() - started < timeout_s:
             await asyncio.sleep(0.02)
         await self._settle(time.monotonic(), min(SETTLE_MAX_S, max(0.0, started + timeout_s - time.monotonic())))
-        return not self.in_flight
+        return not (self.in_flight or self.waiting)
 
     async def _settle(self, since: float, at_most_s: float) -> None:
         """Until no request arrived for SETTLE_QUIET_S after `since`, or `at_most_s` passed."""
@@ -112,23 +136,27 @@ class ServingCore:
     async def decoding(self, size: int) -> AsyncIterator[Callable[..., Awaitable]]:
         """`run(work, *args)` for decoding a request of `size` bytes (a REST body, what gRPC tensors expand to) and
         encoding its answer: inline when small; when large (a 16 MB body takes a second) on the one thread such work
-        has, so the event loop keeps answering the others and one large request is decoded at a time; a moment
-        after its answer, the memory it freed goes back to the system."""
+        has, so the event loop keeps answering the others and one large request is decoded at a time (on a gRPC
+        thread: on that thread, one at a time); a moment after its answer, the memory it freed goes back to the
+        system."""
         if size < LARGE_REQUEST_BYTES:
-            async def inline(work, *args):
-                return work(*args)
-
-            yield inline
+            yield _inline
             return
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()
 
         async def off_loop(work, *args):
+            if loop is None:  # a gRPC thread: decoded here
+                with self._large_off_loop:
+                    return without_collections(work, *args)
             return await loop.run_in_executor(self._large, without_collections, work, *args)
 
         try:
             yield off_loop
         finally:  # released before the answer has gone, what it (or an error's traceback) still held stayed with
-            loop.call_later(RELEASE_AFTER_ANSWER_S, memory.release_in_background)  # glibc: +97 MiB once
+            if loop is None:
+                threading.Timer(RELEASE_AFTER_ANSWER_S, memory.release).start()
+            else:
+                loop.call_later(RELEASE_AFTER_ANSWER_S, memory.release_in_background)  # glibc: +97 MiB once
 
     def authorize(self, credentials: str | None, action: str, models: list[str], peer: str, target: str) -> Token | None:
         """The caller's token, checked for `action` on each of `models` (UNAUTHENTICATED / PERMISSION_DENIED); each
@@ -251,15 +279,15 @@ class ServingCore:
         were read but not yet admitted), and none was batched (digits, 32 connections: batches of 1.0, 2,000/s)."""
         runner = servable.runner(*signatures)
         batcher = self._batcher
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()  # None: a gRPC thread, which may block, and calls the model itself
         alone = (self.in_flight == 1 and not _others_ready(loop)
                  and (batcher is None or batcher.params.batch_timeout_micros == 0))
         if batcher is not None and not alone:
             self.metrics.batch_input(inputs)
-            return await batcher.submit_async(runner, inputs)
+            return batcher.submit(runner, inputs) if loop is None else await batcher.submit_async(runner, inputs)
         run = runner if batcher is None else functools.partial(batcher.run_alone, runner)
         try:
-            if alone and runner.is_quick(inputs):
+            if loop is None or (alone and runner.is_quick(inputs)):
                 result = run(inputs)
             else:
                 result = await loop.run_in_executor(self._pool, run, inputs)
@@ -270,7 +298,10 @@ class ServingCore:
         if batcher is None:
             return result
         outputs, count = result
-        loop.call_soon(self._count_alone, inputs, count)  # after this task's step has written the answer
+        if loop is None:
+            self._count_alone(inputs, count)
+        else:
+            loop.call_soon(self._count_alone, inputs, count)  # after this task's step has written the answer
         return outputs
 
     def _count_alone(self, inputs: Tensors, count: Callable[[], None]) -> None:
@@ -391,10 +422,34 @@ class ServingCore:
         self.audit.close()
 
 
-def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+def run_blocking(coroutine: Coroutine):
+    """The result of one of ServingCore's request coroutines, completed on this thread, which is not the event loop's
+    (a gRPC call's): there they never suspend (see the module's docstring); one that did would be a bug, said so."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError(f"{coroutine.__qualname__} waited for the event loop on a thread that has none")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread; None on the gRPC front end's threads."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _inline(work, *args):
+    return work(*args)
+
+
+def _others_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
     """Whether other callbacks wait to run on the loop: requests read in the same pass over the sockets wait there
     before they are admitted (counted in flight), so under load a request can be the only one in flight without
-    being alone. asyncio's ready queue is private; a loop without one is taken as idle."""
+    being alone. asyncio's ready queue is private; a loop without one, or no loop (a gRPC thread), is taken as
+    idle."""
     return bool(getattr(loop, "_ready", ()))
 
 

@@ -1,15 +1,19 @@
-"""TF Serving's gRPC API: tensorflow.serving.PredictionService and ModelService, on grpc.aio.
+"""TF Serving's gRPC API: tensorflow.serving.PredictionService and ModelService, on grpc's thread pool server.
 
-The same ServingCore as the REST API answers: one request path, two front ends. Errors abort
+The same ServingCore as the REST API answers: one request path, two front ends. Each call runs on a thread of the
+server's pool (--grpc_max_threads), as TF Serving's synchronous server runs it, and the core's request coroutines are
+completed there (core.run_blocking), blocking that thread in the batch queue: grpc.aio cost 0.32 ms of CPU a call
+before any handler ran, the thread pool server 0.15 (benchmarks/results/serving_*.md, the stacks' floors). Errors abort
 the call with the ServingError's gRPC code and message, as TF Serving's ToGRPCStatus does.
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -36,7 +40,7 @@ import repository
 from serving import api_protos, signatures
 from serving.api_protos import typed_tensor_proto
 from serving.auth import Token
-from serving.core import ServingCore
+from serving.core import ServingCore, run_blocking
 from serving.errors import FailedPrecondition, InvalidArgument, PayloadTooLarge, PermissionDenied, as_serving_error
 from serving.model_config import check_server_config
 from serving.protos import MAX_MESSAGE_BYTES
@@ -81,7 +85,7 @@ def _answer(api: str):
 
     def decorate(method):
         @functools.wraps(method)
-        async def wrapper(self, request, context):
+        def wrapper(self, request, context):
             started = time.perf_counter()
             models, peer, servable = _models(request), context.peer(), None
             try:
@@ -89,8 +93,8 @@ def _answer(api: str):
                 token = self.core.authorize(credentials, api, models, peer, f"gRPC {method.__name__}")
                 if hasattr(request, "model_spec") and not request.HasField("model_spec"):
                     raise InvalidArgument("Missing ModelSpec")  # TF Serving's first check, before any lookup
-                with self.core.admitted():
-                    response, servable = await method(self, request, Caller(peer, token))
+                with self.core.admitted(in_time=getattr(_received, "in_time", False)):
+                    response, servable = run_blocking(method(self, request, Caller(peer, token)))
                 code = grpc.StatusCode.OK
             except Exception as e:  # every error becomes a status; the server keeps serving
                 error = as_serving_error(e, f"gRPC {method.__name__}")
@@ -100,7 +104,7 @@ def _answer(api: str):
             self.core.record(model, version, api, "GRPC", code.name, time.perf_counter() - started)
             if code == grpc.StatusCode.OK:
                 return response
-            await context.abort(code, message)
+            context.abort(code, message)
 
         return wrapper
 
@@ -243,8 +247,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             check_server_config(request.config, "ReloadConfigRequest")
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
-        await asyncio.get_running_loop().run_in_executor(None, self.core.reload_config, request.config,
-                                                         caller.token, caller.peer)
+        self.core.reload_config(request.config, caller.token, caller.peer)  # blocking this call's thread
         return model_management_pb2.ReloadConfigResponse(), None
 
     def _refusal(self, config, peer: str) -> PermissionDenied | None:
@@ -335,12 +338,12 @@ def parsing_error(name: str) -> InvalidArgument:
     return InvalidArgument(f"tensor parsing error: {name}")
 
 
-class UndecodableRequests(grpc.aio.ServerInterceptor):
+class UndecodableRequests(grpc.ServerInterceptor):
     """A request whose bytes are not its message (corrupt wire format, a string field that is not UTF-8) is the
     client's mistake, INVALID_ARGUMENT: grpc would answer the deserializer's exception with UNKNOWN."""
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         deserialize, behavior = handler.request_deserializer, handler.unary_unary
@@ -351,15 +354,37 @@ class UndecodableRequests(grpc.aio.ServerInterceptor):
             except DecodeError as e:
                 return e  # the method below answers it
 
-        async def answer(request, context):
+        def answer(request, context):
             if isinstance(request, DecodeError):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Request cannot be parsed: {request}")
-            return await behavior(request, context)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Request cannot be parsed: {request}")
+            return behavior(request, context)
 
         return handler._replace(request_deserializer=lenient, unary_unary=answer)
 
 
-def add_services(server: grpc.aio.Server, core: ServingCore, tensor_content: bool = False, remote_reload: bool = False,
+_received = threading.local()  # in_time: whether the call on this thread came before SIGTERM's refusals (CallThreads)
+
+
+class CallThreads(ThreadPoolExecutor):
+    """The threads gRPC calls run on (--grpc_max_threads). A call is received when grpc hands it to them, before a
+    thread is free for it: SIGTERM's drain waits for it and answers it (ServingCore.receive)."""
+
+    def __init__(self, core: ServingCore, threads: int):
+        super().__init__(threads, thread_name_prefix="grpc")
+        self.core = core
+
+    def submit(self, fn, /, *args, **kwargs):
+        return super().submit(self._run, self.core.receive(), fn, args, kwargs)
+
+    def _run(self, in_time: bool, fn, args, kwargs):
+        _received.in_time = in_time
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.core.received_done()
+
+
+def add_services(server: grpc.Server, core: ServingCore, tensor_content: bool = False, remote_reload: bool = False,
                  base_path_root: Path | None = None, max_tensor_bytes: int = 0, one_of_processes: int = 1) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core, tensor_content, max_tensor_bytes), server)

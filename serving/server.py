@@ -23,7 +23,7 @@ from serving.auth import Access
 from serving.batching import BatchingParameters
 from serving.core import ServingCore
 from serving.errors import ServingError
-from serving.grpc_service import UndecodableRequests, add_services
+from serving.grpc_service import CallThreads, UndecodableRequests, add_services
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig, load_model_server_config
@@ -75,7 +75,10 @@ async def serve(settings: Settings) -> None:
         # SO_REUSEPORT (gRPC's default) only for the processes of one server (the parent checked the ports were free):
         # otherwise a second server on the port would share it silently
         options = list(dict([("grpc.so_reuseport", int(shared is not None)), *settings.grpc_options]).items())
-        grpc_server = grpc.aio.server(options=options, interceptors=[UndecodableRequests()])
+        # calls past --max_requests_in_flight are refused by gRPC's core (RESOURCE_EXHAUSTED), not queued for a thread
+        grpc_server = grpc.server(CallThreads(core, args.grpc_max_threads), options=options,
+                                  interceptors=[UndecodableRequests()],
+                                  maximum_concurrent_rpcs=args.max_requests_in_flight or None)
         add_services(grpc_server, core, args.enable_serialization_as_tensor_content, args.allow_remote_config_reload,
                      Path(args.model_base_path_root) if args.model_base_path_root else None,
                      args.grpc_max_tensor_bytes, one_of_processes=args.server_processes if shared else 1)
@@ -114,7 +117,7 @@ async def serve(settings: Settings) -> None:
                          + ([int(dict(settings.grpc_options).get("grpc.max_allowed_incoming_connections", 0))]
                             if args.port else []))
     if args.port:
-        await grpc_server.start()
+        grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", args.host, args.port)
     for server in servers:
         await server.start_serving()
@@ -131,7 +134,7 @@ async def serve(settings: Settings) -> None:
     if not await core.drain(args.drain_timeout_s):
         log.warning("Requests still in flight after %ss (--drain_timeout_s) are cancelled", args.drain_timeout_s)
     if args.port:
-        await grpc_server.stop(grace=None)  # nothing should be left: it was drained above
+        grpc_server.stop(grace=None)  # nothing should be left: it was drained above
     if args.rest_api_port:
         await rest.close()
     for server in servers:

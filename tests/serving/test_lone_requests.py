@@ -16,7 +16,7 @@ from metric_lines import series_value
 
 from serving import servable as servable_module
 from serving.batching import BatchingParameters
-from serving.core import ServingCore
+from serving.core import ServingCore, run_blocking
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import single_model_config
@@ -123,3 +123,46 @@ def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_ou
         assert asyncio.run(main()) == [(0, 0), (1, 1), (2, 2), (2, 2)]
     finally:
         core.close()
+
+
+def test_on_a_thread_without_an_event_loop_calls_block_that_thread_and_still_share_batches(half_plus_two_base):
+    """gRPC's front end completes the request coroutines on its pool's threads (run_blocking): a lone request runs
+    on its own thread, concurrent ones from several threads wait in the batch queue and run as one batch, and a
+    coroutine that would wait for an event loop is refused with a message rather than left half run."""
+    servable = Servable("half_plus_two", 123, half_plus_two_base / "123")
+    runner = NotingRunner(servable, ("serving_default",))
+    servable.runner = lambda *signatures: runner
+
+    def on_threads(batching: BatchingParameters, count: int) -> tuple[list, tuple[float, float]]:
+        """`count` requests from as many threads, in flight together; their answers and the batching counts."""
+        metrics = Metrics()
+        core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
+                           metrics, batching, num_threads=1)
+        together, answers = threading.Barrier(count), []
+
+        def call() -> None:
+            with core.admitted():
+                together.wait(timeout=30)
+                answers.append(run_blocking(core.predict(servable, "serving_default", ROWS))["y"].tolist())
+
+        threads = [threading.Thread(target=call, name=f"grpc_{i}") for i in range(count)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+        finally:
+            core.close()
+        return answers, counted(metrics)
+
+    assert on_threads(BatchingParameters(num_batch_threads=1), 1) == ([[[2.5], [3.0]]], (1, 1))
+    # 4 x 2 rows fill the batch of 8: it runs at once, not after its minute's timeout
+    full = BatchingParameters(num_batch_threads=1, max_batch_size=8, batch_timeout_micros=60_000_000)
+    assert on_threads(full, 4) == ([[[2.5], [3.0]]] * 4, (1, 4))
+    assert [thread.name.rsplit("_", 1)[0] for thread in runner.ran_on] == ["grpc", "batch_threads"]
+
+    async def suspends():
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="suspends waited for the event loop on a thread that has none"):
+        run_blocking(suspends())

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -68,7 +69,8 @@ def test_a_client_without_a_server_says_how_to_start_one():
 
 def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(tmp_path, half_plus_two_base):
     """Requests held in the batcher (a 1 s batch timeout) when SIGTERM arrives are all answered, and so are 200
-    gRPC calls sent just before it (gRPC's core had queued them: they were CANCELLED); status (what a readiness
+    gRPC calls sent just before it (they were CANCELLED once; with a thread each, as here, all wait in one batch; with
+    fewer, those waiting for a thread are answered too, in later batches, within the drain); status (what a readiness
     probe asks) answers 503 meanwhile; new connections are refused, and calls made later on a connection already
     open get UNAVAILABLE (they got CANCELLED). A REST body that never arrives holds its request in flight past the
     2 s drain: the server exits 0 within the drain and a second."""
@@ -76,7 +78,7 @@ def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(t
     grpc_port = free_port()
     server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
                            f"--port={grpc_port}", "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
-                           "--drain_timeout_s=2", log_dir=tmp_path)
+                           "--drain_timeout_s=2", "--grpc_max_threads=256", log_dir=tmp_path)
     server.wait_available("half_plus_two")
     readiness = requests.Session()  # a probe's keep-alive connection, open before the signal
     assert readiness.get(f"{server.url}/v1/models/half_plus_two", timeout=10).status_code == 200
@@ -128,6 +130,65 @@ def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(t
     assert sorted(a["predictions"] for a in answers) == expected  # all 14, none lost
     stalled.close()
     channel.close()
+
+
+def test_sigterm_answers_grpc_calls_that_were_waiting_for_a_thread_and_refuses_later_ones(tmp_path, half_plus_two_base):
+    """Two threads for gRPC calls, six calls in flight when SIGTERM comes: four wait for a thread, and are answered
+    in later batches within the drain; a call that arrives after the refusals began waits for a thread too, and
+    gets UNAVAILABLE from it."""
+    (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 300000 }")
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
+                           f"--port={grpc_port}",
+                           "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
+                           "--drain_timeout_s=10", "--grpc_max_threads=2", log_dir=tmp_path)
+    server.wait_available("half_plus_two")
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                      request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                      response_deserializer=predict_pb2.PredictResponse.FromString)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
+        predict(request, timeout=30)  # connected
+        calls = [predict.future(request, timeout=30) for _ in range(6)]
+        time.sleep(0.1)  # two in the batch queue, four waiting for a thread
+        server.process.terminate()
+        time.sleep(0.5)  # past the settling
+        late = predict.future(request, timeout=30)
+        assert [call.result().outputs["y"].float_val[0] for call in calls] == [2.5] * 6
+        with pytest.raises(grpc.RpcError) as refused:
+            late.result()
+    assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                                               "Server is shutting down; retry with another server")
+    assert server.process.wait(timeout=30) == 0
+    assert "still in flight" not in server.log.read_text()
+
+
+def test_grpc_calls_past_the_in_flight_bound_are_refused_at_once_not_queued_for_a_thread(tmp_path, half_plus_two_base):
+    """--max_requests_in_flight=3 with one thread for gRPC calls: of five calls held by a 1 s batch timeout, one
+    runs, two wait for the thread, and two are refused at once by gRPC's core."""
+    (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 1000000 }")
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
+                           f"--port={grpc_port}",
+                           "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
+                           "--max_requests_in_flight=3", "--grpc_max_threads=1", log_dir=tmp_path)
+    server.wait_available("half_plus_two")
+    try:
+        with GrpcClient(f"127.0.0.1:{grpc_port}", timeout_s=30) as client:
+            client.status("half_plus_two")  # connected
+            started = time.monotonic()
+            with ThreadPoolExecutor(5) as pool:
+                calls = [pool.submit(client.predict, "half_plus_two", [[1.0]]) for _ in range(5)]
+                time.sleep(0.5)  # before the first batch's timeout
+                refused = [call for call in calls if call.done()]
+                assert [(call.exception().status, call.exception().message) for call in refused] == \
+                    [("RESOURCE_EXHAUSTED", "Concurrent RPC limit exceeded!")] * 2
+                assert [call.result()["y"].tolist() for call in calls if call not in refused] == [[[2.5]]] * 3
+            assert time.monotonic() - started > 2  # the three ran one after another, each in a batch of its own
+    finally:
+        server.stop()
 
 
 def test_a_body_that_never_arrives_gets_408_and_a_request_past_the_deadline_504(tmp_path, half_plus_two_base):
