@@ -67,6 +67,30 @@ def test_a_client_without_a_server_says_how_to_start_one():
         assert info.value.status == "UNAVAILABLE" and "make serve" in info.value.message
 
 
+def batching_server(tmp_path, model_base, timeout_micros: int, *flags: str) -> tuple[ServerProcess, int]:
+    """half_plus_two served with batches of up to 1,000 rows that wait `timeout_micros` to fill, and its gRPC port."""
+    (tmp_path / "batching.config").write_text(
+        f"max_batch_size {{ value: 1000 }} batch_timeout_micros {{ value: {timeout_micros} }}")
+    grpc_port = free_port()
+    server = ServerProcess(f"--model_base_path={model_base}", "--model_name=half_plus_two", f"--port={grpc_port}",
+                           "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}", *flags,
+                           log_dir=tmp_path)
+    server.wait_available("half_plus_two")
+    return server, grpc_port
+
+
+def bare_predict(channel: grpc.Channel):
+    """Predict on `channel` as grpc's own callable (futures; codes and details as the server sent them), and a
+    request of one row for it."""
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                  request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                                  response_deserializer=predict_pb2.PredictResponse.FromString)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
+    return predict, request
+
+
 def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(tmp_path, half_plus_two_base):
     """Requests held in the batcher (a 1 s batch timeout) when SIGTERM arrives are all answered, and so are 200
     gRPC calls sent just before it (they were CANCELLED once; with a thread each, as here, all wait in one batch; with
@@ -74,12 +98,8 @@ def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(t
     probe asks) answers 503 meanwhile; new connections are refused, and calls made later on a connection already
     open get UNAVAILABLE (they got CANCELLED). A REST body that never arrives holds its request in flight past the
     2 s drain: the server exits 0 within the drain and a second."""
-    (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 1000000 }")
-    grpc_port = free_port()
-    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
-                           f"--port={grpc_port}", "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
-                           "--drain_timeout_s=2", "--grpc_max_threads=256", log_dir=tmp_path)
-    server.wait_available("half_plus_two")
+    server, grpc_port = batching_server(tmp_path, half_plus_two_base, 1_000_000, "--drain_timeout_s=2",
+                                        "--grpc_max_threads=256")
     readiness = requests.Session()  # a probe's keep-alive connection, open before the signal
     assert readiness.get(f"{server.url}/v1/models/half_plus_two", timeout=10).status_code == 200
     answers = []
@@ -100,12 +120,7 @@ def test_sigterm_drains_requests_received_refuses_later_ones_and_exits_in_time(t
     stalled = socket.create_connection(("127.0.0.1", server.rest_port), timeout=10)  # its body never comes
     stalled.sendall(b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                                  request_serializer=predict_pb2.PredictRequest.SerializeToString,
-                                  response_deserializer=predict_pb2.PredictResponse.FromString)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus_two"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
+    predict, request = bare_predict(channel)
     predict(request, timeout=30)  # connected
     time.sleep(0.4)  # every request is waiting for its batch to fill
     burst = [predict.future(request, timeout=30) for _ in range(200)]
@@ -136,20 +151,10 @@ def test_sigterm_answers_grpc_calls_that_were_waiting_for_a_thread_and_refuses_l
     """Two threads for gRPC calls, six calls in flight when SIGTERM comes: four wait for a thread, and are answered
     in later batches within the drain; a call that arrives after the refusals began waits for a thread too, and
     gets UNAVAILABLE from it."""
-    (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 300000 }")
-    grpc_port = free_port()
-    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
-                           f"--port={grpc_port}",
-                           "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
-                           "--drain_timeout_s=10", "--grpc_max_threads=2", log_dir=tmp_path)
-    server.wait_available("half_plus_two")
+    server, grpc_port = batching_server(tmp_path, half_plus_two_base, 300_000, "--drain_timeout_s=10",
+                                        "--grpc_max_threads=2")
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                                      request_serializer=predict_pb2.PredictRequest.SerializeToString,
-                                      response_deserializer=predict_pb2.PredictResponse.FromString)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "half_plus_two"
-        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0]], np.float32)))
+        predict, request = bare_predict(channel)
         predict(request, timeout=30)  # connected
         calls = [predict.future(request, timeout=30) for _ in range(6)]
         time.sleep(0.1)  # two in the batch queue, four waiting for a thread
@@ -168,13 +173,8 @@ def test_sigterm_answers_grpc_calls_that_were_waiting_for_a_thread_and_refuses_l
 def test_grpc_calls_past_the_in_flight_bound_are_refused_at_once_not_queued_for_a_thread(tmp_path, half_plus_two_base):
     """--max_requests_in_flight=3 with one thread for gRPC calls: of five calls held by a 1 s batch timeout, one
     runs, two wait for the thread, and two are refused at once by gRPC's core."""
-    (tmp_path / "batching.config").write_text("max_batch_size { value: 1000 } batch_timeout_micros { value: 1000000 }")
-    grpc_port = free_port()
-    server = ServerProcess(f"--model_base_path={half_plus_two_base}", "--model_name=half_plus_two",
-                           f"--port={grpc_port}",
-                           "--enable_batching", f"--batching_parameters_file={tmp_path / 'batching.config'}",
-                           "--max_requests_in_flight=3", "--grpc_max_threads=1", log_dir=tmp_path)
-    server.wait_available("half_plus_two")
+    server, grpc_port = batching_server(tmp_path, half_plus_two_base, 1_000_000, "--max_requests_in_flight=3",
+                                        "--grpc_max_threads=1")
     try:
         with GrpcClient(f"127.0.0.1:{grpc_port}", timeout_s=30) as client:
             client.status("half_plus_two")  # connected
