@@ -3,8 +3,8 @@
     python benchmarks/multicore_bench.py [--model mid] [--seconds 8] [--rounds 3] [--processes 2]
 
 One process runs its Python (parsing, the event loop) on one core at a time. --server_processes N runs N complete
-servers on the same ports (serving/supervisor.py: SO_REUSEPORT spreads the connections; each process 1 intra-op and
-cores / N inter-op TensorFlow threads). Against one server with its defaults (one intra-op thread per op, one op per
+servers on the same ports (serving/supervisor.py: SO_REUSEPORT spreads the connections; each process pinned to its
+share of the CPUs, with 1 intra-op TensorFlow thread and inter-op threads for each CPU of its share). Against one server with its defaults (one intra-op thread per op, one op per
 core). Both with batching (its defaults); closed loop, CONNECTIONS connections, from wrk (REST) and h2load (gRPC), C
 programs; the layouts take turns, round by round (medians). The ratio is to the in-process limit on every CPU
 (serving_bench's: the model's best batch, one calling thread per core); beside it the server's CPU per request (every

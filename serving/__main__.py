@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="the request log files of every filename_prefix together may hold this much on disk; past it records "
               "are dropped and counted (serving_request_log_dropped{reason=\"disk_bound\"}) until files are removed")
     flag("--server_processes", type=int, default=1,
-         help="complete servers sharing the ports (SO_REUSEPORT) under one parent, each with its share of TF threads: "
+         help="complete servers sharing the ports (SO_REUSEPORT) under one parent, each on its share of the CPUs: "
               "uses every core where one process's Python is the limit (small models; benchmarks/results/multicore_*.md)"
               "; each holds its own copy of the models; HandleReloadConfigRequest is refused (serving/supervisor.py)")
     flag("--server_process_index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent for a child
@@ -200,8 +200,13 @@ def parse_settings(argv: list[str]) -> Settings:
 
 
 def cores_share(args: argparse.Namespace) -> int | None:
-    """Of several server processes, each one's share of the cores (at least 1); None for one process."""
-    return max(1, len(os.sched_getaffinity(0)) // args.server_processes) if args.server_processes > 1 else None
+    """Of several server processes, each one's share of the cores (at least 1): a child's are the CPUs its parent
+    pinned it to (serving.supervisor.cpu_shares); a check of the flags without a parent counts the CPUs over the
+    processes. None for one process."""
+    if args.server_processes <= 1:
+        return None
+    cpus = len(os.sched_getaffinity(0))
+    return cpus if args.server_process_index is not None else max(1, cpus // args.server_processes)
 
 
 def thread_counts(args: argparse.Namespace) -> tuple[int, int, int]:

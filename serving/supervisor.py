@@ -3,7 +3,8 @@
 One server process runs its Python (parsing, the event loop) on one core at a time: with a small model it leaves the
 other cores idle (benchmarks/results/multicore_*.md). Here the parent starts N copies of itself, each a whole server
 (its own models, batcher and TensorFlow threads: 1 intra-op, and cores / N inter-op and batch threads unless they are
-set) that binds the ports with SO_REUSEPORT, so the kernel spreads the connections over them. The parent checks first
+set), pinned to its share of the CPUs (`cpu_shares`: its threads, gRPC's many among them, then contend for one
+process's GIL on its own cores, not across all of them), that binds the ports with SO_REUSEPORT, so the kernel spreads the connections over them. The parent checks first
 that the ports are free (a port some other server shares by SO_REUSEPORT too would be shared silently), forwards
 SIGTERM, SIGINT and SIGHUP (each child drains, or reloads its tokens, as a lone server does) and waits for them; when
 one exits unbidden (a model that cannot load, a crash) it stops the others and exits with that one's status, for the
@@ -17,7 +18,9 @@ without it, and the children check the rest, the first of them reporting what is
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -49,6 +52,7 @@ def supervise(argv: list[str], args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     directory = tempfile.mkdtemp(prefix="serving-processes-")
+    shares = cpu_shares(sorted(os.sched_getaffinity(0)), args.server_processes)
     status = 0
     try:
         for index in range(args.server_processes):
@@ -56,7 +60,7 @@ def supervise(argv: list[str], args: argparse.Namespace) -> int:
                 break
             command = [sys.executable, "-m", "serving", *argv, f"--server_process_index={index}",
                        f"--server_processes_dir={directory}"]
-            children.append(subprocess.Popen(command, preexec_fn=die_with_parent))
+            children.append(subprocess.Popen(command, preexec_fn=functools.partial(start_child, shares[index])))
             log.info("Started server process %d of %d (pid %d)", index + 1, args.server_processes, children[-1].pid)
         while [child.poll() for child in children].count(None):  # each polled: poll() sets returncode
             ended = next((child for child in children if child.returncode is not None), None)
@@ -69,6 +73,21 @@ def supervise(argv: list[str], args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return status or next((exit_status(child.returncode) for child in children if child.returncode), 0)
+
+
+def cpu_shares(cpus: list[int], processes: int) -> list[set[int]]:
+    """`cpus` split into one contiguous share per process (the last takes what does not divide); with fewer CPUs than
+    processes, one CPU each, in turn."""
+    if len(cpus) < processes:
+        return [{cpus[i % len(cpus)]} for i in range(processes)]
+    size = len(cpus) // processes
+    return [set(cpus[i * size:(i + 1) * size if i < processes - 1 else None]) for i in range(processes)]
+
+
+def start_child(cpus: set[int]) -> None:
+    """In the child, before it runs the server: it dies with the parent, and runs on its share of the CPUs."""
+    die_with_parent()
+    os.sched_setaffinity(0, cpus)
 
 
 def exit_status(returncode: int) -> int:

@@ -33,7 +33,7 @@ from serving.metrics import Metrics
 from serving.process import ServerProcess
 from serving import server as server_module
 from serving.shared_metrics import PUBLISH_EVERY_S, SharedMetrics, merge
-from serving.supervisor import supervise
+from serving.supervisor import cpu_shares, supervise
 
 def predict(url: str, x: float) -> float:
     """One REST predict on a connection of its own (so the kernel chooses a process for each)."""
@@ -82,6 +82,7 @@ def test_two_processes_share_the_ports_count_as_one_server_swap_versions_and_dra
     server = two_processes
     children = children_of(server.process.pid)
     assert len(children) == 2
+    assert [os.sched_getaffinity(child) for child in children] == cpu_shares(sorted(os.sched_getaffinity(0)), 2)
     assert rss_mib(server.process.pid) < 100  # the parent imports no TensorFlow (a server process: ~650 MiB)
     answers = [predict(server.url, x) for x in range(60)]
     assert answers == [0.5 * x + 2 for x in range(60)]
@@ -165,6 +166,14 @@ def test_a_taken_port_is_refused_before_any_process_starts(half_plus_two_base):
                                   "port.")
 
 
+@pytest.mark.parametrize("cpus, processes, shares", [
+    ([0, 1], 2, [{0}, {1}]), ([0, 1, 2, 3], 2, [{0, 1}, {2, 3}]), ([4, 5, 6], 2, [{4}, {5, 6}]),
+    ([0, 1], 3, [{0}, {1}, {0}]), ([7], 2, [{7}, {7}]),
+])
+def test_each_process_runs_on_its_own_share_of_the_cpus(cpus, processes, shares):
+    assert cpu_shares(cpus, processes) == shares
+
+
 def test_each_process_takes_its_share_of_the_cores_unless_threads_are_set(tmp_path, half_plus_two_base):
     flags = ["--model_name=half_plus_two", f"--model_base_path={half_plus_two_base}", "--server_processes=2"]
     cores = len(os.sched_getaffinity(0))
@@ -178,6 +187,8 @@ def test_each_process_takes_its_share_of_the_cores_unless_threads_are_set(tmp_pa
                                   f"--batching_parameters_file={tmp_path / 'batching.txt'}"])
     assert set_in_file.batching.num_batch_threads == 3
     assert parse_settings(flags[:2] + ["--enable_batching"]).batching.num_batch_threads == cores  # TF Serving's
+    child = parse_settings([*flags, "--server_process_index=1"]).session_config  # pinned to its share: all its own
+    assert (child.intra_op_parallelism_threads, child.inter_op_parallelism_threads) == (1, cores)
 
 
 def test_merged_metrics_sum_counters_and_histograms_keep_the_largest_gauge_and_the_earliest_creation():
