@@ -2,14 +2,15 @@
 
 One server process runs its Python (parsing, the event loop) on one core at a time: with a small model it leaves the
 other cores idle (benchmarks/results/multicore_*.md). Here the parent starts N copies of itself, each a whole server
-(its own models, batcher and TensorFlow threads: 1 intra-op, and cores / N inter-op and batch threads unless they are
-set), pinned to its share of the CPUs (`cpu_shares`: its threads, gRPC's many among them, then contend for one
-process's GIL on its own cores, not across all of them), that binds the ports with SO_REUSEPORT, so the kernel spreads the connections over them. The parent checks first
-that the ports are free (a port some other server shares by SO_REUSEPORT too would be shared silently), forwards
-SIGTERM, SIGINT and SIGHUP (each child drains, or reloads its tokens, as a lone server does) and waits for them; when
-one exits unbidden (a model that cannot load, a crash) it stops the others and exits with that one's status, for the
-supervisor above it (a container runtime, Kubernetes) to restart the whole. Each process polls the model base paths
-and --model_config_file itself: a new version is hot-swapped in each, with no failed request; the metrics endpoint
+(its own models, batcher and TensorFlow threads) pinned to its share of the CPUs (`cpu_shares`: its threads, gRPC's
+many among them, then contend for their process's GIL on its own cores, not across all of them; 1 intra-op thread,
+and inter-op and batch threads for each CPU of its share, unless they are set) that binds the ports with
+SO_REUSEPORT, so the kernel spreads the connections over them. The parent checks first that the ports are free (a
+port some other server shares by SO_REUSEPORT too would be shared silently), forwards SIGTERM, SIGINT and SIGHUP
+(each child drains, or reloads its tokens, as a lone server does) and waits for them; when one exits unbidden (a
+model that cannot load, a crash) it stops the others and exits with that one's status, for the supervisor above it
+(a container runtime, Kubernetes) to restart the whole. Each process polls the model base paths and
+--model_config_file itself: a new version is hot-swapped in each, with no failed request; the metrics endpoint
 answers for the whole server (serving.shared_metrics). What the processes cannot share is refused:
 HandleReloadConfigRequest would change one process of N (change the polled --model_config_file instead). The parent
 imports no TensorFlow (~20 MB, where a server process holds ~650 MB before any model): the flags it reads are parsed
