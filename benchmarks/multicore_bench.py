@@ -4,12 +4,13 @@
 
 One process runs its Python (parsing, the event loop) on one core at a time. --server_processes N runs N complete
 servers on the same ports (serving/supervisor.py: SO_REUSEPORT spreads the connections; each process pinned to its
-share of the CPUs, with 1 intra-op TensorFlow thread and inter-op threads for each CPU of its share). Against one server with its defaults (one intra-op thread per op, one op per
-core). Both with batching (its defaults); closed loop, CONNECTIONS connections, from wrk (REST) and h2load (gRPC), C
-programs; the layouts take turns, round by round (medians). The ratio is to the in-process limit on every CPU
-(serving_bench's: the model's best batch, one calling thread per core); beside it the server's CPU per request (every
-process, from /proc) and the cores it kept busy: near the machine's count, the CPUs are spent and only a cheaper
-request goes faster. Only 127.0.0.1. Writes benchmarks/results/multicore_<model>.json and .md.
+share of the CPUs, with 1 intra-op TensorFlow thread and inter-op threads for each CPU of its share). Against one
+server with its defaults (one intra-op thread per op, one op per core). Both with batching (its defaults); closed
+loop, CONNECTIONS connections, from wrk (REST) and h2load (gRPC), C programs; the layouts take turns, round by
+round (medians). The ratio is to the in-process limit on every CPU (serving_bench's: the model's best batch, one
+calling thread per core); beside it the server's CPU per request (every process, from /proc) and the cores it kept
+busy: near the machine's count, the CPUs are spent and only a cheaper request goes faster. Only 127.0.0.1.
+Writes benchmarks/results/multicore_<model>.json and .md.
 """
 from __future__ import annotations
 
