@@ -122,6 +122,8 @@ def test_labels_and_specific_versions_from_a_config_file(tmp_path, half_plus_two
     (["--rest_api_port=1", "--model_base_path=/x", "--ssl_config_file=/no/ssl.config"], "No such file"),
     (["--rest_api_port=1", "--model_base_path=/x", "--tensorflow_session_parallelism=2",
       "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1"], "You cannot configure all."),
+    (["--port=1", "--model_base_path=/x", "--grpc_max_threads=0"],
+     "--grpc_max_threads=0: expected at least 1 (the threads that run gRPC calls)."),
 ])
 def test_bad_flags_and_files_fail_at_start_with_exit_2(flags, message, capsys):
     from serving.__main__ import parse_settings
