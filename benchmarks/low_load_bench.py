@@ -2,20 +2,22 @@
 
     python benchmarks/low_load_bench.py [--model mid] [--requests 3000]
 
-Targets: the p99 of REST at one connection at most 2 ms over the in-process batch-1 p99, and batching no slower
-than no batching there (a lone request must not pay for the batcher). Two servers (`python -m serving` with
---enable_batching and its defaults, and without) and the in-process call (the server's Servable, in this process)
-take turns request by request (the order rotating), so that the host's drift and the other users of the CPUs
-weigh on all three alike; pooled percentiles are reported, and the median of the paired differences (batching
-minus no batching, request by request), with the load average before and after. The client is a raw keep-alive
-socket (one `sendall`, reads to Content-Length: ~30 us of Python per request, counted in the REST figures). Only
-127.0.0.1. Writes benchmarks/results/low_load_<model>.json and .md.
+Targets: the p99 at one connection at most 2 ms over the in-process batch-1 p99, and batching no slower than no
+batching there (a lone request must not pay for the batcher). Two servers (`python -m serving` with
+--enable_batching and its defaults, and without), each asked over REST and over gRPC, and the in-process call (the
+server's Servable, in this process) take turns request by request (in a new random order each turn), so that the host's drift and
+the other users of the CPUs weigh on all five alike; pooled percentiles are reported, and the median of the paired
+differences (batching minus no batching, request by request, per protocol), with the load average before and after.
+The REST client is a raw keep-alive socket (one `sendall`, reads to Content-Length: ~30 us of Python per request,
+counted in the REST figures); the gRPC client one channel sending the serialized PredictRequest (tensor_content).
+Only 127.0.0.1. Writes benchmarks/results/low_load_<model>.json and .md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import socket
 import sys
 import tempfile
@@ -28,10 +30,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
+from tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 import bench_models as models  # noqa: E402
 from localhost.machine import machine  # noqa: E402
+from localhost.ports import free_port  # noqa: E402
+from serving.api_protos import request_tensor_proto  # noqa: E402
 from serving.process import ServerProcess  # noqa: E402
 from serving.servable import Servable, session_config  # noqa: E402
 
@@ -64,12 +70,29 @@ class Connection:
         self.socket.close()
 
 
-def start(repo: Path, name: str, workdir: Path, batching: bool) -> ServerProcess:
-    flags = [f"--model_name={name}", f"--model_base_path={repo / name}", "--port=0",
+class GrpcConnection:
+    """One channel to 127.0.0.1 sending the same serialized PredictRequest."""
+
+    def __init__(self, port: int, request: bytes):
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.predict = self.channel.unary_unary("/tensorflow.serving.PredictionService/Predict")  # bytes in and out
+        self.request = request
+
+    def post(self) -> bytes:
+        return self.predict(self.request, timeout=30)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def start(repo: Path, name: str, workdir: Path, batching: bool) -> tuple[ServerProcess, int]:
+    """A server of `name` and its gRPC port."""
+    grpc_port = free_port()
+    flags = [f"--model_name={name}", f"--model_base_path={repo / name}", f"--port={grpc_port}",
              "--file_system_poll_wait_seconds=0", *(["--enable_batching"] if batching else [])]
     server = ServerProcess(*flags, log_dir=workdir)
     server.wait_available(name)
-    return server
+    return server, grpc_port
 
 
 def percentiles(ms: list[float]) -> dict:
@@ -84,10 +107,15 @@ def measure(model: str, requests: int, workdir: Path) -> dict:
     body = models.json_body(x)
     servable = Servable(model, 1, model_dir, session_config(0, 0))  # the server's defaults (no thread flag)
     inputs = {"x": np.round(x.astype(np.float64), 3).astype(np.float32)}
-    servers = {"rest_batching": start(repo, model, workdir, batching=True),
-               "rest_no_batching": start(repo, model, workdir, batching=False)}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(request_tensor_proto(inputs["x"]))
+    servers = {"batching": start(repo, model, workdir, batching=True),
+               "no_batching": start(repo, model, workdir, batching=False)}
     path = f"/v1/models/{model}:predict"
-    connections = {key: Connection(server.rest_port, path, body) for key, server in servers.items()}
+    connections = {
+        **{f"rest_{key}": Connection(server.rest_port, path, body) for key, (server, _) in servers.items()},
+        **{f"grpc_{key}": GrpcConnection(port, request.SerializeToString()) for key, (_, port) in servers.items()}}
     calls = {"in_process": lambda: servable.run("serving_default", inputs), **{
         key: connection.post for key, connection in connections.items()}}
     latencies: dict[str, list[float]] = {key: [] for key in calls}
@@ -96,28 +124,30 @@ def measure(model: str, requests: int, workdir: Path) -> dict:
         for key, call in calls.items():  # warm up: kernels, caches, connections
             for _ in range(50):
                 call()
-        order = list(calls)
-        for i in range(requests):
-            for key in order[i % 3:] + order[:i % 3]:
+        order, shuffle = list(calls), random.Random(0).shuffle
+        for _ in range(requests):
+            shuffle(order)  # each in every position, after each of the others: a call after one that ran the model
+            for key in order:  # (TF's threads still spinning) is slower, which a fixed order gave the same few
                 started = time.perf_counter()
                 calls[key]()
                 latencies[key].append((time.perf_counter() - started) * 1000)
     finally:
         for connection in connections.values():
             connection.close()
-        for server in servers.values():
+        for server, _ in servers.values():
             server.stop()
     result = {key: percentiles(ms) for key, ms in latencies.items()}
     in_process_p99 = result["in_process"]["p99_ms"]
-    paired = np.subtract(latencies["rest_batching"], latencies["rest_no_batching"])
     return {"model": model, "body_bytes": len(body), "requests": requests,
             "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
             "results": result,
-            "p99_over_in_process_ms": {key: round(result[key]["p99_ms"] - in_process_p99, 3) for key in servers},
-            "batching_minus_no_batching_ms": {
-                **{q: round(result["rest_batching"][q] - result["rest_no_batching"][q], 3)
+            "p99_over_in_process_ms": {key: round(result[key]["p99_ms"] - in_process_p99, 3) for key in connections},
+            "batching_minus_no_batching_ms": {protocol: {
+                **{q: round(result[f"{protocol}_batching"][q] - result[f"{protocol}_no_batching"][q], 3)
                    for q in ("p50_ms", "p90_ms", "p99_ms")},
-                "median_of_paired_differences": round(float(np.median(paired)), 3)}}
+                "median_of_paired_differences": round(float(np.median(np.subtract(
+                    latencies[f"{protocol}_batching"], latencies[f"{protocol}_no_batching"]))), 3)}
+                for protocol in ("rest", "grpc")}}
 
 
 def report(r: dict) -> str:
@@ -126,18 +156,20 @@ def report(r: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} vCPU, Python {m['python']}, TF {m['tensorflow']}, {m['date']}; load "
              f"average (1 min) {r['load_average_1m']['before']} before, {r['load_average_1m']['after']} after (other "
              f"users of the CPUs: re-run on a quiet machine). `python benchmarks/low_load_bench.py --model "
-             f"{r['model']} --requests {r['requests']}`: the three take turns, request by request, "
+             f"{r['model']} --requests {r['requests']}`: the five take turns, request by request, "
              f"{r['requests']} each.", "",
              "| what | p50 ms | p90 ms | p99 ms |", "|---|---:|---:|---:|"]
     for key, q in r["results"].items():
         lines.append(f"| {key.replace('_', ' ')} | {q['p50_ms']} | {q['p90_ms']} | {q['p99_ms']} |")
     over = r["p99_over_in_process_ms"]
-    diff = r["batching_minus_no_batching_ms"]
-    lines += ["", f"- p99 over the in-process batch-1 p99 (target at most {TARGET_P99_OVER_IN_PROCESS_MS} ms): "
-              f"batching {over['rest_batching']} ms, no batching {over['rest_no_batching']} ms.",
-              f"- batching minus no batching: p50 {diff['p50_ms']} ms, p90 {diff['p90_ms']} ms, p99 {diff['p99_ms']} ms; "
-              f"median of the paired differences {diff['median_of_paired_differences']} ms (target: not above 0).", ""]
-    return "\n".join(lines)
+    lines.append("")
+    for protocol, diff in r["batching_minus_no_batching_ms"].items():
+        lines += [f"- {protocol.upper()}: p99 over the in-process batch-1 p99 (target at most "
+                  f"{TARGET_P99_OVER_IN_PROCESS_MS} ms): batching {over[f'{protocol}_batching']} ms, no batching "
+                  f"{over[f'{protocol}_no_batching']} ms; batching minus no batching: p50 {diff['p50_ms']} ms, p90 "
+                  f"{diff['p90_ms']} ms, p99 {diff['p99_ms']} ms, median of the paired differences "
+                  f"{diff['median_of_paired_differences']} ms (target: not above 0)."]
+    return "\n".join(lines + [""])
 
 
 def main(argv: list[str] | None = None) -> int:
