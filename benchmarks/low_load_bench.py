@@ -5,9 +5,10 @@
 Targets: the p99 at one connection at most 2 ms over the in-process batch-1 p99, and batching no slower than no
 batching there (a lone request must not pay for the batcher). Two servers (`python -m serving` with
 --enable_batching and its defaults, and without), each asked over REST and over gRPC, and the in-process call (the
-server's Servable, in this process) take turns request by request (in a new random order each turn), so that the host's drift and
-the other users of the CPUs weigh on all five alike; pooled percentiles are reported, and the median of the paired
-differences (batching minus no batching, request by request, per protocol), with the load average before and after.
+server's Servable, in this process) take turns request by request (in a new random order each turn), so that the
+host's drift and the other users of the CPUs weigh on all five alike; pooled percentiles are reported, and the
+median of the paired differences (batching minus no batching, request by request, per protocol), with the load
+average before and after.
 The REST client is a raw keep-alive socket (one `sendall`, reads to Content-Length: ~30 us of Python per request,
 counted in the REST figures); the gRPC client one channel sending the serialized PredictRequest (tensor_content).
 Only 127.0.0.1. Writes benchmarks/results/low_load_<model>.json and .md.
