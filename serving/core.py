@@ -78,7 +78,7 @@ class ServingCore:
         self._batcher = Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
         self._large = ThreadPoolExecutor(1, thread_name_prefix="large-request")
-        self._large_off_loop = threading.Lock()  # the same one at a time for large requests on gRPC's threads
+        self._large_work = threading.Lock()  # one large request's decoding or encoding at a time, REST's or gRPC's
 
     @contextlib.contextmanager
     def admitted(self, in_time: bool = False) -> Iterator[None]:
@@ -135,20 +135,19 @@ class ServingCore:
     @contextlib.asynccontextmanager
     async def decoding(self, size: int) -> AsyncIterator[Callable[..., Awaitable]]:
         """`run(work, *args)` for decoding a request of `size` bytes (a REST body, what gRPC tensors expand to) and
-        encoding its answer: inline when small; when large (a 16 MB body takes a second) on the one thread such work
-        has, so the event loop keeps answering the others and one large request is decoded at a time (on a gRPC
-        thread: on that thread, one at a time); a moment after its answer, the memory it freed goes back to the
-        system."""
+        encoding its answer: inline when small; when large (a 16 MB body takes a second) off the event loop (on the
+        one thread such work has; a gRPC call on its own thread), so the loop keeps answering the others, and one
+        large request at a time, whichever front end it came by; a moment after its answer, the memory it freed goes
+        back to the system."""
         if size < LARGE_REQUEST_BYTES:
             yield _inline
             return
         loop = _running_loop()
 
         async def off_loop(work, *args):
-            if loop is None:  # a gRPC thread: decoded here
-                with self._large_off_loop:
-                    return without_collections(work, *args)
-            return await loop.run_in_executor(self._large, without_collections, work, *args)
+            if loop is None:  # a gRPC thread
+                return self._one_large_at_a_time(work, *args)
+            return await loop.run_in_executor(self._large, self._one_large_at_a_time, work, *args)
 
         try:
             yield off_loop
@@ -157,6 +156,10 @@ class ServingCore:
                 threading.Timer(RELEASE_AFTER_ANSWER_S, memory.release).start()
             else:
                 loop.call_later(RELEASE_AFTER_ANSWER_S, memory.release_in_background)  # glibc: +97 MiB once
+
+    def _one_large_at_a_time(self, work, *args):
+        with self._large_work:
+            return without_collections(work, *args)
 
     def authorize(self, credentials: str | None, action: str, models: list[str], peer: str, target: str) -> Token | None:
         """The caller's token, checked for `action` on each of `models` (UNAUTHENTICATED / PERMISSION_DENIED); each

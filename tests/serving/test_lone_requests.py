@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ from metric_lines import series_value
 
 from serving import servable as servable_module
 from serving.batching import BatchingParameters
-from serving.core import ServingCore, run_blocking
+from serving.core import LARGE_REQUEST_BYTES, ServingCore, run_blocking
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import single_model_config
@@ -166,3 +167,38 @@ def test_on_a_thread_without_an_event_loop_calls_block_that_thread_and_still_sha
 
     with pytest.raises(RuntimeError, match="suspends waited for the event loop on a thread that has none"):
         run_blocking(suspends())
+
+
+def test_one_large_request_is_decoded_at_a_time_whichever_front_end_it_came_by(half_plus_two_base):
+    """A large request's work leaves the event loop (REST: the one thread for it; gRPC: its own thread), and two of
+    them, one from each front end, never run at once: what large requests hold in memory is bounded by one."""
+    metrics = Metrics()
+    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics), metrics,
+                       None, num_threads=1)
+    spans, threads = [], []
+
+    def work(name: str) -> str:
+        started = time.monotonic()
+        time.sleep(0.2)
+        spans.append((started, time.monotonic()))
+        threads.append(threading.current_thread().name)
+        return name
+
+    async def decode(name: str) -> str:
+        async with core.decoding(LARGE_REQUEST_BYTES) as run:
+            return await run(work, name)
+
+    grpc_thread = threading.Thread(target=lambda: threads.append(run_blocking(decode("grpc"))), name="grpc_0")
+
+    async def main() -> str:
+        grpc_thread.start()
+        return await decode("rest")
+
+    try:
+        assert asyncio.run(main()) == "rest"
+        grpc_thread.join(timeout=10)
+    finally:
+        core.close()
+    (first_start, first_end), (second_start, _) = sorted(spans)
+    assert second_start >= first_end  # one after the other
+    assert sorted(threads) == ["grpc", "grpc_0", "large-request_0"]  # the work's threads, and the gRPC call's answer
