@@ -152,10 +152,7 @@ class ServingCore:
         try:
             yield off_loop
         finally:  # released before the answer has gone, what it (or an error's traceback) still held stayed with
-            if loop is None:
-                threading.Timer(RELEASE_AFTER_ANSWER_S, memory.release).start()
-            else:
-                loop.call_later(RELEASE_AFTER_ANSWER_S, memory.release_in_background)  # glibc: +97 MiB once
+            memory.release_in_background(after_s=RELEASE_AFTER_ANSWER_S)  # glibc: +97 MiB once
 
     def _one_large_at_a_time(self, work, *args):
         with self._large_work:

@@ -25,7 +25,10 @@ def release() -> None:
         _LIBC.malloc_trim(0)
 
 
-def release_in_background() -> None:
-    """release() on a thread of its own, started now: for a timer on the event loop, after a large request's answer
-    or a burst of closed connections (not the loop's executor: one may be due while the server shuts that down)."""
-    threading.Thread(target=release, name="release-memory", daemon=True).start()
+def release_in_background(after_s: float = 0.0) -> None:
+    """release() on a thread of its own, `after_s` from now: after a large request's answer (on whichever thread
+    answered it), or a burst of closed connections (not the loop's executor: one may be due while the server shuts
+    that down)."""
+    timer = threading.Timer(after_s, release)
+    timer.name, timer.daemon = "release-memory", True
+    timer.start()
