@@ -35,18 +35,30 @@ class NotingRunner(SignatureRunner):
         return super().__call__(inputs)
 
 
+def serving_core(base, batching: BatchingParameters | None) -> tuple[ServingCore, Metrics]:
+    """A ServingCore serving half_plus_two from `base` (one thread for unbatched calls), and its metrics."""
+    metrics = Metrics()
+    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(base)), metrics), metrics, batching,
+                       num_threads=1)
+    return core, metrics
+
+
+def servable_calling(base, runner_type: type[SignatureRunner]) -> tuple[Servable, SignatureRunner]:
+    """half_plus_two's version 123, whose every call goes through one runner of `runner_type`."""
+    servable = Servable("half_plus_two", 123, base / "123")
+    runner = runner_type(servable, ("serving_default",))
+    servable.runner = lambda *signatures: runner
+    return servable, runner
+
+
 def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[str]:
     """Sends ROWS once per step ("alone", "with another" request in flight, or "others ready": alone in flight while
     another callback waits on the loop, as requests read in the same pass do; "slow" sends nothing: every call is
     slow from then on, while before it every call is quick, whatever this host's speed); where each call ran: "loop",
     "model" (the thread pool of calls without batching) or "batch_threads"."""
     monkeypatch.setattr(servable_module, "QUICK_CALL_S", 60.0)
-    servable = Servable("half_plus_two", 123, half_plus_two_base / "123")
-    runner = NotingRunner(servable, ("serving_default",))
-    servable.runner = lambda *signatures: runner
-    metrics = Metrics()
-    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
-                       metrics, batching, num_threads=1)
+    servable, runner = servable_calling(half_plus_two_base, NotingRunner)
+    core, _ = serving_core(half_plus_two_base, batching)
 
     async def main() -> threading.Thread:
         for step in steps:
@@ -103,12 +115,8 @@ def counted(metrics: Metrics) -> tuple[float, float]:
 def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_out(half_plus_two_base):
     """Its batch is counted as every batch is, after the request's task step (where the front end writes the
     answer), so that the request does not wait for it; a failed one is counted at once, before its error."""
-    servable = Servable("half_plus_two", 123, half_plus_two_base / "123")
-    runner = FailingRunner(servable, ("serving_default",))
-    servable.runner = lambda *signatures: runner
-    metrics = Metrics()
-    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
-                       metrics, BatchingParameters(num_batch_threads=1), num_threads=1)
+    servable, _ = servable_calling(half_plus_two_base, FailingRunner)
+    core, metrics = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
 
     async def main() -> list[tuple[float, float]]:
         seen = []
@@ -130,15 +138,11 @@ def test_on_a_thread_without_an_event_loop_calls_block_that_thread_and_still_sha
     """gRPC's front end completes the request coroutines on its pool's threads (run_blocking): a lone request runs
     on its own thread, concurrent ones from several threads wait in the batch queue and run as one batch, and a
     coroutine that would wait for an event loop is refused with a message rather than left half run."""
-    servable = Servable("half_plus_two", 123, half_plus_two_base / "123")
-    runner = NotingRunner(servable, ("serving_default",))
-    servable.runner = lambda *signatures: runner
+    servable, runner = servable_calling(half_plus_two_base, NotingRunner)
 
     def on_threads(batching: BatchingParameters, count: int) -> tuple[list, tuple[float, float]]:
         """`count` requests from as many threads, in flight together; their answers and the batching counts."""
-        metrics = Metrics()
-        core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics),
-                           metrics, batching, num_threads=1)
+        core, metrics = serving_core(half_plus_two_base, batching)
         together, answers = threading.Barrier(count), []
 
         def call() -> None:
@@ -172,9 +176,7 @@ def test_on_a_thread_without_an_event_loop_calls_block_that_thread_and_still_sha
 def test_one_large_request_is_decoded_at_a_time_whichever_front_end_it_came_by(half_plus_two_base):
     """A large request's work leaves the event loop (REST: the one thread for it; gRPC: its own thread), and two of
     them, one from each front end, never run at once: what large requests hold in memory is bounded by one."""
-    metrics = Metrics()
-    core = ServingCore(ModelManager(single_model_config("half_plus_two", str(half_plus_two_base)), metrics), metrics,
-                       None, num_threads=1)
+    core, _ = serving_core(half_plus_two_base, None)
     spans, threads = [], []
 
     def work(name: str) -> str:
