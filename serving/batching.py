@@ -12,7 +12,6 @@ beyond dimension 0 go to separate queues instead of failing the batch they were 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import threading
@@ -182,23 +181,22 @@ class Batcher:
         the request if its batch has not started yet."""
         return await asyncio.wrap_future(self._enqueue(run, inputs))
 
-    def run_alone(self, run: RunFn, inputs: Tensors) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
+    def run_alone(self, run: RunFn, inputs: Tensors) -> tuple[dict[str, np.ndarray], int, int]:
         """Runs `inputs` at once as a batch of their own on the calling thread, checked, padded and split as every
         batch: for a request the caller knows no other could join (with batch_timeout_micros 0 it would run alone
-        at once anyway), so it skips the hand-off to a batch thread and back. Returns its outputs and the counting
-        of its batch (the batch metrics), for the caller to do once the answer is on its way: a lone request need
-        not wait for it. A batch that fails is counted before the error propagates, as every batch is."""
+        at once anyway), so it skips the hand-off to a batch thread and back. Returns its outputs, its rows and its
+        padded size, for the caller to count its batch when no answer waits for that (it waited in no queue); a
+        batch that fails is counted here before the error propagates, as every batch is."""
         rows = _rows(inputs, self.params.max_batch_size)
         if self._closed:
             raise _closed_error()
         padded = _round_up(rows, self.params.allowed_batch_sizes)
-        count = functools.partial(self._count, run, [0.0], rows, padded)  # it waited in no queue
         try:
             outputs = run(_merge([inputs], padded - rows))
         except BaseException:
-            count()
+            self._count(run, [0.0], rows, padded)
             raise
-        return _split(outputs, [rows], padded)[0], count
+        return _split(outputs, [rows], padded)[0], rows, padded
 
     def close(self) -> None:
         """Fails every request not yet running with BatcherClosedError, waits for the running
@@ -338,16 +336,16 @@ def _rows(inputs: Tensors, max_batch_size: int) -> int:
     """The request's row count; rejects what TF Serving's ComputeTensorBatchSize and Queue::Schedule reject."""
     if not inputs:  # the three messages are batching_util.h's ComputeTensorBatchSize's
         raise InvalidRequestError("Batching Run() must have at least one input tensor")
-    sizes = {}
-    for name, value in inputs.items():
+    rows = None
+    for name, value in inputs.items():  # one pass, checked in ComputeTensorBatchSize's order
         if not isinstance(value, np.ndarray):
             raise InvalidRequestError(f"input {name!r} must be a numpy array; received {type(value).__name__}")
         if value.ndim == 0:
             raise InvalidRequestError("Batching Run() input tensors must have at least one dimension")
-        sizes[name] = value.shape[0]
-    rows = next(iter(sizes.values()))
-    if any(size != rows for size in sizes.values()):
-        raise InvalidRequestError("Batching Run() input tensors must have equal 0th-dimension size")
+        if rows is None:
+            rows = value.shape[0]
+        elif value.shape[0] != rows:
+            raise InvalidRequestError("Batching Run() input tensors must have equal 0th-dimension size")
     if rows == 0:
         raise InvalidRequestError("Batching Run() input tensors must have at least one row; "
                                   "received 0")
@@ -385,7 +383,7 @@ def _split(outputs: Tensors, sizes: list[int], padded: int) -> list[dict[str, np
     """Slices every output into the tasks' row ranges (padding rows dropped); outputs must be
     batched, as BatchingSession::SplitOutputTensors requires."""
     for name, value in outputs.items():
-        if np.ndim(value) == 0:
+        if not getattr(value, "shape", ()):  # a numpy scalar, or a Python one: no batch dimension
             raise BatchOutputError(f"Batched output tensor {name!r} has 0 dimensions; expected "
                                    f"a leading batch dimension of size {padded}")
         if value.shape[0] != padded:

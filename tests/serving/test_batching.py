@@ -132,7 +132,7 @@ def test_batch_is_padded_to_an_allowed_size_and_split_back_exactly():
         assert_answers(request, result)
 
 
-def test_a_request_run_alone_is_checked_padded_split_on_the_calling_thread_and_counted_when_the_caller_says():
+def test_a_request_run_alone_is_checked_padded_split_on_the_calling_thread_and_counted_by_the_caller():
     model, seen, queued, threads = FakeModel(), [], [], []
 
     def run(inputs):
@@ -145,16 +145,14 @@ def test_a_request_run_alone_is_checked_padded_split_on_the_calling_thread_and_c
     config = params(max_batch_size=8, allowed_batch_sizes=[4, 8])
     with Batcher(config, on_batch=lambda run, size, padded: seen.append((size, padded)),
                  on_queued=queued.append) as batcher:
-        outputs, count = batcher.run_alone(run, request)
+        outputs, size, padded = batcher.run_alone(run, request)
         assert_answers(request, outputs)
-        assert seen == [] and queued == []  # the caller counts the batch once the answer is on its way
-        count()
-        assert seen == [(3, 4)] and len(queued) == 1 and 0 <= queued[0] < 0.1
+        assert (size, padded) == (3, 4) and seen == [] and queued == []  # the caller counts the batch
         with pytest.raises(InvalidRequestError, match="Task size 9 is larger than maximum input batch size 8"):
             batcher.run_alone(run, rows(0, 9))
         with pytest.raises(ValueError, match="the model failed"):  # a failed batch is counted before its error
             batcher.run_alone(run, rows(0, 5))
-        assert seen == [(3, 4), (5, 8)]
+        assert seen == [(5, 8)] and queued == [0.0]
     with pytest.raises(BatcherClosedError, match="after close"):
         batcher.run_alone(run, request)
     assert model.sizes == [4] and threads == [threading.get_ident()] * 2
@@ -218,6 +216,9 @@ def test_outputs_must_keep_the_batch_dimension(output, message):
     ({"x": np.zeros((2, 3)), "y": np.zeros((3,))}, "equal 0th-dimension size"),
     ({"x": np.zeros((0, 3))}, "at least one row"),
     ({"x": np.array(1.0)}, "input tensors must have at least one dimension"),
+    # ComputeTensorBatchSize's one pass: the second input's rows are refused before the third's missing dimension
+    ({"x": np.zeros((2,)), "y": np.zeros((3,)), "z": np.array(1.0)}, "equal 0th-dimension size"),
+    ({"x": np.zeros((2,)), "y": np.array(1.0), "z": np.zeros((3,))}, "at least one dimension"),
     ({"x": [[1.0, 2.0]]}, "must be a numpy array"),
 ])
 def test_invalid_requests_are_rejected_before_queueing(request_, message):

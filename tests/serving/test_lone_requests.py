@@ -19,7 +19,7 @@ from serving import servable as servable_module
 from serving.batching import BatchingParameters
 from serving.core import LARGE_REQUEST_BYTES, ServingCore, run_blocking
 from serving.manager import ModelManager
-from serving.metrics import Metrics
+from serving.metrics import LATER_MAX, Metrics
 from serving.model_config import single_model_config
 from serving.servable import Servable, SignatureRunner
 
@@ -112,24 +112,35 @@ def counted(metrics: Metrics) -> tuple[float, float]:
             series_value(text, ":tensorflow:serving:batching_session:input_batch_size_count{}"))
 
 
-def test_a_lone_request_is_counted_in_the_batching_metrics_once_its_answer_is_out(half_plus_two_base):
-    """Its batch is counted as every batch is, after the request's task step (where the front end writes the
-    answer), so that the request does not wait for it; a failed one is counted at once, before its error."""
+def applied(metrics: Metrics) -> tuple[float, float]:
+    """The same counts as applied so far, read without applying what waits for later (as rendering does)."""
+    text = "\n".join(metrics.wrapped_run_count.lines() + metrics.input_batch_size.lines())
+    return (series_value(text, ":tensorflow:serving:batching_session:wrapped_run_count{}"),
+            series_value(text, ":tensorflow:serving:batching_session:input_batch_size_count{}"))
+
+
+def test_a_lone_requests_batch_is_counted_later_but_before_the_metrics_are_read(half_plus_two_base):
+    """Its batch is counted as every batch is, but not while its request waits: the count is left for later
+    (Metrics.later) and applied before the metrics are rendered, or once LATER_MAX counts wait; a failed batch
+    is counted at once, before its error."""
     servable, _ = servable_calling(half_plus_two_base, FailingRunner)
     core, metrics = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
 
-    async def main() -> list[tuple[float, float]]:
-        seen = []
-        for inputs in (ROWS, {"x": np.ones((3, 1), np.float32)}):  # the second fails in the model call
-            with core.admitted(), contextlib.suppress(Exception):
+    async def ask(inputs, times: int = 1) -> None:
+        for _ in range(times):
+            with core.admitted(), contextlib.suppress(RuntimeError):
                 await core.predict(servable, "serving_default", inputs)
-            seen.append(counted(metrics))
-            await asyncio.sleep(0)
-            seen.append(counted(metrics))
-        return seen
 
     try:
-        assert asyncio.run(main()) == [(0, 0), (1, 1), (2, 2), (2, 2)]
+        asyncio.run(ask(ROWS))
+        assert applied(metrics) == (0, 0)
+        assert counted(metrics) == (1, 1) == applied(metrics)
+        asyncio.run(ask({"x": np.ones((3, 1), np.float32)}))  # fails in the model call
+        assert applied(metrics) == (2, 2)
+        asyncio.run(ask(ROWS, times=LATER_MAX - 1))
+        assert applied(metrics) == (2, 2)
+        asyncio.run(ask(ROWS))
+        assert applied(metrics) == (2 + LATER_MAX, 2 + LATER_MAX) == counted(metrics)
     finally:
         core.close()
 
