@@ -30,7 +30,7 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
 from serving import codec, signatures
-from serving.core import ServingCore
+from serving.core import LARGE_REQUEST_BYTES, ServingCore
 from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, RequestTimeout, ResourceExhausted,
                             Unauthenticated, Unavailable, as_serving_error)
 from serving.rest_body import read_body
@@ -172,7 +172,7 @@ class RestApi:
         raise InvalidArgument(f"Malformed request: {route.method} {route.path}")
 
     async def _predict(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self.core.decoding(codec.parse_cost(body)) as run:
+        async with self.core.decoding(codec.parse_cost(body, LARGE_REQUEST_BYTES)) as run:
             document = await run(codec.decode_predict_json, body)
             signature_name = codec.signature_name(document)
             signature = signature_name or signatures.DEFAULT_SIGNATURE
@@ -184,7 +184,7 @@ class RestApi:
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
-        async with self.core.decoding(codec.parse_cost(body)) as run:
+        async with self.core.decoding(codec.parse_cost(body, LARGE_REQUEST_BYTES)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
             requested = route.model_spec(signature_name)  # after the body and the model, as TF Serving checks them

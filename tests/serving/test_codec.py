@@ -796,3 +796,14 @@ def test_parse_cost_counts_every_opening_bracket_whatever_the_body_size(size):
     body = bytes(rng.choice(b"[{") if rng.random() < 0.3 else rng.randrange(256) for _ in range(size))
     expected = size + LEVEL_COST_BYTES * (body.count(b"[") + body.count(b"{"))
     assert deep.parse_cost(body) == expected > size
+
+
+@pytest.mark.parametrize("size", [99, 100, 4096])
+def test_parse_cost_leaves_uncounted_only_a_body_too_short_to_reach_the_threshold(size):
+    """A body of nothing but "[" reaches 1,700 from 100 bytes (each costs 1 + LEVEL_COST_BYTES): shorter, its length
+    stands for its cost; whatever the body, it is as far above or below the threshold as its counted cost."""
+    threshold = 100 * (1 + LEVEL_COST_BYTES)
+    for body in (b"[" * size, b"1" * size):
+        cost = deep.parse_cost(body, threshold)
+        assert (cost >= threshold) == (deep.parse_cost(body) >= threshold)
+        assert cost == (size if size < 100 else deep.parse_cost(body))
