@@ -97,7 +97,8 @@ def _numeric_document(body: bytes, document: Any) -> NumericDocument | None:
         return None
     key = tensor_keys[0]
     array = document[key]
-    signature_name = document.get("signature_name")
+    signature_name = document["signature_name"] if others else None  # (simdjson's get of a missing key raises
+    #                                                                   and catches: 2.6 us, ~20 under load)
     if not isinstance(array, simdjson.Array) or not (signature_name is None or isinstance(signature_name, str)):
         return None
     shape = _first_element_shape(array)
