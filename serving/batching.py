@@ -12,6 +12,7 @@ beyond dimension 0 go to separate queues instead of failing the batch they were 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -113,10 +114,21 @@ class BatchingParameters:
 
 @dataclass
 class _Task:
+    """One request in the queue. Its answer goes to `future`: a thread's concurrent Future (submit), or an event
+    loop's asyncio Future (submit_async: `loop` set), which a batch thread settles for all of a batch's tasks of
+    that loop at once, in one call_soon_threadsafe."""
+
     inputs: Tensors
     rows: int
-    future: Future = field(default_factory=Future)
+    future: Future | asyncio.Future
+    loop: asyncio.AbstractEventLoop | None = None
     enqueued: float = field(default_factory=time.monotonic)
+
+    def start(self) -> bool:
+        """Whether the task is still wanted as its batch starts (a cancelled caller's is dropped)."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.cancelled()  # read off the loop: a caller cancelled from now on gets no answer
 
 
 @dataclass
@@ -174,12 +186,19 @@ class Batcher:
         Blocks the calling thread; raises InvalidRequestError, QueueFullError or
         BatcherClosedError, or whatever `run` raised for the batch.
         """
-        return self._enqueue(run, inputs).result()
+        future = Future()
+        self._enqueue(_Task(inputs, _rows(inputs, self.params.max_batch_size), future), run)
+        return future.result()
 
     async def submit_async(self, run: RunFn, inputs: Tensors) -> dict[str, np.ndarray]:
         """Same as submit() without blocking the event loop; cancelling the caller drops
-        the request if its batch has not started yet."""
-        return await asyncio.wrap_future(self._enqueue(run, inputs))
+        the request if its batch has not started yet. Its answer comes back on the loop with its
+        batch's others, in one hand-off (a concurrent Future wrapped for the loop cost each request
+        a Condition and a wake-up of its own)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._enqueue(_Task(inputs, _rows(inputs, self.params.max_batch_size), future, loop), run)
+        return await future
 
     def run_alone(self, run: RunFn, inputs: Tensors) -> tuple[dict[str, np.ndarray], int, int]:
         """Runs `inputs` at once as a batch of their own on the calling thread, checked, padded and split as every
@@ -208,10 +227,8 @@ class Batcher:
             self._queues.clear()
         for _ in self._threads:
             self._wakeups.put(None)
-        for task in pending:
-            if task.future.set_running_or_notify_cancel():
-                task.future.set_exception(BatcherClosedError(
-                    "the batcher was closed before this request ran"))
+        _settle([task for task in pending if task.start()], error=BatcherClosedError(
+            "the batcher was closed before this request ran"))
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join()
@@ -222,11 +239,10 @@ class Batcher:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _enqueue(self, run: RunFn, inputs: Tensors) -> Future:
+    def _enqueue(self, task: _Task, run: RunFn) -> None:
         max_batch_size = self.params.max_batch_size
-        rows = _rows(inputs, max_batch_size)
-        shapes = _queue_key(inputs)
-        task = _Task(inputs, rows)
+        rows = task.rows
+        shapes = _queue_key(task.inputs)
         with self._lock:
             if self._closed:
                 raise _closed_error()
@@ -247,7 +263,6 @@ class Batcher:
             batch.rows += rows
             if new_batch or batch.rows >= max_batch_size:
                 self._wake_one()
-        return task.future
 
     def _wake_one(self) -> None:
         """Under the lock: a token for a sleeping thread, unless each one has its token already."""
@@ -298,17 +313,15 @@ class Batcher:
         return queue.run, front
 
     def _execute(self, run: RunFn, batch: _Batch) -> None:
-        tasks = [task for task in batch.tasks if task.future.set_running_or_notify_cancel()]
+        tasks = [task for task in batch.tasks if task.start()]
         if not tasks:
             return
         try:
             results = self._run_batch(run, tasks)
         except BaseException as error:  # every waiting request must get an answer
-            for task in tasks:
-                task.future.set_exception(error)
+            _settle(tasks, error=error)
             return
-        for task, result in zip(tasks, results):
-            task.future.set_result(result)
+        _settle(tasks, results)
 
     def _run_batch(self, run: RunFn, tasks: list[_Task]) -> list[dict[str, np.ndarray]]:
         """The tasks' inputs merged (padded to an allowed size), counted, run and split back: each task's outputs."""
@@ -326,6 +339,34 @@ class Batcher:
                 self._on_queued(wait)
         if self._on_batch is not None:
             self._on_batch(run, rows, padded)
+
+
+def _settle(tasks: list[_Task], results: list[dict[str, np.ndarray]] | None = None,
+            error: BaseException | None = None) -> None:
+    """Each task's result (or the batch's error): a thread's future at once, an event loop's futures together in one
+    callback on their loop."""
+    on_loops: dict[asyncio.AbstractEventLoop, list] = {}
+    for i, task in enumerate(tasks):
+        result = None if results is None else results[i]
+        if task.loop is not None:
+            on_loops.setdefault(task.loop, []).append((task.future, result))
+        elif error is None:
+            task.future.set_result(result)
+        else:
+            task.future.set_exception(error)
+    for loop, answers in on_loops.items():
+        with contextlib.suppress(RuntimeError):  # a loop closed meanwhile has no one left to answer
+            loop.call_soon_threadsafe(_settle_on_loop, answers, error)
+
+
+def _settle_on_loop(answers: list[tuple[asyncio.Future, Any]], error: BaseException | None) -> None:
+    for future, result in answers:
+        if future.done():  # its caller was cancelled after the batch started
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 def _closed_error() -> BatcherClosedError:

@@ -275,6 +275,36 @@ def test_close_fails_pending_requests_finishes_running_ones_and_joins_threads():
     batcher.close()  # idempotent
 
 
+class CountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that counts the callbacks other threads hand it."""
+
+    handed = 0
+
+    def call_soon_threadsafe(self, *args, **kwargs):
+        self.handed += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_a_batchs_answers_reach_their_event_loop_in_one_hand_off():
+    model, loop = FakeModel(gate=threading.Event()), CountingLoop()
+    with Batcher(params(max_batch_size=8, num_batch_threads=1)) as batcher:
+        async def main():
+            first = asyncio.ensure_future(batcher.submit_async(model, rows(0, 1)))
+            assert await asyncio.to_thread(model.started.wait, WAIT_S)
+            others = [asyncio.ensure_future(batcher.submit_async(model, rows(i, 1))) for i in range(1, 6)]
+            await asyncio.sleep(0)
+            loop.handed = 0
+            model.gate.set()
+            return await asyncio.gather(first, *others)
+        try:
+            answers = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    for i, answer in enumerate(answers):
+        assert_answers(rows(i, 1), answer)
+    assert model.sizes == [1, 5] and loop.handed == 2  # one per batch (a hand-off per request before: 6)
+
+
 def test_submit_async_leaves_the_event_loop_free_and_honours_cancellation():
     model = FakeModel(gate=threading.Event())
     with Batcher(params(max_batch_size=4, num_batch_threads=1)) as batcher:
