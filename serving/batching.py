@@ -187,7 +187,7 @@ class Batcher:
         BatcherClosedError, or whatever `run` raised for the batch.
         """
         future = Future()
-        self._enqueue(_Task(inputs, _rows(inputs, self.params.max_batch_size), future), run)
+        self._enqueue(run, inputs, future)
         return future.result()
 
     async def submit_async(self, run: RunFn, inputs: Tensors) -> dict[str, np.ndarray]:
@@ -197,7 +197,7 @@ class Batcher:
         a Condition and a wake-up of its own)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._enqueue(_Task(inputs, _rows(inputs, self.params.max_batch_size), future, loop), run)
+        self._enqueue(run, inputs, future, loop)
         return await future
 
     def run_alone(self, run: RunFn, inputs: Tensors) -> tuple[dict[str, np.ndarray], int, int]:
@@ -239,10 +239,12 @@ class Batcher:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _enqueue(self, task: _Task, run: RunFn) -> None:
+    def _enqueue(self, run: RunFn, inputs: Tensors, future: Future | asyncio.Future,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         max_batch_size = self.params.max_batch_size
-        rows = task.rows
-        shapes = _queue_key(task.inputs)
+        rows = _rows(inputs, max_batch_size)
+        shapes = _queue_key(inputs)
+        task = _Task(inputs, rows, future, loop)
         with self._lock:
             if self._closed:
                 raise _closed_error()
