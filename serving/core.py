@@ -39,7 +39,7 @@ from serving.errors import InvalidArgument, ResourceExhausted, ServingError, Una
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
-from serving.request_log import Answered, RequestLog
+from serving.request_log import Answered, Requested, RequestLog
 from serving.servable import Servable, SignatureRunner, TensorSpec, Tensors
 from serving.shared_metrics import SharedMetrics
 
@@ -342,10 +342,11 @@ class ServingCore:
         gRPC request's tensors are checked before they are decoded)."""
         signatures.check_predict_request(servable, signature, inputs, output_filter, self.check_method_names)
 
-    # `requested`: the ModelSpec the request sent (a REST request's as gRPC would send it), for the request log.
+    # `requested`: the ModelSpec the request sent (a REST request's as gRPC would send it), for the request log, or
+    # what builds it (a Requested: only for a request the log keeps).
 
     async def predict(self, servable: Servable, signature: str, inputs: Tensors, output_filter: list[str] = (),
-                      requested: model_pb2.ModelSpec | None = None) -> Tensors:
+                      requested: Requested | None = None) -> Tensors:
         """The outputs of a decided signature, as TF Serving's Predict: the request checked, then run."""
         self.check_predict_request(servable, signature, inputs, list(output_filter))
         outputs = await self._run(servable, signature, inputs, "Predict")
@@ -355,7 +356,7 @@ class ServingCore:
         return outputs
 
     async def classify(self, servable: Servable, signature: str, examples: list[bytes],
-                       requested: model_pb2.ModelSpec | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+                       requested: Requested | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) of a decided signature for serialized tf.Examples, as TF Serving's Classify."""
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Classify")
@@ -364,7 +365,7 @@ class ServingCore:
         return result
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes],
-                      requested: model_pb2.ModelSpec | None = None) -> np.ndarray:
+                      requested: Requested | None = None) -> np.ndarray:
         """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Regress")

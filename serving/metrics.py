@@ -206,6 +206,7 @@ class Metrics:
         self.padded_batch_size = Histogram("serving_padded_batch_size", "Rows per batched model call (after padding)",
                                            ("model", "version"), buckets=BATCH_BUCKETS, registry=self.registry)
         self._batch_histograms: dict[tuple[str, int], tuple[Histogram, Histogram]] = {}  # (model, version) -> labelled
+        self._request_series: dict[tuple[str, ...], tuple[Counter, Histogram | None, str | None]] = {}
         self.state = Gauge("serving_model_version_state", "1 for the state a model version is in",
                            ("model", "version", "state"), registry=self.registry)
         self.load_seconds = Histogram("serving_model_load_seconds", "Time to load and warm up a version",
@@ -227,13 +228,19 @@ class Metrics:
         self.registry.register(self.features)
 
     def request(self, model: str, version: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
-        self.requests.labels(model, version, api, entrypoint, status).inc()
-        if status == "OK":
-            self.latency.labels(model, version, api, entrypoint).observe(seconds)
-        tf_api = TF_API.get((entrypoint, api), "" if entrypoint == "REST" else None)
+        labels = (model, version, api, entrypoint, status)
+        series = self._request_series.get(labels)
+        if series is None:  # found once per label values (each a series Prometheus keeps anyway): labels() cost as
+            series = self._request_series[labels] = (  # much as the update
+                self.requests.labels(*labels), self.latency.labels(*labels[:-1]) if status == "OK" else None,
+                TF_API.get((entrypoint, api), "" if entrypoint == "REST" else None))
+        count, latency, tf_api = series
+        count.inc()
+        if latency is not None:
+            latency.observe(seconds)
         if tf_api is not None:
             self.request_count.add(1, model, status)
-            if status == "OK":
+            if latency is not None:
                 self.request_latency.add(_micros(seconds), model, tf_api, entrypoint)
 
     def runtime(self, model: str, api: str, seconds: float) -> None:

@@ -10,6 +10,7 @@ per-call work small; TF releases the GIL while it runs.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -45,9 +46,15 @@ class TensorSpec:
 
     def accepts(self, value: np.ndarray) -> bool:
         """Whether `value` can be fed here as it is (strings as bytes or str objects)."""
-        if self.dtype == tf.string:
+        fed = self._numpy_dtype
+        if fed is None:
             return value.dtype == object or value.dtype.kind in "SU"
-        return value.dtype == self.dtype.as_numpy_dtype
+        return value.dtype == fed
+
+    @functools.cached_property
+    def _numpy_dtype(self) -> np.dtype | None:
+        """The numpy dtype fed here, None for strings: found once (comparing tf.DTypes took 2% of a request)."""
+        return None if self.dtype == tf.string else np.dtype(self.dtype.as_numpy_dtype)
 
 
 def session_config(intra_op_threads: int, inter_op_threads: int, session_parallelism: int = 0) -> config_pb2.ConfigProto:
@@ -79,6 +86,9 @@ class Servable:
         meta_graph = SavedModelLoader(str(self.path)).load(self._session, ["serve"])
         self.signature_defs: dict[str, SignatureDef] = dict(meta_graph.signature_def)
         self.inputs = {k: {n: TensorSpec.from_info(i) for n, i in s.inputs.items()} for k, s in self.signature_defs.items()}
+        # each signature's input names in the order DirectSession numbers its feeds: by tensor name
+        self.feed_order = {k: [n for _, n in sorted((i.name, n) for n, i in s.inputs.items())]
+                           for k, s in self.signature_defs.items()}
         self._outputs = {k: [(alias, s.outputs[alias].name) for alias in sorted(s.outputs)]
                          for k, s in self.signature_defs.items()}
         self._runners = {(k,): SignatureRunner(self, (k,)) for k in self.signature_defs}

@@ -90,8 +90,7 @@ def _check_dtypes(servable: Servable, signature: str, inputs: Tensors) -> None:
     """Each input must have its signature's dtype, refused in the words of TF Serving's session
     (FunctionCallFrame::SetArgs); the one dtype check of a request."""
     specs = servable.inputs[signature]
-    feeds = sorted((info.name, alias) for alias, info in servable.signature_defs[signature].inputs.items())
-    for index, (_, alias) in enumerate(feeds):  # DirectSession numbers its feeds by tensor name
+    for index, alias in enumerate(servable.feed_order[signature]):
         if alias in inputs and not specs[alias].accepts(inputs[alias]):
             raise InvalidArgument(f"Expects arg[{index}] to be {data_type_string(specs[alias].dtype)} but "
                                   f"{data_type_string(inputs[alias].dtype)} is provided")
