@@ -74,17 +74,28 @@ class ServingCore:
         self.shutting_down = False  # SIGTERM came: readiness answers 503
         self._refusing = False  # ...and, once what had arrived is taken in, new requests are UNAVAILABLE
         self._last_arrival = 0.0  # when a request last asked to be admitted
+        self.arrivals = 0  # data events on the event loop's connections (REST's), numbered by `arrived`
+        self._came_last = True  # whether nothing arrived on the loop after the bytes of the request admitted last
         self._failed = 0
         self._batcher = Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued) if batching else None
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
         self._large = ThreadPoolExecutor(1, thread_name_prefix="large-request")
         self._large_work = threading.Lock()  # one large request's decoding or encoding at a time, REST's or gRPC's
 
+    def arrived(self) -> int:
+        """Bytes came on one of the event loop's connections (a front end's data event): their number. Requests whose
+        bytes came in the same pass over the sockets wait on the loop, not yet admitted, while the first of them
+        runs: `admitted(arrival=...)` tells a request alone in flight from one that others wait behind."""
+        self.arrivals += 1
+        return self.arrivals
+
     @contextlib.contextmanager
-    def admitted(self, in_time: bool = False) -> Iterator[None]:
+    def admitted(self, in_time: bool = False, arrival: int | None = None) -> Iterator[None]:
         """Count a request in flight from its first byte to its answer; past --max_requests_in_flight it is refused
         at once (429 / RESOURCE_EXHAUSTED), so overload costs a short answer, not memory for a queue without end.
-        `in_time`: received before SIGTERM's refusals began (`receive`), so answered even if admitted after."""
+        `in_time`: received before SIGTERM's refusals began (`receive`), so answered even if admitted after.
+        `arrival`: the number of the data event (`arrived`) that brought the request's last bytes, for one that
+        came on the event loop."""
         self._last_arrival = time.monotonic()
         if self._refusing and not in_time:
             raise Unavailable("Server is shutting down; retry with another server")
@@ -93,6 +104,7 @@ class ServingCore:
                 raise ResourceExhausted(f"Too many requests in flight (limit {self.max_in_flight}, "
                                         f"--max_requests_in_flight); retry later")
             self.in_flight += 1
+            self._came_last = arrival is None or arrival == self.arrivals
         try:
             yield
         finally:
@@ -274,13 +286,14 @@ class ServingCore:
         """One session call of `signatures` together, the outputs by tensor name: through the dynamic batcher, or on
         the thread pool. A request alone in the server (where the batcher would not wait for others to join it)
         skips the batch queue: its batch of one runs on the pool, or, when quick, right here on the event loop, and
-        is counted in the batch metrics later (Metrics.later). Alone means no other request in flight and
-        nothing else ready on the loop: a quick model run here under load kept every request alone (the others
-        were read but not yet admitted), and none was batched (digits, 32 connections: batches of 1.0, 2,000/s)."""
+        is counted in the batch metrics later (Metrics.later). Alone means no other request in flight and no
+        bytes arrived on the loop after its own (`admitted`'s arrival): a quick model run here under load kept every
+        request alone (the others were read but not yet admitted), and none was batched (digits, 32 connections:
+        batches of 1.0, 2,000/s)."""
         runner = servable.runner(*signatures)
         batcher = self._batcher
         loop = _running_loop()  # None: a gRPC thread, which may block, and calls the model itself
-        alone = (self.in_flight == 1 and not _others_ready(loop)
+        alone = (self.in_flight == 1 and self._came_last
                  and (batcher is None or batcher.params.batch_timeout_micros == 0))
         if batcher is not None and not alone:
             self.metrics.batch_input(inputs)
@@ -443,14 +456,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 async def _inline(work, *args):
     return work(*args)
-
-
-def _others_ready(loop: asyncio.AbstractEventLoop | None) -> bool:
-    """Whether other callbacks wait to run on the loop: requests read in the same pass over the sockets wait there
-    before they are admitted (counted in flight), so under load a request can be the only one in flight without
-    being alone. asyncio's ready queue is private; a loop without one, or no loop (a gRPC thread), is taken as
-    idle."""
-    return bool(getattr(loop, "_ready", ()))
 
 
 def without_collections(work, *args):

@@ -77,7 +77,8 @@ class RestApi:
         on for 10 s); bodies are read and inflated by rest_body.py (auto_decompress off)."""
         self._server = HttpServer(self._handle, access_log=None, keepalive_timeout=self.idle_timeout_s,
                                   lingering_time=0, auto_decompress=False)
-        return Connections(self._server, self.max_connections, self.idle_timeout_s, self.tls).protocol_factory
+        return Connections(self._server, self.max_connections, self.idle_timeout_s, self.tls,
+                           self.core.arrived).protocol_factory
 
     async def close(self) -> None:
         """After the drain (ServingCore.drain): close the connections left, idle keep-alive ones included, with a
@@ -99,7 +100,7 @@ class RestApi:
             elif route.api == METRICS:
                 return _unread(request, self._metrics(route.path))
             elif route.api in MODEL_APIS:
-                with self.core.admitted():
+                with self.core.admitted(arrival=request.protocol.arrival):
                     body = await read_body(request, self.max_body_bytes, self.timeout_s)
                     answer, servable = await self._answer(route, body)
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -35,8 +36,9 @@ class Connections:
     """The REST port's connections: `protocol_factory` for loop.create_server (without its own ssl=)."""
 
     def __init__(self, server: web.Server, max_connections: int, idle_timeout_s: float,
-                 tls: ssl.SSLContext | None):
+                 tls: ssl.SSLContext | None, arrived: Callable[[], int]):
         self.server = server
+        self.arrived = arrived  # numbers each data event (ServingCore.arrived)
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
         self.tls = tls
@@ -106,13 +108,14 @@ class Accepted(asyncio.Protocol):
         self.handler = self.connections.server()
         self.handler.connection_made(transport)
         for data in self.early:
-            self.handler.data_received(data)
+            self.data_received(data)
         self.early.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.handler is None:
             self.early.append(data)
         else:
+            self.handler.arrival = self.connections.arrived()
             self.handler.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -144,6 +147,7 @@ class Handler(RequestHandler):
     _header_bytes = 0  # of the header block arriving, counted before the parser gets them
     _tail = b""  # the last bytes counted: a blank line split between two reads is still found
     _last_payload = None  # the body of the last request parsed: while it arrives, bytes are no header
+    arrival = 0  # the number of this connection's last data event (Connections.arrived)
 
     def data_received(self, data: bytes) -> None:
         if self._last_payload is None or self._last_payload.is_eof():  # between requests: a header arriving

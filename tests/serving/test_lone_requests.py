@@ -53,9 +53,9 @@ def servable_calling(base, runner_type: type[SignatureRunner]) -> tuple[Servable
 
 def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[str]:
     """Sends ROWS once per step ("alone", "with another" request in flight, or "others ready": alone in flight while
-    another callback waits on the loop, as requests read in the same pass do; "slow" sends nothing: every call is
-    slow from then on, while before it every call is quick, whatever this host's speed); where each call ran: "loop",
-    "model" (the thread pool of calls without batching) or "batch_threads"."""
+    bytes arrived on the loop after its own, as requests read in the same pass wait on the loop; "slow" sends nothing:
+    every call is slow from then on, while before it every call is quick, whatever this host's speed); where each call
+    ran: "loop", "model" (the thread pool of calls without batching) or "batch_threads"."""
     monkeypatch.setattr(servable_module, "QUICK_CALL_S", 60.0)
     servable, runner = servable_calling(half_plus_two_base, NotingRunner)
     core, _ = serving_core(half_plus_two_base, batching)
@@ -66,10 +66,11 @@ def where_calls_ran(half_plus_two_base, batching, steps, monkeypatch) -> list[st
                 monkeypatch.setattr(servable_module, "QUICK_CALL_S", 0.0)
                 continue
             with contextlib.ExitStack() as admitted:
-                for _ in range(2 if step == "with another" else 1):
-                    admitted.enter_context(core.admitted())
+                arrival = core.arrived()  # the request's bytes
                 if step == "others ready":
-                    asyncio.get_running_loop().call_soon(lambda: None)
+                    core.arrived()  # another's, after them
+                for _ in range(2 if step == "with another" else 1):
+                    admitted.enter_context(core.admitted(arrival=arrival))
                 outputs = await core.predict(servable, "serving_default", ROWS)
             assert outputs["y"].tolist() == [[2.5], [3.0]]
             await asyncio.sleep(0)  # the next request arrives in a later pass, after this one's batch was counted
