@@ -30,24 +30,28 @@ from serving import protos
 from serving.process import ServerProcess
 
 
-def start_server(work: Path, model: str, base_path: Path, token: str, *flags: str) -> ServerProcess:
+def start_server(work: Path, model: str, base_path: Path, token: str, *flags: str, tls: bool = True) -> ServerProcess:
     """`model` from `base_path` as production runs it: an admin `token` (status open: --auth_allow_status), TLS on
-    both ports (a throwaway CA, no client certificates), the audit log; `flags` more. The process has `work`, `ca`
-    (the CA's file), `tls` (a client context trusting it), `grpc_port` and `grpc_target`."""
+    both ports (a throwaway CA, no client certificates) unless `tls` is False, the audit log; `flags` more. The
+    process has `work`, `ca` (the CA's file; None without TLS), `tls` (a client context trusting it; None without
+    TLS), `grpc_port` and `grpc_target`."""
     (work / "tokens.yaml").write_text(f"tokens:\n  - {{id: admin, token: '{token}', role: admin}}\n")
-    ca = Authority(work)
-    cert, key = ca.issue("server", server=True)
-    ssl_config = protos.SSLConfig(server_key=key.read_text(), server_cert=cert.read_text())
-    (work / "ssl.config").write_text(text_format.MessageToString(ssl_config))
+    ca_file, secure = None, []
+    if tls:
+        ca = Authority(work)
+        cert, key = ca.issue("server", server=True)
+        ssl_config = protos.SSLConfig(server_key=key.read_text(), server_cert=cert.read_text())
+        (work / "ssl.config").write_text(text_format.MessageToString(ssl_config))
+        ca_file, secure = ca.cert_file, [f"--ssl_config_file={work / 'ssl.config'}"]
     grpc_port = free_port()
     process = ServerProcess(f"--model_name={model}", f"--model_base_path={base_path}", f"--port={grpc_port}",
                             f"--auth_token_file={work / 'tokens.yaml'}", "--auth_allow_status",
-                            f"--audit_log_file={work / 'audit.jsonl'}", f"--ssl_config_file={work / 'ssl.config'}",
-                            *flags, log_dir=work, client_options={"ca_cert": ca.cert_file})
+                            f"--audit_log_file={work / 'audit.jsonl'}", *secure,
+                            *flags, log_dir=work, client_options={"ca_cert": ca_file})
     process.wait_available(model)
-    process.work, process.ca, process.grpc_port = work, ca.cert_file, grpc_port
+    process.work, process.ca, process.grpc_port = work, ca_file, grpc_port
     process.grpc_target = f"127.0.0.1:{grpc_port}"
-    process.tls = ssl.create_default_context(cafile=str(ca.cert_file))
+    process.tls = ssl.create_default_context(cafile=str(ca_file)) if tls else None
     return process
 
 

@@ -33,19 +33,25 @@ CONNECTIONS = 40
 IDLE_S = 1
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, half_plus_two_base):
-    """hostile.start_server's (tokens, TLS, audit) with small limits; its own default body limit."""
+@pytest.fixture(scope="module", params=["tls"])
+def server(request, tmp_path_factory, half_plus_two_base):
+    """hostile.start_server's (tokens, TLS, audit) with small limits; its own default body limit. Without TLS for a
+    test of the REST port that asks for "clear" (BOTH_LOOPS): TLS runs on asyncio's event loop, clear HTTP on
+    uvloop's (serving/__main__.py), and the REST port's limits must hold on both."""
+    tls = request.param == "tls"
     work = tmp_path_factory.mktemp("hostile")
     copy_version(half_plus_two_base, 123, work / "hpt" / "123")
     process = hostile.start_server(
         work, "hpt", work / "hpt", TOKEN, f"--max_requests_in_flight={IN_FLIGHT}",
         f"--rest_api_max_connections={CONNECTIONS}", f"--rest_api_idle_timeout_s={IDLE_S}",
         f"--grpc_channel_arguments=grpc.max_allowed_incoming_connections={CONNECTIONS},"
-        f"grpc.server_handshake_timeout_ms={IDLE_S * 1000},grpc.max_connection_idle_ms={IDLE_S * 1000}")
+        f"grpc.server_handshake_timeout_ms={IDLE_S * 1000},grpc.max_connection_idle_ms={IDLE_S * 1000}", tls=tls)
     yield process
     assert process.stop() == 0, process.log_tail()
     assert TOKEN not in process.log.read_text()  # no request of this module put the token in the log
+
+
+BOTH_LOOPS = pytest.mark.parametrize("server", ["tls", "clear"], indirect=True)
 
 
 def send(server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> hostile.Answer:
@@ -65,7 +71,8 @@ def served(server) -> bool:
 
 
 def watch(server) -> hostile.Watch:
-    return hostile.Watch(server.process.pid, f"{server.url}/v1/models/hpt", requests.Session(), str(server.ca))
+    return hostile.Watch(server.process.pid, f"{server.url}/v1/models/hpt", requests.Session(),
+                         str(server.ca) if server.ca else True)
 
 
 def log_since(server, mark: int) -> str:
@@ -74,6 +81,7 @@ def log_since(server, mark: int) -> str:
 
 # -- 1. gzip bombs -------------------------------------------------------------------------------------------------
 
+@BOTH_LOOPS
 def test_bodies_are_not_read_before_authorization_nor_for_preflights_or_unknown_routes(server):
     """A body that never arrives does not hold up the answer to a preflight, a path no route matches (open, as
     status is, with --auth_allow_status), or a request without a token: none of them is read."""
@@ -86,6 +94,7 @@ def test_bodies_are_not_read_before_authorization_nor_for_preflights_or_unknown_
         assert "connection: close" in answer.head.lower()  # the unread body is not waited for
 
 
+@BOTH_LOOPS
 def test_gzip_bombs_are_refused_at_the_limit_and_leave_no_memory(server):
     bomb = hostile.gzip_bomb(6 * LIMIT)  # 50 KB that inflate to 6 times the limit
     assert send(server, "POST", PREDICT, b"", authorized()).status == 400  # warm the path
@@ -103,6 +112,7 @@ def test_gzip_bombs_are_refused_at_the_limit_and_leave_no_memory(server):
 
 # -- 3. preflights do not take slots ---------------------------------------------------------------------------------
 
+@BOTH_LOOPS
 def test_unfinished_preflights_take_no_slot_from_authenticated_clients(server):
     held = []
     try:
@@ -174,6 +184,7 @@ def test_a_token_that_is_not_utf8_is_an_audited_401(server):
     assert log_since(server, mark) == ""
 
 
+@BOTH_LOOPS
 def test_a_body_falsely_marked_gzip_is_a_400_and_no_traceback(server):
     mark = len(server.log.read_text())
     answer = send(server, "POST", PREDICT, BODY, authorized({"Content-Encoding": "gzip"}))
@@ -186,6 +197,7 @@ def test_a_body_falsely_marked_gzip_is_a_400_and_no_traceback(server):
 
 # -- 10. declared lengths --------------------------------------------------------------------------------------------
 
+@BOTH_LOOPS
 def test_a_declared_length_over_the_limit_is_refused_before_reading(server):
     head = hostile.request("POST", PREDICT, b"", authorized({"Expect": "100-continue"}))
     answer = hostile.exchange(server.rest_port, head.replace(b"Content-Length: 0", b"Content-Length: 999999999999"),
@@ -199,6 +211,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading(server):
 
 
 @pytest.mark.slow  # seconds of memory measurement: CI runs it, make test-quick does not
+@BOTH_LOOPS
 def test_a_body_at_the_default_limit_stalls_no_one_and_a_failed_one_leaves_no_memory(server):
     """Rows of named inputs, the slowest JSON to parse, up to the default limit: another client's status call stays
     under a second (parsed in one call, holding the GIL, they took 1.4 s under the suite's load; in slices 0.12-0.16 s
@@ -218,6 +231,7 @@ def test_a_body_at_the_default_limit_stalls_no_one_and_a_failed_one_leaves_no_me
 
 
 @pytest.mark.slow  # seconds of memory measurement: CI runs it, make test-quick does not
+@BOTH_LOOPS
 def test_deep_bodies_stall_no_one_and_leave_no_memory(server):
     """JSON nested past the recursive parsers is parsed iteratively, as TF Serving's rapidjson parses it: its
     500,000-deep array under a key the request ignores is answered, and a million levels of `[1,[1,...`, the
@@ -237,6 +251,7 @@ def test_deep_bodies_stall_no_one_and_leave_no_memory(server):
 
 # -- 11. headers ----------------------------------------------------------------------------------------------------
 
+@BOTH_LOOPS
 def test_header_blocks_are_capped_and_unfinished_ones_leave_no_memory(server):
     block = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 8000) for i in range(100))  # 0.8 MB: aiohttp took it whole
     answer = hostile.exchange(server.rest_port, b"GET /v1/models/hpt HTTP/1.1\r\nHost: x\r\n" + block + b"\r\n",
