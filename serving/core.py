@@ -39,7 +39,7 @@ from serving.errors import InvalidArgument, ResourceExhausted, ServingError, Una
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
-from serving.request_log import Answered, Requested, RequestLog
+from serving.request_log import Answered, RequestLog
 from serving.servable import Servable, SignatureRunner, TensorSpec, Tensors
 from serving.shared_metrics import SharedMetrics
 
@@ -94,8 +94,8 @@ class ServingCore:
         """Count a request in flight from its first byte to its answer; past --max_requests_in_flight it is refused
         at once (429 / RESOURCE_EXHAUSTED), so overload costs a short answer, not memory for a queue without end.
         `in_time`: received before SIGTERM's refusals began (`receive`), so answered even if admitted after.
-        `arrival`: the number of the data event (`arrived`) that brought the request's last bytes, for one that
-        came on the event loop."""
+        `arrival`: for a request that came on the event loop, the number (`arrived`) of the last data event on its
+        connection so far: a request admitted with no data event after it is alone on the loop."""
         self._last_arrival = time.monotonic()
         if self._refusing and not in_time:
             raise Unavailable("Server is shutting down; retry with another server")
@@ -355,11 +355,10 @@ class ServingCore:
         gRPC request's tensors are checked before they are decoded)."""
         signatures.check_predict_request(servable, signature, inputs, output_filter, self.check_method_names)
 
-    # `requested`: the ModelSpec the request sent (a REST request's as gRPC would send it), for the request log, or
-    # what builds it (a Requested: only for a request the log keeps).
+    # `requested`: the ModelSpec the request sent (a REST request's as gRPC would send it), for the request log.
 
     async def predict(self, servable: Servable, signature: str, inputs: Tensors, output_filter: list[str] = (),
-                      requested: Requested | None = None) -> Tensors:
+                      requested: model_pb2.ModelSpec | None = None) -> Tensors:
         """The outputs of a decided signature, as TF Serving's Predict: the request checked, then run."""
         self.check_predict_request(servable, signature, inputs, list(output_filter))
         outputs = await self._run(servable, signature, inputs, "Predict")
@@ -369,7 +368,7 @@ class ServingCore:
         return outputs
 
     async def classify(self, servable: Servable, signature: str, examples: list[bytes],
-                       requested: Requested | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+                       requested: model_pb2.ModelSpec | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(classes, scores) of a decided signature for serialized tf.Examples, as TF Serving's Classify."""
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Classify")
@@ -378,7 +377,7 @@ class ServingCore:
         return result
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes],
-                      requested: Requested | None = None) -> np.ndarray:
+                      requested: model_pb2.ModelSpec | None = None) -> np.ndarray:
         """One value per serialized tf.Example from a decided signature, as TF Serving's Regress."""
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Regress")

@@ -43,7 +43,6 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,21 +69,17 @@ RECORD_OVERHEAD = 16  # TFRecord framing: length, its CRC, the data's CRC
 SAVED_MODEL_TAGS = ("serve",)
 
 
-Requested = model_pb2.ModelSpec | Callable[[], model_pb2.ModelSpec]  # the ModelSpec a request sent, or what builds it
-
-
 @dataclass(frozen=True, eq=False)
 class Answered:
     """One answered model call, as both the request log and the feature counts read it. `request` holds the
     inputs by name (predict) or the serialized tf.Examples (classify, regress, multi_inference); `result` the
     outputs by name, (classes, scores), the values, or each task's of those; `requested` the ModelSpec the request
-    sent (the InferenceTasks of a MultiInference), or what builds it (a REST request's: built only for a request
-    the log keeps, not for every request answered)."""
+    sent (the InferenceTasks of a MultiInference)."""
 
     api: str  # predict, classify, regress or multi_inference
     servable: Servable
     signature: str | list[tuple[str, str]]  # as decided; a MultiInference's: (method, signature) per task
-    requested: Requested | list | None
+    requested: model_pb2.ModelSpec | list | None
     request: dict | list
     result: object
     output_filter: tuple[str, ...] = ()
@@ -138,7 +133,7 @@ def prediction_log(answered: Answered, sampling: logging_config_pb2.SamplingConf
     if a.api == "multi_inference":
         entry.request.tasks.extend(a.requested or [])
     elif a.requested is not None:
-        entry.request.model_spec.CopyFrom(a.requested() if callable(a.requested) else a.requested)
+        entry.request.model_spec.CopyFrom(a.requested)
     return record.SerializeToString()
 
 

@@ -17,7 +17,6 @@ without reading a byte of a body. What a connection may hold is rest_connections
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import ssl
 import time
@@ -182,14 +181,14 @@ class RestApi:
             inputs, row_format = await run(codec.parse_predict_request, document,
                                            self.core.predict_inputs(servable, signature))
             del document
-            outputs = await self.core.predict(servable, signature, inputs, requested=route.requested(signature_name))
+            outputs = await self.core.predict(servable, signature, inputs, requested=route.model_spec(signature_name))
             return await run(codec.format_predict_response, outputs, row_format), servable
 
     async def _classify_or_regress(self, route: Route, body: bytes) -> tuple[bytes, Servable]:
         async with self.core.decoding(codec.parse_cost(body, LARGE_REQUEST_BYTES)) as run:
             examples, signature_name = await run(lambda: codec.parse_examples_request(codec.decode_json(body)))
             servable = self._servable(route)
-            requested = route.requested(signature_name)  # after the body and the model, as TF Serving checks them
+            requested = route.model_spec(signature_name)  # after the body and the model, as TF Serving checks them
             if route.api == "classify":
                 signature = self.core.classify_signature(servable, signature_name)
                 classes, scores = await self.core.classify(servable, signature, examples, requested)
@@ -236,11 +235,6 @@ class Route:
     label: str | None = None
     problem: str = ""  # why the URL's model, version or label cannot be used: a 400, answered after authorization
     problem_type: type[InvalidArgument] = InvalidArgument  # UnparsedVersion: answered with no body
-
-    def requested(self, signature_name: str | None) -> Callable[[], model_pb2.ModelSpec]:
-        """What builds `model_spec(signature_name)` for the request log, which needs it only for the requests it
-        keeps (building it cost every request ~3% of its time on the event loop)."""
-        return functools.partial(self.model_spec, signature_name)
 
     def model_spec(self, signature_name: str | None) -> model_pb2.ModelSpec:
         """The ModelSpec a gRPC request for the same model, version or label and signature would send."""
