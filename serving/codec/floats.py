@@ -64,11 +64,7 @@ def _with_point(text: str) -> bytes:
     return text.encode()
 
 
-_FLOAT32 = struct.Struct("f")
-
-
-def _to_float32(value: float) -> float:
-    return _FLOAT32.unpack(_FLOAT32.pack(value))[0]  # C's cast: round to nearest, ties to even
+_THREE_FLOAT32 = struct.Struct("3f")  # packing rounds as C's cast does: to nearest, ties to even
 
 
 def _parses_to_float32(text: str, value: float) -> bool:
@@ -76,12 +72,14 @@ def _parses_to_float32(text: str, value: float) -> bool:
 
     Rounding is monotonic and the decimal lies between the doubles either side of its nearest double,
     so when those three round to the same float32, so does the decimal; else (near a float32 tie, or
-    at the top of its range) the exact comparison decides.
+    at the top of its range) the exact comparison decides. The three are rounded in one pack (three
+    packs cost a 10-value response ~2 us more).
     """
     double = float(text)
     try:
-        single = _to_float32(double)
-        if _to_float32(math.nextafter(double, -math.inf)) == single == _to_float32(math.nextafter(double, math.inf)):
+        below, single, above = _THREE_FLOAT32.unpack(_THREE_FLOAT32.pack(
+            math.nextafter(double, -math.inf), double, math.nextafter(double, math.inf)))
+        if below == single == above:
             return single == value
     except OverflowError:
         pass
