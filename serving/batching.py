@@ -352,10 +352,8 @@ def _settle(tasks: list[_Task], results: list[dict[str, np.ndarray]] | None = No
         result = None if results is None else results[i]
         if task.loop is not None:
             on_loops.setdefault(task.loop, []).append((task.future, result))
-        elif error is None:
-            task.future.set_result(result)
         else:
-            task.future.set_exception(error)
+            _answer(task.future, result, error)
     for loop, answers in on_loops.items():
         with contextlib.suppress(RuntimeError):  # a loop closed meanwhile has no one left to answer
             loop.call_soon_threadsafe(_settle_on_loop, answers, error)
@@ -363,12 +361,15 @@ def _settle(tasks: list[_Task], results: list[dict[str, np.ndarray]] | None = No
 
 def _settle_on_loop(answers: list[tuple[asyncio.Future, Any]], error: BaseException | None) -> None:
     for future, result in answers:
-        if future.done():  # its caller was cancelled after the batch started
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
+        if not future.done():  # done: its caller was cancelled after the batch started
+            _answer(future, result, error)
+
+
+def _answer(future: Future | asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _closed_error() -> BatcherClosedError:

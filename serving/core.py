@@ -73,7 +73,7 @@ class ServingCore:
         self._counting = threading.Lock()  # guards both counts: the event loop and the gRPC threads change them
         self.shutting_down = False  # SIGTERM came: readiness answers 503
         self._refusing = False  # ...and, once what had arrived is taken in, new requests are UNAVAILABLE
-        self._last_arrival = 0.0  # when a request last asked to be admitted
+        self._last_asked = 0.0  # when a request last asked to be admitted (or was received)
         self.arrivals = 0  # data events on the event loop's connections (REST's), numbered by `arrived`
         self._came_last = True  # whether nothing arrived on the loop after the bytes of the request admitted last
         self._failed = 0
@@ -96,7 +96,7 @@ class ServingCore:
         `in_time`: received before SIGTERM's refusals began (`receive`), so answered even if admitted after.
         `arrival`: for a request that came on the event loop, the number (`arrived`) of the last data event on its
         connection so far: a request admitted with no data event after it is alone on the loop."""
-        self._last_arrival = time.monotonic()
+        self._last_asked = time.monotonic()
         if self._refusing and not in_time:
             raise Unavailable("Server is shutting down; retry with another server")
         with self._counting:
@@ -114,7 +114,7 @@ class ServingCore:
     def receive(self) -> bool:
         """A request received that waits for a thread before it asks to be admitted (a gRPC call, until
         `received_done`): SIGTERM's drain waits for it too. Whether it came before the drain's refusals began."""
-        self._last_arrival = time.monotonic()
+        self._last_asked = time.monotonic()
         with self._counting:
             self.waiting += 1
         return not self._refusing
@@ -140,7 +140,7 @@ class ServingCore:
 
     async def _settle(self, since: float, at_most_s: float) -> None:
         """Until no request arrived for SETTLE_QUIET_S after `since`, or `at_most_s` passed."""
-        while (time.monotonic() - max(since, self._last_arrival) < SETTLE_QUIET_S
+        while (time.monotonic() - max(since, self._last_asked) < SETTLE_QUIET_S
                and time.monotonic() - since < at_most_s):
             await asyncio.sleep(0.01)
 
