@@ -17,6 +17,7 @@ without reading a byte of a body. What a connection may hold is rest_connections
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import time
@@ -31,6 +32,7 @@ from tensorflow_serving.apis import model_pb2
 
 from serving import codec, signatures
 from serving.core import LARGE_REQUEST_BYTES, ServingCore
+from serving.deadlines import Deadlines
 from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgument, RequestTimeout, ResourceExhausted,
                             Unauthenticated, Unavailable, as_serving_error)
 from serving.rest_body import read_body
@@ -67,6 +69,7 @@ class RestApi:
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self.tls = tls
+        self._deadlines = Deadlines(timeout_s) if timeout_s else None
         self._server: web.Server | None = None
 
     def make_server(self) -> Callable[[], asyncio.Protocol]:
@@ -137,8 +140,9 @@ class RestApi:
     async def _answer(self, route: Route, body: bytes) -> tuple[bytes, Servable | None]:
         """The answer to a route, and the servable that gave it (None for status, which needs none)."""
         try:
-            async with asyncio.timeout(self.timeout_s):  # not wait_for: its task and a failure's traceback are a cycle
-                return await self._dispatch(route, body)  # that kept the request's data (a large body's tensors)
+            with self._deadlines.within() if self._deadlines else contextlib.nullcontext():  # not wait_for: its task
+                return await self._dispatch(route, body)  # and a failure's traceback were a cycle keeping the
+            #                                             request's data (a large body's tensors)
         except TimeoutError:
             raise DeadlineExceeded(f"Deadline exceeded: the request took longer than {self.timeout_s * 1000:.0f} ms "
                                    f"(--rest_api_timeout_in_ms)") from None
