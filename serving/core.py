@@ -39,7 +39,7 @@ from serving.errors import InvalidArgument, ResourceExhausted, ServingError, Una
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.model_config import ModelServerConfig
-from serving.request_log import Answered, RequestLog
+from serving.request_log import RequestLog
 from serving.servable import Servable, SignatureRunner, TensorSpec, Tensors
 from serving.shared_metrics import SharedMetrics
 
@@ -144,16 +144,16 @@ class ServingCore:
                and time.monotonic() - since < at_most_s):
             await asyncio.sleep(0.01)
 
-    @contextlib.asynccontextmanager
-    async def decoding(self, size: int) -> AsyncIterator[Callable[..., Awaitable]]:
+    def decoding(self, size: int) -> contextlib.AbstractAsyncContextManager[Callable[..., Awaitable]]:
         """`run(work, *args)` for decoding a request of `size` bytes (a REST body, what gRPC tensors expand to) and
         encoding its answer: inline when small; when large (a 16 MB body takes a second) off the event loop (on the
         one thread such work has; a gRPC call on its own thread), so the loop keeps answering the others, and one
         large request at a time, whichever front end it came by; a moment after its answer, the memory it freed goes
         back to the system."""
-        if size < LARGE_REQUEST_BYTES:
-            yield _inline
-            return
+        return _INLINE if size < LARGE_REQUEST_BYTES else self._off_loop()
+
+    @contextlib.asynccontextmanager
+    async def _off_loop(self) -> AsyncIterator[Callable[..., Awaitable]]:
         loop = _running_loop()
 
         async def off_loop(work, *args):
@@ -363,8 +363,7 @@ class ServingCore:
         self.check_predict_request(servable, signature, inputs, list(output_filter))
         outputs = await self._run(servable, signature, inputs, "Predict")
         outputs = signatures.filter_outputs(outputs, list(output_filter))
-        self.request_log.observe(Answered("predict", servable, signature, requested, inputs, outputs,
-                                          tuple(output_filter)))
+        self.request_log.observe("predict", servable, signature, requested, inputs, outputs, tuple(output_filter))
         return outputs
 
     async def classify(self, servable: Servable, signature: str, examples: list[bytes],
@@ -373,7 +372,7 @@ class ServingCore:
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Classify")
         result = signatures.classification_result(outputs, len(examples))
-        self.request_log.observe(Answered("classify", servable, signature, requested, examples, result))
+        self.request_log.observe("classify", servable, signature, requested, examples, result)
         return result
 
     async def regress(self, servable: Servable, signature: str, examples: list[bytes],
@@ -382,7 +381,7 @@ class ServingCore:
         outputs = await self._run(servable, signature, signatures.example_inputs(servable, (signature,), examples),
                                   "Regress")
         values = signatures.regression_result(outputs, len(examples))
-        self.request_log.observe(Answered("regress", servable, signature, requested, examples, values))
+        self.request_log.observe("regress", servable, signature, requested, examples, values)
         return values
 
     async def multi_inference(self, servable: Servable, tasks: list[tuple[str, str]], examples: list[bytes],
@@ -400,7 +399,7 @@ class ServingCore:
         for method, signature in tasks:
             shape = signatures.classification_result if method == signatures.CLASSIFY else signatures.regression_result
             results.append(shape(servable.outputs(signature, fetched), len(examples)))
-        self.request_log.observe(Answered("multi_inference", servable, tasks, requested, examples, results))
+        self.request_log.observe("multi_inference", servable, tasks, requested, examples, results)
         return results
 
     def status(self, name: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
@@ -455,6 +454,19 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 async def _inline(work, *args):
     return work(*args)
+
+
+class _Inline:
+    """`decoding`'s context for a small request: its work runs inline (an object, not a generator: 1 us less)."""
+
+    async def __aenter__(self) -> Callable[..., Awaitable]:
+        return _inline
+
+    async def __aexit__(self, *exc_info) -> None:
+        return None
+
+
+_INLINE = _Inline()
 
 
 def without_collections(work, *args):

@@ -343,14 +343,16 @@ class RequestLog:
 
     # -- the request path (event loop) ------------------------------------------------------------------
 
-    def observe(self, answered: Answered) -> None:
-        """A model call answered OK: queued when it is sampled for the log or its version ships a schema; never
-        blocks, never raises (a full queue drops it, counted)."""
-        servable = answered.servable
+    def observe(self, api: str, servable: Servable, signature: str | list[tuple[str, str]],
+                requested: model_pb2.ModelSpec | list | None, request: dict | list, result: object,
+                output_filter: tuple[str, ...] = ()) -> None:
+        """A model call answered OK (its `Answered`'s fields): queued when it is sampled for the log or its version
+        ships a schema, the Answered made only then; never blocks, never raises (a full queue drops it, counted)."""
         logger = self._loggers.get(servable.name)
         sampled = logger is not None and logger.sample()
         if not sampled and servable.schema is None:
             return
+        answered = Answered(api, servable, signature, requested, request, result, output_filter)
         size = answered.nbytes()
         with self._lock:
             room = not self._closed and self._queued_bytes + size <= MAX_QUEUED_BYTES
