@@ -298,11 +298,12 @@ class ServingCore:
         if batcher is not None and not alone:
             self.metrics.batch_input(inputs)
             return batcher.submit(runner, inputs) if loop is None else await batcher.submit_async(runner, inputs)
-        run = runner if batcher is None else functools.partial(batcher.run_alone, runner)
         try:
             if loop is None or (alone and runner.is_quick(inputs)):
-                result = run(inputs)
+                result = runner(inputs) if batcher is None else batcher.run_alone(runner, inputs)  # no partial: the
+                #                                                          caches are cold here, each object costs
             else:
+                run = runner if batcher is None else functools.partial(batcher.run_alone, runner)
                 result = await loop.run_in_executor(self._pool, run, inputs)
         except BaseException:
             if batcher is not None:

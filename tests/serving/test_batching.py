@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -208,6 +209,19 @@ def test_outputs_must_keep_the_batch_dimension(output, message):
     for error in errors:
         assert isinstance(error, BatchOutputError) and error.code == grpc.StatusCode.FAILED_PRECONDITION
         assert message in str(error)
+
+
+@pytest.mark.parametrize("output, message", [
+    (np.float32(1.0), "'out' has 0 dimensions"), (np.zeros(5), "'out''s 0th dimension is 5; expected 1, the sum"),
+])
+def test_a_request_run_alone_unpadded_has_its_outputs_checked_too(output, message):
+    """A batch of one that needs no padding gets the model's outputs as they are: still checked as every batch's."""
+    with Batcher(params(max_batch_size=2)) as batcher:
+        with pytest.raises(BatchOutputError, match=re.escape(message)):
+            batcher.run_alone(lambda inputs: {"out": output}, rows(0, 1))
+        outputs, size, padded = batcher.run_alone(FakeModel(), rows(0, 1))
+    assert_answers(rows(0, 1), outputs)
+    assert (size, padded) == (1, 1)
 
 
 @pytest.mark.parametrize("request_, message", [
