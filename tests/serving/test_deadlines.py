@@ -17,7 +17,8 @@ def run(request):
     return LOOPS[request.param]
 
 
-async def guarded(deadlines: Deadlines, work_s: float) -> str:
+async def guarded(deadlines: Deadlines, work_s: float) -> str | float:
+    """"done", or the seconds after which the block timed out."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
@@ -25,7 +26,7 @@ async def guarded(deadlines: Deadlines, work_s: float) -> str:
             await asyncio.sleep(work_s)
     except TimeoutError:
         assert asyncio.current_task().cancelling() == 0  # the cancellation was the deadline's, taken back
-        return f"timeout {loop.time() - started:.1f}"
+        return loop.time() - started
     return "done"
 
 
@@ -42,8 +43,9 @@ def test_each_block_past_its_own_deadline_times_out_then(run):
         fourth = asyncio.create_task(guarded(deadlines, 10))
         return await asyncio.gather(first, second, third, fourth), deadlines
 
-    results, deadlines = run(main())
-    assert results == ["done", "timeout 0.3", "done", "timeout 0.3"]
+    (first, second, third, fourth), deadlines = run(main())
+    assert first == third == "done"
+    assert 0.29 < second < 0.6 and 0.29 < fourth < 0.6  # at its own deadline (at the first's, second took 0.2 s)
     assert not deadlines._pending and deadlines._timer is None  # nothing held after the last
 
 
