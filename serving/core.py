@@ -22,6 +22,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -77,7 +78,10 @@ class ServingCore:
         self.arrivals = 0  # data events on the event loop's connections (REST's), numbered by `arrived`
         self._came_last = True  # whether nothing arrived on the loop after the bytes of the request admitted last
         self._failed = 0
-        self._batcher = Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued) if batching else None
+        # on one CPU a due batch waits for the requests being read or answered (serving.batching's docstring)
+        in_flight = (lambda: self.in_flight) if len(os.sched_getaffinity(0)) == 1 else None
+        self._batcher = (Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued,
+                                 in_flight=in_flight) if batching else None)
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")
         self._large = ThreadPoolExecutor(1, thread_name_prefix="large-request")
         self._large_work = threading.Lock()  # one large request's decoding or encoding at a time, REST's or gRPC's
@@ -110,6 +114,21 @@ class ServingCore:
         finally:
             with self._counting:
                 self.in_flight -= 1
+            self._left()
+
+    def _left(self) -> None:
+        """A request left: on one CPU, a batch held back for it may start, once the loop has run what is ready (its
+        batch's other answers leave in the same pass). A gRPC call leaving does not say so: its batch's calls leave
+        on their threads one by one, and the first would start the next batch before the others' next calls came
+        (on one CPU a batch held back waits at most as long as the last batch ran)."""
+        if self._batcher is not None and self._batcher.holds_back and (loop := _running_loop()) is not None:
+            loop.call_soon(self._wake_if_nothing_came, self.arrivals)
+
+    def _wake_if_nothing_came(self, arrivals: int) -> None:
+        """Bytes that came since are likely the next requests of the clients just answered: the batch waits for them
+        (their enqueueing wakes it)."""
+        if self.arrivals == arrivals:
+            self._batcher.wake_if_all_in()
 
     def receive(self) -> bool:
         """A request received that waits for a thread before it asks to be admitted (a gRPC call, until
@@ -297,7 +316,13 @@ class ServingCore:
                  and (batcher is None or batcher.params.batch_timeout_micros == 0))
         if batcher is not None and not alone:
             self.metrics.batch_input(inputs)
-            return batcher.submit(runner, inputs) if loop is None else await batcher.submit_async(runner, inputs)
+            if loop is None:
+                return batcher.submit(runner, inputs)
+            if batcher.holds_back:
+                loop.call_soon(self._wake_if_nothing_came, self.arrivals)  # once it joined and the loop ran
+                # what was ready (a thread woken as it joined started batches before the requests read in the same
+                # pass joined them: 16 connections on mid, 6 % fewer requests per second, p90 latency +40 %)
+            return await batcher.submit_async(runner, inputs)
         # (the call and its arguments, not a partial: with the caches cold here, a partial cost ~3 us more than
         # a direct call, this ~2; one choice for both ways of running it)
         run, args = (runner, (inputs,)) if batcher is None else (batcher.run_alone, (runner, inputs))

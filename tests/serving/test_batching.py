@@ -342,6 +342,81 @@ def test_submit_async_leaves_the_event_loop_free_and_honours_cancellation():
     np.testing.assert_array_equal(model.batches[1]["x"], rows(2, 1)["x"])
 
 
+HELD_S = 1.5  # the last batch's run: what a batch held back on one CPU would wait for at most
+
+
+class InFlight:
+    """What a server on one CPU tells its batcher: how many requests it has in flight (set by the test)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __call__(self) -> int:
+        return self.count
+
+
+def held_back_batcher(in_flight: InFlight, last_run_s: float) -> Batcher:
+    """A batcher of a server on one CPU (batch_timeout_micros 0: every batch is due at once), whose last batch ran
+    `last_run_s`: the longest it holds a due batch back."""
+    batcher = Batcher(params(max_batch_size=8, num_batch_threads=1), in_flight=in_flight)
+    in_flight.count += 1
+    batcher.submit(lambda inputs: time.sleep(last_run_s) or FakeModel()(inputs), rows(0, 1))
+    in_flight.count -= 1
+    return batcher
+
+
+def test_on_one_cpu_a_due_batch_waits_for_the_requests_in_flight_and_takes_them_all():
+    model, in_flight = FakeModel(), InFlight(0)
+    with held_back_batcher(in_flight, last_run_s=HELD_S) as batcher, ThreadPoolExecutor(3) as pool:
+        in_flight.count = 3  # three requests being read: each joins when read
+        answers = []
+        for i in range(3):
+            answers.append(pool.submit(batcher.submit, model, rows(i, 1)))
+            time.sleep(0.05)
+            assert i == 2 or not model.batches, f"a batch started with {i + 1} of the 3 requests in flight"
+        for i, answer in enumerate(answers):
+            assert_answers(rows(i, 1), answer.result(timeout=WAIT_S))
+    assert model.sizes == [3]  # without the wait: [1, 2] or [1, 1, 1], the first starting at once
+
+
+def test_on_one_cpu_a_batch_held_back_waits_at_most_as_long_as_the_last_batch_ran():
+    model, in_flight = FakeModel(), InFlight(0)
+    with held_back_batcher(in_flight, last_run_s=0.3) as batcher:
+        in_flight.count = 2  # the other request never joins
+        started = time.monotonic()
+        assert_answers(rows(0, 1), batcher.submit(model, rows(0, 1)))
+        waited = time.monotonic() - started
+    assert model.sizes == [1]
+    assert 0.25 <= waited < WAIT_S, f"held back {waited:.3f} s; expected about the last batch's 0.3 s"
+
+
+def test_on_one_cpu_a_request_leaving_lets_the_batch_held_back_for_it_start():
+    model, in_flight = FakeModel(), InFlight(0)
+    with held_back_batcher(in_flight, last_run_s=HELD_S) as batcher:
+        in_flight.count = 2
+
+        async def main():
+            waiting = asyncio.ensure_future(batcher.submit_async(model, rows(0, 1)))
+            await asyncio.sleep(0.05)
+            assert not model.batches, "a batch started while a request in flight was outside the batcher"
+            in_flight.count = 1  # the other one was answered without a batch, and says so
+            batcher.wake_if_all_in()
+            return await asyncio.wait_for(waiting, HELD_S / 2)  # not held back for as long as the last batch ran
+
+        assert_answers(rows(0, 1), asyncio.run(main()))
+    assert model.sizes == [1]
+
+
+def test_without_in_flight_a_due_batch_starts_at_once_as_in_tf_serving():
+    model = FakeModel()
+    with Batcher(params(max_batch_size=8, num_batch_threads=1)) as batcher:
+        batcher.submit(lambda inputs: time.sleep(0.3) or model(inputs), rows(0, 1))
+        started = time.monotonic()
+        batcher.submit(model, rows(1, 1))
+        assert time.monotonic() - started < 0.25
+    assert not batcher.holds_back and model.sizes == [1, 1]
+
+
 def test_batches_a_real_tensorflow_function():
     tf = pytest.importorskip("tensorflow")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,6 +98,53 @@ def test_a_lone_quick_request_runs_on_the_event_loop_and_others_on_threads(half_
 def test_a_batcher_that_waits_for_others_to_join_is_never_bypassed(half_plus_two_base, monkeypatch):
     waiting = BatchingParameters(num_batch_threads=1, batch_timeout_micros=1000)
     assert where_calls_ran(half_plus_two_base, waiting, ["alone"] * 3, monkeypatch) == ["batch_threads"] * 3
+
+
+@dataclass(eq=False)
+class SlowOnceRunner(SignatureRunner):
+    """Its next call takes `slow_s` more, once."""
+
+    slow_s: float = field(default=0.0, init=False)
+
+    def __call__(self, inputs):
+        time.sleep(self.slow_s)
+        self.slow_s = 0.0
+        return super().__call__(inputs)
+
+
+def test_on_one_cpu_a_due_batch_waits_for_the_others_in_flight_until_they_leave(half_plus_two_base):
+    """On one CPU (the server's CPUs as sched_getaffinity counts them) a batch due at once (batch_timeout_micros 0)
+    waits while another request is in flight outside the batcher, at most as long as the last batch ran; a request
+    leaving on the event loop lets it start. On two CPUs it starts at once, as TF Serving's would."""
+    servable, runner = servable_calling(half_plus_two_base, SlowOnceRunner)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # this thread's: what the core counts as it is made
+    try:
+        one_cpu, _ = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
+    finally:
+        os.sched_setaffinity(0, cpus)
+    two_cpus, _ = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
+
+    async def held_back(core: ServingCore) -> bool:
+        """Whether a batch waited for another request in flight (and started once that one left)."""
+        runner.slow_s = 1.0
+        with core.admitted(), core.admitted():  # batched (not alone): the last batch ran 1 s
+            await core.predict(servable, "serving_default", ROWS)
+        with core.admitted():  # the call's
+            with core.admitted():  # another request's, being read
+                call = asyncio.ensure_future(core.predict(servable, "serving_default", ROWS))
+                await asyncio.sleep(0.2)
+                waited = not call.done()
+            # the other left (answered without a batch): the call's batch starts, not 1 s after it was due
+            assert (await asyncio.wait_for(call, 0.5))["y"].tolist() == [[2.5], [3.0]]
+        return waited
+
+    try:
+        assert asyncio.run(held_back(one_cpu)) is True
+        assert asyncio.run(held_back(two_cpus)) is False
+    finally:
+        one_cpu.close()
+        two_cpus.close()
 
 
 class FailingRunner(SignatureRunner):
