@@ -160,7 +160,8 @@ class Batcher:
     one unpadded request passes the caller's arrays to `run` uncopied, so `run` must not
     modify its inputs. `on_batch(run, size, padded_size)` is called before each batch runs, e.g.
     for a batch-size histogram; `on_queued(seconds)` with each of its requests' time in the queue.
-    `in_flight()`, on a server with one CPU: its requests in flight, those here included; the caller calls
+    `in_flight()`, on a server with one CPU: its requests in flight that use it, those here included (not those
+    waiting for the network); the caller calls
     `wake_if_all_in` when one leaves, and when one joins from an event loop (a thread joining is checked here).
     """
 

@@ -78,8 +78,11 @@ class ServingCore:
         self.arrivals = 0  # data events on the event loop's connections (REST's), numbered by `arrived`
         self._came_last = True  # whether nothing arrived on the loop after the bytes of the request admitted last
         self._failed = 0
-        # on one CPU a due batch waits for the requests being read or answered (serving.batching's docstring)
-        in_flight = (lambda: self.in_flight) if len(os.sched_getaffinity(0)) == 1 else None
+        self.bodies_arriving = 0  # REST requests admitted whose body is still arriving (rest.py)
+        # on one CPU a due batch waits for the requests being read or answered (serving.batching's docstring); not
+        # for a body still arriving: that is the network's time, not the CPU's (a client trickling its body would
+        # hold every batch back for as long as the last one ran, the CPU idle)
+        in_flight = (lambda: self.in_flight - self.bodies_arriving) if len(os.sched_getaffinity(0)) == 1 else None
         self._batcher = (Batcher(batching, on_batch=self._record_batch, on_queued=self._record_queued,
                                  in_flight=in_flight) if batching else None)
         self._pool = ThreadPoolExecutor(num_threads, thread_name_prefix="model")

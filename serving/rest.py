@@ -103,7 +103,11 @@ class RestApi:
                 return _unread(request, self._metrics(route.path))
             elif route.api in MODEL_APIS:
                 with self.core.admitted(arrival=request.protocol.arrival):
-                    body = await read_body(request, self.max_body_bytes, self.timeout_s)
+                    self.core.bodies_arriving += 1
+                    try:
+                        body = await read_body(request, self.max_body_bytes, self.timeout_s)
+                    finally:
+                        self.core.bodies_arriving -= 1
                     answer, servable = await self._answer(route, body)
             else:
                 answer, servable = await self._answer(route, b"")

@@ -115,7 +115,8 @@ class SlowOnceRunner(SignatureRunner):
 def test_on_one_cpu_a_due_batch_waits_for_the_others_in_flight_until_they_leave(half_plus_two_base):
     """On one CPU (the server's CPUs as sched_getaffinity counts them) a batch due at once (batch_timeout_micros 0)
     waits while another request is in flight outside the batcher, at most as long as the last batch ran; a request
-    leaving on the event loop lets it start. On two CPUs it starts at once, as TF Serving's would."""
+    leaving on the event loop lets it start. Not for one whose body is still arriving (the network's time: a client
+    trickling its body would hold every batch back). On two CPUs it starts at once, as TF Serving's would."""
     servable, runner = servable_calling(half_plus_two_base, SlowOnceRunner)
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})  # this thread's: what the core counts as it is made
@@ -125,22 +126,25 @@ def test_on_one_cpu_a_due_batch_waits_for_the_others_in_flight_until_they_leave(
         os.sched_setaffinity(0, cpus)
     two_cpus, _ = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
 
-    async def held_back(core: ServingCore) -> bool:
+    async def held_back(core: ServingCore, body_arriving: bool = False) -> bool:
         """Whether a batch waited for another request in flight (and started once that one left)."""
         runner.slow_s = 1.0
         with core.admitted(), core.admitted():  # batched (not alone): the last batch ran 1 s
             await core.predict(servable, "serving_default", ROWS)
         with core.admitted():  # the call's
             with core.admitted():  # another request's, being read
+                core.bodies_arriving += body_arriving  # as REST's front end counts it
                 call = asyncio.ensure_future(core.predict(servable, "serving_default", ROWS))
                 await asyncio.sleep(0.2)
                 waited = not call.done()
+                core.bodies_arriving -= body_arriving
             # the other left (answered without a batch): the call's batch starts, not 1 s after it was due
             assert (await asyncio.wait_for(call, 0.5))["y"].tolist() == [[2.5], [3.0]]
         return waited
 
     try:
         assert asyncio.run(held_back(one_cpu)) is True
+        assert asyncio.run(held_back(one_cpu, body_arriving=True)) is False
         assert asyncio.run(held_back(two_cpus)) is False
     finally:
         one_cpu.close()
