@@ -13,8 +13,8 @@ One more difference, on a server with one CPU (`in_flight` given): a batch due b
 waits while requests in flight are outside the batcher (being read or answered), for at most as
 long as the last batch ran. Their work and the batch's share the one CPU, so starting the batch
 sooner finishes nothing sooner, and those being read can join it. On mid, REST, 16 connections:
-batches of 7.9 rows on average became 15.9 and the server answered 3-15 % more requests per
-second, with 4 connections 18-30 % (benchmarks/README.md).
+batches of 7.9 rows on average became 15.9 and the server answered 1-15 % more requests per
+second, with 4 connections 24-32 % (benchmarks/README.md).
 """
 from __future__ import annotations
 
