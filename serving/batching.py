@@ -10,8 +10,8 @@ row, outputs must keep the batch dimension). Unlike TF Serving, tasks whose shap
 beyond dimension 0 go to separate queues instead of failing the batch they were mixed into.
 
 One more difference, on a server with one CPU (`in_flight` given): a batch due by its timeout
-waits while requests in flight are outside the batcher (being read or answered), for at most as
-long as the last batch ran. Their work and the batch's share the one CPU, so starting the batch
+waits while requests in flight are outside the batcher (being parsed or answered; not a body
+still arriving), for at most as long as the last batch ran. Their work and the batch's share the one CPU, so starting the batch
 sooner finishes nothing sooner, and those being read can join it. On mid, REST, 16 connections:
 batches of 7.9 rows on average became 15.9 and the server answered 1-15 % more requests per
 second, with 4 connections 24-32 % (benchmarks/README.md).
@@ -161,8 +161,8 @@ class Batcher:
     modify its inputs. `on_batch(run, size, padded_size)` is called before each batch runs, e.g.
     for a batch-size histogram; `on_queued(seconds)` with each of its requests' time in the queue.
     `in_flight()`, on a server with one CPU: its requests in flight that use it, those here included (not those
-    waiting for the network); the caller calls
-    `wake_if_all_in` when one leaves, and when one joins from an event loop (a thread joining is checked here).
+    waiting for the network); the caller calls `wake_if_all_in` when one leaves, and when one joins from an event
+    loop (one joining from a thread is checked here).
     """
 
     def __init__(self, params: BatchingParameters, on_batch: OnBatch | None = None,
@@ -288,6 +288,11 @@ class Batcher:
     def holds_back(self) -> bool:
         """Whether a due batch waits for the requests in flight (`in_flight` given: a server with one CPU)."""
         return self._in_flight is not None
+
+    @property
+    def has_queued(self) -> bool:
+        """Whether a batch waits to run (read without the lock: what a caller may skip work on)."""
+        return bool(self._queues)
 
     def wake_if_all_in(self) -> None:
         """A request in flight joined the batcher or left the server: once every one is here, a batch held back for

@@ -124,12 +124,14 @@ class ServingCore:
         batch's other answers leave in the same pass). A gRPC call leaving does not say so: its batch's calls leave
         on their threads one by one, and the first would start the next batch before the others' next calls came
         (on one CPU a batch held back waits at most as long as the last batch ran)."""
-        if self._batcher is not None and self._batcher.holds_back and (loop := _running_loop()) is not None:
+        batcher = self._batcher
+        if batcher is not None and batcher.holds_back and batcher.has_queued and (loop := _running_loop()) is not None:
             loop.call_soon(self._wake_if_nothing_came, self.arrivals)
 
     def _wake_if_nothing_came(self, arrivals: int) -> None:
-        """Bytes that came since are likely the next requests of the clients just answered: the batch waits for them
-        (their enqueueing wakes it)."""
+        """After a request joined the batcher or left, once the loop ran what was ready: with no bytes come meanwhile,
+        a batch held back may start when every request in flight is in. Bytes that came are likely requests that will
+        join it (the next ones of the clients just answered); their joining calls this again."""
         if self.arrivals == arrivals:
             self._batcher.wake_if_all_in()
 
