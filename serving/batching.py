@@ -11,10 +11,11 @@ beyond dimension 0 go to separate queues instead of failing the batch they were 
 
 One more difference, on a server with one CPU (`in_flight` given): a batch due by its timeout
 waits while requests in flight are outside the batcher (being parsed or answered; not a body
-still arriving), for at most as long as the last batch ran. Their work and the batch's share the one CPU, so starting the batch
-sooner finishes nothing sooner, and those being read can join it. On mid, REST, 16 connections:
-batches of 7.9 rows on average became 15.9 and the server answered 1-15 % more requests per
-second, with 4 connections 24-32 % (benchmarks/README.md).
+still arriving), for at most as long as the last batch ran. Their work and the batch's share
+the one CPU, so starting the batch sooner finishes nothing sooner, and those being read can
+join it. On mid, REST, 16 connections: batches of 7.9 rows on average became 15.9 and the
+server answered 1-15 % more requests per second, with 4 connections 24-32 %
+(benchmarks/README.md).
 """
 from __future__ import annotations
 
