@@ -79,15 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--processes must be at least 2; received {args.processes}")
     if shutil.which("wrk") is None or shutil.which("h2load") is None:
         parser.error("wrk and h2load are needed: apt-get install wrk nghttp2-client")
-    workdir = Path(tempfile.mkdtemp(prefix="multicore-bench-"))
-    repo = workdir / "repo"
-    model_dir = models.build(args.model, repo)
-    body = workdir / "body.json"
-    body.write_bytes(models.json_body(models.sample(args.model, 1)))
-    results = {"machine": machine(), "model": args.model, "seconds": args.seconds, "rounds": args.rounds,
-               "connections": CONNECTIONS}
-    print(f"[limit] in-process, {args.model}, every CPU", flush=True)
-    results["limit"] = measure_limit(model_dir, args.model, args.seconds)
+    workdir, model_dir, body, results = prepare("multicore-bench-", args.model, args.seconds, args.rounds)
+    repo = model_dir.parent.parent
     layouts = {"1 process": 1, f"--server_processes={args.processes}": args.processes}
     started = {label: start_layout(n, repo, args.model, workdir) for label, n in layouts.items()}
     runs: dict[str, dict[str, list[dict]]] = {label: {"rest": [], "grpc": []} for label in layouts}
@@ -115,19 +108,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write(results: dict, stem: Path) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+def prepare(prefix: str, model: str, seconds: float, rounds: int) -> tuple[Path, Path, Path, dict]:
+    """A work directory with `model` built and a one-row REST body for it; the results begun: the machine, the
+    settings and the in-process limit on every CPU."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    model_dir = models.build(model, workdir / "repo")
+    body = workdir / "body.json"
+    body.write_bytes(models.json_body(models.sample(model, 1)))
+    results = {"machine": machine(), "model": model, "seconds": seconds, "rounds": rounds, "connections": CONNECTIONS}
+    print(f"[limit] in-process, {model}, every CPU", flush=True)
+    results["limit"] = measure_limit(model_dir, model, seconds)
+    return workdir, model_dir, body, results
+
+
+def save(results: dict, stem: Path, title: str, script: str, setting: str, table: list[str]) -> None:
+    """`results` as stem.json, and as stem.md (printed too): `title`, how `script` measured (`setting`: what shared
+    the CPUs, with what), the limit, then `table`'s lines."""
     m, limit = results["machine"], results["limit"]
-    lines = [f"# Every core: one server process or several ({results['model']})", "",
-             f"Machine: {described(m)}; load "
-             f"average (1 min) {m['load_average_1m']} at the start. `python benchmarks/multicore_bench.py --model "
-             f"{results['model']}`: every CPU shared by the servers and the load generators, batching on, "
-             f"{results['connections']} connections in all, {results['seconds']:.0f} s a measurement, medians of "
-             f"{results['rounds']} rounds (the layouts alternating).", "",
+    lines = [f"# {title} ({results['model']})", "",
+             f"Machine: {described(m)}; load average (1 min) {m['load_average_1m']} at the start. `python {script} "
+             f"--model {results['model']}`: {setting}, {results['connections']} connections in all, "
+             f"{results['seconds']:.0f} s a measurement, medians of {results['rounds']} rounds (the layouts "
+             f"alternating).", "",
              f"In-process limit on every CPU: {limit['items_per_s']:.0f} rows/s (batch {limit['best_batch']}, "
              f"{limit['threads']} calling threads), {1000 * limit['threads'] / limit['items_per_s']:.3f} CPU ms a row.",
-             "", "| layout | REST per s | REST ratio | REST server CPU ms/request | gRPC per s | gRPC ratio | "
+             "", *table]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def write(results: dict, stem: Path) -> None:
+    lines = ["| layout | REST per s | REST ratio | REST server CPU ms/request | gRPC per s | gRPC ratio | "
              "gRPC server CPU ms/request | server cores busy (REST / gRPC) | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in results["layouts"].items():
@@ -136,8 +149,8 @@ def write(results: dict, stem: Path) -> None:
                      f"| {grpc['per_s']:.0f} | {grpc['ratio']:.2f} | {grpc['server_cpu_ms_per_request']:.3f} | "
                      f"{rest['server_cores_busy']:.2f} / {grpc['server_cores_busy']:.2f} | "
                      f"{rest['errors'] + grpc['errors']} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(results, stem, "Every core: one server process or several", "benchmarks/multicore_bench.py",
+         "every CPU shared by the servers and the load generators, batching on", lines)
 
 
 if __name__ == "__main__":
