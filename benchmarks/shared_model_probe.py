@@ -12,7 +12,8 @@ batches the requests of every front end: the batches the issue hopes for, at the
 process runs one batch at a time on every CPU (intra-op threads for each), or ("shared, 2 batch threads") two
 at a time with one intra-op thread each. The tensors travel as bytes through the socket: shared memory would save
 that copy (~12 KB a request on mid), not the notification each way. Every CPU is shared by the servers and wrk, 32
-connections, rounds alternating; the ratio is to the in-process limit on every CPU (multicore_bench's).
+connections, rounds alternating; the ratio is to the in-process limit on every CPU, measured each round
+(multicore_bench's).
 Writes benchmarks/results/shared_model_probe.json and .md.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from aiohttp import web
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from multicore_bench import prepare, save  # noqa: E402
+from multicore_bench import prepare, round_limit, save  # noqa: E402
 from serving_bench import CONNECTIONS, cpu_seconds, predict_url, wrk  # noqa: E402
 import bench_models as models  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
@@ -296,6 +297,7 @@ def drive(args) -> int:
     workdir, model_dir, body, results = prepare("shared-model-probe-", args.model, args.seconds, args.rounds)
     runs: dict[str, list[dict]] = {label: [] for label in LAYOUTS}
     for round_ in range(args.rounds):
+        limit = round_limit(results, model_dir, args.model, args.seconds)
         for label in (list(LAYOUTS) if round_ % 2 == 0 else list(reversed(LAYOUTS))):
             print(f"[round {round_ + 1}] {label}", flush=True)
             port = free_port()
@@ -304,11 +306,9 @@ def drive(args) -> int:
                 runs[label].append(measure(processes, port, args.model, body, args.seconds, workdir))
             finally:
                 stop(processes)
-            runs[label][-1]["mean_batch"] = batch_counts(workdir)
-    limit = results["limit"]["items_per_s"]
+            runs[label][-1] |= {"mean_batch": batch_counts(workdir), "ratio": runs[label][-1]["per_s"] / limit}
     results["layouts"] = {label: {key: statistics.median(run[key] for run in measured) for key in measured[0]}
-                          | {"ratio": statistics.median(run["per_s"] for run in measured) / limit, "rounds": measured}
-                          for label, measured in runs.items()}
+                          | {"rounds": measured} for label, measured in runs.items()}
     write(results, args.out / "shared_model_probe")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
