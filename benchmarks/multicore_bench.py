@@ -48,19 +48,23 @@ def start_layout(processes: int, repo: Path, name: str, workdir: Path) -> tuple[
     return server, port
 
 
-def load(layout: tuple[ServerProcess, int], protocol: str, name: str, body: Path, seconds: float,
-         workdir: Path) -> dict:
-    """CONNECTIONS connections to the server; its rate, and the CPU per request of all its processes."""
-    server, port = layout
-    pids = [server.process.pid, *map(int, Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-                                     .read_text().split())]
+def server_pids(server: ServerProcess) -> list[int]:
+    """The server's process and its children (the processes of --server_processes)."""
+    pid = server.process.pid
+    return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+
+
+def load(pids: list[int], rest_url: str, grpc_target: str | None, protocol: str, name: str, body: Path,
+         seconds: float, workdir: Path) -> dict:
+    """CONNECTIONS connections to a server (REST at `rest_url`, gRPC at `grpc_target`); its rate, and the CPU per
+    request of all its processes (`pids`)."""
     before = sum(cpu_seconds(pid) for pid in pids)
     if protocol == "rest":
-        result = wrk(server.url + predict_url(name), body, CONNECTIONS, seconds, workdir)
+        result = wrk(rest_url, body, CONNECTIONS, seconds, workdir)
         errors = result["non2xx"] + result["socket_errors"]
     else:
-        result = h2load_grpc(f"127.0.0.1:{port}", models.grpc_request(name, models.sample(name, 1)), CONNECTIONS,
-                             seconds, workdir)
+        result = h2load_grpc(grpc_target, models.grpc_request(name, models.sample(name, 1)), CONNECTIONS, seconds,
+                             workdir)
         errors = result["failed"]
     server_cpu_s = sum(cpu_seconds(pid) for pid in pids) - before
     return {"per_s": result["per_s"], "errors": errors,
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             for label in order:
                 for protocol in ("rest", "grpc"):
                     print(f"[round {round_ + 1}] {label}, {protocol}", flush=True)
-                    run = load(started[label], protocol, args.model, body, args.seconds, workdir)
+                    server, port = started[label]
+                    run = load(server_pids(server), server.url + predict_url(args.model), f"127.0.0.1:{port}",
+                               protocol, args.model, body, args.seconds, workdir)
                     runs[label][protocol].append(run | {"limit": limit, "ratio": run["per_s"] / limit})
     finally:
         for server, _ in started.values():

@@ -39,8 +39,8 @@ from aiohttp import web
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from multicore_bench import prepare, round_limit, save  # noqa: E402
-from serving_bench import CONNECTIONS, cpu_seconds, predict_url, wrk  # noqa: E402
+from multicore_bench import load, prepare, round_limit, save  # noqa: E402
+from serving_bench import predict_url, wrk  # noqa: E402
 import bench_models as models  # noqa: E402
 from localhost.ports import free_port  # noqa: E402
 from serving import signatures  # noqa: E402
@@ -283,12 +283,7 @@ def measure(processes: list[subprocess.Popen], port: int, model: str, body: Path
             workdir: Path) -> dict:
     url = f"http://127.0.0.1:{port}{predict_url(model)}"
     wrk(url, body, 8, 2, workdir)  # warm: TF's first batches of each size
-    before = sum(cpu_seconds(p.pid) for p in processes)
-    result = wrk(url, body, CONNECTIONS, seconds, workdir)
-    used = sum(cpu_seconds(p.pid) for p in processes) - before
-    served = result["requests"] - result["non2xx"]
-    return {"per_s": result["per_s"], "errors": result["non2xx"] + result["socket_errors"],
-            "server_cpu_ms_per_request": 1000 * used / max(1, served), "server_cores_busy": used / result["seconds"]}
+    return load([p.pid for p in processes], url, None, "rest", model, body, seconds, workdir)
 
 
 def drive(args) -> int:
