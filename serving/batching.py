@@ -163,11 +163,13 @@ class Batcher:
     for a batch-size histogram; `on_queued(seconds)` with each of its requests' time in the queue.
     `in_flight()`, on a server with one CPU: its requests in flight that use it, those here included (not those
     waiting for the network); the caller calls `wake_if_all_in` when one leaves, and when one joins from an event
-    loop (one joining from a thread is checked here).
+    loop (one joining from a thread is checked here). `hold_expired()` is called when a batch held back for them
+    starts without them (the longest hold ran out): those the caller expected are not coming.
     """
 
     def __init__(self, params: BatchingParameters, on_batch: OnBatch | None = None,
-                 on_queued: OnQueued | None = None, in_flight: Callable[[], int] | None = None) -> None:
+                 on_queued: OnQueued | None = None, in_flight: Callable[[], int] | None = None,
+                 hold_expired: Callable[[], None] | None = None) -> None:
         if params.pad_variable_length_inputs:
             log.warning("pad_variable_length_inputs is not applied: inputs of different shapes "
                         "are batched separately")
@@ -176,6 +178,7 @@ class Batcher:
         self._on_queued = on_queued
         self._timeout_s = params.batch_timeout_micros / 1e6
         self._in_flight = in_flight  # the server's requests in flight, on one CPU (see the module's docstring)
+        self._hold_expired = hold_expired
         self._held = 0  # requests in the queues or in a running batch: those of `in_flight` that are here
         self._last_run_s = 0.0  # how long the last batch took: the longest a due batch waits for the others
         self._lock = threading.Lock()  # guards the queues, _held, _last_run_s and the two counts below
@@ -340,11 +343,15 @@ class Batcher:
 
     def _take_batch(self, now: float) -> tuple[RunFn, _Batch] | None:
         """Pops the first schedulable batch in round-robin order, as SharedBatchScheduler:
-        closed (another batch follows it), full, or past its timeout."""
+        closed (another batch follows it), full, or past its timeout (on one CPU, and past its hold)."""
         max_batch_size = self.params.max_batch_size
         for key, queue in self._queues.items():
             front = queue.batches[0]
-            if len(queue.batches) > 1 or front.rows >= max_batch_size or now >= self._start_time(front, now):
+            if len(queue.batches) > 1 or front.rows >= max_batch_size:
+                break
+            if now >= self._start_time(front, now):
+                if self._hold_expired is not None and not self._all_in():
+                    self._hold_expired()
                 break
         else:
             return None

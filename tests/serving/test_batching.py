@@ -356,10 +356,10 @@ class InFlight:
         return self.count
 
 
-def held_back_batcher(in_flight: InFlight, last_run_s: float) -> Batcher:
+def held_back_batcher(in_flight: InFlight, last_run_s: float, hold_expired=None) -> Batcher:
     """A batcher of a server on one CPU (batch_timeout_micros 0: every batch is due at once), whose last batch ran
     `last_run_s`: the longest it holds a due batch back."""
-    batcher = Batcher(params(max_batch_size=8, num_batch_threads=1), in_flight=in_flight)
+    batcher = Batcher(params(max_batch_size=8, num_batch_threads=1), in_flight=in_flight, hold_expired=hold_expired)
     in_flight.count += 1
     batcher.submit(lambda inputs: time.sleep(last_run_s) or FakeModel()(inputs), rows(0, 1))
     in_flight.count -= 1
@@ -389,6 +389,23 @@ def test_on_one_cpu_a_batch_held_back_waits_at_most_as_long_as_the_last_batch_ra
         waited = time.monotonic() - started
     assert model.sizes == [1]
     assert 0.25 <= waited < WAIT_S, f"held back {waited:.3f} s; expected about the last batch's 0.3 s"
+
+
+def test_on_one_cpu_a_batch_held_back_says_when_it_starts_without_the_others():
+    model, in_flight, expired = FakeModel(), InFlight(0), []
+    with held_back_batcher(in_flight, last_run_s=0.2, hold_expired=lambda: expired.append(in_flight.count)) as batcher:
+        expired.clear()  # the first batch's (its hold was 0 s)
+        in_flight.count = 2  # the other request never joins: held 0.2 s, then it starts without it
+        assert_answers(rows(0, 1), batcher.submit(model, rows(0, 1)))
+        assert expired == [2]
+        in_flight.count = 1  # a batch alone in flight starts at once; it runs HELD_S
+        batcher.submit(lambda inputs: time.sleep(HELD_S) or FakeModel()(inputs), rows(0, 1))
+        in_flight.count = 2  # both join within the hold: it starts with them, nothing expired
+        with ThreadPoolExecutor(2) as pool:
+            answers = [pool.submit(batcher.submit, model, rows(i, 1)) for i in range(2)]
+            for i, answer in enumerate(answers):
+                assert_answers(rows(i, 1), answer.result(timeout=WAIT_S))
+    assert expired == [2] and model.sizes == [1, 2]
 
 
 def test_on_one_cpu_a_request_leaving_lets_the_batch_held_back_for_it_start():

@@ -10,6 +10,7 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,14 +103,28 @@ def test_a_batcher_that_waits_for_others_to_join_is_never_bypassed(half_plus_two
 
 @dataclass(eq=False)
 class SlowOnceRunner(SignatureRunner):
-    """Its next call takes `slow_s` more, once."""
+    """Its next call takes `slow_s` more, once. Notes each call's rows and the name of the thread it ran on."""
 
     slow_s: float = field(default=0.0, init=False)
+    calls: list[tuple[int, str]] = field(default_factory=list, init=False)
 
     def __call__(self, inputs):
         time.sleep(self.slow_s)
         self.slow_s = 0.0
+        self.calls.append((len(inputs["x"]), threading.current_thread().name))
         return super().__call__(inputs)
+
+
+def cores_on_one_and_two_cpus(base) -> tuple[ServingCore, ServingCore]:
+    """Two ServingCores of half_plus_two batching on one thread: one made on one CPU (the server's CPUs as
+    sched_getaffinity counts them as it is made), one on two."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # this thread's
+    try:
+        one_cpu, _ = serving_core(base, BatchingParameters(num_batch_threads=1))
+    finally:
+        os.sched_setaffinity(0, cpus)
+    return one_cpu, serving_core(base, BatchingParameters(num_batch_threads=1))[0]
 
 
 def test_on_one_cpu_a_due_batch_waits_for_the_others_in_flight_until_they_leave(half_plus_two_base):
@@ -118,13 +133,7 @@ def test_on_one_cpu_a_due_batch_waits_for_the_others_in_flight_until_they_leave(
     leaving on the event loop lets it start. Not for one whose body is still arriving (the network's time: a client
     trickling its body would hold every batch back). On two CPUs it starts at once, as TF Serving's would."""
     servable, runner = servable_calling(half_plus_two_base, SlowOnceRunner)
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})  # this thread's: what the core counts as it is made
-    try:
-        one_cpu, _ = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
-    finally:
-        os.sched_setaffinity(0, cpus)
-    two_cpus, _ = serving_core(half_plus_two_base, BatchingParameters(num_batch_threads=1))
+    one_cpu, two_cpus = cores_on_one_and_two_cpus(half_plus_two_base)
 
     async def held_back(core: ServingCore, body_arriving: bool = False) -> bool:
         """Whether a batch waited for another request in flight (and started once that one left)."""
@@ -146,6 +155,46 @@ def test_on_one_cpu_a_due_batch_waits_for_the_others_in_flight_until_they_leave(
         assert asyncio.run(held_back(one_cpu)) is True
         assert asyncio.run(held_back(one_cpu, body_arriving=True)) is False
         assert asyncio.run(held_back(two_cpus)) is False
+    finally:
+        one_cpu.close()
+        two_cpus.close()
+
+
+def test_on_one_cpu_a_call_answered_on_its_thread_is_expected_back(half_plus_two_base):
+    """gRPC runs each call on a thread of its own and gives the server a call only once it came. On one CPU a call
+    answered counts as expected back: the next call is not alone, and its batch waits for the one expected (at most
+    as long as the last batch ran) until a call comes in its stead; once a hold runs out, none is expected any more.
+    On two CPUs nothing is expected: a call alone in flight runs alone, on its own thread."""
+    servable, runner = servable_calling(half_plus_two_base, SlowOnceRunner)
+    one_cpu, two_cpus = cores_on_one_and_two_cpus(half_plus_two_base)
+
+    def call(core: ServingCore) -> list[list[float]]:
+        with core.admitted():  # on a thread without an event loop, as a gRPC call is
+            return run_blocking(core.predict(servable, "serving_default", ROWS))["y"].tolist()
+
+    def calls_after_two_answered(core: ServingCore) -> tuple[bool, list[tuple[int, str]]]:
+        """Two calls answered together (their batch ran 1 s), then two more, 0.2 s apart, then one after a hold ran
+        out: whether the first of the two more waited, and the calls the model ran since the first two."""
+        runner.slow_s = 1.0
+        with core.admitted(), core.admitted():  # batched (not alone), as two calls in flight are
+            run_blocking(core.predict(servable, "serving_default", ROWS))
+        runner.calls.clear()
+        with ThreadPoolExecutor(2, thread_name_prefix="call") as pool:
+            first = pool.submit(call, core)
+            time.sleep(0.2)
+            waited = not first.done()
+            second = pool.submit(call, core)
+            assert first.result(timeout=0.5) == second.result(timeout=0.5) == [[2.5], [3.0]]
+        # both expected came; these two are: the next call waits for them as long as the last batch ran, in vain
+        assert call(core) == [[2.5], [3.0]] and call(core) == [[2.5], [3.0]]  # the second, alone
+        return waited, runner.calls
+
+    try:
+        waited, calls = calls_after_two_answered(one_cpu)
+        assert waited and calls[0][0] == 4 and calls[0][1].startswith("batch_threads"), calls
+        assert calls[1][1].startswith("batch_threads") and calls[2][1] == "MainThread", calls
+        waited, calls = calls_after_two_answered(two_cpus)
+        assert not waited and [c[1].rsplit("_", 1)[0] for c in calls] == ["call", "call", "MainThread", "MainThread"]
     finally:
         one_cpu.close()
         two_cpus.close()
