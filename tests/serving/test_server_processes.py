@@ -83,6 +83,11 @@ def test_two_processes_share_the_ports_count_as_one_server_swap_versions_and_dra
     children = children_of(server.process.pid)
     assert len(children) == 2
     assert [os.sched_getaffinity(child) for child in children] == cpu_shares(sorted(os.sched_getaffinity(0)), 2)
+    # on one CPU each, every thread (the loop, gRPC's, the batch thread, TensorFlow's) takes turns: SCHED_BATCH
+    one_cpu_each = all(len(share) == 1 for share in cpu_shares(sorted(os.sched_getaffinity(0)), 2))
+    assert {os.sched_getscheduler(int(task)) for child in children for task in os.listdir(f"/proc/{child}/task")} \
+        == {os.SCHED_BATCH if one_cpu_each else os.SCHED_OTHER}
+    assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER  # the parent's, on every CPU
     assert rss_mib(server.process.pid) < 100  # the parent imports no TensorFlow (a server process: ~650 MiB)
     answers = [predict(server.url, x) for x in range(60)]
     assert answers == [0.5 * x + 2 for x in range(60)]
@@ -172,6 +177,20 @@ def test_a_taken_port_is_refused_before_any_process_starts(half_plus_two_base):
 ])
 def test_each_process_runs_on_its_own_share_of_the_cpus(cpus, processes, shares):
     assert cpu_shares(cpus, processes) == shares
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_server_on_one_cpu_runs_its_threads_under_sched_batch(cpus):
+    if len(os.sched_getaffinity(0)) < cpus:
+        pytest.skip(f"needs {cpus} CPUs")
+    check = ("import os, sys, threading\n"
+             "os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])\n"
+             "from serving.__main__ import on_one_cpu_take_turns\n"
+             "switched = on_one_cpu_take_turns()\n"
+             "started = threading.Thread(target=lambda: print(switched, os.sched_getscheduler(0) == os.SCHED_BATCH))\n"
+             "started.start(); started.join()\n")
+    result = subprocess.run([sys.executable, "-c", check, str(cpus)], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == (["True", "True"] if cpus == 1 else ["False", "False"]), result.stderr
 
 
 def test_each_process_takes_its_share_of_the_cores_unless_threads_are_set(tmp_path, half_plus_two_base):
