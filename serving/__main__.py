@@ -228,8 +228,8 @@ def on_one_cpu_take_turns() -> bool:
     bytes) may preempt the one running (a batch in the middle of its kernels); under SCHED_BATCH it waits for the
     running one's turn to end. Other programs' threads still preempt them (sched(7)). Mid, two processes on 2
     cores, REST, paired with SCHED_OTHER: preemptions 1.19 -> 0.71-0.77 a request, requests/s +3.4 % on average
-    over 11 pairs (10 ahead); gRPC +2.1 % over 3; pinned, REST +1.0 % over 5 pairs and gRPC +1.4 % over 3 (single
-    pairs -4 to +6 %); one connection and open loop at 1,500/s unchanged (benchmarks/README.md)."""
+    over 11 pairs (10 ahead); gRPC +2.1 % over 3. Pinned, no difference (REST +0.2 % over 8 pairs, gRPC -0.3 %
+    over 6); one connection and open loop at 1,500/s unchanged (benchmarks/README.md)."""
     if len(os.sched_getaffinity(0)) != 1:
         return False
     try:
