@@ -277,9 +277,9 @@ STRING_BYTES = 32  # what a string element costs beyond its characters (a pointe
 class Declared:
     """A request tensor as its proto declares it, checked as TF's Tensor::FromProto checks it before allocating
     anything (a shape that is not one, a dtype a request cannot carry, tensor_content that does not fill the shape:
-    TF Serving's "tensor parsing error"). It has what predict_util.cc's checks read (dtype, ndim) and what decoding
-    it allocates beyond the request's own bytes: nothing for numbers in tensor_content (read in place), the whole
-    tensor for typed values (TF's FromProtoField repeats the last one to fill the shape: a 41-byte request can
+    TF Serving's "tensor parsing error"). It has what predict_util.cc's checks read (dtype, ndim, shape) and what
+    decoding it allocates beyond the request's own bytes: nothing for numbers in tensor_content (read in place), the
+    whole tensor for typed values (TF's FromProtoField repeats the last one to fill the shape: a 41-byte request can
     declare 256 MiB), each string's characters and STRING_BYTES."""
 
     name: str
@@ -314,6 +314,10 @@ class Declared:
     @property
     def ndim(self) -> int:
         return len(self.dims)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dims)
 
     def decode(self) -> np.ndarray:
         """The tensor as numpy. Values past the shape are ignored, as TF's FromProtoField ignores them

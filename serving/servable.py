@@ -38,11 +38,16 @@ class TensorSpec:
 
     dtype: tf.dtypes.DType
     shape: tuple[int, ...] | None  # None: unknown rank
+    fed_rank: int | None = None  # the rank a fed tensor must have: a placeholder's (None: any, as TF Serving feeds)
 
     @classmethod
-    def from_info(cls, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+    def from_info(cls, info: meta_graph_pb2.TensorInfo, graph: tf.Graph) -> TensorSpec:
+        """The spec of a signature's tensor in `graph`. Where that tensor is a placeholder of known rank, a tensor
+        of another rank is refused (signatures.py), as TF's own Session.run refuses it: TF Serving feeds it to the
+        ops, and TF's oneDNN Conv2D (on by default on x86) aborts the process on a lower rank."""
         dims = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
-        return cls(tf.dtypes.as_dtype(info.dtype), dims)
+        placeholder = info.name and graph.get_tensor_by_name(info.name).op.type == "Placeholder"
+        return cls(tf.dtypes.as_dtype(info.dtype), dims, len(dims) if placeholder and dims is not None else None)
 
     def accepts(self, value: np.ndarray) -> bool:
         """Whether `value` can be fed here as it is (strings as bytes or str objects)."""
@@ -86,7 +91,8 @@ class Servable:
         self._session = tf.compat.v1.Session(graph=tf.Graph(), config=config)
         meta_graph = SavedModelLoader(str(self.path)).load(self._session, ["serve"])
         self.signature_defs: dict[str, SignatureDef] = dict(meta_graph.signature_def)
-        self.inputs = {k: {n: TensorSpec.from_info(i) for n, i in s.inputs.items()} for k, s in self.signature_defs.items()}
+        self.inputs = {k: {n: TensorSpec.from_info(i, self._session.graph) for n, i in s.inputs.items()}
+                       for k, s in self.signature_defs.items()}
         # each signature's input names in the order DirectSession numbers its feeds: by tensor name
         self.feed_order = {k: [n for _, n in sorted((i.name, n) for n, i in s.inputs.items())]
                            for k, s in self.signature_defs.items()}

@@ -45,7 +45,8 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
                           check_method: bool) -> None:
     """predict_util.cc's checks of a request for `signature` (as a lookup above found it), in its order: the
     method name; the request's inputs must be exactly the signature's, and strings fewer than 33 dimensions (they
-    would crash TF); the filter must name its outputs; each input must have its signature's dtype."""
+    would crash TF); the filter must name its outputs; each input must have its signature's dtype, then a
+    placeholder's rank (the session would crash on another)."""
     sig = servable.signature_defs[signature]
     if check_method and sig.method_name not in (PREDICT, CLASSIFY, REGRESS):
         raise Internal(
@@ -75,6 +76,7 @@ def check_predict_request(servable: Servable, signature: str, inputs: Tensors, o
             raise InvalidArgument(f"duplicate output tensor alias: {alias}")
         seen.add(alias)
     _check_dtypes(servable, signature, inputs)
+    _check_ranks(servable, signature, inputs)
 
 
 def example_inputs(servable: Servable, signatures: tuple[str, ...], examples: list[bytes]) -> Tensors:
@@ -94,6 +96,17 @@ def _check_dtypes(servable: Servable, signature: str, inputs: Tensors) -> None:
         if alias in inputs and not specs[alias].accepts(inputs[alias]):
             raise InvalidArgument(f"Expects arg[{index}] to be {data_type_string(specs[alias].dtype)} but "
                                   f"{data_type_string(inputs[alias].dtype)} is provided")
+
+
+def _check_ranks(servable: Servable, signature: str, inputs: Tensors) -> None:
+    """Each input fed to a placeholder must have its rank (TensorSpec.fed_rank: one the session would crash on)."""
+    specs = servable.inputs[signature]
+    for alias, value in inputs.items():
+        rank = specs[alias].fed_rank
+        if rank is not None and value.ndim != rank:
+            raise InvalidArgument(f"input '{alias}' has shape {shape_string(value.shape)}, which cannot be fed to "
+                                  f"the signature's {shape_string(specs[alias].shape)}: it needs {rank} dimensions, "
+                                  f"not {value.ndim}")
 
 
 def data_type_name(dtype) -> str:

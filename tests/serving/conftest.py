@@ -5,6 +5,8 @@
   stands in, for these tests, for tests/conftest.py's model trained by a pipeline run.
 - `tabular`: a model of several named inputs (a float row `x` and a string `city`) with classify and regress
   signatures on tf.Examples, shipping the pipeline's schema.json (tabular_model.py).
+- `convolution`: a small Conv2D model whose input is a rank-4 placeholder (conv_model.py): a tensor of lower rank
+  would abort the server (TF's oneDNN Conv2D).
 - `reference_server`: one server for test_rest_api.py and test_grpc_api.py, started once; both modules are in
   xdist group "reference_server", so `-n ... --dist loadgroup` runs them in one worker.
 
@@ -45,9 +47,17 @@ def tabular(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference_server(tmp_path_factory, half_plus_two_base, digits, tabular):
+def convolution(tmp_path_factory):
+    """conv_model.py's model as version 1 of its base path (returned)."""
+    import conv_model
+
+    return conv_model.build(tmp_path_factory.mktemp("conv") / "conv")
+
+
+@pytest.fixture(scope="session")
+def reference_server(tmp_path_factory, half_plus_two_base, digits, tabular, convolution):
     """The server test_rest_api.py and test_grpc_api.py query (neither changes what it serves), with what both
-    need: half_plus_two 123 and 124 (every version served, label "stable" -> 123), digits and tabular; REST and
+    need: half_plus_two 123 and 124 (every version served, label "stable" -> 123), digits, tabular and conv; REST and
     gRPC (`target`); batching; Prometheus metrics at TF Serving's path; REST bodies up to 1 MB."""
     work = tmp_path_factory.mktemp("reference")
     copy_version(half_plus_two_base, 123, work / "hpt" / "123")
@@ -55,7 +65,7 @@ def reference_server(tmp_path_factory, half_plus_two_base, digits, tabular):
     labels = 'model_version_policy { all {} } version_labels { key: "stable" value: 123 }'
     config = write_config(work / "models.config",
                           [("half_plus_two", work / "hpt", labels), ("digits", digits.base, ""),
-                           ("tabular", tabular, "")])
+                           ("tabular", tabular, ""), ("conv", convolution, "")])
     (work / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
     (work / "batching.config").write_text(REFERENCE_BATCHING)
     grpc_port = free_port()
@@ -68,5 +78,6 @@ def reference_server(tmp_path_factory, half_plus_two_base, digits, tabular):
     process.wait_available("half_plus_two", 124)
     process.wait_available("digits")
     process.wait_available("tabular")
+    process.wait_available("conv")
     yield process
     assert process.stop() == 0, process.log_tail()

@@ -175,6 +175,8 @@ ERRORS = [  # (call, expected gRPC code, substring of the message)
      "INVALID_ARGUMENT", "output tensor alias not found in signature: w Outputs expected to be in the set {y}."),
     (lambda c: c.predict("digits", {"x": np.ones((2, 3), np.float32)}), "INVALID_ARGUMENT",
      "Incompatible shapes: [2,3] vs. [1,64]\n\t [[{{function_node "),  # the session's error, as TF Serving passes it on
+    (lambda c: c.predict("conv", {"x": np.ones((2, 8, 8), np.float32)}), "INVALID_ARGUMENT",  # would abort the server
+     "input 'x' has shape [2,8,8], which cannot be fed to the signature's [-1,8,8,3]: it needs 4 dimensions, not 3"),
     (lambda c: c.classify("half_plus_two", [], signature_name="classify_x_to_y"), "INVALID_ARGUMENT", "Input is empty."),
     (lambda c: c.regress("half_plus_two", [{"x": 1.0}], signature_name="nope"), "INVALID_ARGUMENT",
      "No signature was found with the name: nope"),

@@ -122,6 +122,12 @@ ERRORS = [
     ("GET", f"{HPT}?x=1", None, 404, "Could not find any versions of model half_plus_two?x=1"),
     ("POST", "/v1/models/digits:predict", '{"instances": [[1.0, 2.0]]}', 400,
      "Incompatible shapes: [1,2] vs. [1,64]\n\t [[{{function_node "),  # the session's error, as TF Serving passes it on
+    # a placeholder fed a tensor of another rank: refused, where TF's oneDNN Conv2D would abort the server on it
+    ("POST", "/v1/models/conv:predict", '{"instances": [[1.0]]}', 400,
+     "input 'x' has shape [1,1], which cannot be fed to the signature's [-1,8,8,3]: it needs 4 dimensions, not 2"),
+    ("POST", "/v1/models/conv:predict", '{"inputs": [[[[[1.0, 2.0, 3.0]]]]]}', 400,
+     "input 'x' has shape [1,1,1,1,3], which cannot be fed to the signature's [-1,8,8,3]: it needs 4 dimensions, "
+     "not 5"),
     ("POST", f"{HPT}:predict", '{"instances": ' + "[" * 70 + "1.0" + "]" * 70 + "}", 400,
      "JSON Value nests lists 70 levels deep; a tensor here has at most 64 dimensions"),  # was numpy's 500
     ("POST", f"{HPT}:predict", '{"instances": [' + "9" * 5000 + "]}", 400,
