@@ -21,8 +21,9 @@ import contextlib
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
@@ -37,6 +38,7 @@ from serving.errors import (DeadlineExceeded, FailedPrecondition, InvalidArgumen
                             Unauthenticated, Unavailable, as_serving_error)
 from serving.rest_body import read_body
 from serving.rest_connections import Connections, HttpServer
+from serving.rest_lane import WholeRequest
 from serving.servable import Servable
 
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -78,7 +80,7 @@ class RestApi:
         trickling in) is closed; a body left unread closes its connection (lingering_time 0: aiohttp would read
         on for 10 s); bodies are read and inflated by rest_body.py (auto_decompress off)."""
         self._server = HttpServer(self._handle, access_log=None, keepalive_timeout=self.idle_timeout_s,
-                                  lingering_time=0, auto_decompress=False)
+                                  lingering_time=0, auto_decompress=False, answer_whole=self.answer_whole)
         return Connections(self._server, self.max_connections, self.idle_timeout_s, self.tls,
                            self.core.arrived).protocol_factory
 
@@ -89,9 +91,26 @@ class RestApi:
             await self._server.shutdown(0.2)
 
     async def _handle(self, request: BaseRequest) -> web.Response:
-        route = match(request, self.metrics_path)
+        route = match(request.method, request.raw_path, request.rel_url.raw_path, self.metrics_path)
         if route is None:
             return _unread(request, web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html"))
+        response = await self._respond(request, route)
+        if response.status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer
+            await response.prepare(request)  # and hang up
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+        return response
+
+    def answer_whole(self, request: WholeRequest) -> Coroutine[Any, Any, web.Response] | None:
+        """The answer to a request that arrived whole (rest_lane.py), when its route is a model API's; None: one for
+        aiohttp to answer. Its body is all here, so it cannot time out (408)."""
+        route = match(request.method, request.raw_path, request.raw_path, self.metrics_path)
+        if route is None or route.api not in MODEL_APIS:
+            return None
+        return self._respond(request, route)
+
+    async def _respond(self, request: BaseRequest | WholeRequest, route: Route) -> web.Response:
         started = time.perf_counter()
         headers = {"Content-Type": JSON, **(CORS_HEADERS if self.enable_cors else {})}
         servable, status, code = None, 200, "OK"
@@ -122,15 +141,9 @@ class RestApi:
             answer, headers["Content-Type"] = b"", LIBEVENT_CONTENT_TYPE
         version = str(servable.version) if servable is not None else ""
         self.core.record(route.model, version, route.api, "REST", code, time.perf_counter() - started)
-        response = _unread(request, web.Response(body=answer, status=status, headers=headers))
-        if status == RequestTimeout.http_status:  # the rest of that body may come late or never: answer and hang up
-            await response.prepare(request)
-            await response.write_eof()
-            if request.transport is not None:
-                request.transport.close()
-        return response
+        return _unread(request, web.Response(body=answer, status=status, headers=headers))
 
-    def _authorize(self, request: BaseRequest, route: Route) -> None:
+    def _authorize(self, request: BaseRequest | WholeRequest, route: Route) -> None:
         """With --auth_token_file: the caller's token, checked against what the route asks for, before anything else
         (so unauthenticated clients cannot make the server read bodies or take slots); a malformed route asks for
         what status does. CORS preflights carry no credentials, by the Fetch standard: they pass."""
@@ -221,7 +234,7 @@ class RestApi:
         return ('{\n"model_spec":' + spec_json + ',\n"metadata": {"signature_def": ' + signature_json + "}\n}\n").encode()
 
 
-def _unread(request: BaseRequest, response: web.Response) -> web.Response:
+def _unread(request: BaseRequest | WholeRequest, response: web.Response) -> web.Response:
     """The response, saying the connection closes after it when the request's body was not all received (it is
     not read: aiohttp closes such a connection, lingering_time 0)."""
     if not request.content.is_eof():
@@ -255,11 +268,11 @@ class Route:
         return spec
 
 
-def match(request: BaseRequest, metrics_path: str | None) -> Route | None:
-    """The request's route; None outside /v1/ and the metrics page (libevent's 404 page). The metrics page is
-    found by the path without its query string, as http_server.cc finds it."""
-    method, path = request.method, request.raw_path  # with its query string: net_http's uri_path()
-    if metrics_path is not None and request.rel_url.raw_path == metrics_path:
+def match(method: str, path: str, path_without_query: str, metrics_path: str | None) -> Route | None:
+    """The route of a request for `path` (with its query string: net_http's uri_path()); None outside /v1/ and the
+    metrics page (libevent's 404 page). The metrics page is found by the path without its query string, as
+    http_server.cc finds it."""
+    if metrics_path is not None and path_without_query == metrics_path:
         return Route(method, path, METRICS)
     if not API_PATH.fullmatch(path):
         return None

@@ -12,18 +12,24 @@ bytes, and what the server says and logs about HTTP it cannot parse.
   is closed, so an unfinished block holds that much at most (aiohttp accepts 128 lines of 8 KiB: ~1 MiB).
 - HTTP that does not parse gets a 400 naming the kind of mistake, never the request's text (aiohttp's quotes the
   line: an Authorization header with a stray CR put the token in the answer and the log); one line is logged.
+- A model API's request that arrives whole while aiohttp waits on its connection with nothing held is read by
+  rest_lane.py instead, and its answer written here; what arrives meanwhile waits for that answer, so a
+  connection's answers keep its requests' order.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from serving import codec, memory
+from serving.rest_lane import WholeRequest, http_answer, whole_request
 
 log = logging.getLogger("serving")
 
@@ -141,15 +147,94 @@ class Accepted(asyncio.Protocol):
             self.connections.closed()
 
 
+AnswerWhole = Callable[[WholeRequest], Coroutine[Any, Any, web.Response] | None]
+
+
 class Handler(RequestHandler):
-    """aiohttp's HTTP/1.1 handler, with the header cap and value-free answers to malformed HTTP."""
+    """aiohttp's HTTP/1.1 handler, with the header cap, value-free answers to malformed HTTP, and whole requests
+    answered without aiohttp's request objects (rest_lane.py)."""
 
     _header_bytes = 0  # of the header block arriving, counted before the parser gets them
     _tail = b""  # the last bytes counted: a blank line split between two reads is still found
     _last_payload = None  # the body of the last request parsed: while it arrives, bytes are no header
     arrival = 0  # the number of this connection's last data event (Connections.arrived)
+    _answering: asyncio.Task | None = None  # a whole request's answer being made; what arrives meanwhile is _held,
+    _holding = False  # and reading paused until no answer is being made
+    _aiohttps_answered = 0  # the requests aiohttp parsed (its _request_count) and answered
+
+    def __init__(self, *args: Any, answer_whole: AnswerWhole, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._answer_whole = answer_whole
+        self._held: list[bytes] = []
 
     def data_received(self, data: bytes) -> None:
+        if self._answering is not None:
+            if not self._holding:
+                self._holding = True
+                self._pause_transport_reading()
+            self._held.append(data)
+            return
+        if self._waits_with_nothing_held():
+            request = whole_request(data, self, MAX_HEADER_BYTES)
+            answer = self._answer_whole(request) if request is not None else None
+            if answer is not None:
+                self._answering = self._loop.create_task(self._write_answer(request, answer))
+                return
+        self._parse(data)
+
+    def _waits_with_nothing_held(self) -> bool:
+        """Whether aiohttp has answered every request it parsed on this connection and holds nothing of another:
+        what is read here now comes next in the connection's order. (Not whether its loop waits for a request: a
+        closed-loop client's next one often comes before that loop has come round, and would stay aiohttp's.)"""
+        return (self._aiohttps_answered == self._request_count and self._header_bytes == 0
+                and (self._last_payload is None or self._last_payload.is_eof()) and self._keepalive
+                and not self._close and not self._force_close)
+
+    async def _handle_request(self, request, start_time, request_handler):
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._aiohttps_answered += 1
+
+    async def _write_answer(self, request: WholeRequest, answer: Coroutine[Any, Any, web.Response]) -> None:
+        """A whole request's answer, written as aiohttp writes one (start() and finish_response): an error the
+        handler let through is a 500 that closes the connection; a client that does not read its answers is not
+        read from either (aiohttp's drain); the idle timeout starts again after the answer. Then what arrived
+        meanwhile is read, and reading resumes."""
+        try:
+            try:
+                response = await answer
+            except Exception as e:
+                response = self.handle_error(request, 500, e)
+            if self.transport is not None:
+                self.transport.write(http_answer(response))
+                if response.keep_alive is False:
+                    self.force_close()
+                else:
+                    with contextlib.suppress(ConnectionError):  # lost while its answer waited to be sent
+                        await self._drain_helper()
+        finally:
+            self._answering = None
+        if self._keepalive and not self._close and not self._force_close:
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        held, self._held = self._held, []
+        for data in held:
+            self.data_received(data)
+        if self._holding and self._answering is None:  # (else the answer the held bytes began resumes it)
+            self._holding = False
+            if not (self._reading_paused or self._buffer_paused):  # unless aiohttp's own flow control holds it
+                self._resume_transport_reading()
+
+    def _process_keepalive(self) -> None:
+        if self._answering is not None:  # not idle: the answer's end schedules the idle timeout again
+            self._keepalive_handle = None
+            return
+        super()._process_keepalive()
+
+    def _parse(self, data: bytes) -> None:
         if self._last_payload is None or self._last_payload.is_eof():  # between requests: a header arriving
             end = (self._tail + data).find(b"\r\n\r\n")
             self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
