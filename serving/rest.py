@@ -12,7 +12,8 @@ Errors are {"error": message} with the status TF Serving maps the error's code t
 What a request may cost before it is refused: a request is authorized before anything else; only a request that
 runs a model (predict, classify, regress) has its body read (rest_body.py) and takes one of the slots
 --max_requests_in_flight counts; CORS preflights, status, metadata, metrics and paths no route matches are answered
-without reading a byte of a body. What a connection may hold is rest_connections.py's.
+without reading a byte of a body. What a connection may hold is rest_connections.py's; a model request that arrives
+whole is read by rest_lane.py and answered here by the same handler (`answer_whole`).
 """
 from __future__ import annotations
 
