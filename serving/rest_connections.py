@@ -12,9 +12,9 @@ bytes, and what the server says and logs about HTTP it cannot parse.
   is closed, so an unfinished block holds that much at most (aiohttp accepts 128 lines of 8 KiB: ~1 MiB).
 - HTTP that does not parse gets a 400 naming the kind of mistake, never the request's text (aiohttp's quotes the
   line: an Authorization header with a stray CR put the token in the answer and the log); one line is logged.
-- A model API's request that arrives whole while aiohttp waits on its connection with nothing held is read by
-  rest_lane.py instead, and its answer written here; what arrives meanwhile waits for that answer, so a
-  connection's answers keep its requests' order.
+- A model API's request that arrives whole, once aiohttp has answered all it parsed on its connection and holds
+  nothing of another, is read by rest_lane.py instead, and its answer written here; what arrives meanwhile waits
+  for that answer, so a connection's answers keep its requests' order.
 """
 from __future__ import annotations
 
