@@ -82,9 +82,10 @@ def test_two_processes_share_the_ports_count_as_one_server_swap_versions_and_dra
     server = two_processes
     children = children_of(server.process.pid)
     assert len(children) == 2
-    assert [os.sched_getaffinity(child) for child in children] == cpu_shares(sorted(os.sched_getaffinity(0)), 2)
+    shares = cpu_shares(sorted(os.sched_getaffinity(0)), 2)
+    assert [os.sched_getaffinity(child) for child in children] == shares
     # on one CPU each, every thread (the loop, gRPC's, the batch thread, TensorFlow's) takes turns: SCHED_BATCH
-    one_cpu_each = all(len(share) == 1 for share in cpu_shares(sorted(os.sched_getaffinity(0)), 2))
+    one_cpu_each = all(len(share) == 1 for share in shares)
     assert {os.sched_getscheduler(int(task)) for child in children for task in os.listdir(f"/proc/{child}/task")} \
         == {os.SCHED_BATCH if one_cpu_each else os.SCHED_OTHER}
     assert os.sched_getscheduler(server.process.pid) == os.SCHED_OTHER  # the parent's, on every CPU
